@@ -1,0 +1,143 @@
+"""The ``distill`` command. Every recipe field's help text comes from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+
+from distill._dataclass_io import RecipeError, field_docs
+
+COMMANDS = {
+    "run": "distil a student as the recipe says (teacher outputs from the store), evaluate, export",
+    "finetune": "fine-tune the recipe's teacher encoder into a classifier and save it",
+    "cache": "run the teacher once over the training data into the teacher-output store",
+    "demo": "fine-tune a teacher on packaged movie-review sentiment and distil it (offline, ~10 min on 2 cores)",
+    "methods": "list the registered losses, or show one with a YAML snippet",
+}
+
+
+def recipe_reference() -> str:
+    """Every recipe field with its type, default and docstring."""
+    from distill.config import Recipe
+
+    lines = ["recipe fields (override any with --section.field VALUE):"]
+
+    def walk(cls, prefix: str) -> None:
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            sub = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] or (
+                [tp] if dataclasses.is_dataclass(tp) else [])
+            name = f"{prefix}{f.name}"
+            if sub:
+                lines.append(f"  {name}: {docs.get(f.name, '')}")
+                walk(sub[0], name + ".")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = "(required)"
+            tname = str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
+            lines.append(f"    --{name} ({tname}, default {default!r}): {docs.get(f.name, '')}")
+
+    walk(Recipe, "")
+    return "\n".join(lines)
+
+
+def _recipe_parser(sub, name: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name],
+                       epilog=recipe_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="YAML recipe file")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: large teacher -> small, fast student.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _recipe_parser(sub, "run")
+    _recipe_parser(sub, "finetune")
+    cache = _recipe_parser(sub, "cache")
+    cache.add_argument("--info", action="store_true", help="print what is stored (size, bytes per example, key); build nothing")
+    demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
+    demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default runs/demo)")
+    methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
+    methods.add_argument("name", nargs="?", help="loss name")
+    return parser
+
+
+def cmd_methods(name: str | None) -> int:
+    from distill.losses import LOSSES, loss_parameters
+
+    if name is None:
+        for n, cls in LOSSES.items():
+            needs = ", ".join(cls.teacher_needs) or "labels"
+            print(f"{n:10s} needs: {needs:16s} {cls.formula}")
+        return 0
+    cls = LOSSES.get(name)
+    params = loss_parameters(name)
+    print(f"{name}: {cls.formula}\n\n{(cls.__doc__ or '').strip()}\n\ncitation: {cls.citation}\n")
+    snippet = ", ".join(f"{k}: {p.default!r}" for k, p in params.items()
+                        if p.default is not p.empty and not k.endswith(("_size", "_layers")))
+    print("losses:\n  - {name: %s, weight: 1.0%s}" % (name, ", " + snippet if snippet else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    bad = [t for t in rest if t.startswith("-") and "." not in t]
+    if bad or (rest and args.command in ("demo", "methods")):
+        parser.error(f"unrecognised arguments: {' '.join(bad or rest)} (recipe overrides look like --train.epochs 3)")
+    try:
+        if args.command == "methods":
+            return cmd_methods(args.name)
+        if args.command == "demo":
+            from distill.cli.demo import run_demo
+
+            run_demo(args.output_dir, rest)
+            return 0
+        from distill.config import load_recipe
+
+        recipe = load_recipe(args.recipe, rest)
+        if args.command == "run":
+            from distill.pipeline import run
+
+            run(recipe)
+        elif args.command == "finetune":
+            from distill.pipeline import Run
+
+            r = Run(recipe)
+            if recipe.teacher.finetune is None:
+                raise RecipeError("teacher.finetune: not set; add `teacher.finetune: {epochs: 1}` to the recipe")
+            r.prepare_teacher()
+        elif args.command == "cache":
+            from distill.pipeline import cache, store_info
+
+            if args.info:
+                print(store_info(recipe))
+            else:
+                store = cache(recipe)
+                from distill.store.reader import format_info
+
+                print(format_info(store.info()))
+        return 0
+    except RecipeError as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Turn the recipe's data section into labelled train / validation / test frames plus unlabelled text,
+with every column and label checked before any model loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from distill._dataclass_io import RecipeError
+from distill.config import DataConfig
+from distill.data.sources import read_hf_disk, read_table
+
+
+@dataclass
+class TextSplits:
+    """Normalised data: columns ``text`` (+ ``text_pair``) and integer ``label`` (-1 for unlabelled)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    unlabeled: pd.DataFrame | None
+    labels: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+def _check_columns(df: pd.DataFrame, cfg: DataConfig, field: str, need_label: bool) -> None:
+    cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    if need_label:
+        cols.append(cfg.label_column)
+    for col in cols:
+        if col not in df.columns:
+            which = "data.label_column" if col == cfg.label_column else "data.text_column"
+            raise RecipeError(
+                f"{field}: column {col!r} not found (set by {which}); columns present: {', '.join(map(str, df.columns))}"
+            )
+
+
+def _normalise(df: pd.DataFrame, cfg: DataConfig, label_ids: dict[str, int] | None, field: str) -> pd.DataFrame:
+    out = pd.DataFrame({"text": df[cfg.text_column].fillna("").astype(str).values})
+    if cfg.text_pair_column:
+        out["text_pair"] = df[cfg.text_pair_column].fillna("").astype(str).values
+    if label_ids is None:
+        out["label"] = -1
+        return out
+    raw = df[cfg.label_column]
+    ids = []
+    for value in raw:
+        key = str(value)
+        if key in label_ids:
+            ids.append(label_ids[key])
+        elif isinstance(value, (int, float)) and not pd.isna(value) and 0 <= int(value) < len(label_ids) \
+                and all(not k.isdigit() for k in label_ids):
+            ids.append(int(value))  # integer ids against named labels
+        else:
+            raise RecipeError(
+                f"{field}: label {value!r} in column {cfg.label_column!r} is not one of the labels "
+                f"{list(label_ids)}; fix the data or set data.labels to the full label list"
+            )
+    out["label"] = ids
+    return out
+
+
+def _label_names(values: pd.Series) -> list[str]:
+    uniq = sorted({str(v) for v in values.dropna()})
+    if all(u.lstrip("-").isdigit() for u in uniq):
+        return [str(i) for i in sorted(int(u) for u in uniq)]
+    return uniq
+
+
+def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
+    """Read and split the data. ``labels`` (class names in id order) comes from the recipe or the teacher."""
+    frames: dict[str, pd.DataFrame] = {}
+    if cfg.source == "packaged":
+        from distill.packaged import load_packaged_data
+
+        frames["train"] = load_packaged_data(cfg.name or "")
+        text_col, label_col = "text", "label"
+        cfg = DataConfig(**{**cfg.__dict__, "text_column": text_col, "label_column": label_col})
+    elif cfg.source == "hf_disk":
+        frames.update(read_hf_disk(cfg.train or "", "data.train"))
+    else:
+        frames["train"] = read_table(cfg.train or "", "data.train")
+        if cfg.validation:
+            frames["validation"] = read_table(cfg.validation, "data.validation")
+        if cfg.test:
+            frames["test"] = read_table(cfg.test, "data.test")
+    for name, df in frames.items():
+        _check_columns(df, cfg, f"data.{name}", need_label=True)
+    if len(frames["train"]) < 4:
+        raise RecipeError(f"data.train: only {len(frames['train'])} rows; need at least a handful")
+
+    names = list(cfg.labels or labels or _label_names(frames["train"][cfg.label_column]))
+    if len(names) < 2:
+        raise RecipeError(f"data: found only the label(s) {names}; classification needs at least two classes")
+    label_ids = {n: i for i, n in enumerate(names)}
+    norm = {k: _normalise(v, cfg, label_ids, f"data.{k}") for k, v in frames.items()}
+
+    train = norm["train"]
+    if "test" not in norm:
+        # stratified, fixed seed: every run (and the baseline) sees the same test rows
+        train, test = train_test_split(
+            train, test_size=cfg.test_fraction, random_state=cfg.split_seed, stratify=train["label"]
+        )
+        norm["test"] = test
+    if "validation" not in norm:
+        train, val = train_test_split(
+            train, test_size=cfg.validation_fraction, random_state=cfg.split_seed, stratify=train["label"]
+        )
+        norm["validation"] = val
+    if cfg.max_train_examples is not None and len(train) > cfg.max_train_examples:
+        train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
+
+    unlabeled = None
+    if cfg.unlabeled:
+        raw = read_table(cfg.unlabeled, "data.unlabeled")
+        _check_columns(raw, cfg, "data.unlabeled", need_label=False)
+        unlabeled = _normalise(raw, cfg, None, "data.unlabeled")
+    return TextSplits(
+        train=train.reset_index(drop=True),
+        validation=norm["validation"].reset_index(drop=True),
+        test=norm["test"].reset_index(drop=True),
+        unlabeled=unlabeled,
+        labels=names,
+    )

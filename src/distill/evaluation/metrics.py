@@ -1,0 +1,41 @@
+"""Task metrics on a split: predictions, accuracy, macro-F1, agreement with the teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch.utils.data import DataLoader
+
+from distill.models import model_inputs
+
+
+@torch.no_grad()
+def predict_logits(model, dataset, collator, batch_size: int = 64, prefix: str = "") -> np.ndarray:
+    """Logits (N, C) of ``model`` over ``dataset``, in dataset order."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    chunks = []
+    for batch in loader:
+        inputs = {k: v.to(device) for k, v in model_inputs(batch, prefix).items()}
+        chunks.append(model(**inputs).logits.float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray | None = None) -> dict:
+    pred = logits.argmax(-1)
+    labelled = labels >= 0
+    out = {
+        "accuracy": float(accuracy_score(labels[labelled], pred[labelled])),
+        "macro_f1": float(f1_score(labels[labelled], pred[labelled], average="macro")),
+    }
+    if teacher_pred is not None:
+        out["teacher_agreement"] = float((pred == teacher_pred).mean())
+    return out
+
+
+def compute_metrics_fn(eval_pred) -> dict:
+    """For ``Trainer(compute_metrics=...)`` on the validation split."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    return classification_metrics(np.asarray(logits), np.asarray(labels))

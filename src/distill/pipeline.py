@@ -1,0 +1,446 @@
+"""recipe -> data -> teacher outputs (stored) -> student training -> evaluation -> export.
+
+:func:`plan` does every check that needs no weights (recipe, data columns and labels, model configs,
+layer indices, loss shapes), so a bad recipe fails in seconds. :func:`run` then does the heavy work,
+each stage resumable: a fine-tuned teacher, a finished store and a finished student are reused, and an
+interrupted training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from distill._dataclass_io import RecipeError
+from distill.config import Recipe
+from distill.data import DistillCollator, TextSplits, load_splits, same_tokenizer, to_dataset
+from distill.losses import LossContext, build_losses
+from distill.models import (
+    config_labels,
+    forward_outputs,
+    hidden_size,
+    is_sequence_classifier,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    model_inputs,
+    num_layers,
+)
+from distill.students import check_layers, student_from_teacher
+from distill.training import Distiller, DistillTrainer
+
+Log = Callable[[str], None]
+DONE = "distill_done.json"
+
+
+def _log(msg: str) -> None:
+    print(f"[distill] {msg}", flush=True)
+
+
+@dataclass
+class Plan:
+    """Everything known before weights load."""
+
+    recipe: Recipe
+    splits: TextSplits
+    teacher_config: Any
+    student_config: Any | None
+    same_tokenizer: bool
+    loss_context: LossContext
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.splits.labels
+
+
+def plan(recipe: Recipe) -> Plan:
+    """Validate the whole run without loading weights."""
+    t = recipe.teacher
+    tconf = load_config(t.model, "teacher.model", t.revision, t.trust_remote_code)
+    teacher_labels = None
+    if t.finetune is None:
+        if not is_sequence_classifier(tconf):
+            archs = ", ".join(getattr(tconf, "architectures", None) or [type(tconf).__name__])
+            raise RecipeError(
+                f"teacher.model: {t.model!r} is a {archs}, not a sequence classifier; add "
+                "`teacher.finetune: {epochs: 1}` to fine-tune it on your labels first (or run `distill finetune`)"
+            )
+        teacher_labels = config_labels(tconf)
+        if recipe.data.labels and teacher_labels and list(recipe.data.labels) != teacher_labels:
+            raise RecipeError(
+                f"data.labels: {recipe.data.labels} differ from the teacher's id2label {teacher_labels}; "
+                "use the teacher's label order (or drop data.labels)"
+            )
+    splits = load_splits(recipe.data, labels=teacher_labels)
+    if t.finetune is None and int(getattr(tconf, "num_labels", 0)) != splits.num_labels:
+        raise RecipeError(
+            f"teacher.model: the teacher has {tconf.num_labels} labels but the data has {splits.num_labels} "
+            f"({splits.labels}); set data.labels to the teacher's classes or fine-tune a teacher on this data"
+        )
+
+    s = recipe.student
+    t_layers = num_layers(tconf)
+    if s.from_teacher:
+        check_layers(list(s.layers or []), t_layers)
+        sconf, s_hidden, s_layers, same_tok = None, hidden_size(tconf), len(s.layers or []), True
+    else:
+        sconf = load_config(s.model or "", "student.model")
+        s_hidden, s_layers = hidden_size(sconf), num_layers(sconf)
+        same_tok = same_tokenizer(load_tokenizer(s.model or ""), load_tokenizer(t.model, t.revision))
+    ctx = LossContext(
+        student_hidden_size=s_hidden, teacher_hidden_size=hidden_size(tconf),
+        student_num_layers=s_layers, teacher_num_layers=t_layers,
+        num_classes=splits.num_labels, same_tokenizer=same_tok,
+    )
+    build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
+    return Plan(recipe, splits, tconf, sconf, same_tok, ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _kd_frame(splits: TextSplits):
+    import pandas as pd
+
+    frames = [splits.train]
+    if splits.unlabeled is not None and len(splits.unlabeled):
+        frames.append(splits.unlabeled)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _teacher_fingerprint(path: str, model: torch.nn.Module | None) -> str:
+    """Hash of the teacher's weight files (no load needed); falls back to hashing the loaded weights."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("config.json")))
+        if files:
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(chunk)
+            return h.hexdigest()
+    if model is None:
+        raise RuntimeError("teacher weights are needed to fingerprint a hub model")
+    from distill.store import fingerprint_model
+
+    return fingerprint_model(model)
+
+
+class Run:
+    """The state of one recipe run; each method is one resumable stage."""
+
+    def __init__(self, recipe: Recipe, log: Log = _log):
+        self.recipe = recipe
+        self.log = log
+        self.out = Path(recipe.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.plan = plan(recipe)
+        self.teacher_path = recipe.teacher.model
+        self._teacher: torch.nn.Module | None = None
+        self.teacher_tokenizer = None
+        self.student_tokenizer = None
+        self.report: dict[str, Any] = {"models": {}, "training": {}}
+
+    # -- teacher ------------------------------------------------------------------------------------------
+    def prepare_teacher(self) -> None:
+        r = self.recipe
+        if r.teacher.finetune is not None:
+            from distill.teachers import finetune_teacher
+
+            self.teacher_path = str(finetune_teacher(r, self.plan.splits, log=self.log))
+        else:
+            from distill.packaged import resolve_model
+
+            self.teacher_path = resolve_model(r.teacher.model)
+        self.teacher_tokenizer = load_tokenizer(self.teacher_path, None if r.teacher.finetune else r.teacher.revision)
+
+    def teacher(self) -> torch.nn.Module:
+        if self._teacher is None:
+            self.log(f"loading the teacher from {self.teacher_path}")
+            self._teacher = load_classifier(self.teacher_path, None, None if self.recipe.teacher.finetune
+                                            else self.recipe.teacher.revision).eval()
+        return self._teacher
+
+    def release_teacher(self) -> None:
+        self._teacher = None
+        gc.collect()
+
+    # -- student init -------------------------------------------------------------------------------------
+    def student_init(self) -> Path:
+        """The student's starting weights, saved once so the KD and the no-KD runs start identically."""
+        r = self.recipe
+        init = self.out / "student_init"
+        fp = _fingerprint({"student": r.student.__dict__, "teacher": self.teacher_path, "labels": self.plan.labels,
+                           "seed": r.train.seed})
+        if (init / DONE).exists() and json.loads((init / DONE).read_text()).get("fingerprint") == fp:
+            self.student_tokenizer = load_tokenizer(str(init))
+            return init
+        from transformers import set_seed
+
+        set_seed(r.train.seed)
+        if r.student.from_teacher:
+            model = student_from_teacher(self.teacher(), list(r.student.layers or []))
+            tokenizer = self.teacher_tokenizer
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            from distill.models import label_maps
+            from distill.packaged import resolve_model
+
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model(r.student.model or ""), ignore_mismatched_sizes=True, **label_maps(self.plan.labels)
+            )
+            tokenizer = load_tokenizer(r.student.model or "")
+        from distill.export import save_student
+
+        tmp = Path(str(init) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_student(model, tokenizer, tmp, self.plan.labels)
+        (tmp / DONE).write_text(json.dumps({"fingerprint": fp}))
+        shutil.rmtree(init, ignore_errors=True)
+        os.replace(tmp, init)
+        self.student_tokenizer = tokenizer
+        return init
+
+    # -- store --------------------------------------------------------------------------------------------
+    def store_spec(self, distiller: Distiller):
+        from distill.store import StoreSpec
+
+        cfg = self.recipe.store
+        capture = set(cfg.capture)
+        for name in ("logits", "hidden_states", "embeddings"):
+            if distiller.needs(name, "teacher"):
+                capture.add(name)
+        layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
+        return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
+                         shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
+
+    def store_key(self, spec, kd_frame) -> str:
+        from distill.store import fingerprint_rows, fingerprint_tokenizer, store_key
+
+        rows = list(zip(kd_frame["text"], kd_frame.get("text_pair", kd_frame["text"] * 0)))
+        return store_key(
+            teacher=_teacher_fingerprint(self.teacher_path, self._teacher),
+            tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
+            data=fingerprint_rows(rows),
+            max_length=self.recipe.data.max_length,
+            task=self.recipe.task,
+            spec=spec,
+        )
+
+    def open_or_build_store(self, distiller: Distiller, kd_frame, build: bool = True):
+        from distill.store import TeacherStore, build_store, default_store_root
+
+        spec = self.store_spec(distiller)
+        key = self.store_key(spec, kd_frame)
+        root = Path(self.recipe.store.dir) if self.recipe.store.dir else default_store_root()
+        path = root / key
+        if (path / "manifest.json").exists():
+            self.log(f"teacher outputs found in the store {path}: the teacher is not needed for training")
+            return TeacherStore.open(path)
+        if not build:
+            raise RecipeError(f"no store with key {key} under {root}; build it with `distill cache`")
+        teacher = self.teacher()
+        ds = to_dataset(kd_frame, self.teacher_tokenizer, max_length=self.recipe.data.max_length)
+        collate = DistillCollator(self.teacher_tokenizer)
+        need_hidden = "hidden_states" in spec.capture
+
+        @torch.no_grad()
+        def compute(indices: list[int]):
+            batch = collate([ds[i] for i in indices])
+            return forward_outputs(teacher, model_inputs(batch), hidden=need_hidden)
+
+        self.log(f"running the teacher once over {len(ds)} examples into the store {path}")
+        t0 = time.perf_counter()
+        build_store(root, key, spec, compute, num_examples=len(ds), batch_size=self.recipe.train.eval_batch_size,
+                    meta={"teacher": self.teacher_path, "recipe_task": self.recipe.task,
+                          "labels": self.plan.labels})
+        self.report["store_build_seconds"] = time.perf_counter() - t0
+        return TeacherStore.open(path)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
+                      teacher: torch.nn.Module | None = None) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification, set_seed
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from distill.evaluation.metrics import compute_metrics_fn
+        from distill.export import save_student
+        from distill.training.args import training_arguments
+
+        r = self.recipe
+        final = self.out / name
+        fp = _fingerprint({"train": r.train.__dict__, "losses": [l.__dict__ for l in r.losses] if name == "student"
+                           else "ce", "init": str(init), "data": len(frame), "store": getattr(store, "key", None)})
+        if (final / DONE).exists() and json.loads((final / DONE).read_text()).get("fingerprint") == fp:
+            self.log(f"{name}: already trained, reusing {final}")
+            self.report["training"][name] = json.loads((final / DONE).read_text()).get("training", {})
+            return AutoModelForSequenceClassification.from_pretrained(final)
+        set_seed(r.train.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(init)
+        ttok = None
+        if teacher is not None and not self.plan.same_tokenizer:
+            ttok = self.teacher_tokenizer
+        train_ds = to_dataset(frame, self.student_tokenizer, ttok, max_length=r.data.max_length)
+        val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
+        ckpt = self.out / "checkpoints" / name
+        trainer = DistillTrainer(
+            model=model, args=training_arguments(r.train, str(ckpt)), train_dataset=train_ds, eval_dataset=val_ds,
+            data_collator=DistillCollator(self.student_tokenizer, ttok), compute_metrics=compute_metrics_fn,
+            distiller=distiller, teacher=teacher, store=store,
+        )
+        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and r.train.resume else None
+        if last:
+            self.log(f"{name}: resuming from {last}")
+        self.log(f"{name}: training on {len(train_ds)} examples "
+                 f"({'teacher from the store' if store is not None else 'online teacher' if teacher is not None else 'labels only'})")
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=last)
+        info = {
+            "seconds": time.perf_counter() - t0,
+            "steps": result.global_step,
+            "train_loss": result.training_loss,
+            "log_history": trainer.state.log_history,
+        }
+        tmp = Path(str(final) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_student(model, self.student_tokenizer, tmp, self.plan.labels)
+        (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        self.report["training"][name] = info
+        return model
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred: np.ndarray | None) -> np.ndarray:
+        from distill.evaluation import classification_metrics, count_parameters, cpu_latency_ms, predict_logits
+        from distill.evaluation.speed import weights_size_mb
+
+        r = self.recipe
+        test = to_dataset(self.plan.splits.test, tokenizer, max_length=r.data.max_length)
+        collate = DistillCollator(tokenizer)
+        logits = predict_logits(model, test, collate, batch_size=r.train.eval_batch_size)
+        labels = np.asarray(self.plan.splits.test["label"])
+        metrics = classification_metrics(logits, labels, teacher_pred)
+        metrics["parameters"] = count_parameters(model)
+        metrics["size_mb"] = weights_size_mb(model)
+        sample = collate([test[i] for i in range(min(32, len(test)))])
+        for bs in r.eval.latency_batch_sizes:
+            metrics[f"latency_ms_b{bs}"] = cpu_latency_ms(model.to("cpu"), sample, bs, r.eval.latency_repeats,
+                                                         r.eval.latency_threads)
+        self.report["models"][role] = metrics
+        self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+        return logits.argmax(-1)
+
+    # -- the whole run ------------------------------------------------------------------------------------
+    def __call__(self) -> dict[str, Any]:
+        r = self.recipe
+        self.prepare_teacher()
+        init = self.student_init()
+        distiller = Distiller(build_losses(r.losses, self.plan.loss_context))
+        kd_frame = _kd_frame(self.plan.splits)
+
+        store = None
+        if distiller.needs_teacher and r.store.enabled:
+            store = self.open_or_build_store(distiller, kd_frame)
+            self.report["store"] = {"key": store.key, "path": str(store.path), **store.info()}
+
+        teacher_pred = self.evaluate("teacher", self.teacher(), self.teacher_tokenizer, None)
+        online_teacher = self.teacher() if distiller.needs_teacher and store is None else None
+        if online_teacher is None:
+            self.release_teacher()  # the students train from the store (or labels): no teacher in memory
+
+        student = self.train_student("student", init, distiller, kd_frame, store=store, teacher=online_teacher)
+        self.release_teacher()
+        self.evaluate("student_kd", student, self.student_tokenizer, teacher_pred)
+        del student
+        if r.eval.baseline:
+            baseline_losses = build_losses([type(r.losses[0])(name="ce")], self.plan.loss_context)
+            base = self.train_student("student_no_kd", init, Distiller(baseline_losses), self.plan.splits.train)
+            self.evaluate("student_no_kd", base, self.student_tokenizer, teacher_pred)
+            del base
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        import transformers
+
+        from distill import __version__
+        from distill.evaluation import format_table, summarise, write_report
+        from distill.export import write_model_card
+
+        r = self.recipe
+        models = self.report["models"]
+        summary = summarise(models)
+        table = format_table(models, summary)
+        sp = self.plan.splits
+        self.report.update({
+            "task": r.task,
+            "labels": self.plan.labels,
+            "data": {"train": len(sp.train), "unlabeled": 0 if sp.unlabeled is None else len(sp.unlabeled),
+                     "validation": len(sp.validation), "test": len(sp.test)},
+            "summary": summary,
+            "teacher_path": self.teacher_path,
+            "recipe": r.to_dict(),
+            "versions": {"distill": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "student_parameters": models.get("student_kd", {}).get("parameters"),
+            "store_key": self.report.get("store", {}).get("key"),
+        })
+        for stage in self.report["training"].values():
+            stage.pop("log_history", None) if isinstance(stage, dict) and len(str(stage)) > 200_000 else None
+        student_dir = self.out / "student"
+        (student_dir / "recipe.yaml").write_text(r.to_yaml())
+        if r.export.model_card:
+            write_model_card(student_dir, r, self.report, table)
+        if r.export.onnx:
+            from transformers import AutoModelForSequenceClassification
+
+            from distill.export import export_onnx
+
+            path = export_onnx(AutoModelForSequenceClassification.from_pretrained(student_dir),
+                               self.student_tokenizer, student_dir)
+            self.report["onnx"] = str(path)
+        write_report(self.out / "report.json", self.report)
+        print("\n" + table + "\n", flush=True)
+        self.log(f"student saved to {student_dir}; report in {self.out / 'report.json'}")
+        return self.report
+
+
+def run(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log) -> dict[str, Any]:
+    """Run a recipe (a :class:`Recipe` or a YAML path) end to end; returns the report."""
+    from distill.config import load_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    return Run(recipe, log)()
+
+
+def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log):
+    """Build (or find) the teacher-output store for a recipe; returns the opened store."""
+    from distill.config import load_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    r = Run(recipe, log)
+    r.prepare_teacher()
+    distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
+    if not distiller.needs_teacher:
+        raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
+    return r.open_or_build_store(distiller, _kd_frame(r.plan.splits))

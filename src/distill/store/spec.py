@@ -1,0 +1,112 @@
+"""What a teacher-output store keeps, and the on-disk layout every writer and reader agrees on.
+
+A store is one folder ``<root>/<key>/`` (``key`` from :func:`distill.store.fingerprint.store_key`)::
+
+    shard-00000.safetensors   tensors of examples [0, shard_size)
+    shard-00000.json          sidecar: sha256, row range, token count, layout of that shard
+    shard-00001.safetensors   ...
+    manifest.json             written last, by rank 0, once every shard is on disk: the store is complete
+
+Tensors in a shard (N examples, T valid tokens over them):
+
+- ``logits`` (N, C) or (T, V) in ``dtype`` when dense;
+- ``topk_values`` (N|T, k) ``dtype``, sorted descending; ``topk_indices`` (N|T, k) int32;
+  ``logsumexp`` (N|T,) float32 (log-normaliser of the full logits at T=1) when sparse;
+- ``embeddings`` (N, D) ``dtype``;
+- ``hidden_{layer}`` (T, H) ``dtype`` per kept layer;
+- ``offsets`` (N+1,) int64 whenever a per-token field is kept: example i owns rows
+  ``offsets[i]:offsets[i+1]`` of every per-token tensor (only tokens with attention_mask == 1 are kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+CAPTURE_FIELDS: tuple[str, ...] = ("logits", "embeddings", "hidden_states")
+RECONSTRUCTIONS: tuple[str, ...] = ("spread", "topk")
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+MANIFEST_NAME = "manifest.json"
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete, corrupt or of another format version."""
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What the teacher's pass keeps on disk. Every field is part of the store key."""
+
+    capture: tuple[str, ...] = ("logits",)
+    """Teacher outputs to keep: any of ``logits``, ``embeddings``, ``hidden_states``."""
+    layers: tuple[int, ...] = ()
+    """``hidden_states`` indices to keep (0 = embedding output, i = output of layer i)."""
+    topk: int = 0
+    """Logits kept per example (per token for LMs); 0 or >= the number of classes keeps them all."""
+    dtype: str = "float16"
+    """Storage precision of logits and features: ``float16``, ``bfloat16`` or ``float32``."""
+    shard_size: int = 4096
+    """Examples per shard file; a killed build resumes at shard granularity."""
+    reconstruct: str = "spread"
+    """How a top-k store becomes a distribution when read: ``spread`` (TinyViT) or ``topk``."""
+
+    def __post_init__(self) -> None:
+        # Normalise so that equal content gives an equal spec (and key) whatever order the caller used;
+        # recipes hand lists over, the dataclass is frozen, hence object.__setattr__.
+        capture = tuple(self.capture) if not isinstance(self.capture, str) else (self.capture,)
+        for item in capture:
+            if item not in CAPTURE_FIELDS:
+                raise ValueError(f"store capture: {item!r} is not allowed; choose from {', '.join(CAPTURE_FIELDS)}")
+        if not capture:
+            raise ValueError("store capture is empty; keep at least one of " + ", ".join(CAPTURE_FIELDS))
+        object.__setattr__(self, "capture", tuple(f for f in CAPTURE_FIELDS if f in capture))
+        layers = tuple(self.layers)
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise ValueError(f"store layers: {layer!r} is not allowed; use hidden-state indices >= 0")
+        object.__setattr__(self, "layers", tuple(sorted(set(layers))))
+        if "hidden_states" in self.capture and not self.layers:
+            raise ValueError("store capture has 'hidden_states' but no layers; name the hidden-state indices to keep")
+        if self.layers and "hidden_states" not in self.capture:
+            raise ValueError(f"store layers {list(self.layers)} given but 'hidden_states' is not in capture")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0:
+            raise ValueError(f"store topk: {self.topk!r} is not allowed; use 0 (keep all) or a positive k")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"store dtype: {self.dtype!r} is not allowed; choose from {', '.join(DTYPES)}")
+        if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size <= 0:
+            raise ValueError(f"store shard_size: {self.shard_size!r} is not allowed; use a positive integer")
+        if self.reconstruct not in RECONSTRUCTIONS:
+            raise ValueError(
+                f"store reconstruct: {self.reconstruct!r} is not allowed; choose from {', '.join(RECONSTRUCTIONS)}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def is_sparse(self, num_classes: int) -> bool:
+        """Top-k storage only pays off (and only loses information) when k is below the class count."""
+        return 0 < self.topk < num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StoreSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown store spec fields {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -1,0 +1,133 @@
+"""A thin ``transformers.Trainer`` subclass: only the loss changes. Checkpointing, mixed precision,
+distributed launch (DDP/FSDP/DeepSpeed via accelerate) and logging integrations stay the Trainer's."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from distill.data.tokenize import TEACHER_PREFIX
+from distill.models import forward_outputs, model_inputs
+from distill.outputs import ModelOutputs, SparseLogits
+from distill.training.distiller import Distiller
+
+DISTILLER_STATE = "distiller.pt"
+
+
+def _to_device(out: ModelOutputs, device: torch.device) -> ModelOutputs:
+    def move(x):
+        if x is None:
+            return None
+        if isinstance(x, SparseLogits):
+            return x.to(device)
+        if isinstance(x, tuple):
+            return tuple(move(t) for t in x)
+        return x.to(device)
+
+    return ModelOutputs(
+        logits=move(out.logits),
+        hidden_states=move(out.hidden_states),
+        attentions=move(out.attentions),
+        embeddings=move(out.embeddings),
+        attention_mask=move(out.attention_mask),
+    )
+
+
+class DistillTrainer(Trainer):
+    """Trains the student on ``distiller``'s weighted losses.
+
+    The teacher's outputs come from ``store`` (a :class:`distill.store.TeacherStore`, looked up by each row's
+    ``example_index``) or, when no store is given, from ``teacher`` run under ``no_grad`` every step.
+    """
+
+    def __init__(self, *args: Any, distiller: Distiller, teacher: torch.nn.Module | None = None,
+                 store: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.distiller = distiller.to(self.args.device)
+        self.teacher = teacher
+        self.store = store
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)  # frozen: never gets optimizer state or gradients
+            teacher.to(self.args.device)
+        if distiller.needs_teacher and teacher is None and store is None:
+            raise ValueError("the recipe's losses read teacher outputs, but neither a teacher nor a store was given")
+        # Our losses are means over each micro-batch, so the Trainer must divide by the accumulation steps
+        # (it skips that when it believes the model normalised by num_items_in_batch itself).
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._parts: dict[str, float] = defaultdict(float)
+        self._parts_count = 0
+
+    # -- loss ---------------------------------------------------------------------------------------------
+    def _teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> ModelOutputs:
+        if not self.distiller.needs_teacher:
+            return ModelOutputs()
+        if self.store is not None:
+            fetched = self.store.fetch(inputs["example_index"].detach().cpu())
+            return _to_device(fetched, inputs["input_ids"].device)
+        prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in inputs else ""
+        with torch.no_grad():
+            return forward_outputs(
+                self.teacher, model_inputs(inputs, prefix),
+                hidden=self.distiller.needs("hidden_states", "teacher"),
+                attentions=self.distiller.needs("attentions", "teacher"),
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        student = forward_outputs(
+            model, model_inputs(inputs),
+            hidden=self.distiller.needs("hidden_states", "student"),
+            attentions=self.distiller.needs("attentions", "student"),
+        )
+        teacher = self._teacher_outputs(inputs)
+        loss, parts = self.distiller(student, teacher, inputs)
+        if model.training:
+            for k, v in parts.items():
+                self._parts[k] += v
+            self._parts_count += 1
+        return (loss, {"logits": student.logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Evaluation needs no teacher: validation rows are not in the store, and the metric is the student's.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            logits = model(**model_inputs(inputs)).logits
+        labels = inputs.get("labels")
+        loss = None
+        if labels is not None and bool((labels != -100).any()):
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=-100).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits.detach(), labels
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._parts_count and "loss" in logs:
+            for k, v in self._parts.items():
+                logs[f"loss/{k}"] = round(v / self._parts_count, 6)
+            self._parts.clear()
+            self._parts_count = 0
+        super().log(logs, start_time)
+
+    # -- distillation parameters (projectors) ---------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        extra = [p for p in self.distiller.parameters() if p.requires_grad]
+        if extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if any(True for _ in self.distiller.parameters()):
+            torch.save(self.distiller.state_dict(), os.path.join(output_dir or self.args.output_dir, DISTILLER_STATE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, DISTILLER_STATE)
+        if os.path.exists(path):
+            self.distiller.load_state_dict(torch.load(path, map_location=self.args.device))
