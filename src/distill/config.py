@@ -391,9 +391,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         items.append((key, value))
     for key, value in items:
         parts = key.split(".")
+        if parts[0] == "losses" and "losses" not in data:  # overriding one default loss keeps the others
+            data["losses"] = [{"name": spec.name, "weight": spec.weight, **spec.params}
+                              for spec in Recipe.__dataclass_fields__["losses"].default_factory()]  # type: ignore[misc]
         node = data
         for part in parts[:-1]:
             if part.isdigit() and isinstance(node, list):
+                if int(part) >= len(node):
+                    raise RecipeError(f"override {key!r}: there are only {len(node)} items in that list")
                 node = node[int(part)]
                 continue
             node = node.setdefault(part, {})

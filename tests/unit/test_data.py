@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from distill.config import DataConfig, RecipeError
+from distill.data import DistillCollator, load_splits, to_dataset
+
+
+def test_splits_are_stratified_fixed_and_disjoint(sentiment_csv):
+    cfg = DataConfig(train=str(sentiment_csv))
+    a, b = load_splits(cfg), load_splits(cfg)
+    assert a.labels == ["negative", "positive"]
+    assert a.test["text"].tolist() == b.test["text"].tolist()
+    n = len(pd.read_csv(sentiment_csv))
+    assert len(a.train) + len(a.validation) + len(a.test) == n
+    assert abs(a.test["label"].mean() - a.train["label"].mean()) < 0.1
+
+
+def test_missing_column_and_unknown_label(tmp_path, sentiment_csv):
+    with pytest.raises(RecipeError, match="column 'review' not found .*data.text_column"):
+        load_splits(DataConfig(train=str(sentiment_csv), text_column="review"))
+    with pytest.raises(RecipeError, match="label 'positive' .* is not one of the labels"):
+        load_splits(DataConfig(train=str(sentiment_csv)), labels=["neg", "pos"])
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_splits(DataConfig(train=str(tmp_path / "none.csv")))
+
+
+def test_formats_and_unlabeled(tmp_path, sentiment_csv):
+    df = pd.read_csv(sentiment_csv)
+    df.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    df.to_parquet(tmp_path / "d.parquet")
+    df[["text"]].to_csv(tmp_path / "u.csv", index=False)
+    for name in ("d.jsonl", "d.parquet"):
+        s = load_splits(DataConfig(train=str(tmp_path / name), unlabeled=str(tmp_path / "u.csv")))
+        assert len(s.unlabeled) == len(df) and (s.unlabeled["label"] == -1).all()
+
+
+def test_tokenise_two_tokenizers_and_collate(sentiment_csv, tiny_tokenizer):
+    s = load_splits(DataConfig(train=str(sentiment_csv)))
+    ds = to_dataset(s.train.head(8), tiny_tokenizer, tiny_tokenizer, max_length=6, start_index=100)
+    row = ds[0]
+    assert "teacher_input_ids" in row and row["example_index"] == 100 and len(row["input_ids"]) <= 6
+    batch = DistillCollator(tiny_tokenizer, tiny_tokenizer)([ds[i] for i in range(4)])
+    assert batch["input_ids"].shape == batch["teacher_input_ids"].shape
+    assert batch["example_index"].tolist() == [100, 101, 102, 103]
