@@ -95,7 +95,8 @@ class StudentConfig:
     from_teacher: bool = False
     """Build the student from the (fine-tuned) teacher: same embeddings, a subset of its layers, its head."""
     layers: list[int] | None = None
-    """Teacher layer indices (0-based) to keep when ``from_teacher`` is true, e.g. ``[0, 5, 11]``."""
+    """Layer indices (0-based) to keep: of the teacher when ``from_teacher`` is true, e.g. ``[0, 5, 11]``,
+    otherwise of the pre-trained ``model`` (a shallower copy of it). Empty: keep every layer of ``model``."""
 
     def __post_init__(self) -> None:
         if self.from_teacher:
@@ -110,8 +111,9 @@ class StudentConfig:
         else:
             _check(bool(self.model), "student.model", self.model,
                    "give a model id/path, or set student.from_teacher: true with student.layers")
-            _check(self.layers is None, "student.layers", self.layers,
-                   "layers only apply with student.from_teacher: true")
+            if self.layers is not None:
+                _check(len(self.layers) > 0 and len(set(self.layers)) == len(self.layers), "student.layers",
+                       self.layers, "list each kept layer once, or leave it empty to keep them all")
 
 
 @dataclass

@@ -47,6 +47,18 @@ def _log(msg: str) -> None:
     print(f"[distill] {msg}", flush=True)
 
 
+def _quiet_libraries() -> None:
+    """Progress bars only on a terminal; transformers' load reports only when something is wrong."""
+    import datasets
+    import transformers
+
+    from distill.training.args import progress_enabled
+
+    if not progress_enabled():
+        datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+
 @dataclass
 class Plan:
     """Everything known before weights load."""
@@ -97,6 +109,9 @@ def plan(recipe: Recipe) -> Plan:
     else:
         sconf = load_config(s.model or "", "student.model")
         s_hidden, s_layers = hidden_size(sconf), num_layers(sconf)
+        if s.layers:
+            check_layers(list(s.layers), s_layers, "the student model")
+            s_layers = len(s.layers)
         same_tok = same_tokenizer(load_tokenizer(s.model or ""), load_tokenizer(t.model, t.revision))
     ctx = LossContext(
         student_hidden_size=s_hidden, teacher_hidden_size=hidden_size(tconf),
@@ -147,6 +162,7 @@ class Run:
     def __init__(self, recipe: Recipe, log: Log = _log):
         self.recipe = recipe
         self.log = log
+        _quiet_libraries()
         self.out = Path(recipe.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.plan = plan(recipe)
@@ -205,6 +221,8 @@ class Run:
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolve_model(r.student.model or ""), ignore_mismatched_sizes=True, **label_maps(self.plan.labels)
             )
+            if r.student.layers:  # a shallower copy of the pre-trained student
+                model = student_from_teacher(model, list(r.student.layers))
             tokenizer = load_tokenizer(r.student.model or "")
         from distill.export import save_student
 
@@ -444,3 +462,33 @@ def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None =
     if not distiller.needs_teacher:
         raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
     return r.open_or_build_store(distiller, _kd_frame(r.plan.splits))
+
+
+def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log) -> str:
+    """Describe the store a recipe would use, without running the teacher."""
+    from distill.config import load_recipe
+    from distill.store import TeacherStore, default_store_root
+    from distill.store.reader import format_info
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    r = Run(recipe, log)
+    if recipe.teacher.finetune is not None:
+        from distill.teachers import finished_teacher
+
+        done = finished_teacher(recipe, r.plan.splits)
+        if done is None:
+            return "the teacher has not been fine-tuned yet, so nothing is stored; `distill cache RECIPE` does both"
+        r.teacher_path = str(done)
+    else:
+        from distill.packaged import resolve_model
+
+        r.teacher_path = resolve_model(recipe.teacher.model)
+    r.teacher_tokenizer = load_tokenizer(r.teacher_path)
+    distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
+    spec = r.store_spec(distiller)
+    key = r.store_key(spec, _kd_frame(r.plan.splits))
+    root = Path(recipe.store.dir) if recipe.store.dir else default_store_root()
+    if not (root / key / "manifest.json").exists():
+        return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
+    return format_info(TeacherStore.open(root / key).info())

@@ -27,7 +27,7 @@ def with_(**sections):
         (with_(bogus={}), "unknown field bogus"),
         (with_(student={"from_teacher": True}), "student.layers"),
         (with_(student={"from_teacher": True, "layers": [0, 0]}), "list each layer once"),
-        (with_(student={"model": "s", "layers": [1]}), "layers only apply"),
+        (with_(student={"model": "s", "layers": [1, 1]}), "list each kept layer once"),
         (with_(student={}), "student.model"),
         (with_(losses=[{"name": "kdd"}]), "unknown loss 'kdd'; valid:"),
         (with_(losses=[{"name": "kd", "temprature": 2}]), "losses[0].temprature: loss 'kd' has no parameter"),

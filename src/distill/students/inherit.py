@@ -36,11 +36,11 @@ def set_num_layers(config, n: int):
     return config
 
 
-def check_layers(layers: list[int], teacher_layers: int) -> None:
-    bad = [i for i in layers if not 0 <= i < teacher_layers]
+def check_layers(layers: list[int], source_layers: int, source: str = "the teacher") -> None:
+    bad = [i for i in layers if not 0 <= i < source_layers]
     if bad:
         raise RecipeError(
-            f"student.layers: {bad} out of range; the teacher has {teacher_layers} layers (valid 0..{teacher_layers - 1})"
+            f"student.layers: {bad} out of range; {source} has {source_layers} layers (valid 0..{source_layers - 1})"
         )
 
 

@@ -55,7 +55,7 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     assert ft is not None
     done = finished_teacher(recipe, splits)
     if done is not None:
-        log(f"[distill] reusing the fine-tuned teacher in {done}")
+        log(f"reusing the fine-tuned teacher in {done}")
         return done
     out = teacher_dir(recipe)
     ckpt_dir = Path(str(out) + ".checkpoints")
@@ -77,8 +77,8 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics_fn)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() and recipe.train.resume else None
     if last:
-        log(f"[distill] resuming teacher fine-tuning from {last}")
-    log(f"[distill] fine-tuning the teacher {recipe.teacher.model} on {len(train)} examples")
+        log(f"resuming teacher fine-tuning from {last}")
+    log(f"fine-tuning the teacher {recipe.teacher.model} on {len(train)} examples")
     trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
     # write to a temp folder, then rename: a killed save never looks like a finished teacher
@@ -92,5 +92,5 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log(f"[distill] teacher saved to {out} (validation accuracy {metrics.get('eval_accuracy', float('nan')):.4f})")
+    log(f"teacher saved to {out} (validation accuracy {metrics.get('eval_accuracy', float('nan')):.4f})")
     return out
