@@ -14,7 +14,8 @@ def uniform_layer_map(num_student: int, num_teacher: int) -> list[int]:
         raise ValueError("layer counts must be positive")
     if num_student > num_teacher:
         raise ValueError(f"a {num_student}-layer student cannot map uniformly onto {num_teacher} teacher layers")
-    return [round(i * num_teacher / num_student) for i in range(1, num_student + 1)]
+    # round half up (not Python's half-to-even) so the spacing stays even: 4 of 10 -> [3, 5, 8, 10]
+    return [(2 * i * num_teacher + num_student) // (2 * num_student) for i in range(1, num_student + 1)]
 
 
 def resolve_layer_map(

@@ -285,9 +285,14 @@ class Run:
 
         self.log(f"running the teacher once over {len(ds)} examples into the store {path}")
         t0 = time.perf_counter()
+        # under `accelerate launch` every process runs the teacher on its own shards; rank 0 writes the manifest
+        from accelerate import PartialState
+
+        state = PartialState()
         build_store(root, key, spec, compute, num_examples=len(ds), batch_size=self.recipe.train.eval_batch_size,
                     meta={"teacher": self.teacher_path, "recipe_task": self.recipe.task,
-                          "labels": self.plan.labels})
+                          "labels": self.plan.labels},
+                    rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone)
         self.report["store_build_seconds"] = time.perf_counter() - t0
         return TeacherStore.open(path)
 

@@ -83,7 +83,7 @@ def cmd_methods(name: str | None) -> int:
     params = loss_parameters(name)
     print(f"{name}: {cls.formula}\n\n{(cls.__doc__ or '').strip()}\n\ncitation: {cls.citation}\n")
     snippet = ", ".join(f"{k}: {p.default!r}" for k, p in params.items()
-                        if p.default is not p.empty and not k.endswith(("_size", "_layers")))
+                        if p.default is not p.empty)
     print("losses:\n  - {name: %s, weight: 1.0%s}" % (name, ", " + snippet if snippet else ""))
     return 0
 

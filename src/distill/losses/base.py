@@ -72,9 +72,13 @@ def register_loss(cls: type[DistillLoss]) -> type[DistillLoss]:
 
 
 def loss_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The parameters a recipe may set for loss ``name`` (those filled from :class:`LossContext` excluded)."""
     sig = inspect.signature(LOSSES.get(name).__init__)
-    return {k: p for k, p in sig.parameters.items() if k != "self" and p.kind is p.KEYWORD_ONLY or
-            (k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)}
+    return {
+        k: p for k, p in sig.parameters.items()
+        if k != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and k not in LossContext.__dataclass_fields__
+    }
 
 
 def check_params(name: str, params: dict[str, Any], path: str) -> None:

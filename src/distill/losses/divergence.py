@@ -87,8 +87,9 @@ def sparse_teacher_log_probs(sparse: SparseLogits, mode: str = "spread") -> tupl
     ``topk``: returns the (..., k) log-probabilities renormalised over the kept classes, and the indices so the
     caller can gather the student's logits at the same classes.
     """
-    values = sparse.values.float()
-    lse = sparse.logsumexp.float().unsqueeze(-1)
+    # the teacher is a fixed target: never back-propagate into it (the dense path detaches too)
+    values = sparse.values.detach().float()
+    lse = sparse.logsumexp.detach().float().unsqueeze(-1)
     log_kept = values - lse  # (..., k) exact log-probs of the kept classes
     if mode == "topk":
         return torch.log_softmax(values, dim=-1), sparse.indices.long()

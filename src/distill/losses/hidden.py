@@ -79,10 +79,16 @@ class HiddenStateLoss(DistillLoss):
             self.projectors = nn.ModuleList(
                 nn.Linear(student_hidden_size, teacher_hidden_size) for _ in self.pairs or [None]
             )
+            if student_hidden_size == teacher_hidden_size:
+                for proj in self.projectors:  # a forced square projector starts as the identity map
+                    nn.init.eye_(proj.weight)
+                    nn.init.zeros_(proj.bias)
 
     @staticmethod
     def validate_params(loss: str = "mse", layer_map: Any = "uniform", pooling: str = "none",
-                        projector: str = "auto", **_: Any) -> None:
+                        projector: str = "auto", **context: Any) -> None:
+        if context:  # widths and depths come from the models (LossContext), never from the recipe
+            raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
         if loss not in ("mse", "cosine"):
             raise ValueError(f"loss: {loss!r} is not allowed; choose mse or cosine")
         if pooling not in ("none", "mean"):

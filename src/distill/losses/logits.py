@@ -18,11 +18,14 @@ from distill.losses.divergence import (
 from distill.outputs import ModelOutputs, SparseLogits
 
 
-def _row_mask(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def _row_mask(logits: torch.Tensor, batch: dict[str, torch.Tensor], outputs: ModelOutputs | None = None
+              ) -> torch.Tensor | None:
     """Token mask for (B, L, V) logits; None for (B, C) classifier logits (every row counts)."""
-    if logits.dim() == 3 and "attention_mask" in batch:
-        return batch["attention_mask"]
-    return None
+    if logits.dim() != 3:
+        return None
+    if outputs is not None and outputs.attention_mask is not None:
+        return outputs.attention_mask
+    return batch.get("attention_mask")
 
 
 @register_loss
@@ -77,7 +80,7 @@ class KDLoss(DistillLoss):
         scale_by_t2: bool = True,
         beta: float = 0.5,
     ) -> None:
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (1-4 is usual)")
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence: {divergence!r} is not allowed; choose one of {', '.join(DIVERGENCES)}")
@@ -85,7 +88,7 @@ class KDLoss(DistillLoss):
             raise ValueError(f"reduction: {reduction!r} is not allowed; choose one of {', '.join(REDUCTIONS)}")
         if not isinstance(scale_by_t2, bool):
             raise ValueError(f"scale_by_t2: {scale_by_t2!r} is not allowed; use true or false")
-        if not isinstance(beta, (int, float)) or not 0 < beta < 1:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
             raise ValueError(f"beta: {beta!r} is not allowed; use 0 < beta < 1 (0.5 is the symmetric JSD)")
 
     @property
@@ -97,7 +100,7 @@ class KDLoss(DistillLoss):
         z_t = teacher.require("logits", self.name)
         log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
         terms = divergence_terms(log_p, log_q, self.divergence, self.beta)
-        loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch), num_classes=c)
+        loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch, student), num_classes=c)
         if self.scale_by_t2:
             loss = loss * self.temperature**2
         return loss
@@ -125,7 +128,8 @@ class CELoss(DistillLoss):
 
     @staticmethod
     def validate_params(label_smoothing: float = 0.0) -> None:
-        if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        is_number = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
+        if not is_number or not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing: {label_smoothing!r} is not allowed; use [0, 1)")
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
@@ -167,7 +171,7 @@ class HardKDLoss(DistillLoss):
             target = z_t.indices[..., 0].long()  # top-k is sorted, so index 0 is the arg-max
         else:
             target = z_t.argmax(dim=-1)
-        mask = _row_mask(z_s, batch)
+        mask = _row_mask(z_s, batch, student)
         per_row = F.cross_entropy(z_s.float().reshape(-1, z_s.shape[-1]), target.reshape(-1), reduction="none")
         if mask is None:
             return per_row.mean()

@@ -21,7 +21,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def fsync_dir(path: str | Path) -> None:
-    """Make a rename durable (survives power loss, not only kill -9). No-op where directories can't be opened."""
+    """Make a rename durable (survives power loss, not only kill -9); no-op where folders can't be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

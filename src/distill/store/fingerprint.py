@@ -3,7 +3,7 @@
 The key (:func:`store_key`) is the sha256 of a canonical JSON document holding
 
 - the teacher's weights (:func:`fingerprint_model`: every state-dict tensor's name, dtype, shape and bytes,
-  plus the model class and its config, since e.g. ``layer_norm_eps`` changes outputs without changing weights);
+  plus the model class and its config: e.g. ``layer_norm_eps`` changes outputs without changing weights);
 - the tokenizer (:func:`fingerprint_tokenizer`: its full serialisation, special tokens, padding side,
   maximum length);
 - the data (:func:`fingerprint_rows`: the text of every example, in order, and any other input field);
@@ -60,8 +60,8 @@ def _canonical(value: Any) -> Any:
     if hasattr(value, "__fspath__"):
         return str(value)
     raise TypeError(
-        f"cannot fingerprint a {type(value).__name__}; pass plain JSON-like values (str, numbers, lists, dicts, "
-        "tensors) or a fingerprint string"
+        f"cannot fingerprint a {type(value).__name__}; pass plain JSON-like values (str, numbers, lists, "
+        "dicts, tensors) or a fingerprint string"
     )
 
 
@@ -80,7 +80,7 @@ def _tensor_bytes(name: str, tensor: torch.Tensor) -> memoryview:
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:
-    """sha256 of the model class, its config and every state-dict tensor (sorted name, dtype, shape, bytes)."""
+    """sha256 of the model class, its config and every state-dict tensor (name, dtype, shape, bytes)."""
     h = hashlib.sha256()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}\n".encode())
     config = getattr(model, "config", None)
@@ -95,7 +95,9 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     for name in sorted(state):
         tensor = state[name]
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"cannot fingerprint the model: state-dict entry {name!r} is a {type(tensor).__name__}")
+            raise TypeError(
+                f"cannot fingerprint the model: state-dict entry {name!r} is a {type(tensor).__name__}"
+            )
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         h.update(_tensor_bytes(name, tensor))
     return h.hexdigest()
@@ -115,12 +117,14 @@ def fingerprint_tokenizer(tokenizer: Any) -> str:
                 parts[attr] = getattr(tokenizer, attr)
     else:
         raise TypeError(
-            f"cannot fingerprint a {type(tokenizer).__name__}: it has neither backend_tokenizer nor get_vocab(); "
-            "pass a transformers tokenizer"
+            f"cannot fingerprint a {type(tokenizer).__name__}: it has neither backend_tokenizer nor "
+            "get_vocab(); pass a transformers tokenizer"
         )
     special = getattr(tokenizer, "special_tokens_map", None)
     if special is not None:
-        parts["special_tokens"] = {k: (v if isinstance(v, (str, list)) else str(v)) for k, v in special.items()}
+        parts["special_tokens"] = {
+            k: (v if isinstance(v, (str, list)) else str(v)) for k, v in special.items()
+        }
     for attr in ("padding_side", "truncation_side", "model_max_length", "chat_template"):
         value = getattr(tokenizer, attr, None)
         if value is not None:

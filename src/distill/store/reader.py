@@ -36,8 +36,9 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
 def _index_list(indices: Sequence[int] | torch.Tensor, n: int) -> list[int]:
     if isinstance(indices, torch.Tensor):
         if indices.is_floating_point() or indices.is_complex() or indices.dim() > 1:
-            raise TypeError(f"indices must be a 1-D integer tensor, got {indices.dtype} of shape "
-                            f"{tuple(indices.shape)}")
+            raise TypeError(
+                f"indices must be a 1-D integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}"
+            )
         out = indices.reshape(-1).tolist()
     else:
         out = [int(i) for i in indices]
@@ -71,7 +72,7 @@ class TeacherStore:
     # --------------------------------------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: str | Path, reconstruct: str | None = None) -> "TeacherStore":
+    def open(cls, path: str | Path, reconstruct: str | None = None) -> TeacherStore:
         """Open the store folder ``path`` (``<root>/<key>``). ``reconstruct`` overrides the spec's mode."""
         path = Path(path).expanduser()
         manifest_path = path / MANIFEST_NAME
@@ -81,7 +82,9 @@ class TeacherStore:
         try:
             manifest = read_json(manifest_path)
         except (OSError, ValueError) as exc:
-            raise StoreError(f"the manifest of the teacher store at {path} is unreadable ({exc}); {_REBUILD}") from None
+            raise StoreError(
+                f"the manifest of the teacher store at {path} is unreadable ({exc}); {_REBUILD}"
+            ) from None
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(
@@ -91,8 +94,10 @@ class TeacherStore:
         for shard in manifest["shards"]:
             f = path / shard["file"]
             if not f.exists() or f.stat().st_size != shard["bytes"]:
-                raise StoreError(f"the teacher store at {path} is incomplete: {shard['file']} is missing or has the "
-                                 f"wrong size; {_REBUILD}")
+                raise StoreError(
+                    f"the teacher store at {path} is incomplete: {shard['file']} is missing or has the "
+                    f"wrong size; {_REBUILD}"
+                )
         return cls(path, manifest, reconstruct)
 
     def _reset_handles(self) -> None:
@@ -172,12 +177,20 @@ class TeacherStore:
             per_token.extend(f"hidden_{layer}" for layer in self.layout["hidden_states"]["layers"])
         return per_example, per_token
 
-    def fetch(self, indices: Sequence[int] | torch.Tensor, pad_to: int | None = None) -> ModelOutputs:
+    def fetch(
+        self,
+        indices: Sequence[int] | torch.Tensor,
+        pad_to: int | None = None,
+        padding_side: str = "right",
+    ) -> ModelOutputs:
         """Teacher outputs for the examples ``indices`` (global, any order, repeats allowed).
 
-        Per-token fields are right-padded to the longest example in the batch (or to ``pad_to``) and come
-        with ``attention_mask`` (B, L). Floating tensors are returned as float32.
+        Per-token fields are padded to the longest example in the batch (or to ``pad_to``), on the right
+        unless ``padding_side="left"`` (match the student batch's padding), and come with ``attention_mask``
+        (B, L). Floating tensors are returned as float32.
         """
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side: {padding_side!r}; use 'right' or 'left'")
         idx = _index_list(indices, len(self))
         per_example_names, per_token_names = self._field_names()
 
@@ -211,7 +224,7 @@ class TeacherStore:
                 for name in per_token_names:
                     sl = f.get_slice(name)
                     tok_chunks[name].extend(sl[t0:t1] for t0, t1 in token_runs)
-                for (a, b), (t0, _) in zip(runs, token_runs):
+                for (a, b), (t0, _) in zip(runs, token_runs, strict=True):
                     for r in range(a, b):
                         tok_span[(s, r)] = (n_tokens + int(offsets[r]) - t0, int(offsets[r + 1] - offsets[r]))
                     n_tokens += int(offsets[b]) - t0
@@ -228,13 +241,17 @@ class TeacherStore:
             longest = int(lengths.max()) if lengths.numel() else 0
             width = longest if pad_to is None else int(pad_to)
             if width < longest:
-                raise ValueError(f"pad_to={pad_to} is shorter than the longest example in the batch ({longest})")
+                raise ValueError(
+                    f"pad_to={pad_to} is shorter than the longest example in the batch ({longest})"
+                )
             positions = torch.arange(width).unsqueeze(0)  # (1, L)
-            valid = positions < lengths.unsqueeze(1)  # (B, L)
+            if padding_side == "left":
+                positions = positions - (width - lengths).unsqueeze(1)  # (B, L): token number, < 0 on padding
+            valid = (positions >= 0) & (positions < lengths.unsqueeze(1))  # (B, L)
             source = (starts.unsqueeze(1) + positions)[valid]  # (valid tokens,) rows of the token chunks
             for name in per_token_names:
                 tokens = torch.cat(tok_chunks[name])  # (T, ...)
-                padded = tokens.new_zeros((len(idx), width) + tuple(tokens.shape[1:]))  # (B, L, ...)
+                padded = tokens.new_zeros((len(idx), width, *tokens.shape[1:]))  # (B, L, ...)
                 padded[valid] = tokens.index_select(0, source)
                 out[name] = padded
             attention_mask = valid.long()
@@ -245,7 +262,11 @@ class TeacherStore:
         layout = self.layout.get("logits")
         if layout is not None:
             if layout["sparse"]:
-                values, indices, lse = t["topk_values"].float(), t["topk_indices"].long(), t["logsumexp"].float()
+                values, indices, lse = (
+                    t["topk_values"].float(),
+                    t["topk_indices"].long(),
+                    t["logsumexp"].float(),
+                )
                 if layout["per_token"] and attention_mask is not None:
                     # padded positions get a valid (uniform over k classes) distribution, so no loss sees NaN
                     pad = attention_mask == 0
@@ -263,8 +284,9 @@ class TeacherStore:
                 items[layer] = t[f"hidden_{layer}"].float()
             hidden = tuple(items)  # type: ignore[arg-type]  # None marks a layer the store did not keep
         embeddings = t["embeddings"].float() if "embeddings" in t else None
-        return ModelOutputs(logits=logits, hidden_states=hidden, embeddings=embeddings,
-                            attention_mask=attention_mask)
+        return ModelOutputs(
+            logits=logits, hidden_states=hidden, embeddings=embeddings, attention_mask=attention_mask
+        )
 
     # ----------------------------------------------------------------------------------------- inspection
 
@@ -279,7 +301,9 @@ class TeacherStore:
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
-        size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file() and not f.name.startswith("."))
+        size = sum(
+            f.stat().st_size for f in self.path.iterdir() if f.is_file() and not f.name.startswith(".")
+        )
         n = len(self)
         tokens = m.get("num_tokens")
         return {

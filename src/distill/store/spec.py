@@ -11,7 +11,9 @@ Tensors in a shard (N examples, T valid tokens over them):
 
 - ``logits`` (N, C) or (T, V) in ``dtype`` when dense;
 - ``topk_values`` (N|T, k) ``dtype``, sorted descending; ``topk_indices`` (N|T, k) int32;
-  ``logsumexp`` (N|T,) float32 (log-normaliser of the full logits at T=1) when sparse;
+  ``logsumexp`` (N|T,) float32 when sparse: log-normaliser at T=1 of the full float32 logits with the kept k
+  replaced by their stored values (equal to the plain one for float32 storage), so
+  ``exp(topk_values - logsumexp)`` are exact probabilities and the missing mass is never negative;
 - ``embeddings`` (N, D) ``dtype``;
 - ``hidden_{layer}`` (T, H) ``dtype`` per kept layer;
 - ``offsets`` (N+1,) int64 whenever a per-token field is kept: example i owns rows
@@ -67,7 +69,9 @@ class StoreSpec:
         capture = tuple(self.capture) if not isinstance(self.capture, str) else (self.capture,)
         for item in capture:
             if item not in CAPTURE_FIELDS:
-                raise ValueError(f"store capture: {item!r} is not allowed; choose from {', '.join(CAPTURE_FIELDS)}")
+                raise ValueError(
+                    f"store capture: {item!r} is not allowed; choose from {', '.join(CAPTURE_FIELDS)}"
+                )
         if not capture:
             raise ValueError("store capture is empty; keep at least one of " + ", ".join(CAPTURE_FIELDS))
         object.__setattr__(self, "capture", tuple(f for f in CAPTURE_FIELDS if f in capture))
@@ -77,7 +81,9 @@ class StoreSpec:
                 raise ValueError(f"store layers: {layer!r} is not allowed; use hidden-state indices >= 0")
         object.__setattr__(self, "layers", tuple(sorted(set(layers))))
         if "hidden_states" in self.capture and not self.layers:
-            raise ValueError("store capture has 'hidden_states' but no layers; name the hidden-state indices to keep")
+            raise ValueError(
+                "store capture has 'hidden_states' but no layers; name the hidden-state indices to keep"
+            )
         if self.layers and "hidden_states" not in self.capture:
             raise ValueError(f"store layers {list(self.layers)} given but 'hidden_states' is not in capture")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0:
@@ -88,7 +94,8 @@ class StoreSpec:
             raise ValueError(f"store shard_size: {self.shard_size!r} is not allowed; use a positive integer")
         if self.reconstruct not in RECONSTRUCTIONS:
             raise ValueError(
-                f"store reconstruct: {self.reconstruct!r} is not allowed; choose from {', '.join(RECONSTRUCTIONS)}"
+                f"store reconstruct: {self.reconstruct!r} is not allowed; "
+                f"choose from {', '.join(RECONSTRUCTIONS)}"
             )
 
     @property
@@ -100,13 +107,17 @@ class StoreSpec:
         return 0 < self.topk < num_classes
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StoreSpec":
+    def from_dict(cls, data: dict[str, Any]) -> StoreSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown store spec fields {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"unknown store spec fields {sorted(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -1,13 +1,13 @@
 """Run the teacher once and write its outputs as a sharded, resumable, crash-safe store.
 
-Why safetensors: ``safe_open`` memory-maps a file, so the reader slices the rows of a batch straight out of the
-page cache without reading (or unpickling) whole files; each tensor's dtype and shape sit in a small JSON
+Why safetensors: ``safe_open`` memory-maps a file, so the reader slices the rows of a batch straight out of
+the page cache without reading (or unpickling) whole files; each tensor's dtype and shape sit in a small JSON
 header that is checked on open; there is no pickle, so a store downloaded from elsewhere cannot run code; and
 it is already a dependency of transformers, so it costs nothing to install.
 
 Crash safety: every file is written under a temporary name in the store folder, flushed and fsync'ed, then
-``os.replace``'d onto its final name (atomic on POSIX). A ``kill -9`` at any moment therefore leaves either the
-old state or the complete new file, never a torn file under a final name. A shard counts as done when its
+``os.replace``'d onto its final name (atomic on POSIX). A ``kill -9`` at any moment therefore leaves either
+the old state or the complete new file, never a torn file under a final name. A shard counts as done when its
 sidecar JSON exists and the shard's sha256 matches it; ``manifest.json`` (written last, by rank 0) marks the
 whole store complete.
 """
@@ -97,8 +97,10 @@ def build_store(
         if problem is None:
             continue
         if problem != "missing":
-            log(f"store {key}: {shard_stem(i)} (rows {ranges[i][0]}-{ranges[i][1] - 1}) {problem}; "
-                "deleting and rebuilding it")
+            log(
+                f"store {key}: {shard_stem(i)} (rows {ranges[i][0]}-{ranges[i][1] - 1}) {problem}; "
+                "deleting and rebuilding it"
+            )
         _delete_shard(path, i)
         todo.append(i)
     if todo:
@@ -147,8 +149,8 @@ def _shard_problem(path: Path, index: int, rows: tuple[int, int], key: str, spec
         )
     if (sidecar.get("start"), sidecar.get("stop")) != rows:
         raise StoreError(
-            f"{side} holds rows {sidecar.get('start')}-{sidecar.get('stop')} but rows {rows[0]}-{rows[1]} were "
-            "asked for: the data changed under the same key; include fingerprint_rows(...) in store_key"
+            f"{side} holds rows {sidecar.get('start')}-{sidecar.get('stop')} but rows {rows[0]}-{rows[1]} "
+            "were asked for: the data changed under the same key; include fingerprint_rows(...) in store_key"
         )
     size = data.stat().st_size
     if size != expected_bytes:
@@ -185,8 +187,12 @@ def _build_shards(
     from tqdm.auto import tqdm
 
     total = sum(ranges[i][1] - ranges[i][0] for i in todo)
-    bar = tqdm(total=total, desc=f"teacher -> store {key[:8]}", unit="ex",
-               disable=not progress or not sys.stderr.isatty())
+    bar = tqdm(
+        total=total,
+        desc=f"teacher -> store {key[:8]}",
+        unit="ex",
+        disable=not progress or not sys.stderr.isatty(),
+    )
     try:
         for i in todo:
             start, stop = ranges[i]
@@ -203,14 +209,20 @@ def _build_shards(
 
 
 def _write_shard(
-    path: Path, key: str, spec: StoreSpec, index: int, rows: tuple[int, int], acc: "_ShardAccumulator"
+    path: Path, key: str, spec: StoreSpec, index: int, rows: tuple[int, int], acc: _ShardAccumulator
 ) -> None:
     stem = shard_stem(index)
     tensors, layout, num_tokens = acc.finish()
     final = path / f"{stem}.safetensors"
     tmp = path / f".{stem}.safetensors.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    metadata = {"format_version": str(FORMAT_VERSION), "key": key, "shard": str(index),
-                "start": str(rows[0]), "stop": str(rows[1])}
+    # One metadata entry: safetensors writes its metadata map in hash order, which differs between processes;
+    # a single key keeps shard bytes (and checksums) identical across builds and ranks.
+    metadata = {
+        "distill": json.dumps(
+            {"format_version": FORMAT_VERSION, "key": key, "shard": index, "start": rows[0], "stop": rows[1]},
+            sort_keys=True,
+        )
+    }
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
@@ -222,9 +234,18 @@ def _write_shard(
         tmp.unlink(missing_ok=True)
     fsync_dir(path)
     sidecar = {
-        "format_version": FORMAT_VERSION, "key": key, "index": index, "file": final.name,
-        "start": rows[0], "stop": rows[1], "num_examples": rows[1] - rows[0], "num_tokens": num_tokens,
-        "bytes": size, "sha256": sha, "spec": spec.to_dict(), "layout": layout,
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "index": index,
+        "file": final.name,
+        "start": rows[0],
+        "stop": rows[1],
+        "num_examples": rows[1] - rows[0],
+        "num_tokens": num_tokens,
+        "bytes": size,
+        "sha256": sha,
+        "spec": spec.to_dict(),
+        "layout": layout,
     }
     atomic_write_json(path / f"{stem}.json", sidecar)
 
@@ -264,30 +285,46 @@ class _ShardAccumulator:
                 else:
                     mask = out.attention_mask.to(like.device) != 0
             if tuple(mask.shape) != tuple(like.shape[:2]):
-                raise ValueError(f"{what} has shape {tuple(like.shape)} but attention_mask {tuple(mask.shape)}")
+                raise ValueError(
+                    f"{what} has shape {tuple(like.shape)} but attention_mask {tuple(mask.shape)}"
+                )
             return mask
 
         if "logits" in spec.capture:
             z = out.logits
             if z is None or isinstance(z, SparseLogits):
-                raise ValueError("compute must return dense teacher logits (a tensor) when the store keeps logits")
+                raise ValueError(
+                    "compute must return dense teacher logits (a tensor) when the store keeps logits"
+                )
             z = z.detach()
             if z.shape[0] != n or z.dim() not in (2, 3):
-                raise ValueError(f"compute returned logits of shape {tuple(z.shape)} for {n} examples; "
-                                 "expected (B, C) or (B, L, V)")
+                raise ValueError(
+                    f"compute returned logits of shape {tuple(z.shape)} for {n} examples; "
+                    "expected (B, C) or (B, L, V)"
+                )
             per_token = z.dim() == 3
             if per_token:
                 z = z[token_mask(z, "logits")]  # (T, V): valid tokens, example-major
             c = z.shape[-1]
             sparse = spec.is_sparse(c)
-            layout["logits"] = {"num_classes": c, "per_token": per_token, "sparse": sparse,
-                                "k": spec.topk if sparse else c}
+            layout["logits"] = {
+                "num_classes": c,
+                "per_token": per_token,
+                "sparse": sparse,
+                "k": spec.topk if sparse else c,
+            }
             if sparse:
-                zf = z.float()  # log-normaliser and ranking in float32, before any truncation
-                values, indices = zf.topk(spec.topk, dim=-1)  # sorted descending
-                self._put("topk_values", self._cast("logits", values))
+                zf = z.float()  # ranking and log-normaliser in float32, over the full vector
+                values, indices = zf.topk(spec.topk, dim=-1)  # (.., k) sorted descending
+                stored = self._cast("logits", values)
+                # The normaliser is taken over the full logits with the kept k replaced by their stored
+                # (rounded) values: then exp(values - logsumexp) are exact probabilities of one logit vector
+                # and never sum past 1. With the raw float32 normaliser, float16 rounding of large logits
+                # (spacing 1/64 near 20) makes the kept mass exceed 1 by ~1%. Identical for float32 storage.
+                lse = torch.logsumexp(zf.scatter(-1, indices, stored.float()), dim=-1)  # (..,)
+                self._put("topk_values", stored)
                 self._put("topk_indices", indices.to(torch.int32))  # int16 overflows LM vocabularies
-                self._put("logsumexp", torch.logsumexp(zf, dim=-1))
+                self._put("logsumexp", lse)
             else:
                 self._put("logits", self._cast("logits", z))
 
@@ -295,8 +332,9 @@ class _ShardAccumulator:
             e = out.embeddings
             if e is None or e.dim() != 2 or e.shape[0] != n:
                 got = None if e is None else tuple(e.shape)
-                raise ValueError(f"compute must return embeddings of shape ({n}, D) when the store keeps them; "
-                                 f"got {got}")
+                raise ValueError(
+                    f"compute must return embeddings of shape ({n}, D) when the store keeps them; got {got}"
+                )
             layout["embeddings"] = {"dim": e.shape[1]}
             self._put("embeddings", self._cast("embeddings", e.detach()))
 
@@ -356,8 +394,9 @@ def _check_existing_manifest(path: Path, key: str, spec: StoreSpec, num_examples
         return
     if old.get("key") != key or old.get("spec") != spec.to_dict() or old.get("num_examples") != num_examples:
         raise StoreError(
-            f"the store at {path} was built for {old.get('num_examples')} examples with spec {old.get('spec')}, "
-            f"but {num_examples} examples with spec {spec.to_dict()} were asked for under the same key; "
+            f"the store at {path} was built for {old.get('num_examples')} examples with spec "
+            f"{old.get('spec')}, but {num_examples} examples with spec {spec.to_dict()} were asked for under "
+            "the same key; "
             "the key must cover the data and the spec (use distill.store.store_key)"
         )
 
@@ -389,9 +428,13 @@ def _write_manifest(
     layout = sidecars[0]["layout"]
     for side in sidecars[1:]:
         if side["layout"] != layout:
-            raise StoreError(f"store {key}: {side['file']} has layout {side['layout']} but shard 0 has {layout}")
-    shards = [{k: side[k] for k in ("index", "file", "start", "stop", "num_tokens", "bytes", "sha256")}
-              for side in sidecars]
+            raise StoreError(
+                f"store {key}: {side['file']} has layout {side['layout']} but shard 0 has {layout}"
+            )
+    shards = [
+        {k: side[k] for k in ("index", "file", "start", "stop", "num_tokens", "bytes", "sha256")}
+        for side in sidecars
+    ]
     per_token = layout["per_token"]
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -413,8 +456,11 @@ def _write_manifest(
             old = read_json(manifest_path)
         except (OSError, ValueError):
             old = {}
-        if {k: v for k, v in old.items() if k != "created"} == {k: v for k, v in manifest.items() if k != "created"}:
+        old.pop("created", None)
+        if old == {k: v for k, v in manifest.items() if k != "created"}:
             return  # nothing changed: keep the original creation time
     atomic_write_json(manifest_path, manifest)
-    log(f"store {key}: wrote manifest ({len(shards)} shard(s), {manifest['bytes_total'] / 2**20:.1f} MiB) "
-        f"at {path}")
+    log(
+        f"store {key}: wrote manifest ({len(shards)} shard(s), {manifest['bytes_total'] / 2**20:.1f} MiB) "
+        f"at {path}"
+    )
