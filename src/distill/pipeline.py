@@ -268,31 +268,38 @@ class Run:
         key = self.store_key(spec, kd_frame)
         root = Path(self.recipe.store.dir) if self.recipe.store.dir else default_store_root()
         path = root / key
-        if (path / "manifest.json").exists():
-            self.log(f"teacher outputs found in the store {path}: the teacher is not needed for training")
-            return TeacherStore.open(path)
-        if not build:
+        exists = (path / "manifest.json").exists()
+        if not exists and not build:
             raise RecipeError(f"no store with key {key} under {root}; build it with `distill cache`")
-        teacher = self.teacher()
-        ds = to_dataset(kd_frame, self.teacher_tokenizer, max_length=self.recipe.data.max_length)
-        collate = DistillCollator(self.teacher_tokenizer)
         need_hidden = "hidden_states" in spec.capture
+        lazy: dict[str, Any] = {}
 
         @torch.no_grad()
         def compute(indices: list[int]):
-            batch = collate([ds[i] for i in indices])
-            return forward_outputs(teacher, model_inputs(batch), hidden=need_hidden)
+            # the teacher and its tokenised data load only if some shard is missing or damaged
+            if not lazy:
+                lazy["teacher"] = self.teacher()
+                lazy["ds"] = to_dataset(kd_frame, self.teacher_tokenizer, max_length=self.recipe.data.max_length)
+                lazy["collate"] = DistillCollator(self.teacher_tokenizer)
+            batch = lazy["collate"]([lazy["ds"][i] for i in indices])
+            return forward_outputs(lazy["teacher"], model_inputs(batch), hidden=need_hidden)
 
-        self.log(f"running the teacher once over {len(ds)} examples into the store {path}")
+        if not exists:
+            self.log(f"running the teacher once over {len(kd_frame)} examples into the store {path}")
         t0 = time.perf_counter()
-        # under `accelerate launch` every process runs the teacher on its own shards; rank 0 writes the manifest
+        # under `accelerate launch` every process runs the teacher on its own shards; rank 0 writes the manifest.
+        # On an existing store this re-checks every shard's checksum and rebuilds only damaged ones.
         from accelerate import PartialState
 
         state = PartialState()
-        build_store(root, key, spec, compute, num_examples=len(ds), batch_size=self.recipe.train.eval_batch_size,
+        build_store(root, key, spec, compute, num_examples=len(kd_frame), batch_size=self.recipe.train.eval_batch_size,
                     meta={"teacher": self.teacher_path, "recipe_task": self.recipe.task,
                           "labels": self.plan.labels},
-                    rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone)
+                    rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone,
+                    log=self.log)
+        if exists and not lazy:
+            self.log(f"teacher outputs found in the store {path}: the teacher is not needed for training")
+            return TeacherStore.open(path)
         self.report["store_build_seconds"] = time.perf_counter() - t0
         return TeacherStore.open(path)
 

@@ -120,3 +120,40 @@ def test_methods_lists_every_loss(capsys):
     assert all(name in out for name in LOSSES)
     assert main(["methods", "kd"]) == 0
     assert "{name: kd, weight: 1.0, temperature: 2.0" in capsys.readouterr().out
+
+
+def test_cache_info_and_damaged_shard_rebuilt(finished_run, capsys):
+    tmp, recipe, path = finished_run
+    assert main(["cache", path, "--info"]) == 0
+    info = capsys.readouterr().out
+    report = json.loads((tmp / "run" / "report.json").read_text())
+    key = report["store"]["key"]
+    assert key in info
+    shard = next((tmp / "stores" / key).glob("shard-*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["cache", path]) == 0
+    out = capsys.readouterr().out
+    assert shard.name.split(".")[0] in out  # the damaged shard is named
+    from distill.store import TeacherStore
+
+    assert TeacherStore.open(tmp / "stores" / key).verify() == []
+
+
+def test_training_from_store_never_loads_the_teacher(finished_run, monkeypatch, capsys):
+    """With the store in place and the students trained, only evaluation loads the teacher: force a retrain
+    of the distilled student and check the teacher is loaded exactly once (for the test-split evaluation)."""
+    import shutil
+
+    from distill import pipeline
+
+    tmp, recipe, path = finished_run
+    shutil.rmtree(tmp / "run" / "student")
+    calls = []
+    real = pipeline.load_classifier
+    monkeypatch.setattr(pipeline, "load_classifier", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert main(["run", path]) == 0
+    out = capsys.readouterr().out
+    assert "teacher outputs found in the store" in out and "student: training" in out
+    assert len(calls) == 1
