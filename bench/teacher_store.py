@@ -190,7 +190,7 @@ def main() -> None:
 
     a, b, c, d = (val(m, "epoch_seconds") for m in ("plain", "online", "store", "textbrewer"))
     ratio = lambda x, y: f"{x / y:.2f}" if x and y else "n/a"
-    rows = [f"| {m} | {val(m, 'epoch_seconds') or '-'} | {val(m, 'peak_rss_mb') and round(val(m, 'peak_rss_mb'))} |"
+    rows = [f"| {m} | {round(val(m, 'epoch_seconds') or 0, 1) or '-'} | {val(m, 'peak_rss_mb') and round(val(m, 'peak_rss_mb'))} |"
             for m in ("plain", "online", "store", "textbrewer")]
     body = (
         f"Student {args.student}, teacher all-mpnet-base-v2 classifier, {args.rows} movie-snippet rows per epoch, "
@@ -201,7 +201,7 @@ def main() -> None:
         f"- peak RSS (c) / (a): {ratio(val('store', 'peak_rss_mb'), val('plain', 'peak_rss_mb'))} (target <= 1.10)\n"
         f"- (c) store / (d) TextBrewer: {ratio(c, d)} (target <= 0.4)\n"
         f"- store build (one-off): {val('store_build', 'build_seconds') and round(val('store_build', 'build_seconds'), 1)} s, "
-        f"{val('store_build', 'bytes_per_example')} bytes per example\n"
+        f"{round(val('store_build', 'bytes_per_example') or 0, 2)} bytes per example\n"
         + ("".join(f"- {m}: {r['error']}\n" for m, r in results.items() if "error" in r))
     )
     if all("error" in r for r in results.values()):
