@@ -55,7 +55,7 @@ def test_api_rejects_label_mismatch(tiny_classifier):
 def test_student_with_its_own_tokenizer(tmp_path, tiny_classifier, sentiment_csv, other_tokenizer, store):
     tok, tok_path = other_tokenizer
     student_dir = make_bert(tmp_path / "student", tok, layers=2, hidden=16, heads=2, seed=2)
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir)},
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir), "from_teacher": False, "layers": None},
                          store={"enabled": store, "dir": str(tmp_path / "stores")},
                          losses=[{"name": "kd", "weight": 0.5}, {"name": "ce", "weight": 0.5},
                                  {"name": "hidden", "weight": 0.1, "pooling": "mean", "layer_map": "last"}],
@@ -71,7 +71,7 @@ def test_token_level_hidden_loss_with_different_tokenizers_fails_early(tmp_path,
                                                                       other_tokenizer, capsys):
     tok, _ = other_tokenizer
     student_dir = make_bert(tmp_path / "student", tok, layers=2, hidden=16, heads=2, seed=2)
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir)},
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir), "from_teacher": False, "layers": None},
                          losses=[{"name": "hidden"}])
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
