@@ -104,13 +104,13 @@ def store_root(tmp_path, monkeypatch):
     return root
 
 
-def tiny_recipe(tmp_path, teacher_model, data, **sections):
+def tiny_recipe(tmp_path, teacher_model, data_file, **sections):
     """A recipe dict for the tiny models: fast enough for the default test suite."""
     recipe = {
         "output_dir": str(tmp_path / "run"),
         "teacher": {"model": str(teacher_model)},
         "student": {"from_teacher": True, "layers": [0, 3]},
-        "data": {"train": str(data), "max_length": 32},
+        "data": {"train": str(data_file), "max_length": 32},
         "losses": [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
         "train": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2, "save_steps": 5,
                   "eval_batch_size": 32},

@@ -82,18 +82,29 @@ def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     return {k: batch[prefix + k] for k in keys if prefix + k in batch}
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Masked mean over tokens: (B, L, H) -> (B, H) (the sentence-transformers pooling)."""
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
 def forward_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], hidden: bool = False,
-                    attentions: bool = False) -> ModelOutputs:
-    """Run a HF model and wrap what the losses may read."""
+                    attentions: bool = False, embeddings: bool = False) -> ModelOutputs:
+    """Run a HF model and wrap what the losses may read. ``embeddings`` are the mask-averaged last hidden
+    states (B, H)."""
     kwargs: dict[str, Any] = {}
-    if hidden:
+    if hidden or embeddings:
         kwargs["output_hidden_states"] = True
     if attentions:
         kwargs["output_attentions"] = True
     out = model(**inputs, **kwargs)
+    states = tuple(out.hidden_states) if out.hidden_states is not None and (hidden or embeddings) else None
     return ModelOutputs(
         logits=out.logits,
-        hidden_states=tuple(out.hidden_states) if hidden and out.hidden_states is not None else None,
+        hidden_states=states if hidden else None,
         attentions=tuple(out.attentions) if attentions and out.attentions is not None else None,
+        embeddings=mean_pool(states[-1], inputs.get("attention_mask")) if embeddings and states else None,
         attention_mask=inputs.get("attention_mask"),
     )

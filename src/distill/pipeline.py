@@ -282,7 +282,8 @@ class Run:
                 lazy["ds"] = to_dataset(kd_frame, self.teacher_tokenizer, max_length=self.recipe.data.max_length)
                 lazy["collate"] = DistillCollator(self.teacher_tokenizer)
             batch = lazy["collate"]([lazy["ds"][i] for i in indices])
-            return forward_outputs(lazy["teacher"], model_inputs(batch), hidden=need_hidden)
+            return forward_outputs(lazy["teacher"], model_inputs(batch), hidden=need_hidden,
+                                   embeddings="embeddings" in spec.capture)
 
         if not exists:
             self.log(f"running the teacher once over {len(kd_frame)} examples into the store {path}")

@@ -157,3 +157,28 @@ def test_training_from_store_never_loads_the_teacher(finished_run, monkeypatch, 
     out = capsys.readouterr().out
     assert "teacher outputs found in the store" in out and "student: training" in out
     assert len(calls) == 1
+
+
+def test_label_free_distillation_on_unlabelled_text(tmp_path, tiny_classifier, sentiment_csv):
+    """No loss reads labels: the student learns from train + unlabelled text through the store alone,
+    which also keeps mean-pooled teacher embeddings when asked."""
+    import pandas as pd
+
+    from distill.store import TeacherStore
+
+    df = pd.read_csv(sentiment_csv)
+    df[["text"]].head(60).to_csv(tmp_path / "unlabelled.csv", index=False)
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         data={"train": str(sentiment_csv), "unlabeled": str(tmp_path / "unlabelled.csv"),
+                               "max_length": 32},
+                         losses=[{"name": "kd", "divergence": "symmetric_kl", "temperature": 1.0}],
+                         store={"dir": str(tmp_path / "stores"), "topk": 1, "capture": ["logits", "embeddings"]},
+                         eval={"baseline": False, "latency_batch_sizes": [1], "latency_repeats": 1})
+    assert main(["run", write_recipe(tmp_path / "r.yaml", recipe)]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"]["unlabeled"] == 60
+    store = TeacherStore.open(tmp_path / "stores" / report["store"]["key"])
+    assert len(store) == report["data"]["train"] + 60
+    out = store.fetch([0, 1])
+    assert out.embeddings.shape == (2, 32) and out.logits.k == 1  # top-1 of 2 classes: sparse
+    assert report["training"]["student"]["steps"] > 0
