@@ -20,7 +20,7 @@ def test_splits_are_stratified_fixed_and_disjoint(sentiment_csv):
 def test_missing_column_and_unknown_label(tmp_path, sentiment_csv):
     with pytest.raises(RecipeError, match="column 'review' not found .*data.text_column"):
         load_splits(DataConfig(train=str(sentiment_csv), text_column="review"))
-    with pytest.raises(RecipeError, match="label 'positive' .* is not one of the labels"):
+    with pytest.raises(RecipeError, match="label '(positive|negative)' .* is not one of the labels"):
         load_splits(DataConfig(train=str(sentiment_csv)), labels=["neg", "pos"])
     with pytest.raises(RecipeError, match="does not exist"):
         load_splits(DataConfig(train=str(tmp_path / "none.csv")))
@@ -44,3 +44,17 @@ def test_tokenise_two_tokenizers_and_collate(sentiment_csv, tiny_tokenizer):
     batch = DistillCollator(tiny_tokenizer, tiny_tokenizer)([ds[i] for i in range(4)])
     assert batch["input_ids"].shape == batch["teacher_input_ids"].shape
     assert batch["example_index"].tolist() == [100, 101, 102, 103]
+
+
+def test_hf_datasets_on_disk(tmp_path, sentiment_csv):
+    import datasets
+
+    df = pd.read_csv(sentiment_csv)
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_pandas(df.iloc[:150]),
+        "validation": datasets.Dataset.from_pandas(df.iloc[150:190].reset_index(drop=True)),
+        "test": datasets.Dataset.from_pandas(df.iloc[190:].reset_index(drop=True)),
+    })
+    dd.save_to_disk(tmp_path / "ds")
+    s = load_splits(DataConfig(source="hf_disk", train=str(tmp_path / "ds")))
+    assert (len(s.train), len(s.validation), len(s.test)) == (150, 40, len(df) - 190)
