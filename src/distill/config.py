@@ -242,6 +242,9 @@ class TrainConfig:
     """Mixed precision in bfloat16 (GPU/recent CPU)."""
     fp16: bool = False
     """Mixed precision in float16 (GPU)."""
+    report_to: list[str] | None = None
+    """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
+    none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
     extra_args: dict[str, Any] = field(default_factory=dict)
     """Any other ``TrainingArguments`` field, passed through (e.g. ``report_to: [tensorboard]``)."""
 

@@ -56,6 +56,7 @@ def _quiet_libraries() -> None:
 
     if not progress_enabled():
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, on every model load
     transformers.logging.set_verbosity_error()
 
 
@@ -171,6 +172,7 @@ class Run:
         self.teacher_tokenizer = None
         self.student_tokenizer = None
         self.report: dict[str, Any] = {"models": {}, "training": {}}
+        self.test_probs: dict[str, np.ndarray] = {}  # role -> (N, C) test-split probabilities, for the report
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
@@ -263,6 +265,7 @@ class Run:
 
     def open_or_build_store(self, distiller: Distiller, kd_frame, build: bool = True):
         from distill.store import TeacherStore, build_store, default_store_root
+        from distill.training.args import progress_enabled
 
         spec = self.store_spec(distiller)
         key = self.store_key(spec, kd_frame)
@@ -294,6 +297,7 @@ class Run:
 
         state = PartialState()
         build_store(root, key, spec, compute, num_examples=len(kd_frame), batch_size=self.recipe.train.eval_batch_size,
+                    progress=progress_enabled(),
                     meta={"teacher": self.teacher_path, "recipe_task": self.recipe.task,
                           "labels": self.plan.labels},
                     rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone,
@@ -361,12 +365,14 @@ class Run:
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred: np.ndarray | None) -> np.ndarray:
         from distill.evaluation import classification_metrics, count_parameters, cpu_latency_ms, predict_logits
+        from distill.evaluation.predictions import softmax
         from distill.evaluation.speed import weights_size_mb
 
         r = self.recipe
         test = to_dataset(self.plan.splits.test, tokenizer, max_length=r.data.max_length)
         collate = DistillCollator(tokenizer)
-        logits = predict_logits(model, test, collate, batch_size=r.train.eval_batch_size)
+        logits = predict_logits(model, test, collate, batch_size=r.train.eval_batch_size, desc=f"evaluating {role}")
+        self.test_probs[role] = softmax(logits).astype(np.float32)
         labels = np.asarray(self.plan.splits.test["label"])
         metrics = classification_metrics(logits, labels, teacher_pred)
         metrics["parameters"] = count_parameters(model)
@@ -448,9 +454,18 @@ class Run:
             path = export_onnx(AutoModelForSequenceClassification.from_pretrained(student_dir),
                                self.student_tokenizer, student_dir)
             self.report["onnx"] = str(path)
+        if self.test_probs:
+            from distill.evaluation.predictions import FILENAME, analyse, prediction_rows, write_predictions
+
+            rows = prediction_rows(sp.test, self.plan.labels, self.test_probs)
+            write_predictions(self.out / FILENAME, rows)
+            self.report["analysis"] = analyse(rows, self.plan.labels)
         write_report(self.out / "report.json", self.report)
+        from distill.evaluation.html_report import write_html_report
+
+        html = write_html_report(self.out)
         print("\n" + table + "\n", flush=True)
-        self.log(f"student saved to {student_dir}; report in {self.out / 'report.json'}")
+        self.log(f"student saved to {student_dir}; report in {self.out / 'report.json'} and {html}")
         return self.report
 
 

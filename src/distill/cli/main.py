@@ -16,6 +16,7 @@ COMMANDS = {
     "cache": "run the teacher once over the training data into the teacher-output store",
     "demo": "fine-tune a teacher on packaged movie-review sentiment and distil it (offline, ~10 min on 2 cores)",
     "methods": "list the registered losses, or show one with a YAML snippet",
+    "report": "re-render a run's report.html, or compare several runs (seeds, methods) with mean and std",
 }
 
 
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default runs/demo)")
     methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
     methods.add_argument("name", nargs="?", help="loss name")
+    report = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
+    report.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="output_dir of a finished `distill run`")
+    report.add_argument("--out", metavar="PATH", help="where to write the page (default: OUT_DIR/report.html for "
+                        "one run, ./report_compare.html for several)")
     return parser
 
 
@@ -88,6 +93,19 @@ def cmd_methods(name: str | None) -> int:
     return 0
 
 
+def cmd_report(out_dirs: list[str], out: str | None) -> int:
+    from distill.evaluation.compare import ReportError, report
+
+    try:
+        path, text = report(out_dirs, out)
+    except ReportError as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"\nwrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -96,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     bad = [t for t in rest if t.startswith("-") and "." not in t]
-    if bad or (rest and args.command in ("demo", "methods")):
+    if bad or (rest and args.command in ("demo", "methods", "report")):
         parser.error(f"unrecognised arguments: {' '.join(bad or rest)} (recipe overrides look like --train.epochs 3)")
     try:
         if args.command == "methods":
             return cmd_methods(args.name)
+        if args.command == "report":
+            return cmd_report(args.out_dirs, args.out)
         if args.command == "demo":
             from distill.cli.demo import run_demo
 

@@ -11,15 +11,22 @@ from distill.models import model_inputs
 
 
 @torch.no_grad()
-def predict_logits(model, dataset, collator, batch_size: int = 64, prefix: str = "") -> np.ndarray:
-    """Logits (N, C) of ``model`` over ``dataset``, in dataset order."""
+def predict_logits(model, dataset, collator, batch_size: int = 64, prefix: str = "",
+                   desc: str = "predicting") -> np.ndarray:
+    """Logits (N, C) of ``model`` over ``dataset``, in dataset order (a progress bar on a terminal)."""
+    from tqdm.auto import tqdm
+
+    from distill.training.args import progress_enabled
+
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
     chunks = []
-    for batch in loader:
-        inputs = {k: v.to(device) for k, v in model_inputs(batch, prefix).items()}
-        chunks.append(model(**inputs).logits.float().cpu())
+    with tqdm(total=len(dataset), desc=desc, unit="ex", disable=not progress_enabled(), leave=False) as bar:
+        for batch in loader:
+            inputs = {k: v.to(device) for k, v in model_inputs(batch, prefix).items()}
+            chunks.append(model(**inputs).logits.float().cpu())
+            bar.update(chunks[-1].shape[0])
     return torch.cat(chunks).numpy()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +17,47 @@ from distill.config import TrainConfig
 def progress_enabled() -> bool:
     # progress bars on a terminal, quiet in CI logs
     return os.isatty(2) and not os.environ.get("CI")
+
+
+def report_to(cfg: TrainConfig) -> list[str]:
+    """The trackers ``train.report_to`` names; by default TensorBoard when it is installed (decided here, at
+    training time, so importing distill never probes for it)."""
+    if cfg.report_to is None:
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    names = [n for n in cfg.report_to if n != "none"]
+    if names == ["all"]:
+        return names
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(f"train.report_to: {name!r} is not a transformers integration; "
+                              f"choose from {sorted(INTEGRATION_TO_CALLBACK)} (or [] for none)")
+    return names
+
+
+def logging_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """Where a stage's tracker logs go: ``<run>/logs/<stage>``.
+
+    Stages train in ``<run>/checkpoints/<stage>`` (students) or ``<teacher dir>.checkpoints`` (teacher
+    fine-tuning), folders deleted once the stage finishes, so the logs must live outside them.
+    """
+    p = Path(output_dir)
+    if p.parent.name == "checkpoints":
+        return p.parent.parent / "logs" / p.name
+    return p.parent / "logs" / p.name.removesuffix(".checkpoints")
+
+
+_TB_DIRS_SET: set[str] = set()  # TENSORBOARD_LOGGING_DIR values we set, so a user's own value is left alone
+
+
+def _point_tensorboard_at(path: Path) -> None:
+    # transformers 5 has no TrainingArguments field for this: its TensorBoardCallback reads the variable when
+    # the Trainer is built (right after these arguments) and otherwise writes under output_dir (deleted)
+    current = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if current is None or current in _TB_DIRS_SET:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+        _TB_DIRS_SET.add(str(path))
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True, **overrides: Any) -> TrainingArguments:
@@ -38,7 +81,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
         eval_strategy="epoch" if evaluate else "no",
         bf16=cfg.bf16,
         fp16=cfg.fp16,
-        report_to="none",
+        report_to=report_to(cfg) or "none",
         remove_unused_columns=False,  # teacher inputs and example indices must reach compute_loss
         disable_tqdm=not progress_enabled(),
         dataloader_num_workers=0,
@@ -51,4 +94,6 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
     if unknown:
         raise RecipeError(f"train.extra_args.{unknown[0]}: not a TrainingArguments field")
     kwargs.update(extra)
+    if "tensorboard" in kwargs["report_to"] or kwargs["report_to"] == ["all"]:
+        _point_tensorboard_at(logging_dir(kwargs["output_dir"]))
     return TrainingArguments(**kwargs)

@@ -1,0 +1,415 @@
+"""``report.html``: the run's report.json as a page people would rather look at.
+
+One self-contained file (inline CSS, SVG charts drawn here, no scripts, nothing fetched): the verdict,
+the teacher / distilled student / no-KD student table, quality against latency, size, the training curves
+of every loss part and the validation accuracy, confusion matrices, the test examples where the student
+departs most from the teacher, the recipe, the store key and the library versions. Everything taken from the
+report (texts, labels, paths, recipe values) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.evaluation._charts import (
+    MODEL_COLOURS,
+    MODEL_TITLES,
+    ROLES,
+    count,
+    esc,
+    hbars,
+    legend,
+    lines,
+    megabytes,
+    num,
+    page,
+    part_colour,
+    pct,
+    scatter,
+    signed_points,
+    speed,
+)
+
+REPORT_FILE, HTML_FILE = "report.json", "report.html"
+# report["training"] stage -> the model it produced (for colours and titles)
+STAGE_ROLES = {"teacher": "teacher", "student": "student_kd", "student_no_kd": "student_no_kd"}
+CURVE_SIZE = (380, 270)  # training curves sit three to a row: a smaller canvas keeps their text readable
+
+
+def _latency_keys(models: dict[str, dict[str, Any]]) -> list[str]:
+    keys = {k for m in models.values() for k in m if k.startswith("latency_ms_b")}
+    return sorted(keys, key=lambda k: int(k.removeprefix("latency_ms_b")))
+
+
+def _batch(key: str) -> str:
+    return key.removeprefix("latency_ms_b")
+
+
+# -- the verdict ------------------------------------------------------------------------------------------
+def verdict(report: dict[str, Any]) -> str:
+    """One sentence: the student's share of the teacher's accuracy, its speed-up, and what KD added."""
+    models, summary = report.get("models", {}), report.get("summary", {})
+    if "student_kd" not in models:
+        return "No distilled student was evaluated in this run."
+    bits = []
+    if summary.get("accuracy_retained") is not None:
+        bits.append(f"the student keeps <b>{pct(summary['accuracy_retained'])}</b> of the teacher's accuracy")
+    else:
+        bits.append(f"the student reaches <b>{pct(models['student_kd'].get('accuracy'))}</b> accuracy")
+    speed_keys = sorted((k for k in summary if k.startswith("speedup_b")), key=lambda k: int(k[9:]))
+    if speed_keys:
+        k = speed_keys[0]
+        times, word = speed(summary[k])
+        if word == "faster":
+            bits[-1] += f" at <b>{esc(times)}</b> the speed (batch {esc(k[9:])})"
+        else:
+            bits[-1] += f" but runs <b>{esc(times)} slower</b> (batch {esc(k[9:])})"
+    if "kd_gain_accuracy" in summary:
+        gain = summary["kd_gain_accuracy"]
+        word = "over" if gain >= 0 else "behind"
+        bits.append(f"distillation <b>{signed_points(gain)} points</b> {word} the no-KD student")
+    text = "; ".join(bits)
+    return text[0].upper() + text[1:] + "."
+
+
+def _cards(report: dict[str, Any]) -> str:
+    models, summary = report.get("models", {}), report.get("summary", {})
+    s = models.get("student_kd", {})
+    cards = []
+    if summary.get("accuracy_retained") is not None:
+        cards.append((pct(summary["accuracy_retained"]), "of the teacher's accuracy"))
+    for k in sorted((k for k in summary if k.startswith("speedup_b")), key=lambda k: int(k[9:])):
+        times, word = speed(summary[k])
+        cards.append((times, f"{word} at batch {k[9:]} (CPU)"))
+    if summary.get("size_ratio"):
+        cards.append((f"{summary['size_ratio']:.1f}\u00d7", "fewer parameters"))
+    if "kd_gain_accuracy" in summary:
+        cards.append((signed_points(summary["kd_gain_accuracy"]), "accuracy points from distillation"))
+    if s.get("teacher_agreement") is not None:
+        cards.append((pct(s["teacher_agreement"]), "agreement with the teacher"))
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for v, k in cards
+    ) + "</div>"
+
+
+# -- the table --------------------------------------------------------------------------------------------
+def model_table(models: dict[str, dict[str, Any]]) -> str:
+    lat = _latency_keys(models)
+    head = ["model", "accuracy", "macro-F1", "agreement", "parameters", "MB"] + [f"ms @ b{_batch(k)}" for k in lat]
+    teacher = models.get("teacher", {})
+    rows = []
+    for role in ROLES:
+        m = models.get(role)
+        if m is None:
+            continue
+        cells = [(f'<td class="model"><i class="sw" style="background:{MODEL_COLOURS[role]}"></i>'
+                 f'{esc(MODEL_TITLES[role])}</td>')]
+        for key in ("accuracy", "macro_f1"):
+            delta = ""
+            if role != "teacher" and teacher.get(key) is not None and m.get(key) is not None:
+                delta = f'<span class="delta">{signed_points(m[key] - teacher[key])} vs teacher</span>'
+            cells.append(f"<td>{pct(m.get(key), 2)}{delta}</td>")
+        cells.append(f"<td>{pct(m.get('teacher_agreement'), 1) if role != 'teacher' else '–'}</td>")
+        cells.append(f"<td>{num(m.get('parameters'), 0)}</td><td>{megabytes(m.get('size_mb'))}</td>")
+        for k in lat:
+            note = ""
+            if role != "teacher" and teacher.get(k) and m.get(k):
+                note = '<span class="delta">{} {}</span>'.format(*speed(teacher[k] / m[k]))
+            cells.append(f"<td>{num(m.get(k), 1)}{note}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ('<div class="table-wrap"><table class="models"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
+# -- charts -----------------------------------------------------------------------------------------------
+def quality_latency_chart(models: dict[str, dict[str, Any]]) -> str:
+    key = "latency_ms_b1" if any("latency_ms_b1" in m for m in models.values()) else next(iter(_latency_keys(models)), None)
+    points = [(MODEL_TITLES[r], m[key], m["accuracy"], MODEL_COLOURS[r],
+               f"{MODEL_TITLES[r]}: {pct(m['accuracy'], 2)} accuracy, {m[key]:.1f} ms")
+              for r in ROLES if (m := models.get(r)) and key and m.get(key) is not None and m.get("accuracy") is not None]
+    if not points:
+        return ""
+    chart = scatter(points, f"CPU latency at batch {_batch(key)} (ms) \u2014 left is faster", "test accuracy",
+                    "accuracy against latency", xfmt_suffix="")
+    return (f'<figure><figcaption>Quality vs latency <span class="muted">\u00b7 up and to the left is better'
+            f'</span></figcaption>{chart}</figure>')
+
+
+def size_chart(models: dict[str, dict[str, Any]]) -> str:
+    items = [(MODEL_TITLES[r], m["size_mb"], MODEL_COLOURS[r],
+              f"{megabytes(m['size_mb'])} MB \u00b7 {count(m['parameters'])} params" if m.get("parameters")
+              else f"{megabytes(m['size_mb'])} MB")
+             for r in ROLES if (m := models.get(r)) and m.get("size_mb") is not None]
+    if not items:
+        return ""
+    return f'<figure><figcaption>Size <span class="muted">\u00b7 weights as saved</span></figcaption>' \
+           f'{hbars(items, "model size in MB")}</figure>'
+
+
+def latency_chart(models: dict[str, dict[str, Any]]) -> str:
+    lat = _latency_keys(models)
+    if len(lat) < 2:  # batch 1 is already in the scatter
+        return ""
+    key = lat[-1]
+    items = [(MODEL_TITLES[r], m[key], MODEL_COLOURS[r], f"{m[key]:.1f} ms")
+             for r in ROLES if (m := models.get(r)) and m.get(key) is not None]
+    return (f'<figure><figcaption>Latency <span class="muted">\u00b7 CPU, batch {esc(_batch(key))}, median'
+            f'</span></figcaption>{hbars(items, f"latency at batch {_batch(key)}")}</figure>')
+
+
+def _loss_parts(history: list[dict[str, Any]]) -> list[str]:
+    parts: list[str] = []
+    for entry in history:
+        for k in entry:
+            if (k == "loss" or k.startswith("loss/")) and k not in parts:
+                parts.append(k)
+    return sorted(parts, key=lambda k: (k == "loss", k))  # the total last, so it is drawn on top
+
+
+def training_charts(training: dict[str, Any]) -> str:
+    figures, extra_colours = [], {}
+    for stage, info in training.items():
+        history = (info or {}).get("log_history") or []
+        parts = _loss_parts(history)
+        if not parts:
+            continue
+        series = []
+        for name in parts:
+            pts = [(float(e["step"]), float(e[name])) for e in history
+                   if name in e and "step" in e and isinstance(e[name], (int, float))]
+            series.append(("total loss" if name == "loss" else name, pts, part_colour(name, extra_colours)))
+        role = STAGE_ROLES.get(stage)
+        title = MODEL_TITLES.get(role, stage) if role else stage
+        chart = lines(series, "step", "loss", f"training loss parts: {title}", dashed=["total loss"], size=CURVE_SIZE)
+        if chart:
+            figures.append(f'<figure><figcaption>Training loss <span class="muted">\u00b7 {esc(title)}</span>'
+                           f'</figcaption>{legend([(n, c) for n, _, c in series])}{chart}</figure>')
+    val = []
+    for stage, info in training.items():
+        history = (info or {}).get("log_history") or []
+        pts = [(float(e.get("epoch", e.get("step", 0))), float(e["eval_accuracy"])) for e in history
+               if isinstance(e.get("eval_accuracy"), (int, float))]
+        if pts:
+            role = STAGE_ROLES.get(stage)
+            val.append((MODEL_TITLES.get(role, stage) if role else stage, pts,
+                        MODEL_COLOURS.get(role or "", "#495057")))
+    if val:
+        # the no-KD student comes after the distilled one and is dashed: equal curves both stay visible
+        chart = lines(val, "epoch", "validation accuracy", "validation accuracy per epoch", y_as_percent=True,
+                      dashed=[MODEL_TITLES["student_no_kd"]], size=CURVE_SIZE)
+        figures.append(f'<figure><figcaption>Validation accuracy <span class="muted">\u00b7 per epoch</span>'
+                       f'</figcaption>{legend([(n, c) for n, _, c in val])}{chart}</figure>')
+    return '<div class="grid3">' + "".join(figures) + "</div>" if figures else ""
+
+
+# -- classification analysis ------------------------------------------------------------------------------
+def _hex_rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def confusion_tables(analysis: dict[str, Any]) -> str:
+    confusion, labels = analysis.get("confusion"), analysis.get("labels") or []
+    if not confusion:
+        return ""
+    blocks = []
+    for role in ROLES:
+        m = confusion.get(role)
+        if not m:
+            continue
+        r, g, b = _hex_rgb(MODEL_COLOURS[role])
+        head = '<tr><th class="rowhead">gold \u2193 / predicted \u2192</th>' + "".join(
+            f"<th>{esc(label)}</th>" for label in labels) + "</tr>"
+        body = []
+        for i, row in enumerate(m):
+            total = sum(row) or 1
+            cells = []
+            for j, hits in enumerate(row):
+                share = hits / total
+                alpha = 0.08 + 0.82 * share if hits else 0.03
+                fg = "#fff" if alpha > 0.55 else "#1f2328"
+                cells.append(f'<td style="background:rgba({r},{g},{b},{alpha:.2f});color:{fg}" '
+                             f'title="{esc(labels[i])} predicted as {esc(labels[j])}: {hits} ({share:.0%} of the row)">'
+                             f"{hits}</td>")
+            body.append(f'<tr><th class="rowhead">{esc(labels[i])}</th>{"".join(cells)}</tr>')
+        correct = sum(m[i][i] for i in range(len(m)))
+        total = sum(map(sum, m)) or 1
+        blocks.append(f'<div class="panel"><h3><i class="sw" style="background:{MODEL_COLOURS[role]}"></i> '
+                      f'{esc(MODEL_TITLES[role])}</h3><table class="cm">{head}{"".join(body)}</table>'
+                      f'<div class="cm-note">{correct:,} of {total:,} correct; shade = share of the gold row</div></div>')
+    return '<div class="grid3">' + "".join(blocks) + "</div>"
+
+
+def _tag(pred: str, gold: str | None) -> str:
+    cls = "none" if gold is None else "ok" if pred == gold else "bad"
+    return f'<span class="tag {cls}">{esc(pred)}</span>'
+
+
+def disagreement_table(analysis: dict[str, Any]) -> str:
+    rows = analysis.get("disagreements") or []
+    if not rows:
+        return '<p class="muted">The distilled student never puts less probability than the teacher on the ' \
+               "teacher's class.</p>"
+    roles = [r for r in ROLES if r in rows[0]]
+    head = ["text", "gold"] + [MODEL_TITLES[r] for r in roles] + ["gap"]
+    max_gap = max(r["gap"] for r in rows) or 1.0
+    body = []
+    for row in rows:
+        text = esc(row["text"])
+        if row.get("text_pair"):
+            text += f'<span class="pair">{esc(row["text_pair"])}</span>'
+        cells = [f'<td class="text">{text}</td>',
+                 f'<td>{esc(row["label"]) if row["label"] is not None else "–"}</td>']
+        for role in roles:
+            p = row[role]
+            sub = f"{p['prob']:.0%} sure" if role == "teacher" else \
+                f"{p['prob']:.0%} sure; {p['prob_teacher_class']:.0%} on teacher's class"
+            cells.append(f'<td>{_tag(p["pred"], row["label"])}<span class="prob">{esc(sub)}</span></td>')
+        width = 60 * row["gap"] / max_gap
+        cells.append(f'<td><i class="gapbar" style="width:{width:.0f}px"></i>{row["gap"]:.2f}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return ('<div class="table-wrap"><table class="disagreements"><thead><tr>'
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(body)
+            + "</tbody></table></div>")
+
+
+# -- facts ------------------------------------------------------------------------------------------------
+def _facts(items: list[tuple[str, str]]) -> str:
+    return '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1024
+        if n < 1024 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def run_facts(report: dict[str, Any]) -> str:
+    items: list[tuple[str, str]] = []
+    recipe = report.get("recipe") or {}
+    if recipe.get("output_dir"):
+        items.append(("output", f"<code>{esc(recipe['output_dir'])}</code>"))
+    teacher = (recipe.get("teacher") or {}).get("model")
+    if teacher:
+        items.append(("teacher", f"<code>{esc(teacher)}</code>"))
+    if report.get("teacher_path") and report.get("teacher_path") != teacher:
+        items.append(("teacher weights", f"<code>{esc(report['teacher_path'])}</code>"))
+    student = recipe.get("student") or {}
+    if student.get("from_teacher"):
+        items.append(("student", f"teacher layers {esc(student.get('layers'))}"))
+    elif student.get("model"):
+        items.append(("student", f"<code>{esc(student['model'])}</code>"))
+    losses = recipe.get("losses") or []
+    if losses:
+        items.append(("losses", esc(" + ".join(f"{l.get('weight', 1)} \u00d7 {l.get('name')}" for l in losses))))
+    data = report.get("data") or {}
+    if data:
+        items.append(("examples", esc(", ".join(f"{v:,} {k}" for k, v in data.items() if v))))
+    store = report.get("store") or {}
+    key = report.get("store_key") or store.get("key")
+    if key:
+        size = f" \u00b7 {_bytes(store['bytes'])}, {store.get('num_examples', 0):,} examples" \
+            if store.get("bytes") is not None else ""
+        items.append(("store key", f"<code>{esc(key)}</code>{esc(size)}"))
+    if store.get("path"):
+        items.append(("store path", f"<code>{esc(store['path'])}</code>"))
+    for stage, info in (report.get("training") or {}).items():
+        if isinstance(info, dict) and info.get("seconds") is not None:
+            role = STAGE_ROLES.get(stage)
+            title = MODEL_TITLES.get(role, stage) if role else stage
+            items.append((f"training: {title}", esc(f"{info['seconds']:.0f} s, {info.get('steps', '?')} steps")))
+    if report.get("store_build_seconds") is not None:
+        items.append(("store build", esc(f"{report['store_build_seconds']:.0f} s")))
+    return _facts(items)
+
+
+def _versions(report: dict[str, Any]) -> str:
+    v = report.get("versions") or {}
+    return " \u00b7 ".join(f"{esc(k)} {esc(v[k])}" for k in ("distill", "torch", "transformers") if k in v)
+
+
+# -- the page ---------------------------------------------------------------------------------------------
+def render_report(report: dict[str, Any], predictions: list[dict[str, Any]] | None = None) -> str:
+    """The HTML page for one run's report (``predictions`` rows, as in predictions.jsonl, are used to
+    compute the classification analysis when the report does not hold it already)."""
+    models = report.get("models") or {}
+    recipe = report.get("recipe") or {}
+    analysis = report.get("analysis")
+    if not analysis and predictions and report.get("labels"):
+        from distill.evaluation.predictions import analyse
+
+        analysis = analyse(predictions, list(report["labels"]))
+    name = Path(str(recipe.get("output_dir") or "run")).name or "run"
+    task = report.get("task", "")
+    sub = " \u00b7 ".join(esc(x) for x in (task, report.get("created", "")) if x)
+    body = [
+        (f'<header class="top"><div class="eyebrow">distill report</div><h1>{esc(name)}</h1>'
+        f'<div class="muted">{sub}</div></header>'),
+        f'<div class="verdict">{verdict(report)}</div>',
+        _cards(report),
+        "<h2>Teacher vs students</h2>",
+        model_table(models),
+        ('<p class="muted small" style="margin-top:8px">Test split; agreement = share of test examples where the '
+        "model predicts the teacher's class; latency is the median CPU forward pass.</p>"),
+    ]
+    scatter_fig, bars = quality_latency_chart(models), size_chart(models) + latency_chart(models)
+    if scatter_fig or bars:
+        body += ['<div class="grid" style="margin-top:16px">', scatter_fig, f'<div class="stack">{bars}</div>', "</div>"]
+    curves = training_charts(report.get("training") or {})
+    if curves:
+        body += ["<h2>Training</h2>", curves]
+    if analysis:
+        cms = confusion_tables(analysis)
+        if cms:
+            body += ["<h2>Confusion matrices</h2>", cms]
+        if "disagreements" in analysis:
+            rate = analysis.get("disagreement_rate")
+            note = f" The distilled student predicts another class than the teacher on {pct(rate)} of the test set." \
+                if rate is not None else ""
+            body += ["<h2>Where the student departs from the teacher</h2>",
+                     ('<p class="muted">Test examples with the largest drop from the teacher\'s probability of its own '
+                     f"class to the distilled student's probability of that class.{esc(note)}</p>"),
+                     disagreement_table(analysis)]
+    body += ["<h2>Run</h2>", f'<div class="panel">{run_facts(report)}</div>']
+    if recipe:
+        body += ["<h2>Recipe</h2>", f"<pre><code>{esc(yaml.safe_dump(recipe, sort_keys=False))}</code></pre>"]
+    body.append(f"<footer>{_versions(report)}</footer>")
+    return page(f"distill report \u00b7 {name}", "\n".join(body))
+
+
+def write_html_report(out_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Render ``out_dir/report.json`` (+ ``predictions.jsonl`` when the report has no analysis) to
+    ``out_dir/report.html`` (or ``out``), written atomically."""
+    import json
+
+    from distill.evaluation.predictions import FILENAME, read_predictions
+
+    out_dir = Path(out_dir)
+    report = json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    predictions = None
+    if not report.get("analysis") and (out_dir / FILENAME).exists():
+        predictions = read_predictions(out_dir / FILENAME)
+    path = Path(out) if out else out_dir / HTML_FILE
+    return write_page(path, render_report(report, predictions))
+
+
+def write_page(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a page atomically (temp file + rename), so a reader never sees half of it. A path that exists
+    but is no regular file (/dev/stdout, a pipe) is written in place: renaming over it would replace it."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
