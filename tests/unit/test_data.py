@@ -33,7 +33,9 @@ def test_formats_and_unlabeled(tmp_path, sentiment_csv):
     df[["text"]].to_csv(tmp_path / "u.csv", index=False)
     for name in ("d.jsonl", "d.parquet"):
         s = load_splits(DataConfig(train=str(tmp_path / name), unlabeled=str(tmp_path / "u.csv")))
-        assert len(s.unlabeled) == len(df) and (s.unlabeled["label"] == -1).all()
+        held_out = set(s.validation["text"]) | set(s.test["text"])
+        assert len(s.unlabeled) == sum(t not in held_out for t in df["text"]) > 0
+        assert (s.unlabeled["label"] == -1).all()
 
 
 def test_tokenise_two_tokenizers_and_collate(sentiment_csv, tiny_tokenizer):
@@ -58,3 +60,30 @@ def test_hf_datasets_on_disk(tmp_path, sentiment_csv):
     dd.save_to_disk(tmp_path / "ds")
     s = load_splits(DataConfig(source="hf_disk", train=str(tmp_path / "ds")))
     assert (len(s.train), len(s.validation), len(s.test)) == (150, 40, len(df) - 190)
+
+
+def test_hf_disk_unlabelled_rows_and_splits(tmp_path, sentiment_csv):
+    import datasets
+
+    df = pd.read_csv(sentiment_csv)
+    unsup = df.iloc[:30].assign(label=-1)
+    extra = pd.concat([df.iloc[200:].reset_index(drop=True), df.iloc[30:35].assign(label=None)], ignore_index=True)
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_pandas(extra.astype({"label": object})),
+        "unsupervised": datasets.Dataset.from_pandas(unsup[["text", "label"]].reset_index(drop=True)),
+    })
+    dd.save_to_disk(tmp_path / "ds")
+    s = load_splits(DataConfig(source="hf_disk", train=str(tmp_path / "ds")))
+    assert s.labels == ["negative", "positive"]
+    held_out = set(s.validation["text"]) | set(s.test["text"])
+    assert s.unlabeled is not None and not set(s.unlabeled["text"]) & held_out
+    assert len(s.train) + len(s.validation) + len(s.test) == len(df) - 200
+
+
+def test_unlabelled_text_never_repeats_test_inputs(tmp_path, sentiment_csv):
+    s0 = load_splits(DataConfig(train=str(sentiment_csv)))
+    leak = pd.DataFrame({"text": list(s0.test["text"][:5]) + ["a brand new sentence"]})
+    leak.to_csv(tmp_path / "u.csv", index=False)
+    s = load_splits(DataConfig(train=str(sentiment_csv), unlabeled=str(tmp_path / "u.csv")))
+    assert list(s.unlabeled["text"]) == ["a brand new sentence"]
+

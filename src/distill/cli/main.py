@@ -14,6 +14,7 @@ COMMANDS = {
     "run": "distil a student as the recipe says (teacher outputs from the store), evaluate, export",
     "finetune": "fine-tune the recipe's teacher encoder into a classifier and save it",
     "cache": "run the teacher once over the training data into the teacher-output store",
+    "label": "label the training (and unlabelled) text with the recipe's black-box teacher (teacher.blackbox)",
     "demo": "fine-tune a teacher on packaged movie-review sentiment and distil it (offline, ~10 min on 2 cores)",
     "methods": "list the registered losses, or show one with a YAML snippet",
     "report": "re-render a run's report.html, or compare several runs (seeds, methods) with mean and std",
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_parser(sub, "finetune")
     cache = _recipe_parser(sub, "cache")
     cache.add_argument("--info", action="store_true", help="print what is stored (size, bytes per example, key); build nothing")
+    label = _recipe_parser(sub, "label")
+    label.add_argument("--test", action="store_true",
+                       help="also label the test split, to measure the teacher's own accuracy on human labels")
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default runs/demo)")
     methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
@@ -113,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    bad = [t for t in rest if t.startswith("-") and "." not in t]
+    def is_number(token: str) -> bool:
+        try:
+            float(token)
+            return True
+        except ValueError:
+            return False
+
+    bad = [t for t in rest if t.startswith("-") and "." not in t and not is_number(t)]
     if bad or (rest and args.command in ("demo", "methods", "report")):
         parser.error(f"unrecognised arguments: {' '.join(bad or rest)} (recipe overrides look like --train.epochs 3)")
     try:
@@ -140,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             if recipe.teacher.finetune is None:
                 raise RecipeError("teacher.finetune: not set; add `teacher.finetune: {epochs: 1}` to the recipe")
             r.prepare_teacher()
+        elif args.command == "label":
+            from distill.teachers.blackbox import label_recipe
+
+            label_recipe(recipe, include_test=args.test)
         elif args.command == "cache":
             from distill.pipeline import cache, store_info
 

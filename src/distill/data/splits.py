@@ -82,15 +82,30 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
         text_col, label_col = "text", "label"
         cfg = DataConfig(**{**cfg.__dict__, "text_column": text_col, "label_column": label_col})
     elif cfg.source == "hf_disk":
-        frames.update(read_hf_disk(cfg.train or "", "data.train"))
+        extra_unlabeled = []
+        for name, df in read_hf_disk(cfg.train or "", "data.train").items():
+            if name in ("train", "validation", "test"):
+                frames[name] = df
+            elif name in ("unsupervised", "unlabeled", "unlabelled"):
+                extra_unlabeled.append(df)  # e.g. IMDB's unsupervised split: distillation text
+            # any other split (e.g. a second test set) is not used
     else:
         frames["train"] = read_table(cfg.train or "", "data.train")
         if cfg.validation:
             frames["validation"] = read_table(cfg.validation, "data.validation")
         if cfg.test:
             frames["test"] = read_table(cfg.test, "data.test")
-    for name, df in frames.items():
+    if cfg.source != "hf_disk":
+        extra_unlabeled = []
+    for name, df in list(frames.items()):
         _check_columns(df, cfg, f"data.{name}", need_label=True)
+        # rows labelled -1 or missing (the HF convention for "no label") are unlabelled text, not a class
+        lab = df[cfg.label_column]
+        nolabel = lab.isna() | lab.astype(str).isin(["-1", "-1.0"])
+        if nolabel.any():
+            if name == "train":
+                extra_unlabeled.append(df[nolabel])
+            frames[name] = df[~nolabel]
     if len(frames["train"]) < 4:
         raise RecipeError(f"data.train: only {len(frames['train'])} rows; need at least a handful")
 
@@ -115,11 +130,17 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
     if cfg.max_train_examples is not None and len(train) > cfg.max_train_examples:
         train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
 
-    unlabeled = None
+    unlabeled_parts = [_normalise(df, cfg, None, "data.train (unlabelled rows)") for df in extra_unlabeled]
     if cfg.unlabeled:
         raw = read_table(cfg.unlabeled, "data.unlabeled")
         _check_columns(raw, cfg, "data.unlabeled", need_label=False)
-        unlabeled = _normalise(raw, cfg, None, "data.unlabeled")
+        unlabeled_parts.append(_normalise(raw, cfg, None, "data.unlabeled"))
+    unlabeled = None
+    if unlabeled_parts:
+        unlabeled = pd.concat(unlabeled_parts, ignore_index=True)
+        # never distil on the evaluation texts: drop unlabelled rows that repeat a validation or test input
+        held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
+        unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
     return TextSplits(
         train=train.reset_index(drop=True),
         validation=norm["validation"].reset_index(drop=True),

@@ -80,7 +80,14 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
         log(f"resuming teacher fine-tuning from {last}")
     log(f"fine-tuning the teacher {recipe.teacher.model} on {len(train)} examples")
     trainer.train(resume_from_checkpoint=last)
-    metrics = trainer.evaluate()
+    evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+    metrics = evals[-1] if evals else trainer.evaluate()  # the epoch-end evaluation already ran
+    from accelerate import PartialState
+
+    state = PartialState()
+    if not state.is_main_process:  # under several processes rank 0 alone writes the teacher
+        state.wait_for_everyone()
+        return out
     # write to a temp folder, then rename: a killed save never looks like a finished teacher
     tmp = Path(str(out) + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -92,5 +99,6 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    state.wait_for_everyone()
     log(f"teacher saved to {out} (validation accuracy {metrics.get('eval_accuracy', float('nan')):.4f})")
     return out

@@ -1,0 +1,205 @@
+"""From a recipe's ``teacher.blackbox`` section to teacher labels on disk: what ``distill label`` runs, and
+the one function the pipeline calls (:func:`label_with_blackbox`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill._dataclass_io import RecipeError, to_dict
+from distill.config import BlackBoxConfig, Recipe
+from distill.teachers.blackbox.backend import Backend, FatalBackendError
+from distill.teachers.blackbox.client import ChatClient
+from distill.teachers.blackbox.labeler import Labeler, LabelRun, Prices
+from distill.teachers.blackbox.parse import LabelParser
+from distill.teachers.blackbox.prompt import PromptTemplate
+from distill.teachers.blackbox.store import FILENAME as STORE_FILE
+from distill.teachers.blackbox.store import ResponseStore
+
+LABELS_FILE = "teacher_labels.jsonl"
+STATS_FILE = "teacher_labels_stats.json"
+Log = Callable[[str], None]
+
+
+def _log(msg: str) -> None:
+    print(f"[distill] {msg}", flush=True)
+
+
+def build_backend(cfg: BlackBoxConfig) -> Backend:
+    """The HTTP client, or the local generative model (loaded here) when ``local_model`` is set."""
+    if cfg.local_model:
+        from distill.packaged import resolve_model
+        from distill.teachers.blackbox.local import LocalGenerativeTeacher
+
+        return LocalGenerativeTeacher.from_pretrained(resolve_model(cfg.local_model), max_new_tokens=cfg.max_tokens,
+                                                      logprobs=cfg.soft_labels, top_logprobs=cfg.top_logprobs)
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    if cfg.api_key_env and not key:  # checked when the recipe loaded; the environment may have changed since
+        raise RecipeError(f"teacher.blackbox.api_key_env: the environment variable {cfg.api_key_env} is not set; "
+                          f"run `export {cfg.api_key_env}=...` first")
+    return ChatClient(cfg.base_url, cfg.model, api_key=key,
+                      api_key_source=f"the key in ${cfg.api_key_env}" if cfg.api_key_env else "the request (no key sent)",
+                      timeout=cfg.timeout, max_retries=cfg.max_retries, temperature=cfg.temperature,
+                      max_tokens=cfg.max_tokens, logprobs=cfg.soft_labels, top_logprobs=cfg.top_logprobs)
+
+
+def _check_labels(labels: list[str], cfg: BlackBoxConfig) -> None:
+    if all(name.lstrip("-").isdigit() for name in labels) and not cfg.label_synonyms:
+        raise RecipeError(f"data.labels: the teacher is asked to choose among the label names, and {labels} say "
+                          "nothing about the classes; set data.labels to names in id order, e.g. [negative, positive]")
+    try:
+        LabelParser(labels, cfg.label_synonyms)
+    except ValueError as exc:
+        raise RecipeError(f"teacher.blackbox.label_synonyms: {exc}") from None
+
+
+def build_labeler(cfg: BlackBoxConfig, labels: list[str], output_dir: str | Path, *, backend: Backend | None = None,
+                  log: Log | None = None, progress: bool | None = None) -> Labeler:
+    """A :class:`Labeler` over ``OUTPUT_DIR/teacher_responses.sqlite``; close it with ``labeler.store.close()``.
+    Everything cheap is checked before the backend is built (a local model loads here)."""
+    _check_labels(labels, cfg)
+    template = PromptTemplate(cfg.prompt, cfg.system_prompt)
+    backend = backend or build_backend(cfg)
+    store = ResponseStore(Path(output_dir) / STORE_FILE)
+    return Labeler(backend, labels, store, template=template, synonyms=cfg.label_synonyms,
+                   max_concurrency=cfg.max_concurrency, max_calls=cfg.max_calls, max_cost=cfg.max_cost,
+                   prices=Prices(**cfg.prices), soft_labels=cfg.soft_labels, progress=progress, log=log)
+
+
+@dataclass
+class BlackBoxLabels:
+    """The teacher's labels per split (``train``, ``unlabeled``, and ``test`` when asked), with statistics."""
+
+    labels: list[str]
+    runs: dict[str, LabelRun]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def training_frame(self, splits: Any):
+        """The training rows the teacher labelled (train, then unlabelled text): a frame with ``text``
+        (+ ``text_pair``), ``label`` = the teacher's label and ``data_label`` = the data's own label (-1 when
+        none), and a (N, C) float32 array of teacher probabilities: the soft labels where the teacher gave
+        them, one-hot of its hard label elsewhere. Unparseable, failed and not labelled rows are left out."""
+        import pandas as pd
+
+        frames, probs = [], []
+        for name in ("train", "unlabeled"):
+            frame, run = getattr(splits, name), self.runs.get(name)
+            if frame is None or run is None:
+                continue
+            keep = [i for i, item in enumerate(run.items) if item.label is not None]
+            part = frame.iloc[keep].copy()
+            part["data_label"] = part["label"]
+            part["label"] = [run.items[i].label for i in keep]
+            frames.append(part)
+            for i in keep:
+                item = run.items[i]
+                row = np.zeros(len(self.labels), dtype=np.float32)
+                if item.probs is not None:
+                    row[:] = item.probs
+                else:
+                    row[item.label] = 1.0
+                probs.append(row)
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "label", "data_label"])
+        return frame, np.stack(probs) if probs else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+
+def _agreement(run: LabelRun, data_labels: list[int]) -> dict[str, Any] | None:
+    pairs = [(item.label, y) for item, y in zip(run.items, data_labels) if item.label is not None and y >= 0]
+    if not pairs:
+        return None
+    return {"n": len(pairs), "accuracy": sum(a == b for a, b in pairs) / len(pairs)}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(out: Path, result: BlackBoxLabels, splits: Any) -> None:
+    """``teacher_labels.jsonl`` (one row per text and split) and ``teacher_labels_stats.json``."""
+    lines = []
+    for name, run in result.runs.items():
+        frame = getattr(splits, name)
+        pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+        for i, (item, text, y) in enumerate(zip(run.items, frame["text"].tolist(), frame["label"].tolist())):
+            row = {"split": name, "index": i, "text": text}
+            if pairs is not None:
+                row["text_pair"] = pairs[i]
+            row.update({"data_label": result.labels[y] if y >= 0 else None, "status": item.status,
+                        "label": None if item.label is None else result.labels[item.label], "probs": item.probs,
+                        "answer": item.answer, "reason": item.reason, "cached": item.cached})
+            lines.append(json.dumps(row, ensure_ascii=False))
+    _write_atomic(out / LABELS_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    _write_atomic(out / STATS_FILE, json.dumps(result.stats, indent=2, ensure_ascii=False, default=str))
+
+
+def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include_test: bool = False,
+                        backend: Backend | None = None, progress: bool | None = None) -> BlackBoxLabels:
+    """Label the train split and the unlabelled text (and the test split with ``include_test``, which
+    measures the teacher's own accuracy) with the recipe's black-box teacher; write ``teacher_labels.jsonl``
+    and ``teacher_labels_stats.json`` to the output directory and return the labels.
+
+    A rerun re-reads every stored answer and asks only what is missing. ``backend`` replaces the one the
+    recipe describes (tests, or a model already in memory).
+    """
+    cfg = recipe.teacher.blackbox
+    if cfg is None:
+        raise RecipeError("teacher.blackbox: not set; labelling needs a black-box teacher (an endpoint or "
+                          "local_model) in teacher.blackbox")
+    uses_pair = "{text_pair}" in cfg.prompt or "{text_pair}" in (cfg.system_prompt or "")
+    if "text_pair" in splits.train.columns and not uses_pair:
+        raise RecipeError("teacher.blackbox.prompt: the data has a second text (data.text_pair_column) that the "
+                          "prompt never shows; add {text_pair} to the prompt")
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labeler = build_labeler(cfg, list(splits.labels), out, backend=backend, log=log, progress=progress)
+    parts = [("train", splits.train), ("unlabeled", splits.unlabeled)] + ([("test", splits.test)] if include_test else [])
+    runs: dict[str, LabelRun] = {}
+    try:
+        for name, frame in parts:
+            if frame is None or not len(frame):
+                continue
+            pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+            run = labeler.label(frame["text"].tolist(), pairs, desc=f"teacher ({name})")
+            run.stats["agreement_with_data_labels"] = _agreement(run, frame["label"].tolist())
+            runs[name] = run
+            s = run.stats
+            log(f"teacher ({name}): {s['labelled']}/{s['texts']} labelled, {s['unparseable']} unparseable, "
+                f"{s['failed']} failed, {s['not_labelled']} not labelled; {s['calls']} calls, {s['cached']} "
+                f"from the store, estimated cost {s['cost']:.4f}")
+        answers, cost = labeler.store.totals()
+    except FatalBackendError as exc:
+        raise RecipeError(f"teacher.blackbox: {exc}") from None
+    finally:
+        labeler.store.close()
+    result = BlackBoxLabels(list(splits.labels), runs)
+    result.stats = {
+        "labels": list(splits.labels),
+        "teacher": labeler.backend.identity,
+        "config": to_dict(cfg),
+        "splits": {name: run.stats for name, run in runs.items()},
+        "store": {"path": str(out / STORE_FILE), "answers": answers, "cost": cost},
+    }
+    write_outputs(out, result, splits)
+    return result
+
+
+def label_recipe(recipe: Recipe, *, include_test: bool = False, log: Log = _log) -> BlackBoxLabels:
+    """``distill label``: read and split the data as the recipe says, then :func:`label_with_blackbox`."""
+    from distill.data import load_splits
+
+    if recipe.teacher.blackbox is None:
+        raise RecipeError("teacher.blackbox: not set; `distill label` needs a black-box teacher: add a "
+                          "teacher.blackbox section (base_url + model, or local_model)")
+    splits = load_splits(recipe.data)
+    result = label_with_blackbox(recipe, splits, log, include_test=include_test)
+    log(f"teacher labels in {Path(recipe.output_dir) / LABELS_FILE}, statistics in "
+        f"{Path(recipe.output_dir) / STATS_FILE}")
+    return result
