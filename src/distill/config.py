@@ -379,7 +379,7 @@ class TrainConfig:
     """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
     none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
     extra_args: dict[str, Any] = field(default_factory=dict)
-    """Any other ``TrainingArguments`` field, passed through (e.g. ``report_to: [tensorboard]``)."""
+    """Any other ``TrainingArguments`` field, passed through (e.g. ``gradient_checkpointing: true``)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")

@@ -114,6 +114,19 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- distillation parameters (projectors) ---------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The projectors live outside the DDP-wrapped student, so DDP does not average their gradients:
+        # do it here, or each process would drift to its own projector.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:
+                for p in self.distiller.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(world)
+        return loss
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         extra = [p for p in self.distiller.parameters() if p.requires_grad]
