@@ -18,6 +18,7 @@ def test_two_process_training_keeps_projectors_in_sync(tmp_path, tiny_classifier
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2  # really data-parallel, not two independent copies
     for part in ("student", "distiller"):
         for k, v in r0[part].items():
             torch.testing.assert_close(r1[part][k], v, msg=f"{part}.{k} differs between ranks")

@@ -85,7 +85,8 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
         remove_unused_columns=False,  # teacher inputs and example indices must reach compute_loss
         disable_tqdm=not progress_enabled(),
         dataloader_num_workers=0,
-        use_cpu=False,
+        # with no accelerator, use_cpu=True is what lets torchrun / accelerate launch run DDP over gloo
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     kwargs.update(overrides)

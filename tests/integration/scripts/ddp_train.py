@@ -30,7 +30,9 @@ torch.manual_seed(0)
 student = student_from_teacher(teacher, [0, 3])
 cfg = TrainConfig(batch_size=4, max_steps=3, learning_rate=0.05, warmup_ratio=0.0, report_to=[])
 args = training_arguments(cfg, str(out / "ckpt"), evaluate=False, save_strategy="no")
-DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
-               distiller=distiller, teacher=teacher).train()
+trainer = DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
+               distiller=distiller, teacher=teacher)
+trainer.train()
 rank = int(os.environ.get("RANK", 0))
-torch.save({"distiller": distiller.state_dict(), "student": student.state_dict()}, out / f"rank{rank}.pt")
+torch.save({"distiller": distiller.state_dict(), "student": student.state_dict(), "world": args.world_size},
+           out / f"rank{rank}.pt")

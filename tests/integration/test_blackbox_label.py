@@ -1,0 +1,124 @@
+"""`distill label` against a real chat-completions server on 127.0.0.1: labels and statistics on disk,
+the API key nowhere, and a SIGKILLed run that resumes with no answer lost or asked twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "blackbox"))
+from _chat_server import SECRET, FakeChatServer, input_text
+
+from conftest import make_sentiment_rows
+from distill.cli.main import main
+
+ENV = "DISTILL_TEST_BLACKBOX_KEY"
+
+
+def write_recipe(tmp_path: Path, url: str, rows: int, **blackbox) -> Path:
+    data = tmp_path / "reviews.csv"
+    pd.DataFrame(make_sentiment_rows(rows, seed=3)).to_csv(data, index=False)
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "teacher": {"blackbox": {"base_url": url, "model": "fake-llm", "api_key_env": ENV, "max_concurrency": 2,
+                                 "timeout": 5, "max_retries": 2, **blackbox}},
+        "student": {"model": "unused/student"},
+        "data": {"train": str(data), "max_length": 32},
+        "losses": [{"name": "ce"}],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def stored_prompts(db_path: Path) -> list[str]:
+    with sqlite3.connect(db_path) as db:
+        return [json.loads(m)[-1]["content"] for (m,) in db.execute("SELECT messages FROM answers")]
+
+
+def test_distill_label_writes_labels_and_stats(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ENV, SECRET)
+    with FakeChatServer(api_key=SECRET) as server:
+        server.faults.append("429")  # weathered on the way (every fault is tested against the client alone)
+        server.retry_after = "0"
+        recipe = write_recipe(tmp_path, server.url, 60, soft_labels=True)
+        assert main(["label", str(recipe), "--test"]) == 0
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "teacher_labels.jsonl").read_text().splitlines()]
+    stats = json.loads((out / "teacher_labels_stats.json").read_text())
+    assert {r["split"] for r in rows} == {"train", "test"}
+    assert all(r["status"] == "labelled" and r["label"] == r["data_label"] and len(r["probs"]) == 2 for r in rows)
+    train = stats["splits"]["train"]
+    assert train["labelled"] == train["texts"] == sum(r["split"] == "train" for r in rows)
+    assert stats["splits"]["test"]["agreement_with_data_labels"]["accuracy"] == 1.0  # the teacher's own accuracy
+    assert train["backend"]["retries"] == 1 and stats["store"]["answers"] == len({r["text"] for r in rows})
+
+    printed = "".join(capsys.readouterr())
+    assert "labelled" in printed
+    files = [p.read_bytes().decode("latin-1") for p in out.iterdir() if p.is_file()]
+    assert all(SECRET not in blob for blob in [printed, *files])
+
+    # what the lead wires into `distill run`: the labelled training rows and their target distributions
+    from distill.config import load_recipe
+    from distill.data import load_splits
+    from distill.teachers.blackbox import label_with_blackbox
+
+    r = load_recipe(recipe)
+    splits = load_splits(r.data)
+    with FakeChatServer(api_key=SECRET) as server:  # a new server: everything comes from the store
+        r.teacher.blackbox.base_url = server.url
+        labels = label_with_blackbox(r, splits, log=lambda m: None, progress=False)
+        assert sum(server.requests.values()) == 0
+    frame, probs = labels.training_frame(splits)
+    assert len(frame) == len(splits.train) == probs.shape[0] and probs.shape[1] == 2
+    assert (frame["label"] == frame["data_label"]).all() and (probs.argmax(1) == frame["label"].to_numpy()).all()
+
+
+def test_sigkill_mid_run_then_resume_loses_nothing_and_asks_nothing_twice(tmp_path, monkeypatch):
+    with FakeChatServer(api_key=SECRET, delay=0.05) as server:
+        recipe = write_recipe(tmp_path, server.url, 150)
+        env = {**os.environ, ENV: SECRET, "CI": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "distill.cli.main", "label", str(recipe)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120  # the child imports torch and transformers first
+        while True:
+            with server.lock:
+                if sum(server.answered.values()) >= 10:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the labelling child did not get going: {proc.communicate()[0].decode()[-2000:]}")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate()[0].decode()
+        assert proc.returncode == -signal.SIGKILL
+
+        db = tmp_path / "run" / "teacher_responses.sqlite"
+        kept = stored_prompts(db)  # answers committed before the kill
+        asked_before = set(server.requests)
+        assert len(kept) >= 10 and set(kept) <= asked_before
+
+        server.reset_counts()
+        monkeypatch.setenv(ENV, SECRET)
+        assert main(["label", str(recipe)]) == 0
+        asked_again = server.requests
+
+    assert not set(kept) & set(asked_again)  # no answered prompt asked twice
+    assert all(n == 1 for n in asked_again.values())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "teacher_labels.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "labelled" for r in rows)  # none lost
+    final = stored_prompts(db)
+    assert len(final) == len(set(final)) == len({r["text"] for r in rows})
+    assert set(final) == set(kept) | set(asked_again)
+    assert {input_text(p) for p in final} == {r["text"] for r in rows}
+    assert SECRET not in output
