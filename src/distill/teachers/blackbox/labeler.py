@@ -162,11 +162,13 @@ class Labeler:
 
         calls, cost = self.store.totals()
         budget = _Budget(self.max_calls, self.max_cost, calls, cost)
+        counters = self.backend.counters()
         new, errors = self._ask(todo, by_key, budget, identity, params, template_id, desc)
 
         items = [self._verdict(key, stored, new, errors, budget) for key in keys]
         run = LabelRun(self.labels, items)
         run.stats = self._stats(run, texts, keys, stored, new, errors, budget, time.perf_counter() - t0)
+        run.stats["backend"].update({k: v - counters.get(k, 0) for k, v in self.backend.counters().items()})
         if budget.stopped and len(new) + len(errors) < len(todo):
             self.log(f"{desc}: budget {budget.stopped}; {run.stats['not_labelled']} texts not labelled "
                      "(their answers were never bought); raise the cap and rerun to continue")
@@ -279,7 +281,7 @@ class Labeler:
             "cached": len(set(keys) & set(stored)),
             "cost": sum(c for c in new_costs if c is not None),
             "answers_without_usage": sum(c is None for c in new_costs),
-            "backend": {"identity": self.backend.identity, **self.backend.counters()},
+            "backend": {"identity": self.backend.identity},  # + this run's request counters
             "store": {"path": str(self.store.path), "answers": answers, "cost": total_cost},
             "budget": {"max_calls": self.max_calls, "max_cost": self.max_cost,
                        "stopped": budget.stopped if counts["not_labelled"] else None},

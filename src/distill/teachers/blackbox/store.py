@@ -92,7 +92,7 @@ class ResponseStore:
             raise RuntimeError(f"{self.path} holds answers in store format {found}, this distill reads {FORMAT}; "
                                "move the file away to start a new store")
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
