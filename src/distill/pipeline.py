@@ -37,6 +37,7 @@ from distill.models import (
     num_layers,
 )
 from distill.students import check_layers, student_from_teacher
+from distill.outputs import ModelOutputs
 from distill.training import Distiller, DistillTrainer
 
 Log = Callable[[str], None]
@@ -77,8 +78,31 @@ class Plan:
         return self.splits.labels
 
 
+def _plan_blackbox(recipe: Recipe) -> Plan:
+    """A black-box teacher has no weights or config: check the data, the student and that every loss can
+    work from the teacher's labels and probabilities alone."""
+    for spec in recipe.losses:
+        from distill.losses import LOSSES
+
+        needs = set(LOSSES.get(spec.name).teacher_needs) - {"logits"}
+        if needs:
+            raise RecipeError(f"losses: {spec.name!r} needs the teacher's {sorted(needs)}, which a black-box teacher "
+                              "does not expose; use kd, hard_kd and ce")
+    splits = load_splits(recipe.data)
+    sconf = load_config(recipe.student.model or "", "student.model")
+    s_layers = len(recipe.student.layers) if recipe.student.layers else num_layers(sconf)
+    if recipe.student.layers:
+        check_layers(list(recipe.student.layers), num_layers(sconf), "the student model")
+    ctx = LossContext(student_hidden_size=hidden_size(sconf), student_num_layers=s_layers,
+                      num_classes=splits.num_labels, same_tokenizer=False)
+    build_losses(recipe.losses, ctx)
+    return Plan(recipe, splits, None, sconf, False, ctx)
+
+
 def plan(recipe: Recipe) -> Plan:
     """Validate the whole run without loading weights."""
+    if recipe.teacher.blackbox is not None:
+        return _plan_blackbox(recipe)
     t = recipe.teacher
     tconf = load_config(t.model, "teacher.model", t.revision, t.trust_remote_code)
     teacher_labels = None
@@ -457,9 +481,67 @@ class Run:
         self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
         return logits.argmax(-1)
 
+    # -- black-box teachers ---------------------------------------------------------------------------------
+    def run_blackbox(self) -> dict[str, Any]:
+        """The teacher answers queries: label the training text (and the test split, to measure the teacher),
+        keep its probabilities in the store as teacher "logits" (log-probabilities), then train as usual:
+        ``ce`` reads the teacher's hard labels, ``kd`` its soft labels (one-hot where it gave none)."""
+        from distill.store import StoreSpec, TeacherStore, build_store, default_store_root, fingerprint_rows, store_key
+        from distill.teachers.blackbox import label_with_blackbox
+
+        r = self.recipe
+        labels = label_with_blackbox(r, self.plan.splits, self.log, include_test=True)
+        self.teacher_path = f"blackbox:{labels.stats.get('teacher')}"
+        frame, probs = labels.training_frame(self.plan.splits)
+        if not len(frame):
+            raise RecipeError("teacher.blackbox: the teacher labelled none of the training texts; see "
+                              "teacher_labels_stats.json for parse failures and errors")
+        self.report["blackbox"] = {k: v for k, v in labels.stats.items() if k != "config"}
+        init = self.student_init()
+        distiller = Distiller(build_losses(r.losses, self.plan.loss_context))
+        store = None
+        if distiller.needs_teacher:
+            spec = StoreSpec(capture=("logits",), topk=0, dtype="float32", shard_size=r.store.shard_size)
+            key = store_key(teacher=str(self.teacher_path),
+                            data=fingerprint_rows(list(zip(frame["text"], frame["label"].astype(int).tolist()))),
+                            probs=hashlib.sha256(probs.tobytes()).hexdigest(), task=r.task, spec=spec)
+            root = Path(r.store.dir) if r.store.dir else default_store_root()
+            log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-8, 1.0)))  # (N, C)
+            build_store(root, key, spec, lambda idx: ModelOutputs(logits=log_probs[idx]), num_examples=len(frame),
+                        progress=False, log=self.log)
+            store = TeacherStore.open(root / key)
+            self.report["store"] = {"key": store.key, "path": str(store.path), **store.info()}
+
+        # the teacher's own quality: its answers on the test split against the gold labels
+        test_run = labels.runs.get("test")
+        gold = np.asarray(self.plan.splits.test["label"])
+        teacher_pred = np.asarray(test_run.hard() if test_run else [-1] * len(gold))
+        from sklearn.metrics import f1_score
+
+        answered = teacher_pred >= 0
+        self.report["models"]["teacher"] = {
+            "accuracy": float((teacher_pred == gold).mean()),  # unanswered test rows count as wrong
+            "macro_f1": float(f1_score(gold, np.where(answered, teacher_pred, (gold + 1) % len(self.plan.labels)),
+                                       average="macro")),
+            "answered_fraction": float(answered.mean()),
+            "accuracy_on_answered": float((teacher_pred[answered] == gold[answered]).mean()) if answered.any() else None,
+        }
+        frame = frame[["text", "label"] + (["text_pair"] if "text_pair" in frame.columns else [])]
+        student = self.train_student("student", init, distiller, frame, store=store)
+        self.evaluate("student_kd", student, self.student_tokenizer, teacher_pred)
+        del student
+        if r.eval.baseline:
+            baseline_losses = build_losses([type(r.losses[0])(name="ce")], self.plan.loss_context)
+            base = self.train_student("student_no_kd", init, Distiller(baseline_losses), self.plan.splits.train)
+            self.evaluate("student_no_kd", base, self.student_tokenizer, teacher_pred)
+            del base
+        return self.finish()
+
     # -- the whole run ------------------------------------------------------------------------------------
     def __call__(self) -> dict[str, Any]:
         r = self.recipe
+        if r.teacher.blackbox is not None:
+            return self.run_blackbox()
         self.prepare_teacher()
         init = self.student_init()
         distiller = Distiller(build_losses(r.losses, self.plan.loss_context))

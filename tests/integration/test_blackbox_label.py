@@ -122,3 +122,30 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_asks_nothing_twice(tmp_pa
     assert set(final) == set(kept) | set(asked_again)
     assert {input_text(p) for p in final} == {r["text"] for r in rows}
     assert SECRET not in output
+
+
+def test_distill_run_with_a_blackbox_teacher(tmp_path, monkeypatch, tiny_student):
+    """`distill run` end to end with a teacher behind a chat-completions endpoint: it labels the training text
+    and the test split, trains the student from the teacher's (soft) labels through the store, trains the
+    no-KD baseline on the human labels, and reports the teacher's own accuracy and the answer statistics."""
+    monkeypatch.setenv(ENV, SECRET)
+    with FakeChatServer(api_key=SECRET) as server:
+        recipe = write_recipe(tmp_path, server.url, 80, soft_labels=True)
+        r = yaml.safe_load(recipe.read_text())
+        r["student"] = {"model": str(tiny_student)}
+        r["losses"] = [{"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "ce", "weight": 0.5}]
+        r["train"] = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}
+        r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1}
+        r["store"] = {"dir": str(tmp_path / "stores")}
+        recipe.write_text(yaml.safe_dump(r))
+        assert main(["run", str(recipe)]) == 0
+        asked = sum(server.requests.values())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student_kd", "student_no_kd"}
+    assert report["models"]["teacher"]["accuracy"] == 1.0  # the rule-based fake teacher reads the sentiment words
+    assert report["models"]["teacher"]["answered_fraction"] == 1.0
+    assert report["blackbox"]["splits"]["train"]["labelled"] == report["data"]["train"]
+    assert report["store"]["key"] and asked > 0
+    assert (tmp_path / "run" / "student" / "config.json").exists()
+    blobs = [p.read_bytes().decode("latin-1") for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert all(SECRET not in b for b in blobs)

@@ -38,7 +38,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, teacher_pred:
         "macro_f1": float(f1_score(labels[labelled], pred[labelled], average="macro")),
     }
     if teacher_pred is not None:
-        out["teacher_agreement"] = float((pred == teacher_pred).mean())
+        answered = teacher_pred >= 0  # a black-box teacher may leave rows unanswered (-1)
+        out["teacher_agreement"] = float((pred[answered] == teacher_pred[answered]).mean()) if answered.any() else None
     return out
 
 

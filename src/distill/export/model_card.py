@@ -20,7 +20,7 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "# Distilled student",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter text classifier distilled with `distill` from "
-        f"the teacher `{recipe.teacher.model}`.",
+        f"the teacher `{recipe.teacher.model or (recipe.teacher.blackbox and (recipe.teacher.blackbox.model or recipe.teacher.blackbox.local_model))}`.",
         "",
         "```python",
         "from transformers import pipeline",
