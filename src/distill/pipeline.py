@@ -268,7 +268,6 @@ class Run:
     # -- student init -------------------------------------------------------------------------------------
     def student_init(self) -> Path:
         """The student's starting weights, saved once so the KD and the no-KD runs start identically."""
-        r = self.recipe
         with _state().main_process_first():  # rank 0 builds and saves it; the others then reuse it
             return self._student_init()
 
@@ -398,7 +397,7 @@ class Run:
 
         fp = _fingerprint({
             "train": r.train.__dict__, "max_steps": max_steps,
-            "losses": [l.__dict__ for l in r.losses] if name == "student" else "ce",
+            "losses": [spec.__dict__ for spec in r.losses] if name == "student" else "ce",
             "init": _hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
             "data": fingerprint_rows(list(zip(frame["text"], frame["label"].astype(int).tolist()))),
             "validation": fingerprint_rows(list(self.plan.splits.validation["text"])),
