@@ -167,7 +167,8 @@ def test_label_free_distillation_on_unlabelled_text(tmp_path, tiny_classifier, s
     from distill.store import TeacherStore
 
     df = pd.read_csv(sentiment_csv)
-    df[["text"]].head(60).to_csv(tmp_path / "unlabelled.csv", index=False)
+    fresh = df[["text"]].head(60).assign(text=lambda d: d["text"] + " indeed " + d.index.astype(str))
+    fresh.to_csv(tmp_path / "unlabelled.csv", index=False)  # new texts: none repeats a test input
     recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
                          data={"train": str(sentiment_csv), "unlabeled": str(tmp_path / "unlabelled.csv"),
                                "max_length": 32},
