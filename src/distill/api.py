@@ -119,14 +119,12 @@ def distill_from_models(
 
 def _api_store(teacher, tokenizer, frame, distiller, cfg: StoreConfig, max_length: int, batch_size: int):
     from distill.models import forward_outputs, model_inputs
+    from distill.pipeline import store_spec
     from distill.store import (TeacherStore, build_store, default_store_root, fingerprint_model,
                                fingerprint_rows, fingerprint_tokenizer, store_key)
-    from distill.store import StoreSpec
 
-    capture = set(cfg.capture) | {n for n in ("logits", "hidden_states") if distiller.needs(n, "teacher")}
-    spec = StoreSpec(capture=tuple(sorted(capture)),
-                     layers=tuple(distiller.teacher_layers()) if "hidden_states" in capture else (),
-                     topk=cfg.topk, dtype=cfg.dtype, shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
+    spec = store_spec(cfg, distiller)
+    capture = spec.capture
     key = store_key(teacher=fingerprint_model(teacher), tokenizer=fingerprint_tokenizer(tokenizer),
                     data=fingerprint_rows(list(frame["text"])), max_length=max_length,
                     task="text-classification", spec=spec)
@@ -139,7 +137,8 @@ def _api_store(teacher, tokenizer, frame, distiller, cfg: StoreConfig, max_lengt
         @torch.no_grad()
         def compute(indices):
             batch = collate([ds[i] for i in indices])
-            return forward_outputs(teacher, model_inputs(batch), hidden="hidden_states" in capture)
+            return forward_outputs(teacher, model_inputs(batch), hidden="hidden_states" in capture,
+                                   embeddings="embeddings" in capture)
 
         build_store(root, key, spec, compute, num_examples=len(ds), batch_size=batch_size)
     return TeacherStore.open(root / key)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from distill._dataclass_io import RecipeError
-from distill.config import Recipe
+from distill.config import Recipe, StoreConfig
 from distill.data import DistillCollator, TextSplits, load_splits, same_tokenizer, to_dataset
 from distill.losses import LossContext, build_losses
 from distill.models import (
@@ -207,6 +207,20 @@ def _teacher_fingerprint(path: str, model: torch.nn.Module | None, revision: str
     return fingerprint_model(model)
 
 
+def store_spec(cfg: StoreConfig, distiller: Distiller):
+    """What the store keeps: the recipe's ``store.capture`` plus whatever the losses read from the teacher
+    (only the hidden-state layers they use)."""
+    from distill.store import StoreSpec
+
+    capture = set(cfg.capture)
+    for name in ("logits", "hidden_states", "embeddings"):
+        if distiller.needs(name, "teacher"):
+            capture.add(name)
+    layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
+    return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
+                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
+
+
 def _state():
     """The accelerate process state: one process normally, several under `accelerate launch` / torchrun.
     Shared files are written by the main process only; the others wait for it."""
@@ -310,16 +324,7 @@ class Run:
 
     # -- store --------------------------------------------------------------------------------------------
     def store_spec(self, distiller: Distiller):
-        from distill.store import StoreSpec
-
-        cfg = self.recipe.store
-        capture = set(cfg.capture)
-        for name in ("logits", "hidden_states", "embeddings"):
-            if distiller.needs(name, "teacher"):
-                capture.add(name)
-        layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
-        return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
-                         shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
+        return store_spec(self.recipe.store, distiller)
 
     def store_key(self, spec, kd_frame) -> str:
         from distill.store import fingerprint_rows, fingerprint_tokenizer, store_key

@@ -7,6 +7,8 @@ request and answer counters let tests check that nothing is asked twice.
 
 from __future__ import annotations
 
+import pytest
+
 import collections
 import json
 import re
@@ -152,3 +154,15 @@ class FakeChatServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+
+# shared by the client and labeler tests (import them into a test module to use them)
+@pytest.fixture()
+def server():
+    with FakeChatServer() as srv:
+        yield srv
+
+
+@pytest.fixture()
+def keyed_server():
+    with FakeChatServer(api_key=SECRET) as srv:
+        yield srv

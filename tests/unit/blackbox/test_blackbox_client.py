@@ -4,24 +4,12 @@ guessing from broken answers, and the API key kept out of every message."""
 from __future__ import annotations
 
 import pytest
-from _chat_server import FAULTS, SECRET, FakeChatServer
+from _chat_server import FAULTS, SECRET, FakeChatServer, keyed_server, server  # noqa: F401, F811 (fixtures)
 
 from distill.teachers.blackbox import BackendError, ChatClient, FatalBackendError
 from distill.teachers.blackbox.client import chat_url, parse_retry_after
 
 MESSAGES = [{"role": "user", "content": "Text: a good and lovely film\nLabel:"}]
-
-
-@pytest.fixture()
-def server():
-    with FakeChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
-def keyed_server():
-    with FakeChatServer(api_key=SECRET) as srv:
-        yield srv
 
 
 def client(url, **kw):

@@ -8,25 +8,13 @@ import math
 import sqlite3
 
 import pytest
-from _chat_server import SECRET, FakeChatServer, rule_answer
+from _chat_server import SECRET, FakeChatServer, keyed_server, rule_answer, server  # noqa: F401, F811 (fixtures)
 
 from distill.teachers.blackbox import ChatClient, ChatResponse, Labeler, Prices, ResponseStore, answer_key
 
 LABELS = ["positive", "negative"]
 TEXTS = [f"the film {w} and {w}" for w in ["good", "bad", "lovely", "dull", "fun", "weak", "smart", "flat",
                                            "superb", "messy"]]
-
-
-@pytest.fixture()
-def server():
-    with FakeChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
-def keyed_server():
-    with FakeChatServer(api_key=SECRET) as srv:
-        yield srv
 
 
 def make(server, tmp_path, api_key=None, logs=None, **kw):
