@@ -8,8 +8,10 @@ from distill.losses.base import (
     loss_parameters,
     register_loss,
 )
+from distill.losses import embedding as _embedding  # noqa: F401  (registers)
 from distill.losses import hidden as _hidden  # noqa: F401  (registers)
 from distill.losses import logits as _logits  # noqa: F401  (registers)
+from distill.losses.embedding import AffinityLoss, ContrastiveLoss, CRDLoss, EmbeddingLoss
 from distill.losses.hidden import HiddenStateLoss
 from distill.losses.logits import CELoss, HardKDLoss, KDLoss
 
@@ -24,6 +26,10 @@ __all__ = [
     "CELoss",
     "HardKDLoss",
     "HiddenStateLoss",
+    "EmbeddingLoss",
+    "AffinityLoss",
+    "ContrastiveLoss",
+    "CRDLoss",
     "build_losses",
 ]
 

@@ -104,6 +104,63 @@ EXAMPLES: dict[str, Example] = {
             "teacher_num_layers": "filled from LossContext by build()",
         },
     ),
+    # embedding-level losses (distill.losses.embedding): (B, D) vectors, so only the classifier layout
+    "embedding": Example(
+        variants={
+            "mse-auto": {"loss": "mse"},
+            "cosine-auto": {"loss": "cosine"},
+            "mse-linear": {"loss": "mse", "projector": "linear"},
+            "cosine-linear": {"loss": "cosine", "projector": "linear"},
+        },
+        bad_params={"loss": ["l1", None], "projector": ["mlp", True]},
+        shapes=("classifier",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+        },
+    ),
+    # with B = 2 and the diagonal dropped (include_self: false, the default) each row holds one entry, so the
+    # loss is 0 with no gradient by construction; that path (B >= 3) is tested in test_golden_embedding.py
+    "affinity": Example(
+        variants={
+            "include_self": {"include_self": True},
+            "include_self-T0.1": {"include_self": True, "temperature": 0.1},
+        },
+        bad_params={
+            "temperature": [0, -0.05, "0.05", True, float("nan")],
+            "include_self": ["yes", 1, None],
+        },
+        shapes=("classifier",),
+    ),
+    "contrastive": Example(
+        variants={
+            "default": {},
+            "linear-T0.1": {"projector": "linear", "temperature": 0.1},
+        },
+        bad_params={"temperature": [0, -1.0, "0.05", False], "projector": ["mlp"]},
+        shapes=("classifier",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+        },
+    ),
+    "crd": Example(
+        variants={
+            "default": {},
+            "small-queue": {"dim": 8, "queue_size": 3, "temperature": 0.1},
+            "in-batch-only": {"dim": 5, "queue_size": 0},
+        },
+        bad_params={
+            "dim": [0, -4, 2.5, "128", True],
+            "temperature": [0, -0.07, "0.07", True],
+            "queue_size": [-1, 16.0, "4096", True],
+        },
+        shapes=("classifier",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+        },
+    ),
 }
 
 

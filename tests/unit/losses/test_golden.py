@@ -112,11 +112,25 @@ def test_fixture_is_up_to_date_with_the_reference() -> None:
     _assert_close_tree(fresh, FIXTURE)
 
 
+def _losses_with_their_own_golden_module() -> set[str]:
+    """A loss family may keep its hand computations in ``golden_<family>.py`` (checked by its own test file);
+    such a module lists the losses it covers in ``GOLDEN_LOSSES``."""
+    import importlib
+    from pathlib import Path
+
+    covered: set[str] = set()
+    for path in sorted(Path(__file__).parent.glob("golden_*.py")):
+        if path.stem != "golden_reference":
+            covered |= set(getattr(importlib.import_module(f"{__package__}.{path.stem}"), "GOLDEN_LOSSES", ()))
+    return covered
+
+
 def test_every_registered_loss_has_golden_values() -> None:
-    missing = sorted(set(LOSSES) - {c["loss"] for c in CASES})
+    missing = sorted(set(LOSSES) - {c["loss"] for c in CASES} - _losses_with_their_own_golden_module())
     assert not missing, (
         f"no golden values for registered loss(es) {missing}; add hand-computed cases to "
-        "tests/unit/losses/golden_reference.py and regenerate tests/data/loss_golden.json"
+        "tests/unit/losses/golden_reference.py and regenerate tests/data/loss_golden.json (or to a "
+        "golden_<family>.py module listing them in GOLDEN_LOSSES, with its own test file)"
     )
 
 

@@ -1,0 +1,435 @@
+"""Losses over pooled embedding vectors (``ModelOutputs.embeddings``, (B, D)): regression, affinity, contrast.
+
+All four read one vector per example, so they work whether the teacher ran online or its embeddings came from
+the store, and whatever the two tokenizers are. The widths come from :class:`LossContext`
+(``student_hidden_size`` / ``teacher_hidden_size`` are the embedding dimensions). Everything is computed in
+float32 on a detached teacher; norms are clamped, so an all-zero vector gives a finite loss and gradient.
+
+The in-batch losses (``affinity``, ``contrastive``, ``crd``) see only the local batch: under DDP each rank
+compares its own rows (nothing is gathered across ranks), so the effective number of negatives is the
+per-device batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.losses.base import DistillLoss, LossContext, register_loss
+from distill.outputs import ModelOutputs
+
+NORM_EPS = 1e-6
+"""Smallest norm a vector is divided by. Real embeddings are far longer; this only keeps a zero vector (and
+its gradient) finite: it maps to the zero vector, whose cosine with anything is 0."""
+
+PROJECTORS = ("auto", "linear", "none")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _reject_context(context: dict[str, Any]) -> None:
+    if context:  # widths come from the models (LossContext), never from the recipe
+        raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
+
+
+def _check_positive_number(name: str, value: Any, hint: str) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: {value!r} is not allowed; use a number > 0 ({hint})")
+
+
+def _check_int(name: str, value: Any, low: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: {value!r} is not allowed; use a whole number >= {low} ({hint})")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise ValueError(f"{name}: {value!r} is not allowed; choose {choices}")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length; (B, D) -> (B, D). A zero row stays zero (norm clamped at NORM_EPS)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+
+
+def _embeddings(student: ModelOutputs, teacher: ModelOutputs, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two (B, D) embedding matrices in float32, the teacher's detached."""
+    e_s = student.require("embeddings", loss)
+    e_t = teacher.require("embeddings", loss)
+    assert isinstance(e_s, torch.Tensor) and isinstance(e_t, torch.Tensor)
+    if e_s.dim() != 2 or e_t.dim() != 2:
+        raise ValueError(
+            f"loss {loss!r} needs embeddings of shape (B, D); got student {tuple(e_s.shape)} and teacher "
+            f"{tuple(e_t.shape)} (pool token states into one vector per example first)"
+        )
+    if e_s.shape[0] != e_t.shape[0]:
+        raise ValueError(
+            f"loss {loss!r}: student and teacher embeddings have {e_s.shape[0]} and {e_t.shape[0]} rows; "
+            "they must describe the same examples"
+        )
+    return e_s.float(), e_t.detach().float()
+
+
+def _build_projector(projector: str, student_dim: int | None, teacher_dim: int | None) -> nn.Linear | None:
+    """``auto``: a learned ``Linear(student_dim, teacher_dim)`` only when the widths differ; ``linear``:
+    always (a square one starts as the identity map); ``none``: never."""
+    need = projector == "linear" or (
+        projector == "auto"
+        and student_dim is not None
+        and teacher_dim is not None
+        and student_dim != teacher_dim
+    )
+    if not need:
+        return None
+    if student_dim is None or teacher_dim is None:
+        raise ValueError(
+            "a projector needs student_hidden_size and teacher_hidden_size (the embedding widths)"
+        )
+    proj = nn.Linear(student_dim, teacher_dim)
+    if student_dim == teacher_dim:
+        nn.init.eye_(proj.weight)
+        nn.init.zeros_(proj.bias)
+    return proj
+
+
+def _project(proj: nn.Module | None, e_s: torch.Tensor, e_t: torch.Tensor, loss: str) -> torch.Tensor:
+    if proj is not None:
+        e_s = proj(e_s)  # (B, D_s) -> (B, D_t)
+    if e_s.shape[-1] != e_t.shape[-1]:
+        raise ValueError(
+            f"loss {loss!r}: embedding widths differ (student {e_s.shape[-1]}, teacher {e_t.shape[-1]}) "
+            "and no projector was built; set projector: auto or linear (the widths come from the models)"
+        )
+    return e_s
+
+
+def _in_batch_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row i against column i; (B, N >= B) -> scalar. Row i's positive is column i."""
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embedding: regress the teacher vector
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_loss
+class EmbeddingLoss(DistillLoss):
+    """Pull the student's embedding onto the teacher's, row by row.
+
+    ``mse``: ``L = mean_{b,d} (W e_S[b] - e_T[b])_d^2`` (exactly ``torch.nn.functional.mse_loss``, the
+    sentence-transformers ``MSELoss`` of Reimers & Gurevych 2020 used for multilingual and model2vec-style
+    distillation); ``cosine``: ``L = mean_b (1 - cos(W e_S[b], e_T[b]))``. ``W`` is a learned linear projector
+    ``D_S -> D_T`` built when the widths differ (``projector: auto``), always (``linear``; a square one starts
+    as the identity) or never (``none``).
+
+    Recipe::
+
+        losses:
+          - {name: embedding, weight: 1.0, loss: mse}
+    """
+
+    name = "embedding"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    formula = (
+        "mse: mean_{b,d} (W e_S - e_T)^2; cosine: mean_b 1 - cos(W e_S, e_T); W learned when widths differ"
+    )
+    citation = (
+        "Reimers & Gurevych, Making Monolingual Sentence Embeddings Multilingual using Knowledge "
+        "Distillation, EMNLP 2020; Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015 "
+        "(the learned projector)"
+    )
+
+    def __init__(
+        self,
+        loss: str = "mse",
+        projector: str = "auto",
+        student_hidden_size: int | None = None,
+        teacher_hidden_size: int | None = None,
+    ):
+        super().__init__()
+        self.validate_params(loss, projector)
+        self.loss = loss
+        self.projector = _build_projector(projector, student_hidden_size, teacher_hidden_size)
+
+    @staticmethod
+    def validate_params(loss: str = "mse", projector: str = "auto", **context: Any) -> None:
+        _reject_context(context)
+        _check_choice("loss", loss, ("mse", "cosine"))
+        _check_choice("projector", projector, PROJECTORS)
+
+    @classmethod
+    def build(cls, params: dict[str, Any], ctx: LossContext) -> EmbeddingLoss:
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)  # (B, D_s), (B, D_t)
+        e_s = _project(self.projector, e_s, e_t, self.name)  # (B, D_t)
+        if self.loss == "mse":
+            return F.mse_loss(e_s, e_t)
+        return (1.0 - (_unit(e_s) * _unit(e_t)).sum(dim=-1)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# affinity: match the in-batch similarity distributions (TinyCLIP)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_loss
+class AffinityLoss(DistillLoss):
+    """Affinity mimicking: the student's in-batch similarity distributions should match the teacher's.
+
+    With unit rows ``u = e / ||e||``, ``A_S = u_S u_S^T / tau`` and ``A_T = u_T u_T^T / tau`` (B x B, so no
+    projector is needed whatever the widths), each row becomes a distribution over the batch (without the row
+    itself unless ``include_self``) and ``L = (1/B) sum_i KL(softmax(A_T[i]) || softmax(A_S[i]))`` (teacher
+    as target). TinyCLIP (Wu et al., ICCV 2023, METHODS.md 3.5) applies this across image and text towers
+    with a soft cross-entropy; here both sides are one embedding space, and we use KL, which differs from
+    soft CE by the teacher entropy (a constant: same gradient), so the loss is 0 when the student equals the
+    teacher.
+
+    ``include_self: false`` (default) drops the diagonal before the softmax: a unit vector's similarity with
+    itself is always ``1 / tau``, the largest entry, identical for both models, so it carries no information
+    and would soak up most of each row's mass. A batch of one row (or two, without the diagonal) leaves
+    nothing to compare and gives 0. ``temperature`` (default 0.05, the student temperature of COMODO's
+    similarity-distribution loss, METHODS.md 3.17; TinyCLIP fixes the teacher's scale at 50, i.e. 0.02) is
+    shared by both sides. Invariant to the scale of the embeddings.
+
+    Recipe::
+
+        losses:
+          - {name: affinity, weight: 1.0, temperature: 0.05, include_self: false}
+    """
+
+    name = "affinity"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    formula = (
+        "mean_i KL(softmax(u_T[i] u_T^T / tau) || softmax(u_S[i] u_S^T / tau)), u = e/||e||, "
+        "diagonal optional"
+    )
+    citation = (
+        "Wu et al., TinyCLIP: CLIP Distillation via Affinity Mimicking and Weight Inheritance, ICCV 2023"
+    )
+
+    def __init__(self, temperature: float = 0.05, include_self: bool = False):
+        super().__init__()
+        self.validate_params(temperature, include_self)
+        self.temperature = float(temperature)
+        self.include_self = include_self
+
+    @staticmethod
+    def validate_params(temperature: float = 0.05, include_self: bool = False, **context: Any) -> None:
+        _reject_context(context)
+        _check_positive_number("temperature", temperature, "0.02-0.1 is usual for unit vectors")
+        if not isinstance(include_self, bool):
+            raise TypeError(f"include_self: {include_self!r} is not allowed; use true or false")
+
+    def _affinity(self, e: torch.Tensor) -> torch.Tensor:
+        u = _unit(e)  # (B, D)
+        a = u @ u.T / self.temperature  # (B, B)
+        if self.include_self:
+            return a
+        b = a.shape[0]
+        off_diagonal = ~torch.eye(b, dtype=torch.bool, device=a.device)
+        return a[off_diagonal].view(b, b - 1)  # (B, B - 1): row i without column i
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        a_s, a_t = self._affinity(e_s), self._affinity(e_t)  # (B, N), N = B or B - 1
+        if a_s.shape[-1] == 0:  # one row without its diagonal: nothing to compare
+            return e_s.sum() * 0.0  # keeps the graph (DDP needs every step to backward)
+        log_q = F.log_softmax(a_s, dim=-1)
+        log_p = F.log_softmax(a_t, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# contrastive: in-batch InfoNCE against the teacher
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_loss
+class ContrastiveLoss(DistillLoss):
+    """In-batch InfoNCE: each student row must pick its own teacher row out of the batch's teacher rows.
+
+    ``logits = u(W e_S) u(e_T)^T / tau`` (B x B, ``u`` = unit rows), ``L = CE(logits, targets = arange(B))``:
+    teacher row i is the positive for student row i, the other teacher rows are the negatives. ``W`` is the
+    projector of the ``embedding`` loss (learned when the widths differ).
+
+    Not zero when the student equals the teacher: the positive gets ``1 / tau`` but the negatives still hold
+    some mass (the floor is ``log(1 + sum_j exp((cos_ij - 1) / tau))``, which goes to 0 only as ``tau -> 0``
+    or as the teacher rows become orthogonal), so ``zero_at_identity`` is False. It is a cross-entropy, hence
+    never negative; a batch of one row gives 0. Default ``temperature`` 0.05 = the scale 20 of
+    sentence-transformers' ``MultipleNegativesRankingLoss``.
+
+    Recipe::
+
+        losses:
+          - {name: embedding, weight: 1.0, loss: mse}
+          - {name: contrastive, weight: 0.1, temperature: 0.05}
+    """
+
+    name = "contrastive"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    zero_at_identity = False
+    formula = "CE(u(W e_S) u(e_T)^T / tau, arange(B)), u = e/||e||; teacher row i positive for student row i"
+    citation = (
+        "van den Oord et al., Representation Learning with Contrastive Predictive Coding (InfoNCE), "
+        "arXiv:1807.03748 (2018); Tian et al., Contrastive Representation Distillation, ICLR 2020"
+    )
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        projector: str = "auto",
+        student_hidden_size: int | None = None,
+        teacher_hidden_size: int | None = None,
+    ):
+        super().__init__()
+        self.validate_params(temperature, projector)
+        self.temperature = float(temperature)
+        self.projector = _build_projector(projector, student_hidden_size, teacher_hidden_size)
+
+    @staticmethod
+    def validate_params(temperature: float = 0.05, projector: str = "auto", **context: Any) -> None:
+        _reject_context(context)
+        _check_positive_number("temperature", temperature, "0.02-0.1 is usual for unit vectors")
+        _check_choice("projector", projector, PROJECTORS)
+
+    @classmethod
+    def build(cls, params: dict[str, Any], ctx: LossContext) -> ContrastiveLoss:
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        e_s = _project(self.projector, e_s, e_t, self.name)  # (B, D_t)
+        logits = _unit(e_s) @ _unit(e_t).T / self.temperature  # (B, B)
+        return _in_batch_ce(logits)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# crd: contrastive representation distillation with a queue of teacher keys
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_loss
+class CRDLoss(DistillLoss):
+    """Contrastive representation distillation (CRD) with a MoCo-style FIFO queue of teacher keys.
+
+    Two learned heads map both sides to a shared ``dim`` and unit length: ``s = u(H_S e_S)``,
+    ``k = u(H_T e_T)``. With ``Q`` the queue of the last ``queue_size`` teacher keys,
+    ``logits = s [k; Q]^T / tau`` (B x (B + |Q|)) and ``L = CE(logits, arange(B))``: teacher row i is the
+    positive of student row i; the other teacher rows of the batch and every queued key are negatives.
+
+    Simplified from Tian et al. (ICLR 2020): CRD draws ``nce_k`` = 16384 negatives from a memory bank indexed
+    by dataset position and scores them with NCE; here the negatives are the most recent teacher keys (MoCo,
+    He et al. CVPR 2020) and the score is a softmax (InfoNCE), so no example ids are needed. Defaults follow
+    CRD: ``dim`` 128 (``feat_dim``), ``temperature`` 0.07 (``nce_t``). ``queue_size`` defaults to 4096,
+    smaller than CRD's 16384 so the queue stays below the size of small distillation sets: a queued key of
+    the *same* example from an earlier epoch would be a false negative. ``queue_size: 0`` uses in-batch
+    negatives only.
+
+    The queue is a buffer (saved with the loss state, never trained): keys are computed without gradient,
+    enqueued after the loss is computed (a batch is never its own negative), and only in training mode
+    (``loss.train()``; ``eval()`` leaves it untouched). Queued keys are stale: they came from earlier teacher
+    heads, as in MoCo. Under DDP every rank keeps its own queue of its own keys (no all-gather), so each rank
+    sees ``queue_size`` negatives, not ``world_size * queue_size``, and the ranks' queues differ.
+    Not zero when the student equals the teacher (``zero_at_identity`` False); never negative (a CE).
+
+    Recipe::
+
+        losses:
+          - {name: crd, weight: 0.8, dim: 128, temperature: 0.07, queue_size: 4096}
+          - {name: kd, weight: 1.0}
+    """
+
+    name = "crd"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    zero_at_identity = False
+    formula = (
+        "CE(u(H_S e_S) [u(H_T e_T); queue]^T / tau, arange(B)); queue = FIFO of past u(H_T e_T), no grad"
+    )
+    citation = (
+        "Tian, Krishnan, Isola. Contrastive Representation Distillation, ICLR 2020; queue: He et al., "
+        "Momentum Contrast for Unsupervised Visual Representation Learning (MoCo), CVPR 2020"
+    )
+
+    queue: torch.Tensor
+    queue_ptr: torch.Tensor
+    queue_len: torch.Tensor
+
+    def __init__(
+        self,
+        dim: int = 128,
+        temperature: float = 0.07,
+        queue_size: int = 4096,
+        student_hidden_size: int | None = None,
+        teacher_hidden_size: int | None = None,
+    ):
+        super().__init__()
+        self.validate_params(dim, temperature, queue_size)
+        if student_hidden_size is None or teacher_hidden_size is None:
+            raise ValueError(
+                "loss 'crd' needs student_hidden_size and teacher_hidden_size (the embedding widths)"
+            )
+        self.dim = dim
+        self.temperature = float(temperature)
+        self.queue_size = queue_size
+        self.student_head = nn.Linear(student_hidden_size, dim)
+        self.teacher_head = nn.Linear(teacher_hidden_size, dim)
+        self.register_buffer("queue", torch.zeros(queue_size, dim))  # (K, dim) unit teacher keys
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next slot to overwrite
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))  # filled slots (<= K)
+
+    @staticmethod
+    def validate_params(
+        dim: int = 128, temperature: float = 0.07, queue_size: int = 4096, **context: Any
+    ) -> None:
+        _reject_context(context)
+        _check_int("dim", dim, 1, "128 in CRD")
+        _check_positive_number("temperature", temperature, "0.07 in CRD")
+        _check_int("queue_size", queue_size, 0, "0 = in-batch negatives only; keep it below the dataset size")
+
+    @classmethod
+    def build(cls, params: dict[str, Any], ctx: LossContext) -> CRDLoss:
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        s = _unit(self.student_head(e_s))  # (B, dim)
+        k = _unit(self.teacher_head(e_t))  # (B, dim); trains the head, e_t itself is detached
+        logits = s @ k.T / self.temperature  # (B, B)
+        if self.queue_size:
+            # a copy: backward needs the keys this step saw, and _enqueue overwrites the buffer in place
+            queued = s @ self.queue.clone().T / self.temperature  # (B, K); the buffer carries no gradient
+            empty = torch.arange(self.queue_size, device=queued.device) >= self.queue_len
+            logits = torch.cat([logits, queued.masked_fill(empty, float("-inf"))], dim=1)  # (B, B + K)
+        loss = _in_batch_ce(logits)
+        if self.training and self.queue_size:
+            self._enqueue(k.detach())
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        keys = keys[-self.queue_size:].to(self.queue.dtype)  # (n, dim), n <= K: the newest rows win
+        n = keys.shape[0]
+        slots = (self.queue_ptr + torch.arange(n, device=keys.device)) % self.queue_size
+        self.queue[slots] = keys
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
+        self.queue_len.copy_((self.queue_len + n).clamp(max=self.queue_size))
