@@ -138,7 +138,7 @@ def _api_store(teacher, tokenizer, frame, distiller, cfg: StoreConfig, max_lengt
         def compute(indices):
             batch = collate([ds[i] for i in indices])
             return forward_outputs(teacher, model_inputs(batch), hidden="hidden_states" in capture,
-                                   embeddings="embeddings" in capture)
+                                   embeddings="embeddings" in capture, qkv_layers=spec.qkv_layers or None)
 
         build_store(root, key, spec, compute, num_examples=len(ds), batch_size=batch_size)
     return TeacherStore.open(root / key)

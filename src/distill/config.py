@@ -230,8 +230,24 @@ class StudentConfig:
     layers: list[int] | None = None
     """Layer indices (0-based) to keep: of the teacher when ``from_teacher`` is true, e.g. ``[0, 5, 11]``,
     otherwise of the pre-trained ``model`` (a shallower copy of it). Empty: keep every layer of ``model``."""
+    static: bool = False
+    """``task: sentence-embedding`` only: a static-embedding student (one vector per token of the teacher's
+    vocabulary, mean-pooled, like model2vec), initialised by running the teacher on every token and then
+    trained on the teacher's sentence embeddings. Leave ``model`` empty."""
+    static_dim: int | None = None
+    """Width of a static student's vectors: empty keeps the teacher's width; smaller reduces the initial
+    token vectors by PCA (a learned projector maps them to the teacher during training)."""
 
     def __post_init__(self) -> None:
+        if self.static:
+            _check(self.model is None and not self.from_teacher and not self.layers, "student.static", self.static,
+                   "a static student is built from the teacher's vocabulary; leave student.model, "
+                   "student.from_teacher and student.layers empty")
+            _check(self.static_dim is None or self.static_dim > 0, "student.static_dim", self.static_dim,
+                   "use a positive width, or leave it empty to keep the teacher's")
+            return
+        _check(self.static_dim is None, "student.static_dim", self.static_dim,
+               "static_dim only applies with student.static: true")
         if self.from_teacher:
             _check(self.model is None, "student.model", self.model,
                    "leave student.model empty when student.from_teacher is true")
@@ -253,9 +269,11 @@ class StudentConfig:
 class DataConfig:
     """Where the text and labels come from, and how they are split."""
 
-    source: Literal["files", "hf_disk", "packaged"] = "files"
+    source: Literal["files", "hf_disk", "packaged", "images", "numpy"] = "files"
     """``files``: CSV / TSV / JSONL / Parquet paths below; ``hf_disk``: a ``datasets.save_to_disk`` folder
-    in ``train``; ``packaged``: a data set shipped in an installed PyPI package, named by ``name``."""
+    in ``train``; ``packaged``: a data set shipped in an installed PyPI package, named by ``name`` (for
+    ``task: image-classification``: ``mnist`` or ``digits``); ``images``: a folder ``train`` with one
+    sub-folder of images per class; ``numpy``: an ``.npz`` file ``train`` with ``images`` and ``labels``."""
     name: str | None = None
     """Packaged data set name (source ``packaged``), e.g. ``movie_snippets``."""
     train: str | None = None
@@ -272,6 +290,8 @@ class DataConfig:
     """Optional second text column (sentence-pair tasks)."""
     label_column: str = "label"
     """Column holding the label (a class name or an integer id)."""
+    image_column: str = "image"
+    """``task: image-classification`` with ``hf_disk``: the column holding the images."""
     labels: list[str] | None = None
     """Class names in id order. Default: the teacher's ``id2label`` or, when fine-tuning, the sorted labels."""
     max_length: int = 128
@@ -403,8 +423,27 @@ class EvalConfig:
     """Timed forward passes per batch size (after warm-up); the median is reported."""
     latency_threads: int | None = None
     """torch threads during latency timing (default: what torch uses)."""
+    probe_sets: list[str] = field(default_factory=lambda: [
+        "movie_snippets", "tweet_snippets", "amazon_snippets", "nyt_snippets"])
+    """``task: sentence-embedding``: packaged labelled sets on which a logistic-regression probe over each
+    model's frozen embeddings is scored; empty to skip. Rows that are also training text are left out."""
+    probe_rows: int = 1000
+    """Rows drawn (stratified, fixed seed) from each probe set; 80% fit the probe, 20% score it."""
+    agreement_pairs: int = 20000
+    """Random pairs of held-out sentences whose cosine similarities are compared with the teacher's (Spearman)."""
+    retrieval_k: int = 10
+    """k of the retrieval agreement: recall of the teacher's k nearest held-out neighbours."""
+    throughput_sentences: int = 512
+    """Held-out sentences encoded (tokenising included, batch 32) to measure sentences per second."""
 
     def __post_init__(self) -> None:
+        known = ("movie_snippets", "tweet_snippets", "amazon_snippets", "nyt_snippets")
+        _check(all(p in known for p in self.probe_sets), "eval.probe_sets", self.probe_sets,
+               f"choose from {', '.join(known)}")
+        _check(self.probe_rows >= 20, "eval.probe_rows", self.probe_rows, "use at least 20 rows")
+        _check(self.agreement_pairs > 0, "eval.agreement_pairs", self.agreement_pairs, "use > 0")
+        _check(self.retrieval_k > 0, "eval.retrieval_k", self.retrieval_k, "use > 0")
+        _check(self.throughput_sentences > 0, "eval.throughput_sentences", self.throughput_sentences, "use > 0")
         _check(all(b > 0 for b in self.latency_batch_sizes), "eval.latency_batch_sizes",
                self.latency_batch_sizes, "use positive batch sizes")
         _check(self.latency_repeats > 0, "eval.latency_repeats", self.latency_repeats, "use > 0")
@@ -418,6 +457,189 @@ class ExportConfig:
     """Also export ``model.onnx`` (needs the ``onnx`` extra)."""
     model_card: bool = True
     """Write README.md with the recipe, the metrics and the citations of the losses used."""
+
+
+@dataclass
+class SequenceKDConfig:
+    """``task: causal-lm``: sequence-level KD: the teacher continues a prefix of every training example once
+    (kept on disk), and the student trains on those continuations (prompt tokens masked out)."""
+
+    prompt_tokens: int = 32
+    """Tokens of each training chunk given to the teacher as the prompt (chat rows use their own prompt)."""
+    max_new_tokens: int = 64
+    """Most tokens the teacher writes per prompt."""
+    temperature: float = 0.0
+    """Sampling temperature of the teacher (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold when temperature > 0."""
+    keep_original: bool = True
+    """Train on the original text as well as on the teacher's continuations."""
+
+    def __post_init__(self) -> None:
+        p = "causal_lm.sequence_kd"
+        _check(self.prompt_tokens > 0, f"{p}.prompt_tokens", self.prompt_tokens, "use a positive integer")
+        _check(self.max_new_tokens > 0, f"{p}.max_new_tokens", self.max_new_tokens, "use a positive integer")
+        _check(self.temperature >= 0, f"{p}.temperature", self.temperature, "use >= 0 (0 is greedy)")
+        _check(0 < self.top_p <= 1, f"{p}.top_p", self.top_p, "use (0, 1]")
+
+
+@dataclass
+class OnPolicyConfig:
+    """``task: causal-lm``: on-policy distillation (GKD): part of the batches are written by the student
+    and scored by the online teacher."""
+
+    lmbda: float = 0.5
+    """Probability that a batch is replaced by student-generated sequences (GKD's lambda; 1 = fully on-policy)."""
+    max_new_tokens: int = 32
+    """Tokens the student writes per prompt."""
+    temperature: float = 1.0
+    """Student sampling temperature (0: greedy)."""
+    prompt_tokens: int = 16
+    """Prompt length taken from plain-text chunks (chat rows use their own prompt)."""
+
+    def __post_init__(self) -> None:
+        p = "causal_lm.on_policy"
+        _check(0 <= self.lmbda <= 1, f"{p}.lmbda", self.lmbda, "use [0, 1]")
+        _check(self.max_new_tokens > 0, f"{p}.max_new_tokens", self.max_new_tokens, "use a positive integer")
+        _check(self.temperature >= 0, f"{p}.temperature", self.temperature, "use >= 0")
+        _check(self.prompt_tokens > 0, f"{p}.prompt_tokens", self.prompt_tokens, "use a positive integer")
+
+
+@dataclass
+class DDKConfig:
+    """``task: causal-lm``: DDK domain re-weighting (METHODS.md 3.9): sample more from the domains where
+    the student's loss trails the teacher's most, with a smoothed update and a floor per domain."""
+
+    interval: int = 10
+    """Optimisation steps between two re-weightings (the distillation interval K)."""
+    alpha: float = 0.5
+    """Smoothing: the new mixture is alpha * (re-weighted) + (1 - alpha) * uniform, so every domain keeps at
+    least (1 - alpha) / N of the samples."""
+    eval_chunks: int = 8
+    """Held-out validation chunks per domain on which the student/teacher loss gap is measured."""
+
+    def __post_init__(self) -> None:
+        _check(self.interval > 0, "causal_lm.ddk.interval", self.interval, "use a positive number of steps")
+        _check(0 < self.alpha <= 1, "causal_lm.ddk.alpha", self.alpha, "use (0, 1]; 0.5 is the usual value")
+        _check(self.eval_chunks > 0, "causal_lm.ddk.eval_chunks", self.eval_chunks, "use a positive integer")
+
+
+@dataclass
+class CausalLMConfig:
+    """``task: causal-lm``: how text becomes next-token training data, and the LM-only distillation modes."""
+
+    format: Literal["text", "chat"] = "text"
+    """``text``: plain corpora (``data.text_column``) cut into chunks of ``chunk_length`` tokens; ``chat``:
+    prompt/response rows (``prompt_column``, ``response_column``), only the response is trained."""
+    chunk_length: int = 128
+    """Tokens per training chunk (``text``), or most tokens per row (``chat``)."""
+    prompt_column: str = "prompt"
+    """``chat``: column with the instruction / user turn."""
+    response_column: str = "response"
+    """``chat``: column with the answer the student learns to write."""
+    chat_template: bool = True
+    """``chat``: render the prompt with the tokenizer's chat template when it has one."""
+    domain_column: str | None = None
+    """Column naming each row's domain: perplexity is reported per domain, and DDK re-weights them."""
+    sequence_kd: SequenceKDConfig | None = None
+    """Sequence-level KD from teacher-written continuations (generated once, stored)."""
+    on_policy: OnPolicyConfig | None = None
+    """On-policy distillation (GKD): needs the online teacher (``store.enabled: false``)."""
+    ddk: DDKConfig | None = None
+    """DDK domain re-weighting; needs ``domain_column``."""
+    sample_prompts: list[str] = field(default_factory=lambda: ["To be, or not to be,", "The movie was"])
+    """Prompts whose greedy continuations (from the saved models, via ``pipeline('text-generation')``) go
+    into the report."""
+    sample_tokens: int = 32
+    """Tokens generated per sample prompt."""
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_length >= 2, "causal_lm.chunk_length", self.chunk_length, "use at least 2 tokens")
+        _check(self.sample_tokens > 0, "causal_lm.sample_tokens", self.sample_tokens, "use a positive integer")
+        if self.ddk is not None:
+            _check(bool(self.domain_column), "causal_lm.domain_column", self.domain_column,
+                   "DDK re-weights domains: name the column that holds each row's domain")
+
+
+@dataclass
+class AugmentConfig:
+    """Per-sample seeded augmentation of image runs (the same seed always gives the same view)."""
+
+    pad: int = 2
+    """Random shift of up to ``pad`` pixels each way (zero padding, then crop). 0: no shift."""
+    rotate: float = 0.0
+    """Random rotation of up to this many degrees each way. 0: none."""
+    cutout: int = 0
+    """Side of a random square set to zero (cut-out). 0: none."""
+
+    def __post_init__(self) -> None:
+        _check(self.pad >= 0, "vision.augment.pad", self.pad, "use >= 0 pixels")
+        _check(0 <= self.rotate <= 180, "vision.augment.rotate", self.rotate, "use 0-180 degrees")
+        _check(self.cutout >= 0, "vision.augment.cutout", self.cutout, "use >= 0 pixels")
+
+
+@dataclass
+class DataFreeConfig:
+    """Data-free distillation (Genie): synthesise inputs from the teacher's BatchNorm statistics, distil on
+    them, and report that student beside the one distilled on real data."""
+
+    num_images: int = 1024
+    """Synthetic images to make."""
+    batch_size: int = 128
+    """Images optimised together (one generator and one latent per image per batch)."""
+    steps: int = 200
+    """Optimisation steps per synthetic batch."""
+    learning_rate: float = 0.05
+    """Adam learning rate of the generator and the latents."""
+    latent_learning_rate: float | None = None
+    """Adam learning rate of the per-image latents; default ``learning_rate``."""
+    latent_dim: int = 64
+    """Width of each image's latent vector."""
+    generator_width: int = 64
+    """Channels of the generator's first feature map (halved in its last up-sampling stage)."""
+    first_bn_weight: float = 1.0
+    """Multiplier of the first BatchNorm layer's term in the statistics loss."""
+    ce_weight: float = 1.0
+    """Weight of a cross-entropy of the teacher's prediction to a label drawn per image (class conditioning;
+    0: Genie's statistics-only objective, which on MNIST gives images of few classes)."""
+    tv_weight: float = 1.0
+    """Weight of the total-variation image prior (mean squared difference of neighbouring pixels; DeepInversion)."""
+    l2_weight: float = 0.0
+    """Weight of the L2 image prior (mean squared pixel value; DeepInversion)."""
+    jitter: int = 2
+    """Random shift (pixels, wrapping) of the batch at each step before the teacher sees it; 0: none."""
+    epochs: int | None = None
+    """Student epochs over the synthetic images; default ``train.epochs``."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_images", "batch_size", "steps", "latent_dim"):
+            _check(getattr(self, name) > 0, f"vision.datafree.{name}", getattr(self, name), "use a positive integer")
+        _check(self.learning_rate > 0, "vision.datafree.learning_rate", self.learning_rate, "use > 0")
+        _check(self.latent_learning_rate is None or self.latent_learning_rate > 0,
+               "vision.datafree.latent_learning_rate", self.latent_learning_rate, "use > 0, or leave it empty")
+        _check(self.generator_width >= 2, "vision.datafree.generator_width", self.generator_width, "use >= 2")
+        _check(self.first_bn_weight >= 0, "vision.datafree.first_bn_weight", self.first_bn_weight, "use >= 0")
+        _check(self.ce_weight >= 0, "vision.datafree.ce_weight", self.ce_weight, "use >= 0")
+        for name in ("tv_weight", "l2_weight", "jitter"):
+            _check(getattr(self, name) >= 0, f"vision.datafree.{name}", getattr(self, name), "use >= 0")
+        _check(self.epochs is None or self.epochs > 0, "vision.datafree.epochs", self.epochs, "use > 0")
+
+
+@dataclass
+class VisionConfig:
+    """``task: image-classification``: augmentation, the TinyViT store of augmented views, data-free KD."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Seeded augmentation applied to every training view (teacher and students see the same view)."""
+    store_epochs: int | None = None
+    """Epochs of augmented views kept in the store (seed + top-k teacher probabilities per image per epoch);
+    training longer replays them in order. Default: ``train.epochs``."""
+    datafree: DataFreeConfig | None = None
+    """When set, also distil a student from synthetic images only (no training data) and report it."""
+
+    def __post_init__(self) -> None:
+        _check(self.store_epochs is None or self.store_epochs > 0, "vision.store_epochs", self.store_epochs,
+               "use a positive number of epochs, or leave it empty")
 
 
 @dataclass
@@ -435,8 +657,12 @@ class Recipe:
         LossConfig(name="ce", weight=0.5),
     ])
     """Distillation signals and their weights; the total loss is their weighted sum."""
-    task: Literal["text-classification"] = "text-classification"
-    """What the models do."""
+    task: Literal["text-classification", "sentence-embedding", "causal-lm", "image-classification"] = (
+        "text-classification")
+    """What the models do: ``text-classification`` (a classifier teacher, or an encoder fine-tuned first) or
+    ``sentence-embedding`` (a sentence-transformers teacher; the student learns its sentence vectors) or
+    ``causal-lm`` (a language model teacher; the student learns its next-token distributions, see
+    ``causal_lm``); ``image-classification``: image classifiers, see ``vision``."""
     output_dir: str = "runs/distill"
     """Where the student, checkpoints, report.json and the model card go."""
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -447,12 +673,29 @@ class Recipe:
     """Evaluation settings."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """Export settings."""
+    causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
+    """``task: causal-lm`` only: chunking, chat prompt masks, domains, sequence-level / on-policy KD, DDK."""
+    vision: VisionConfig | None = None
+    """``task: image-classification`` only: augmentation, augmented-view store, data-free KD (defaults are
+    filled in for image runs when left out)."""
 
     def __post_init__(self) -> None:
         _check(len(self.losses) > 0, "losses", self.losses, "give at least one loss, e.g. [{name: kd}]")
         if self.teacher.blackbox is not None:
             _check(not self.student.from_teacher, "student.from_teacher", self.student.from_teacher,
                    "a black-box teacher has no layers to inherit; give student.model instead")
+        if self.task == "sentence-embedding":
+            _check(self.teacher.blackbox is None and self.teacher.finetune is None, "teacher", self.teacher.model,
+                   "a sentence-embedding teacher is used as it is: drop teacher.finetune / teacher.blackbox")
+            _check(not self.export.onnx, "export.onnx", self.export.onnx,
+                   "ONNX export covers text-classification students; the embedding student is saved as a "
+                   "sentence-transformers directory (set export.onnx: false)")
+        else:
+            _check(not self.student.static, "student.static", self.student.static,
+                   "static students are for task: sentence-embedding")
+        if self.task == "causal-lm":
+            _validate_causal_lm(self)
+        _validate_vision(self)
         _validate_losses(self.losses)
 
     @property
@@ -467,6 +710,36 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _validate_vision(r: "Recipe") -> None:
+    """``task: image-classification``: sources, models and sections that fit image runs."""
+    if r.task != "image-classification":
+        _check(r.vision is None, "vision", r.vision, "the vision section is for task: image-classification")
+        return
+    if r.vision is None:
+        r.vision = VisionConfig()
+    _check(r.data.source in ("packaged", "images", "numpy", "hf_disk"), "data.source", r.data.source,
+           "image runs read packaged (mnist, digits), images, numpy or hf_disk")
+    _check(r.teacher.blackbox is None and not r.student.from_teacher, "teacher", r.teacher.model,
+           "image runs take a teacher model and a student model (no blackbox, no from_teacher)")
+    _check(not r.export.onnx, "export.onnx", r.export.onnx,
+           "ONNX export covers text-classification students; set export.onnx: false")
+
+
+def _validate_causal_lm(r: "Recipe") -> None:
+    """``task: causal-lm``: the checks that need more than one section."""
+    _check(r.teacher.blackbox is None and r.teacher.finetune is None, "teacher", r.teacher.model,
+           "a causal-LM teacher is used as it is: drop teacher.finetune / teacher.blackbox")
+    _check(not r.export.onnx, "export.onnx", r.export.onnx,
+           "ONNX export covers text-classification students; set export.onnx: false")
+    if r.causal_lm.on_policy is not None:
+        _check(not r.store.enabled, "store.enabled", r.store.enabled,
+               "on-policy distillation scores student-written text, so the teacher runs online: set "
+               "store.enabled: false")
+    if r.store.enabled:
+        _check(r.store.topk > 0, "store.topk", r.store.topk,
+               "a language model's full logits cost ~100 KB per token; keep the top k per token (e.g. 32)")
 
 
 def _validate_losses(losses: list[LossConfig]) -> None:
@@ -508,6 +781,10 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
             raise RecipeError(f"missing section {section!r}; a recipe needs teacher, student and data")
     if "losses" in data:
         data["losses"] = _normalise_losses(data["losses"])
+    elif data.get("task") == "sentence-embedding":  # the classification default (kd + ce) has no labels to use
+        data["losses"] = [{"name": "embedding", "weight": 1.0, "params": {"loss": "mse"}}]
+    elif data.get("task") == "causal-lm":  # token-level KL to the teacher's next-token distribution
+        data["losses"] = [{"name": "kd", "weight": 1.0, "params": {"temperature": 1.0}}]
     return from_dict(Recipe, data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -91,20 +92,39 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def forward_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], hidden: bool = False,
-                    attentions: bool = False, embeddings: bool = False) -> ModelOutputs:
+                    attentions: bool = False, embeddings: bool = False,
+                    qkv_layers: Sequence[int] | str | None = None) -> ModelOutputs:
     """Run a HF model and wrap what the losses may read. ``embeddings`` are the mask-averaged last hidden
-    states (B, H)."""
+    states (B, H). ``attentions`` switches the model to eager attention first (sdpa returns none).
+    ``qkv_layers`` (1-based layer numbers, or ``"all"``) captures those layers' query / key / value
+    projections with forward hooks (:func:`distill.capture.capture_qkv`) into ``ModelOutputs.qkv``."""
     kwargs: dict[str, Any] = {}
     if hidden or embeddings:
         kwargs["output_hidden_states"] = True
     if attentions:
+        from distill.capture import use_eager_attention
+
+        use_eager_attention(model)
         kwargs["output_attentions"] = True
-    out = model(**inputs, **kwargs)
+    qkv = None
+    if qkv_layers is not None and (qkv_layers == "all" or len(qkv_layers)):
+        from distill.capture import capture_qkv
+
+        with capture_qkv(model, qkv_layers) as captured:
+            out = model(**inputs, **kwargs)
+        qkv = captured.result()
+    else:
+        out = model(**inputs, **kwargs)
+    if isinstance(out, ModelOutputs):  # distill's own modules (sentence encoders) already speak ModelOutputs
+        if qkv is not None:
+            out.qkv = qkv
+        return out
     states = tuple(out.hidden_states) if out.hidden_states is not None and (hidden or embeddings) else None
     return ModelOutputs(
         logits=out.logits,
         hidden_states=states if hidden else None,
-        attentions=tuple(out.attentions) if attentions and out.attentions is not None else None,
+        attentions=tuple(out.attentions) if attentions and out.attentions else None,
+        qkv=qkv,
         embeddings=mean_pool(states[-1], inputs.get("attention_mask")) if embeddings and states else None,
         attention_mask=inputs.get("attention_mask"),
     )

@@ -38,21 +38,34 @@ class SparseLogits:
         )
 
 
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""One layer's (query, key, value) projections, each (B, heads, L, head_dim)."""
+
+
 @dataclass
 class ModelOutputs:
     """Outputs of one model on one batch. Every field is optional; a loss states which ones it needs.
 
     Shapes: ``logits`` (B, C) for classifiers, (B, L, V) for language models; ``hidden_states`` is a tuple
     whose item 0 is the embedding output and item i the output of layer i, each (B, L, H); ``attentions``
-    item i-1 belongs to layer i, each (B, heads, L, L); ``embeddings`` (B, D) pooled sentence vectors;
-    ``attention_mask`` (B, L) with 1 on real tokens.
+    item i-1 belongs to layer i, each (B, heads, L, L); ``qkv`` item i-1 holds layer i's self-attention
+    query, key and value projections ``(q, k, v)``, each (B, heads, L, head_dim), taken from the projection
+    modules' outputs by :func:`distill.capture.capture_qkv` (so before any dropout and before the softmax);
+    ``embeddings`` (B, D) pooled sentence vectors; ``attention_mask`` (B, L) with 1 on real tokens.
+
+    In ``hidden_states`` and ``qkv`` an item may be ``None``: a layer nobody asked for (the store keeps only
+    the layers the losses read; capture hooks only the requested layers).
     """
 
     logits: torch.Tensor | SparseLogits | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    qkv: tuple[QKV | None, ...] | None = None
     embeddings: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
+    feature_maps: dict[str, torch.Tensor] | None = None
+    """Image models: named convolutional feature maps, each (B, C, H, W), in network order (the names are
+    the model's module names, or its stage names for distill's own CNNs); read by ``fitnet`` and ``at``."""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def require(self, name: str, loss: str) -> object:
@@ -61,6 +74,6 @@ class ModelOutputs:
             raise ValueError(
                 f"loss {loss!r} needs {name!r} from the model outputs, but it is missing; "
                 f"for a stored teacher add {name!r} to store.capture, for an online model make sure the "
-                "model returns it (hidden states and attentions are requested automatically)"
+                "model returns it (hidden states, attentions and Q/K/V are requested automatically)"
             )
         return value

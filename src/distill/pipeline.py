@@ -151,7 +151,9 @@ def plan(recipe: Recipe) -> Plan:
         student_num_layers=s_layers, teacher_num_layers=t_layers,
         num_classes=splits.num_labels, same_tokenizer=same_tok,
     )
-    build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
+    losses = build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
+    if recipe.store.enabled:
+        _check_storable(Distiller(losses))  # before the teacher is fine-tuned or run
     return Plan(recipe, splits, tconf, sconf, same_tok, ctx)
 
 
@@ -212,13 +214,29 @@ def store_spec(cfg: StoreConfig, distiller: Distiller):
     (only the hidden-state layers they use)."""
     from distill.store import StoreSpec
 
+    _check_storable(distiller)
     capture = set(cfg.capture)
-    for name in ("logits", "hidden_states", "embeddings"):
+    for name in ("logits", "hidden_states", "embeddings", "qkv"):
         if distiller.needs(name, "teacher"):
             capture.add(name)
     layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
+    qkv_layers = distiller.qkv_layers("teacher") if "qkv" in capture else None
+    if qkv_layers == "all":  # the pipeline builds losses with the models' depths, so this means a bug
+        raise RecipeError("losses: a loss reads the teacher's qkv but could not tell which layers; the store "
+                          "cannot keep them (set store.enabled: false)")
     return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
-                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
+                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct, qkv_layers=tuple(qkv_layers or ()))
+
+
+def _check_storable(distiller: Distiller) -> None:
+    """The store keeps logits, embeddings, hidden states and Q/K/V projections; not attention matrices."""
+    if distiller.needs("attentions", "teacher"):
+        names = [n for n, m in zip(distiller.names, distiller.losses) if "attentions" in m.teacher_needs]
+        raise RecipeError(
+            f"losses: {', '.join(names)} read the teacher's attention matrices, which the teacher-output store does "
+            "not keep (O(L^2) per example; it keeps the Q/K/V projections that attention_mse, minilm and "
+            "minilm_v2 rebuild the maps from); set store.enabled: false to run the teacher every step"
+        )
 
 
 def _state():
@@ -238,13 +256,16 @@ class Run:
         _quiet_libraries()
         self.out = Path(recipe.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.plan = plan(recipe)
+        self.plan = self.make_plan()
         self.teacher_path = recipe.teacher.model
         self._teacher: torch.nn.Module | None = None
         self.teacher_tokenizer = None
         self.student_tokenizer = None
         self.report: dict[str, Any] = {"models": {}, "training": {}}
         self.test_probs: dict[str, np.ndarray] = {}  # role -> (N, C) test-split probabilities, for the report
+
+    def make_plan(self) -> Plan:
+        return plan(self.recipe)
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
@@ -364,7 +385,7 @@ class Run:
             device = next(lazy["teacher"].parameters()).device
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
             return forward_outputs(lazy["teacher"], inputs, hidden=need_hidden,
-                                   embeddings="embeddings" in spec.capture)
+                                   embeddings="embeddings" in spec.capture, qkv_layers=spec.qkv_layers or None)
 
         if not exists:
             self.log(f"running the teacher once over {len(kd_frame)} examples into the store {path}")
@@ -646,7 +667,24 @@ def run(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = N
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    return Run(recipe, log)()
+    return run_class(recipe)(recipe, log)()
+
+
+def run_class(recipe: Recipe) -> type[Run]:
+    """The Run for the recipe's task."""
+    if recipe.task == "sentence-embedding":
+        from distill.pipelines.embedding import EmbeddingRun
+
+        return EmbeddingRun
+    if recipe.task == "causal-lm":
+        from distill.pipelines.causal_lm import CausalLMRun
+
+        return CausalLMRun
+    if recipe.task == "image-classification":
+        from distill.pipelines.vision import VisionRun
+
+        return VisionRun
+    return Run
 
 
 def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log):
@@ -655,7 +693,7 @@ def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None =
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    r = Run(recipe, log)
+    r = run_class(recipe)(recipe, log)
     r.prepare_teacher()
     distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
     if not distiller.needs_teacher:
@@ -671,8 +709,10 @@ def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | N
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    r = Run(recipe, log)
-    if recipe.teacher.finetune is not None:
+    r = run_class(recipe)(recipe, log)
+    if recipe.task != "text-classification":
+        r.prepare_teacher()  # resolves the teacher directory and tokenizer; loads no weights
+    elif recipe.teacher.finetune is not None:
         from distill.teachers import finished_teacher
 
         done = finished_teacher(recipe, r.plan.splits)
@@ -683,7 +723,8 @@ def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | N
         from distill.packaged import resolve_model
 
         r.teacher_path = resolve_model(recipe.teacher.model)
-    r.teacher_tokenizer = load_tokenizer(r.teacher_path)
+    if r.teacher_tokenizer is None:
+        r.teacher_tokenizer = load_tokenizer(r.teacher_path)
     distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
     spec = r.store_spec(distiller)
     key = r.store_key(spec, _kd_frame(r.plan.splits))

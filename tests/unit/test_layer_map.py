@@ -92,3 +92,27 @@ def test_resolve_rejects_unknown_specs(spec: object) -> None:
 def test_uniform_map_of_a_too_deep_student_fails_through_resolve() -> None:
     with pytest.raises(ValueError, match="cannot map uniformly"):
         resolve_layer_map("uniform", 13, 12)
+
+
+def test_last_k_maps_the_top_layers_in_order() -> None:
+    # PKD-Last: the student's top k layers learn from the teacher's top k
+    assert resolve_layer_map({"last": 3}, 3, 12) == [(1, 10), (2, 11), (3, 12)]
+    assert resolve_layer_map("last2", 3, 12) == [(2, 11), (3, 12)]
+    assert resolve_layer_map("last1", 3, 12) == resolve_layer_map("last", 3, 12)
+    with pytest.raises(ValueError, match="k <= 3"):
+        resolve_layer_map({"last": 4}, 3, 12)
+
+
+@pytest.mark.parametrize("spec", ["uniform", "last", "last3", {"last": 2}, [[1, 4]], {1: 4}, None])
+def test_layer_map_specs_that_are_accepted_before_the_depths_are_known(spec) -> None:
+    from distill.layer_map import check_layer_map_spec
+
+    check_layer_map_spec(spec)
+
+
+@pytest.mark.parametrize("spec", ["every_other", 3, {"last": 0}, "last0", {"first": 2}, [[1, 2, 3]], {1: True}])
+def test_layer_map_specs_that_are_refused(spec) -> None:
+    from distill.layer_map import check_layer_map_spec
+
+    with pytest.raises(ValueError, match="layer_map"):
+        check_layer_map_spec(spec)

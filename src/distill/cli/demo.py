@@ -1,4 +1,4 @@
-"""``distill demo``: the shipped sentiment recipe on packaged data and models, fully offline."""
+"""``distill demo [sentiment|embeddings]``: a shipped recipe on packaged data and models, fully offline."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ from importlib import resources
 from distill.config import load_recipe
 
 
-def demo_recipe_path() -> str:
-    return str(resources.files("distill") / "recipes" / "demo_sentiment.yaml")
+DEMOS = {"sentiment": "demo_sentiment.yaml", "embeddings": "demo_embeddings.yaml"}
+DEFAULT_OUTPUT = {"sentiment": "runs/demo", "embeddings": "runs/demo_embeddings"}
 
 
-def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None) -> dict:
+def demo_recipe_path(name: str = "sentiment") -> str:
+    return str(resources.files("distill") / "recipes" / DEMOS[name])
+
+
+def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, name: str = "sentiment") -> dict:
     from distill.pipeline import run
 
-    recipe = load_recipe(demo_recipe_path(), [f"output_dir={output_dir}", *(overrides or [])])
+    out = output_dir or DEFAULT_OUTPUT[name]
+    recipe = load_recipe(demo_recipe_path(name), [f"output_dir={out}", *(overrides or [])])
     return run(recipe)

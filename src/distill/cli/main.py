@@ -14,7 +14,7 @@ COMMANDS = {
     "finetune": "fine-tune the recipe's teacher encoder into a classifier and save it",
     "cache": "run the teacher once over the training data into the teacher-output store",
     "label": "label the training (and unlabelled) text with the recipe's black-box teacher (teacher.blackbox)",
-    "demo": "fine-tune a teacher on packaged movie-review sentiment and distil it (offline, ~10 min on 2 cores)",
+    "demo": "run a shipped recipe offline on packaged models and data: sentiment (default, ~10 min on 2 cores) or embeddings",
     "methods": "list the registered losses, or show one with a YAML snippet",
     "report": "re-render a run's report.html, or compare several runs (seeds, methods) with mean and std",
 }
@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--test", action="store_true",
                        help="also label the test split, to measure the teacher's own accuracy on human labels")
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
-    demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default runs/demo)")
+    demo.add_argument("name", nargs="?", default="sentiment", choices=["sentiment", "embeddings"],
+                      help="sentiment: distil a fine-tuned classifier (default); embeddings: distil the packaged "
+                      "sentence-embedding teacher into a 3-layer student")
+    demo.add_argument("--output-dir", default=None,
+                      help="where the demo writes (default runs/demo or runs/demo_embeddings)")
     methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
     methods.add_argument("name", nargs="?", help="loss name")
     report = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
@@ -80,19 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_methods(name: str | None) -> int:
-    from distill.losses import LOSSES, loss_parameters
+    from distill.cli.methods import method_detail, methods_table
 
-    if name is None:
-        for n, cls in LOSSES.items():
-            needs = ", ".join(cls.teacher_needs) or "labels"
-            print(f"{n:10s} needs: {needs:16s} {cls.formula}")
-        return 0
-    cls = LOSSES.get(name)
-    params = loss_parameters(name)
-    print(f"{name}: {cls.formula}\n\n{(cls.__doc__ or '').strip()}\n\ncitation: {cls.citation}\n")
-    snippet = ", ".join(f"{k}: {p.default!r}" for k, p in params.items()
-                        if p.default is not p.empty)
-    print("losses:\n  - {name: %s, weight: 1.0%s}" % (name, ", " + snippet if snippet else ""))
+    try:
+        print(methods_table() if name is None else method_detail(name), end="")
+    except KeyError as exc:  # unknown loss: the registry's message lists the valid names
+        print(f"distill: error: {exc.args[0]}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from distill.cli.demo import run_demo
 
-            run_demo(args.output_dir, rest)
+            run_demo(args.output_dir, rest, args.name)
             return 0
         from distill.config import load_recipe
 

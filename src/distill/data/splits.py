@@ -72,8 +72,12 @@ def _label_names(values: pd.Series) -> list[str]:
     return uniq
 
 
-def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
-    """Read and split the data. ``labels`` (class names in id order) comes from the recipe or the teacher."""
+def load_splits(cfg: DataConfig, labels: list[str] | None = None, require_labels: bool = True) -> TextSplits:
+    """Read and split the data. ``labels`` (class names in id order) comes from the recipe or the teacher.
+
+    With ``require_labels=False`` (sentence-embedding runs) a train file without the label column is plain
+    text: every row is unlabelled (label -1), the splits are random with the fixed seed and ``labels`` is
+    empty."""
     frames: dict[str, pd.DataFrame] = {}
     if cfg.source == "packaged":
         from distill.packaged import load_packaged_data
@@ -97,6 +101,8 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
             frames["test"] = read_table(cfg.test, "data.test")
     if cfg.source != "hf_disk":
         extra_unlabeled = []
+    if not require_labels and cfg.label_column not in frames["train"].columns:
+        return _text_only_splits(frames, cfg)
     for name, df in list(frames.items()):
         _check_columns(df, cfg, f"data.{name}", need_label=True)
         # rows labelled -1 or missing (the HF convention for "no label") are unlabelled text, not a class
@@ -148,3 +154,29 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> TextSplits:
         unlabeled=unlabeled,
         labels=names,
     )
+
+
+def _text_only_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> TextSplits:
+    """Unlabelled text: random fixed-seed validation / test splits, no classes."""
+    for name, df in frames.items():
+        _check_columns(df, cfg, f"data.{name}", need_label=False)
+    norm = {k: _normalise(v, cfg, None, f"data.{k}") for k, v in frames.items()}
+    train = norm["train"]
+    if len(train) < 4:
+        raise RecipeError(f"data.train: only {len(train)} rows; need at least a handful")
+    if "test" not in norm:
+        train, norm["test"] = train_test_split(train, test_size=cfg.test_fraction, random_state=cfg.split_seed)
+    if "validation" not in norm:
+        train, norm["validation"] = train_test_split(train, test_size=cfg.validation_fraction,
+                                                     random_state=cfg.split_seed)
+    if cfg.max_train_examples is not None and len(train) > cfg.max_train_examples:
+        train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
+    unlabeled = None
+    if cfg.unlabeled:
+        raw = read_table(cfg.unlabeled, "data.unlabeled")
+        _check_columns(raw, cfg, "data.unlabeled", need_label=False)
+        unlabeled = _normalise(raw, cfg, None, "data.unlabeled")
+        held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
+        unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
+    return TextSplits(train=train.reset_index(drop=True), validation=norm["validation"].reset_index(drop=True),
+                      test=norm["test"].reset_index(drop=True), unlabeled=unlabeled, labels=[])

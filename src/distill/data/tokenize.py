@@ -26,6 +26,7 @@ def to_dataset(
     teacher_tokenizer=None,
     max_length: int = 128,
     start_index: int = 0,
+    student_special_tokens: bool = True,
 ) -> datasets.Dataset:
     """Build a tokenised dataset with ``input_ids`` etc. for the student, ``teacher_input_ids`` etc. for a
     teacher with a different tokenizer, ``labels`` (-100 = unlabelled) and ``example_index`` (the row's
@@ -34,16 +35,18 @@ def to_dataset(
     ds = ds.add_column("example_index", list(range(start_index, start_index + len(ds))))
     has_pair = "text_pair" in df.columns
 
-    def encode(batch, tok, prefix):
+    def encode(batch, tok, prefix, special=True):
         enc = tok(
             batch["text"],
             batch["text_pair"] if has_pair else None,
             truncation=True,
             max_length=max_length,
+            add_special_tokens=special,  # False for static students: they embed the words only
         )
         return {prefix + k: v for k, v in enc.items() if k in MODEL_INPUTS}
 
-    ds = ds.map(lambda b: encode(b, student_tokenizer, ""), batched=True, desc="tokenising (student)")
+    ds = ds.map(lambda b: encode(b, student_tokenizer, "", student_special_tokens), batched=True,
+                desc="tokenising (student)")
     if teacher_tokenizer is not None:
         ds = ds.map(lambda b: encode(b, teacher_tokenizer, TEACHER_PREFIX), batched=True,
                     desc="tokenising (teacher)")

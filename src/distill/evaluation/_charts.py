@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 # one colour per model, used by every chart, table swatch and confusion matrix
-MODEL_COLOURS = {"teacher": "#3b5bdb", "student_kd": "#e8590c", "student_no_kd": "#74808c"}
-MODEL_TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)"}
+MODEL_COLOURS = {"teacher": "#3b5bdb", "student_kd": "#e8590c", "student_no_kd": "#74808c",
+                 "student_datafree": "#2f9e44"}  # the last: image runs with vision.datafree
+MODEL_TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)",
+                "student_datafree": "student (data-free)"}
 ROLES = tuple(MODEL_COLOURS)
 # loss parts keep their colour across stages; unknown parts take the next free colour
 PART_COLOURS = {"loss": "#212529", "loss/kd": "#7048e8", "loss/ce": "#0c8599", "loss/hard_kd": "#c2255c",

@@ -212,16 +212,18 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
                      f'<tbody>{"".join(rows)}</tbody></table></div>')
 
     run_rows = []
+    # a column per role some run has (the data-free student only shows up for image runs that made one)
+    run_roles = [r for r in ROLES if r != "student_datafree" or any(r in rep.get("models", {}) for rep in reports)]
     for name, report, link in zip(names, reports, links):
         label = f'<a href="{esc(link)}">{esc(name)}</a>' if link else esc(name)
         summary = report.get("summary", {})
-        cells = [f"<td>{pct(report.get('models', {}).get(r, {}).get('accuracy'), 2)}</td>" for r in ROLES]
+        cells = [f"<td>{pct(report.get('models', {}).get(r, {}).get('accuracy'), 2)}</td>" for r in run_roles]
         gain = summary.get("kd_gain_accuracy")
         cells.append(f"<td>{signed_points(gain) if gain is not None else '–'}</td>")
         cells.append(f"<td>{pct(summary.get('accuracy_retained'))}</td>")
         cells.append(f"<td>{pct(report.get('models', {}).get('student_kd', {}).get('teacher_agreement'))}</td>")
         run_rows.append(f'<tr><td class="model">{label}</td>{"".join(cells)}</tr>')
-    run_head = "".join(f"<th>{esc(MODEL_TITLES[r])} acc</th>" for r in ROLES)
+    run_head = "".join(f"<th>{esc(MODEL_TITLES[r])} acc</th>" for r in run_roles)
     runs_table = (f'<div class="table-wrap"><table><thead><tr><th>run</th>{run_head}<th>KD gain (pts)</th>'
                   f'<th>retained</th><th>agreement</th></tr></thead><tbody>{"".join(run_rows)}</tbody></table></div>')
 

@@ -36,7 +36,8 @@ from distill.evaluation._charts import (
 
 REPORT_FILE, HTML_FILE = "report.json", "report.html"
 # report["training"] stage -> the model it produced (for colours and titles)
-STAGE_ROLES = {"teacher": "teacher", "student": "student_kd", "student_no_kd": "student_no_kd"}
+STAGE_ROLES = {"teacher": "teacher", "student": "student_kd", "student_no_kd": "student_no_kd",
+               "student_datafree": "student_datafree"}
 CURVE_SIZE = (380, 270)  # training curves sit three to a row: a smaller canvas keeps their text readable
 
 
@@ -339,6 +340,14 @@ def _versions(report: dict[str, Any]) -> str:
 def render_report(report: dict[str, Any], predictions: list[dict[str, Any]] | None = None) -> str:
     """The HTML page for one run's report (``predictions`` rows, as in predictions.jsonl, are used to
     compute the classification analysis when the report does not hold it already)."""
+    if report.get("task") == "sentence-embedding":
+        from distill.evaluation.html_embedding import render_embedding_report
+
+        return render_embedding_report(report)
+    if report.get("task") == "causal-lm":
+        from distill.evaluation.html_causal_lm import render_causal_lm_report
+
+        return render_causal_lm_report(report)
     models = report.get("models") or {}
     recipe = report.get("recipe") or {}
     analysis = report.get("analysis")

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-ROLES = ("teacher", "student_kd", "student_no_kd")
-TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)"}
+ROLES = ("teacher", "student_kd", "student_no_kd", "student_datafree")  # the last: image runs, vision.datafree
+TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)",
+          "student_datafree": "student (data-free)"}
 
 
 def summarise(models: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -9,11 +9,17 @@ from distill.losses.base import (
     register_loss,
 )
 from distill.losses import embedding as _embedding  # noqa: F401  (registers)
+from distill.losses import attention as _attention  # noqa: F401  (registers)
 from distill.losses import hidden as _hidden  # noqa: F401  (registers)
+from distill.losses import feature as _feature  # noqa: F401  (registers)
 from distill.losses import logits as _logits  # noqa: F401  (registers)
+from distill.losses import relations as _relations  # noqa: F401  (registers)
+from distill.losses.attention import AttentionMSELoss, MiniLMLoss
 from distill.losses.embedding import AffinityLoss, ContrastiveLoss, CRDLoss, EmbeddingLoss
+from distill.losses.feature import AttentionTransferLoss, DKDLoss, FitNetLoss
 from distill.losses.hidden import HiddenStateLoss
 from distill.losses.logits import CELoss, HardKDLoss, KDLoss
+from distill.losses.relations import MiniLMv2Loss, TRGLoss
 
 __all__ = [
     "LOSSES",
@@ -26,6 +32,13 @@ __all__ = [
     "CELoss",
     "HardKDLoss",
     "HiddenStateLoss",
+    "FitNetLoss",
+    "AttentionTransferLoss",
+    "DKDLoss",
+    "AttentionMSELoss",
+    "MiniLMLoss",
+    "MiniLMv2Loss",
+    "TRGLoss",
     "EmbeddingLoss",
     "AffinityLoss",
     "ContrastiveLoss",

@@ -56,6 +56,21 @@ class DistillLoss(nn.Module):
         """Teacher hidden-state indices this loss reads (so the store keeps only those)."""
         return []
 
+    def qkv_layers(self, side: str) -> list[int] | None:
+        """Layers (1-based) whose query/key/value projections this loss reads from ``side`` (``student`` or
+        ``teacher``), so only those are hooked and stored. ``None``: every layer (depth unknown at build)."""
+        return []
+
+    @property
+    def needs_teacher_fit(self) -> bool:
+        """True when the loss must see the teacher's embeddings of the whole training text before training
+        (e.g. the PCA basis of ``embedding`` with ``projector: pca``); the pipeline then calls
+        :meth:`fit_teacher` with them, read from the teacher-output store."""
+        return False
+
+    def fit_teacher(self, teacher_embeddings: torch.Tensor) -> torch.Tensor | None:  # pragma: no cover
+        raise NotImplementedError(f"loss {self.name!r} fits nothing to the teacher")
+
     def forward(  # pragma: no cover - abstract
         self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, torch.Tensor]
     ) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -31,14 +31,27 @@ def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
 
 
+def _mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w A + (1 - w) B) from log A and log B, computed stably in log space."""
+    if weight_a <= 0.0:
+        return log_b
+    return torch.logsumexp(torch.stack([log_a + math.log(weight_a), log_b + math.log1p(-weight_a)]), dim=0)
+
+
 def divergence_terms(
-    log_p: torch.Tensor, log_q: torch.Tensor, kind: str, beta: float = 0.5
+    log_p: torch.Tensor, log_q: torch.Tensor, kind: str, beta: float = 0.5, skew: float = 0.0
 ) -> torch.Tensor:
-    """Per-class terms (..., C) of the divergence between teacher ``log_p`` and student ``log_q``."""
+    """Per-class terms (..., C) of the divergence between teacher ``log_p`` and student ``log_q``.
+
+    ``skew`` (alpha, DistiLLM's skew KL) only changes ``forward_kl`` and ``reverse_kl``: the second argument
+    of the KL becomes a mixture that leans on the first one, ``KL(P || a P + (1-a) Q)`` (skew forward KL) and
+    ``KL(Q || a Q + (1-a) P)`` (skew reverse KL). Both stay finite where the student puts (almost) no mass on
+    a teacher class, and equal the plain KL at ``skew = 0``.
+    """
     if kind == "forward_kl":
-        return _kl_terms(log_p, log_q)
+        return _kl_terms(log_p, _mix(log_p, log_q, skew))
     if kind == "reverse_kl":
-        return _kl_terms(log_q, log_p)
+        return _kl_terms(log_q, _mix(log_q, log_p, skew))
     if kind == "symmetric_kl":  # SSLD's "improved JS": mean of the two KL directions, not mixture-based
         return 0.5 * (_kl_terms(log_p, log_q) + _kl_terms(log_q, log_p))
     if kind == "jsd":

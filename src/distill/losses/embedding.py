@@ -26,7 +26,7 @@ NORM_EPS = 1e-6
 """Smallest norm a vector is divided by. Real embeddings are far longer; this only keeps a zero vector (and
 its gradient) finite: it maps to the zero vector, whose cosine with anything is 0."""
 
-PROJECTORS = ("auto", "linear", "none")
+PROJECTORS = ("auto", "linear", "none", "pca")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,7 +131,11 @@ class EmbeddingLoss(DistillLoss):
     sentence-transformers ``MSELoss`` of Reimers & Gurevych 2020 used for multilingual and model2vec-style
     distillation); ``cosine``: ``L = mean_b (1 - cos(W e_S[b], e_T[b]))``. ``W`` is a learned linear projector
     ``D_S -> D_T`` built when the widths differ (``projector: auto``), always (``linear``; a square one starts
-    as the identity) or never (``none``).
+    as the identity) or never (``none``). ``projector: pca`` instead reduces the *teacher* to the student's
+    width: ``e_T -> e_T V_k^T`` with ``V_k`` the top ``D_S`` right singular vectors of the (uncentred) teacher
+    embeddings of the training text, the rank-``D_S`` subspace that best keeps their inner products. The
+    basis is fitted once from the teacher-output store (:meth:`fit_teacher`), so nothing is learned or dropped
+    at export: the student's own vectors are trained to be the teacher's in that basis.
 
     Recipe::
 
@@ -161,7 +165,33 @@ class EmbeddingLoss(DistillLoss):
         super().__init__()
         self.validate_params(loss, projector)
         self.loss = loss
-        self.projector = _build_projector(projector, student_hidden_size, teacher_hidden_size)
+        self.pca = projector == "pca"
+        self.projector = None if self.pca else _build_projector(projector, student_hidden_size, teacher_hidden_size)
+        if self.pca:
+            if student_hidden_size is None or teacher_hidden_size is None:
+                raise ValueError("projector: pca needs student_hidden_size and teacher_hidden_size")
+            if student_hidden_size > teacher_hidden_size:
+                raise ValueError(f"projector: pca reduces the teacher, but the student is wider "
+                                 f"({student_hidden_size} > {teacher_hidden_size}); use projector: auto")
+            # (D_S, D_T) basis; a buffer, so checkpoints keep it and a resumed run uses the same one
+            self.register_buffer("teacher_basis", torch.zeros(student_hidden_size, teacher_hidden_size))
+            self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def needs_teacher_fit(self) -> bool:
+        return self.pca
+
+    @torch.no_grad()
+    def fit_teacher(self, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+        """Fit the ``projector: pca`` basis on (N, D_T) teacher embeddings; returns it, (D_S, D_T)."""
+        x = teacher_embeddings.double()
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)  # rows: right singular vectors, largest first
+        basis = vh[: self.teacher_basis.shape[0]]
+        # fix each axis' sign (largest component positive) so the basis does not depend on the LAPACK build
+        signs = torch.sign(basis.gather(1, basis.abs().argmax(dim=1, keepdim=True)))
+        self.teacher_basis.copy_((basis * signs).float())
+        self.basis_fitted.fill_(True)
+        return self.teacher_basis
 
     @staticmethod
     def validate_params(loss: str = "mse", projector: str = "auto", **context: Any) -> None:
@@ -176,6 +206,11 @@ class EmbeddingLoss(DistillLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
         e_s, e_t = _embeddings(student, teacher, self.name)  # (B, D_s), (B, D_t)
+        if self.pca:
+            if not bool(self.basis_fitted):
+                raise ValueError("loss 'embedding' with projector: pca has no basis yet; it is fitted from the "
+                                 "teacher-output store (keep store.enabled: true) or by calling fit_teacher()")
+            e_t = e_t @ self.teacher_basis.T  # (B, D_t) -> (B, D_s)
         e_s = _project(self.projector, e_s, e_t, self.name)  # (B, D_t)
         if self.loss == "mse":
             return F.mse_loss(e_s, e_t)

@@ -8,9 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.layer_map import resolve_layer_map
+from distill.layer_map import check_layer_map_spec, resolve_layer_map
 from distill.losses.base import DistillLoss, LossContext, register_loss
 from distill.outputs import ModelOutputs
+
+
+def _first_token(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    # h (B, L, H) -> (B, H): the first real token of each row ([CLS] for BERT-style inputs, also when padded left)
+    if mask is None:
+        return h[:, 0]
+    first = (mask != 0).int().argmax(dim=1)  # (B,)
+    return h[torch.arange(h.shape[0], device=h.device), first]
 
 
 def _masked_mean_pool(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -28,13 +36,23 @@ class HiddenStateLoss(DistillLoss):
     For each mapped pair ``(s, t)``: ``L_st = dist(W h_S^s, h_T^t)`` with ``W`` a learned linear projector
     (identity when widths match and ``projector: auto``), ``dist`` = ``mse`` (mean over valid tokens and
     features) or ``cosine`` (mean over valid tokens of 1 - cos). ``pooling: mean`` compares mask-averaged
-    sentence vectors instead of tokens, which is what works when teacher and student tokenizers differ.
-    The total is the mean over pairs. Layer indices follow ``hidden_states``: 0 = embeddings.
+    sentence vectors instead of tokens, which is what works when teacher and student tokenizers differ;
+    ``pooling: cls`` compares the first real token ([CLS]) of each example. ``normalize: true`` divides both
+    vectors by their L2 norm (after the projector) before the distance. The total is the mean over pairs.
+    Layer indices follow ``hidden_states``: 0 = embeddings; ``layer_map`` is ``uniform`` (every k-th teacher
+    layer, PKD-Skip), ``last``, last-k (``{last: 3}`` or ``last3``: PKD-Last) or explicit pairs
+    (:func:`distill.layer_map.resolve_layer_map`).
+
+    PKD (Sun et al. 2019), "patient" distillation: ``pooling: cls, normalize: true, loss: mse`` is
+    ``mean_(s,t) mean_(b, h) (h_S/||h_S|| - h_T/||h_T||)^2`` over the [CLS] vectors, the element-wise mean that
+    PKD's released code takes with ``F.mse_loss`` (the paper writes the squared L2 distance, larger by the
+    width H). PKD leaves the student's last layer to the logit loss; drop that pair with an explicit map.
 
     Recipe::
 
         losses:
           - {name: hidden, weight: 1.0, loss: mse, layer_map: [[1, 4], [2, 8], [3, 12]]}
+          - {name: hidden, weight: 100.0, pooling: cls, normalize: true, layer_map: uniform}  # PKD-Skip
     """
 
     name = "hidden"
@@ -52,15 +70,17 @@ class HiddenStateLoss(DistillLoss):
         layer_map: Any = "uniform",
         pooling: str = "none",
         projector: str = "auto",
+        normalize: bool = False,
         student_hidden_size: int | None = None,
         teacher_hidden_size: int | None = None,
         student_num_layers: int | None = None,
         teacher_num_layers: int | None = None,
     ):
         super().__init__()
-        self.validate_params(loss, layer_map, pooling, projector)
+        self.validate_params(loss, layer_map, pooling, projector, normalize)
         self.loss = loss
         self.pooling = pooling
+        self.normalize = normalize
         self.pairs: list[tuple[int, int]] = []
         if student_num_layers is not None and teacher_num_layers is not None:
             self.pairs = resolve_layer_map(layer_map, student_num_layers, teacher_num_layers)
@@ -86,24 +106,26 @@ class HiddenStateLoss(DistillLoss):
 
     @staticmethod
     def validate_params(loss: str = "mse", layer_map: Any = "uniform", pooling: str = "none",
-                        projector: str = "auto", **context: Any) -> None:
+                        projector: str = "auto", normalize: bool = False, **context: Any) -> None:
         if context:  # widths and depths come from the models (LossContext), never from the recipe
             raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
         if loss not in ("mse", "cosine"):
             raise ValueError(f"loss: {loss!r} is not allowed; choose mse or cosine")
-        if pooling not in ("none", "mean"):
-            raise ValueError(f"pooling: {pooling!r} is not allowed; choose none or mean")
+        if pooling not in ("none", "mean", "cls"):
+            raise ValueError(f"pooling: {pooling!r} is not allowed; choose none, mean or cls")
         if projector not in ("auto", "linear", "none"):
             raise ValueError(f"projector: {projector!r} is not allowed; choose auto, linear or none")
-        if not (layer_map in ("uniform", "last") or isinstance(layer_map, (list, dict))):
-            raise ValueError(f"layer_map: {layer_map!r} is not allowed; use uniform, last, [[s, t], ...] or {{s: t}}")
+        check_layer_map_spec(layer_map)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize: {normalize!r} is not allowed; use true or false")
 
     @classmethod
     def build(cls, params: dict[str, Any], ctx: LossContext) -> "HiddenStateLoss":
-        if params.get("pooling", "none") == "none" and not ctx.same_tokenizer:
+        if params.get("pooling", "none") in ("none", "cls") and not ctx.same_tokenizer:
             raise ValueError(
-                "loss 'hidden' with pooling: none compares tokens one to one, but teacher and student use "
-                "different tokenizers; set pooling: mean (sentence vectors) or use the same tokenizer"
+                f"loss 'hidden' with pooling: {params.get('pooling', 'none')} compares tokens one to one, but "
+                "teacher and student use different tokenizers; set pooling: mean (sentence vectors) or use the "
+                "same tokenizer"
             )
         return cls(
             **params,
@@ -135,6 +157,9 @@ class HiddenStateLoss(DistillLoss):
             if self.pooling == "mean":
                 h_s, h_t = _masked_mean_pool(h_s, s_mask), _masked_mean_pool(h_t, t_mask)  # (B, H)
                 mask = None
+            elif self.pooling == "cls":
+                h_s, h_t = _first_token(h_s, s_mask), _first_token(h_t, t_mask)  # (B, H)
+                mask = None
             else:
                 if h_s.shape[:2] != h_t.shape[:2]:
                     raise ValueError(
@@ -142,6 +167,8 @@ class HiddenStateLoss(DistillLoss):
                         f"{tuple(h_t.shape[:2])}; use pooling: mean"
                     )
                 mask = s_mask
+            if self.normalize:
+                h_s, h_t = F.normalize(h_s, dim=-1), F.normalize(h_t, dim=-1)
             if self.loss == "mse":
                 per_row = (h_s - h_t).pow(2).mean(dim=-1)
             else:

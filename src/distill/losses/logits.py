@@ -18,11 +18,19 @@ from distill.losses.divergence import (
 from distill.outputs import ModelOutputs, SparseLogits
 
 
+LOSS_MASK = "loss_mask"
+"""Batch key of a (B, L) mask naming the positions whose next-token prediction is trained (causal LMs: the
+logits at position t predict token t+1, so the mask is 1 where that next token is a real, non-prompt token).
+When present it overrides the attention mask for every token-level logit loss."""
+
+
 def _row_mask(logits: torch.Tensor, batch: dict[str, torch.Tensor], outputs: ModelOutputs | None = None
               ) -> torch.Tensor | None:
     """Token mask for (B, L, V) logits; None for (B, C) classifier logits (every row counts)."""
     if logits.dim() != 3:
         return None
+    if batch.get(LOSS_MASK) is not None:
+        return batch[LOSS_MASK]
     if outputs is not None and outputs.attention_mask is not None:
         return outputs.attention_mask
     return batch.get("attention_mask")
@@ -37,7 +45,11 @@ class KDLoss(DistillLoss):
     ``reverse_kl`` (KL(Q_S||P_T)), ``symmetric_kl`` (their mean; the "improved JS" of SSLD, used label-free),
     ``jsd`` (generalised Jensen-Shannon with mixture weight ``beta``, as in GKD) or ``soft_ce`` (cross-entropy
     with the teacher's soft targets; equals forward KL plus the constant teacher entropy).
-    Works with dense teacher logits or top-k logits from the store.
+    ``skew`` = a > 0 turns ``forward_kl`` into the skew KL ``KL(P || a P + (1-a) Q)`` and ``reverse_kl`` into
+    the skew reverse KL ``KL(Q || a Q + (1-a) P)`` (DistiLLM; a = 0.1 there).
+    Works with dense teacher logits or top-k logits from the store, for classifiers (B, C) and language
+    models (B, L, V): with a ``loss_mask`` in the batch (the causal-LM collator's next-token mask; prompt
+    and padding positions 0) the mean runs over those positions, otherwise over the attention mask.
 
     Recipe::
 
@@ -53,7 +65,8 @@ class KDLoss(DistillLoss):
     citation = (
         "Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. arXiv:1503.02531 (2015); "
         "symmetric_kl: Cui et al., Beyond Self-Supervision (SSLD), PaddleClas (2021); "
-        "jsd: Agarwal et al., On-Policy Distillation of Language Models (GKD), ICLR 2024"
+        "jsd: Agarwal et al., On-Policy Distillation of Language Models (GKD), ICLR 2024; "
+        "skew: Ko et al., DistiLLM: Towards Streamlined Distillation for Large Language Models, ICML 2024"
     )
 
     def __init__(
@@ -63,14 +76,16 @@ class KDLoss(DistillLoss):
         reduction: str = "batchmean",
         scale_by_t2: bool = True,
         beta: float = 0.5,
+        skew: float = 0.0,
     ):
         super().__init__()
-        self.validate_params(temperature, divergence, reduction, scale_by_t2, beta)
+        self.validate_params(temperature, divergence, reduction, scale_by_t2, beta, skew)
         self.temperature = float(temperature)
         self.divergence = divergence
         self.reduction = reduction
         self.scale_by_t2 = scale_by_t2
         self.beta = float(beta)
+        self.skew = float(skew)
 
     @staticmethod
     def validate_params(
@@ -79,6 +94,7 @@ class KDLoss(DistillLoss):
         reduction: str = "batchmean",
         scale_by_t2: bool = True,
         beta: float = 0.5,
+        skew: float = 0.0,
     ) -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (1-4 is usual)")
@@ -90,6 +106,11 @@ class KDLoss(DistillLoss):
             raise ValueError(f"scale_by_t2: {scale_by_t2!r} is not allowed; use true or false")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
             raise ValueError(f"beta: {beta!r} is not allowed; use 0 < beta < 1 (0.5 is the symmetric JSD)")
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0 <= skew < 1:
+            raise ValueError(f"skew: {skew!r} is not allowed; use 0 <= skew < 1 (0 = plain KL, 0.1 in DistiLLM)")
+        if skew and divergence not in ("forward_kl", "reverse_kl"):
+            raise ValueError(f"skew: {skew!r} applies to forward_kl and reverse_kl only, not {divergence!r}; "
+                             "set skew: 0 or choose one of those divergences")
 
     @property
     def zero_at_identity(self) -> bool:  # type: ignore[override]
@@ -99,7 +120,7 @@ class KDLoss(DistillLoss):
         z_s = student.require("logits", self.name)
         z_t = teacher.require("logits", self.name)
         log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
-        terms = divergence_terms(log_p, log_q, self.divergence, self.beta)
+        terms = divergence_terms(log_p, log_q, self.divergence, self.beta, self.skew)
         loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch, student), num_classes=c)
         if self.scale_by_t2:
             loss = loss * self.temperature**2

@@ -175,6 +175,8 @@ class TeacherStore:
             per_example.append("embeddings")
         if "hidden_states" in self.layout:
             per_token.extend(f"hidden_{layer}" for layer in self.layout["hidden_states"]["layers"])
+        if "qkv" in self.layout:
+            per_token.extend(f"{name}_{layer}" for layer in self.layout["qkv"]["layers"] for name in "qkv")
         return per_example, per_token
 
     def fetch(
@@ -283,9 +285,17 @@ class TeacherStore:
             for layer in layers:
                 items[layer] = t[f"hidden_{layer}"].float()
             hidden = tuple(items)  # type: ignore[arg-type]  # None marks a layer the store did not keep
+        qkv = None
+        if "qkv" in self.layout:
+            layers = self.layout["qkv"]["layers"]
+            slots: list[Any] = [None] * max(layers)
+            for layer in layers:
+                # stored per token (B, L, heads, head_dim) -> (B, heads, L, head_dim); padded tokens are zeros
+                slots[layer - 1] = tuple(t[f"{name}_{layer}"].float().transpose(1, 2) for name in "qkv")
+            qkv = tuple(slots)  # None marks a layer the store did not keep
         embeddings = t["embeddings"].float() if "embeddings" in t else None
         return ModelOutputs(
-            logits=logits, hidden_states=hidden, embeddings=embeddings, attention_mask=attention_mask
+            logits=logits, hidden_states=hidden, qkv=qkv, embeddings=embeddings, attention_mask=attention_mask
         )
 
     # ----------------------------------------------------------------------------------------- inspection
@@ -345,6 +355,9 @@ def format_info(info: dict[str, Any]) -> str:
     if "hidden_states" in layout:
         hs = layout["hidden_states"]
         captured.append(f"hidden_states layers {hs['layers']} (size {hs['hidden_size']})")
+    if "qkv" in layout:
+        qkv = layout["qkv"]
+        captured.append(f"qkv layers {qkv['layers']} ({qkv['heads']} heads of {qkv['head_dim']})")
     size = f"{_human_bytes(info['bytes'])} ({_human_bytes(info['bytes_per_example'])} / example"
     if info.get("bytes_per_token"):
         size += f", {_human_bytes(info['bytes_per_token'])} / token"

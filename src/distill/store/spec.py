@@ -16,6 +16,9 @@ Tensors in a shard (N examples, T valid tokens over them):
   ``exp(topk_values - logsumexp)`` are exact probabilities and the missing mass is never negative;
 - ``embeddings`` (N, D) ``dtype``;
 - ``hidden_{layer}`` (T, H) ``dtype`` per kept layer;
+- ``q_{layer}``, ``k_{layer}``, ``v_{layer}`` (T, heads, head_dim) ``dtype`` per kept ``qkv`` layer (1-based):
+  the self-attention projections of each valid token, from which the losses rebuild attention maps and
+  relations (a map itself would cost O(L^2) per example; attention probabilities are not stored);
 - ``offsets`` (N+1,) int64 whenever a per-token field is kept: example i owns rows
   ``offsets[i]:offsets[i+1]`` of every per-token tensor (only tokens with attention_mask == 1 are kept).
 """
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-CAPTURE_FIELDS: tuple[str, ...] = ("logits", "embeddings", "hidden_states")
+CAPTURE_FIELDS: tuple[str, ...] = ("logits", "embeddings", "hidden_states", "qkv")
 RECONSTRUCTIONS: tuple[str, ...] = ("spread", "topk")
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -51,7 +54,7 @@ class StoreSpec:
     """What the teacher's pass keeps on disk. Every field is part of the store key."""
 
     capture: tuple[str, ...] = ("logits",)
-    """Teacher outputs to keep: any of ``logits``, ``embeddings``, ``hidden_states``."""
+    """Teacher outputs to keep: any of ``logits``, ``embeddings``, ``hidden_states``, ``qkv``."""
     layers: tuple[int, ...] = ()
     """``hidden_states`` indices to keep (0 = embedding output, i = output of layer i)."""
     topk: int = 0
@@ -62,6 +65,8 @@ class StoreSpec:
     """Examples per shard file; a killed build resumes at shard granularity."""
     reconstruct: str = "spread"
     """How a top-k store becomes a distribution when read: ``spread`` (TinyViT) or ``topk``."""
+    qkv_layers: tuple[int, ...] = ()
+    """Layers (1-based) whose self-attention query/key/value projections to keep (``qkv`` in capture)."""
 
     def __post_init__(self) -> None:
         # Normalise so that equal content gives an equal spec (and key) whatever order the caller used;
@@ -86,6 +91,15 @@ class StoreSpec:
             )
         if self.layers and "hidden_states" not in self.capture:
             raise ValueError(f"store layers {list(self.layers)} given but 'hidden_states' is not in capture")
+        qkv_layers = tuple(self.qkv_layers)
+        for layer in qkv_layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
+                raise ValueError(f"store qkv_layers: {layer!r} is not allowed; use layer numbers >= 1")
+        object.__setattr__(self, "qkv_layers", tuple(sorted(set(qkv_layers))))
+        if "qkv" in self.capture and not self.qkv_layers:
+            raise ValueError("store capture has 'qkv' but no qkv_layers; name the layers (1-based) to keep")
+        if self.qkv_layers and "qkv" not in self.capture:
+            raise ValueError(f"store qkv_layers {list(self.qkv_layers)} given but 'qkv' is not in capture")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 0:
             raise ValueError(f"store topk: {self.topk!r} is not allowed; use 0 (keep all) or a positive k")
         if self.dtype not in DTYPES:
@@ -107,10 +121,15 @@ class StoreSpec:
         return 0 < self.topk < num_classes
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
             for f in dataclasses.fields(self)
         }
+        if not out["qkv_layers"]:
+            # added after format 1 shipped: left out when unused, so the keys (and sidecars) of stores
+            # without Q/K/V stay what they were
+            del out["qkv_layers"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreSpec:

@@ -54,9 +54,9 @@ def build_store(
     """Build (or finish, or repair) the store ``root/key`` and return its folder.
 
     ``compute(indices)`` runs the teacher on the examples with those global indices and returns dense
-    ``logits`` (B, C) or (B, L, V) (with ``attention_mask`` (B, L) for sequences), plus ``embeddings`` (B, D)
-    and/or ``hidden_states`` (each (B, L, H)) when the spec captures them. It is called under
-    ``torch.no_grad()``.
+    ``logits`` (B, C) or (B, L, V) (with ``attention_mask`` (B, L) for sequences), plus ``embeddings`` (B, D),
+    ``hidden_states`` (each (B, L, H)) and/or ``qkv`` (per layer (q, k, v), each (B, heads, L, head_dim)) when
+    the spec captures them. It is called under ``torch.no_grad()``.
 
     Shard i is written by rank ``i % world_size``. With several ranks pass ``barrier`` (e.g.
     ``accelerator.wait_for_everyone``): every rank calls it once all its shards are written, rank 0 then
@@ -355,6 +355,32 @@ class _ShardAccumulator:
                 h = h.detach()[token_mask(h, f"hidden_states[{layer}]")]  # (T, H)
                 self._put(f"hidden_{layer}", self._cast(f"hidden_states[{layer}]", h))
             layout["hidden_states"] = {"layers": list(spec.layers), "hidden_size": hidden_size}
+
+        if "qkv" in spec.capture:
+            qkv = out.qkv
+            have = [] if qkv is None else [i + 1 for i, item in enumerate(qkv) if item is not None]
+            missing = [layer for layer in spec.qkv_layers if layer not in have]
+            if missing:
+                raise ValueError(
+                    f"the store keeps qkv layers {list(spec.qkv_layers)} but compute returned layers {have}; "
+                    "run the teacher with forward_outputs(..., qkv_layers=spec.qkv_layers)"
+                )
+            assert qkv is not None
+            shape = None
+            for layer in spec.qkv_layers:
+                for name, x in zip("qkv", qkv[layer - 1]):
+                    if x.dim() != 4 or x.shape[0] != n:
+                        raise ValueError(f"qkv layer {layer} {name} must be (B, heads, L, head_dim) for {n} examples")
+                    if shape is None:
+                        shape = (x.shape[1], x.shape[3])
+                    elif (x.shape[1], x.shape[3]) != shape:
+                        raise ValueError(f"qkv layer {layer} {name} has {x.shape[1]} heads of {x.shape[3]}, "
+                                         f"other layers {shape[0]} of {shape[1]}")
+                    tokens = x.detach().transpose(1, 2)  # (B, L, heads, head_dim)
+                    tokens = tokens[token_mask(tokens, f"qkv layer {layer} {name}")]  # (T, heads, head_dim)
+                    self._put(f"{name}_{layer}", self._cast(f"qkv layer {layer} {name}", tokens))
+            assert shape is not None
+            layout["qkv"] = {"layers": list(spec.qkv_layers), "heads": shape[0], "head_dim": shape[1]}
 
         layout["per_token"] = mask is not None
         if mask is not None:

@@ -49,6 +49,22 @@ class Distiller(nn.Module):
     def teacher_layers(self) -> list[int]:
         return sorted({i for m in self.losses for i in m.teacher_layers()})
 
+    def qkv_layers(self, side: str = "teacher") -> list[int] | str | None:
+        """Layers (1-based) whose query/key/value projections the losses read from ``side``: None when no loss
+        reads ``qkv`` there, ``"all"`` when a loss could not tell (built without the models' depths)."""
+        if not self.needs("qkv", side):
+            return None
+        layers: set[int] = set()
+        for m in self.losses:
+            attr = "teacher_needs" if side == "teacher" else "student_needs"
+            if "qkv" not in getattr(m, attr):
+                continue
+            got = m.qkv_layers(side)
+            if got is None:
+                return "all"
+            layers.update(got)
+        return sorted(layers)
+
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -33,8 +33,10 @@ def _to_device(out: ModelOutputs, device: torch.device) -> ModelOutputs:
         logits=move(out.logits),
         hidden_states=move(out.hidden_states),
         attentions=move(out.attentions),
+        qkv=move(out.qkv),
         embeddings=move(out.embeddings),
         attention_mask=move(out.attention_mask),
+        extra={k: move(v) for k, v in out.extra.items()},
     )
 
 
@@ -43,11 +45,19 @@ class DistillTrainer(Trainer):
 
     The teacher's outputs come from ``store`` (a :class:`distill.store.TeacherStore`, looked up by each row's
     ``example_index``) or, when no store is given, from ``teacher`` run under ``no_grad`` every step.
+
+    ``token_level=True`` (causal LMs) normalises by tokens instead of micro-batches: every loss of the
+    recipe is then a mean over the batch's ``loss_mask`` positions, and each micro-batch's mean is rescaled
+    to ``sum / (valid tokens of the whole accumulated batch, summed over every process)``, so accumulating
+    micro-batches, or splitting them over processes, gives exactly the loss and gradients of one big batch.
+    ``vocab_size`` slices teacher and student logits to the first ``vocab_size`` entries (padded LM heads).
     """
 
     def __init__(self, *args: Any, distiller: Distiller, teacher: torch.nn.Module | None = None,
-                 store: Any = None, **kwargs: Any):
+                 store: Any = None, token_level: bool = False, vocab_size: int | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.token_level = token_level
+        self.vocab_size = vocab_size
         self.distiller = distiller.to(self.args.device)
         self.teacher = teacher
         self.store = store
@@ -60,6 +70,8 @@ class DistillTrainer(Trainer):
         # (it skips that when it believes the model normalised by num_items_in_batch itself).
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
+        if token_level:  # compute_loss divides by the accumulated token count itself
+            self.loss_is_scaled_for_ga = True
         self._parts: dict[str, float] = defaultdict(float)
         self._parts_count = 0
 
@@ -76,16 +88,50 @@ class DistillTrainer(Trainer):
                 self.teacher, model_inputs(inputs, prefix),
                 hidden=self.distiller.needs("hidden_states", "teacher"),
                 attentions=self.distiller.needs("attentions", "teacher"),
+                qkv_layers=self.distiller.qkv_layers("teacher"),
+                embeddings=self.distiller.needs("embeddings", "teacher"),
             )
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Token-level runs: the trained positions of every micro-batch of this optimisation step, summed
+        over all processes (the divisor that makes accumulation and multi-process runs exact)."""
+        if not self.token_level:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        from distill.losses.logits import LOSS_MASK
+
+        count = sum(int(b[LOSS_MASK].sum()) for b in batch_samples if LOSS_MASK in b)
+        total = torch.tensor(count, dtype=torch.long, device=device)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    def _slice_vocab(self, out: ModelOutputs) -> ModelOutputs:
+        z = out.logits
+        if self.vocab_size is not None and isinstance(z, torch.Tensor) and z.shape[-1] > self.vocab_size:
+            out.logits = z[..., : self.vocab_size]
+        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = forward_outputs(
             model, model_inputs(inputs),
             hidden=self.distiller.needs("hidden_states", "student"),
             attentions=self.distiller.needs("attentions", "student"),
+            qkv_layers=self.distiller.qkv_layers("student"),
+            embeddings=self.distiller.needs("embeddings", "student"),
         )
         teacher = self._teacher_outputs(inputs)
+        if self.vocab_size is not None:
+            student, teacher = self._slice_vocab(student), self._slice_vocab(teacher)
         loss, parts = self.distiller(student, teacher, inputs)
+        if self.token_level and model.training and num_items_in_batch is not None:
+            from distill.losses.logits import LOSS_MASK
+
+            # each loss is a mean over this micro-batch's positions: turn it into its share of the mean over
+            # the whole accumulated (and, under DDP, all-process) batch; DDP averages gradients over the
+            # processes, hence the factor num_processes
+            local = inputs[LOSS_MASK].sum().to(loss.dtype)
+            total = torch.as_tensor(num_items_in_batch, dtype=loss.dtype, device=loss.device).clamp_min(1.0)
+            loss = loss * local / total * self.accelerator.num_processes
         if model.training:
             for k, v in parts.items():
                 self._parts[k] += v
@@ -136,7 +182,8 @@ class DistillTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        if any(True for _ in self.distiller.parameters()):
+        # projectors, and state such as CRD's queue or TRG's annealing step, so a resumed run continues them
+        if any(True for _ in self.distiller.parameters()) or any(True for _ in self.distiller.buffers()):
             torch.save(self.distiller.state_dict(), os.path.join(output_dir or self.args.output_dir, DISTILLER_STATE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

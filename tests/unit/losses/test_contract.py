@@ -60,6 +60,30 @@ class Example:
 
 
 EXAMPLES: dict[str, Example] = {
+    # image losses (distill.losses.feature): feature_maps are named (B, C, 3, 3) maps stage1..stageN, with
+    # H_S / H_T channels, so fitnet builds 1x1-conv projectors; images have no padding (classifier layout)
+    "fitnet": Example(
+        variants={
+            "last-auto": {},
+            "pairs-l1": {"layer_map": [["stage1", "stage1"], ["stage2", "stage2"]], "loss": "l1"},
+            "mapping-conv": {"layer_map": {"stage2": "stage2"}, "projector": "conv"},
+        },
+        bad_params={
+            "layer_map": ["first", [], {}, [["stage1"]], [[True, "stage1"]], 3],
+            "projector": ["linear", None],
+            "loss": ["cosine", None],
+        },
+        shapes=("classifier",),
+    ),
+    "at": Example(
+        variants={"last": {}, "pairs-p4": {"layer_map": [["stage1", 0], ["stage2", -1]], "p": 4}},
+        bad_params={"layer_map": ["uniform", [[1, 2, 3]]], "p": [0, -2, "2", True]},
+        shapes=("classifier",),
+    ),
+    "dkd": Example(
+        variants={"paper": {}, "T1-alpha0.5-beta2": {"temperature": 1.0, "alpha": 0.5, "beta": 2.0}},
+        bad_params={"temperature": [0, -1.0, "4", True], "alpha": [-1.0, "1", None], "beta": [-0.1, "8", False]},
+    ),
     "kd": Example(
         variants={
             "forward_kl-T2": {"temperature": 2.0},
@@ -68,6 +92,8 @@ EXAMPLES: dict[str, Example] = {
             "jsd-beta0.1": {"divergence": "jsd", "beta": 0.1},
             "soft_ce-elementwise": {"divergence": "soft_ce", "reduction": "elementwise_mean"},
             "forward_kl-sum-noT2": {"reduction": "sum", "scale_by_t2": False, "temperature": 4.0},
+            "skew_kl": {"skew": 0.1},
+            "skew_reverse_kl": {"divergence": "reverse_kl", "skew": 0.1},
         },
         bad_params={
             "temperature": [0, -1.0, "2", True],  # YAML `temperature: yes` must not become T = 1
@@ -75,6 +101,7 @@ EXAMPLES: dict[str, Example] = {
             "reduction": ["mean", "none"],
             "scale_by_t2": ["yes", 1],
             "beta": [0, 1, 1.5, "0.5"],
+            "skew": [-0.1, 1.0, "0.1", True],
         },
     ),
     "ce": Example(
@@ -89,12 +116,16 @@ EXAMPLES: dict[str, Example] = {
             "mse-meanpool": {"loss": "mse", "pooling": "mean"},
             "cosine-meanpool-last": {"loss": "cosine", "pooling": "mean", "layer_map": "last"},
             "mse-explicit-linear": {"layer_map": [[0, 0], [2, 2]], "projector": "linear"},
+            "pkd-cls-normalized": {"pooling": "cls", "normalize": True},
+            "normalized-last2": {"normalize": True, "layer_map": {"last": 2}},
+            "cosine-cls-last1": {"loss": "cosine", "pooling": "cls", "layer_map": "last1"},
         },
         bad_params={
             "loss": ["l1"],
-            "layer_map": ["every_other", 3],
-            "pooling": ["max", "cls"],
+            "layer_map": ["every_other", 3, {"last": 0}, {"last": True}, "last0"],
+            "pooling": ["max", "first"],
             "projector": ["mlp"],
+            "normalize": ["yes", 1],
         },
         shapes=("sequence",),
         not_recipe_params={
@@ -161,6 +192,92 @@ EXAMPLES: dict[str, Example] = {
             "teacher_hidden_size": "filled from LossContext by build()",
         },
     ),
+    # self-attention losses (distill.losses.attention / relations) read qkv: per layer (q, k, v), each
+    # (B, HEADS, L, width // HEADS); head widths differ between student (2) and teacher (3)
+    "attention_mse": Example(
+        variants={
+            "scores-uniform": {},
+            "probs-last": {"on": "probs", "layer_map": "last"},
+            "scores-mean-heads-explicit": {"head_mode": "mean", "layer_map": [[1, 1], [2, 2]]},
+        },
+        bad_params={
+            "layer_map": ["every_other", 3, {"last": 0}],
+            "on": ["logits", None],
+            "head_mode": ["average", True],
+        },
+        shapes=("sequence",),
+        not_recipe_params={
+            "student_num_layers": "filled from LossContext by build()",
+            "teacher_num_layers": "filled from LossContext by build()",
+        },
+    ),
+    "minilm": Example(
+        variants={
+            "last-last": {},
+            "attention-only": {"value_relation": False},
+            "layer-numbers": {"teacher_layer": 1, "student_layer": 1},
+        },
+        bad_params={
+            "teacher_layer": [0, -1, "first", 2.5, True],
+            "student_layer": [0, "middle"],
+            "value_relation": ["yes", 1],
+        },
+        shapes=("sequence",),
+        not_recipe_params={
+            "student_num_layers": "filled from LossContext by build()",
+            "teacher_num_layers": "filled from LossContext by build()",
+        },
+    ),
+    "minilm_v2": Example(
+        variants={
+            "qq-kk-vv": {"relation_heads": 2},
+            "one-head-qk-vv": {"relation_heads": 1, "relations": ["qk", "vv"]},
+            "layer-numbers": {"relation_heads": 2, "teacher_layer": 1, "student_layer": 1, "relations": ["vv"]},
+        },
+        bad_params={
+            "relation_heads": [0, -2, 2.0, "48", True],
+            "relations": [[], ["qq", "qq"], ["xy"], "qq"],
+            "teacher_layer": [0, "first"],
+            "student_layer": [-1, None],
+        },
+        shapes=("sequence",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+            "student_num_layers": "filled from LossContext by build()",
+            "teacher_num_layers": "filled from LossContext by build()",
+        },
+    ),
+    "trg": Example(
+        variants={
+            "default": {},
+            "inner-local-only": {"global_weight": 0.0},
+            # tau annealing and token sampling change the value from call to call: see test_attention_relations.py
+            "k2-layers-linear": {"k": 2, "tau": 0.2, "teacher_layer": 1, "student_layer": 1, "projector": "linear"},
+            "global-only-sigma": {"inner_weight": 0.0, "local_weight": 0.0, "sigma": 0.5},
+        },
+        bad_params={
+            "teacher_layer": [-1, "first", True],
+            "student_layer": [2.5],
+            "k": [0, 2.0, "8"],
+            "sigma": [0, -1.0, "1"],
+            "tau": [0, "0.1", True],
+            "tau_start": [0, "1"],
+            "anneal_steps": [-1, 1.5],
+            "tokens_per_example": [-1, "16"],
+            "inner_weight": [-1.0, "1"],
+            "local_weight": [-0.5],
+            "global_weight": [None],
+            "projector": ["mlp"],
+        },
+        shapes=("sequence",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+            "student_num_layers": "filled from LossContext by build()",
+            "teacher_num_layers": "filled from LossContext by build()",
+        },
+    ),
 }
 
 
@@ -217,6 +334,12 @@ def make_outputs(
             )
         elif name == "embeddings":
             out.embeddings = leaf(B, width)
+        elif name == "feature_maps":  # named (B, C, H, W) maps, one per stage
+            out.feature_maps = {f"stage{i + 1}": leaf(B, width, 3, 3) for i in range(layers)}
+        elif name == "qkv":  # per layer (q, k, v), each (B, heads, L, head_dim)
+            out.qkv = tuple(
+                tuple(leaf(B, HEADS, L, width // HEADS) for _ in range(3)) for _ in range(layers)
+            )
         else:
             pytest.fail(f"test_contract.make_outputs cannot build ModelOutputs.{name} yet; teach it")
     if seq:
@@ -294,7 +417,10 @@ def leaves(out: ModelOutputs) -> dict[str, torch.Tensor]:
         if isinstance(value, SparseLogits):
             items = (value.values,)
         for i, t in enumerate(items):
-            if isinstance(t, torch.Tensor) and t.requires_grad:
+            if isinstance(t, tuple):  # ModelOutputs.qkv: per layer (q, k, v)
+                found.update({f"{f.name}[{i}][{j}]": u for j, u in enumerate(t)
+                              if isinstance(u, torch.Tensor) and u.requires_grad})
+            elif isinstance(t, torch.Tensor) and t.requires_grad:
                 found[f"{f.name}[{i}]"] = t
     return found
 
@@ -411,6 +537,8 @@ def _perturb_padding(out: ModelOutputs, seed: int) -> ModelOutputs:
             where = pad.view(B, L, *([1] * (t.dim() - 2))).expand_as(t)
         elif t.dim() == 4 and t.shape[-2:] == (L, L):  # attentions (B, heads, L, L): padded keys and queries
             where = (pad[:, None, :, None] | pad[:, None, None, :]).expand_as(t)
+        elif t.dim() == 4 and t.shape[0] == B and t.shape[2] == L:  # qkv (B, heads, L, head_dim): padded tokens
+            where = pad[:, None, :, None].expand_as(t)
         else:
             return t.requires_grad_(True)
         return torch.where(where, t + noise, t).requires_grad_(True)
@@ -427,6 +555,8 @@ def test_padded_positions_do_not_matter(name: str, vid: str, params: dict, shape
     for k, t in leaves(s.student).items():
         if t.grad is not None and t.dim() == 3:
             assert not t.grad[pad].any(), f"{name}: padded positions of student {k} get a gradient"
+        if t.grad is not None and k.startswith("qkv["):  # (B, heads, L, head_dim)
+            assert not t.grad.transpose(1, 2)[pad].any(), f"{name}: padded tokens of student {k} get a gradient"
     moved = Setup(s.loss, _perturb_padding(s.student, 1), _perturb_padding(s.teacher, 2), s.batch)
     torch.testing.assert_close(total(run(moved)), base.detach(), atol=1e-6, rtol=1e-6,
                                msg=lambda m: f"{name} ({vid}) changes when padded positions change: {m}")

@@ -352,7 +352,7 @@ def test_documented_defaults() -> None:
 
 @pytest.mark.parametrize(("name", "param", "value", "allowed"), [
     ("embedding", "loss", "l2", "mse or cosine"),
-    ("embedding", "projector", "mlp", "auto, linear or none"),
+    ("embedding", "projector", "mlp", "auto, linear, none or pca"),
     ("affinity", "temperature", "0.05", "number > 0"),
     ("contrastive", "temperature", True, "number > 0"),
     ("crd", "queue_size", 2.0, "whole number >= 0"),

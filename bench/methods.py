@@ -1,0 +1,173 @@
+"""Benchmark (issue 5): which intermediate-layer signal adds to logit KD, on movie-review snippets.
+
+Teacher: the `distill demo` teacher, all-MiniLM-L6-v2 fine-tuned 1 epoch on the snippet train split
+(src/distill/recipes/demo_sentiment.yaml). It is fine-tuned through that recipe's `teacher.finetune`, so the
+copy in runs/demo/teacher is reused when its fingerprint (model, settings, training rows) matches, and built
+there once otherwise; every configuration then loads it from that folder.
+Student: 3 of the teacher's 6 layers, [1, 3, 5] (0-based), i.e. hidden_states 2, 4, 6: exactly the layers
+the default `uniform` layer map pairs them with, so inherited weights and matched layers agree at the start.
+Data: the ASSETS.md split (test 2,114 rows, stratified, random_state 0; validation 10% of train).
+
+Configurations (same init, data, epochs, batch 32, lr 1e-4; teacher outputs from the store, float16):
+
+    no_kd            ce
+    kd               0.5 kd (T = 2) + 0.5 ce                        <- the reference for the deltas
+    pkd              kd + 100 * hidden (pooling cls, normalize: PKD-Skip; 100 is from PKD's beta grid)
+    attention_mse    kd + 0.1 * attention_mse (TinyBERT, unnormalised scores, uniform map)
+    minilm           kd + 0.5 * minilm (last layer attention + value relations)
+    minilm_v2        kd + 1.0 * minilm_v2 (48 relation heads, last layers)
+    trg              kd + 0.1 * trg (defaults; [unverified] constants)
+    affinity         kd + 0.2 * affinity (in-batch similarity KL of mean-pooled sentence vectors)
+    crd              kd + 0.1 * crd (queue-based contrastive)
+
+The auxiliary weights put each extra term at about the size of the KD term (0.4) at step 0, measured on one
+batch of this student and teacher (attention_mse 3.5, minilm 1.05, minilm_v2 0.44, trg 4.3 (its InfoNCE),
+affinity 2.0, crd 3.7, normalised [CLS] MSE 0.0013); no weight was tuned on test accuracy.
+
+Prints and appends to bench/RESULTS.md: test accuracy mean +- std over the seeds, the delta against logit KD,
+and training seconds per epoch.
+
+    python bench/methods.py --seeds 0 1 2                      # full run
+    python bench/methods.py --train-rows 64 --epochs 0.1 --seeds 0 --configs kd minilm_v2 \\
+        --out /tmp/bench_methods --no-append                   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import append_results, mean_std
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "src" / "distill" / "recipes" / "demo_sentiment.yaml"
+STUDENT_LAYERS = [1, 3, 5]
+KD = [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}]
+CONFIGS: dict[str, list[dict]] = {
+    "no_kd": [{"name": "ce", "weight": 1.0}],
+    "kd": KD,
+    "pkd": KD + [{"name": "hidden", "weight": 100.0, "pooling": "cls", "normalize": True, "layer_map": "uniform"}],
+    "attention_mse": KD + [{"name": "attention_mse", "weight": 0.1, "on": "scores", "layer_map": "uniform"}],
+    "minilm": KD + [{"name": "minilm", "weight": 0.5}],
+    "minilm_v2": KD + [{"name": "minilm_v2", "weight": 1.0, "relation_heads": 48}],
+    "trg": KD + [{"name": "trg", "weight": 0.1}],
+    "affinity": KD + [{"name": "affinity", "weight": 0.2}],
+    "crd": KD + [{"name": "crd", "weight": 0.1}],
+}
+
+
+def demo_teacher(log=print) -> Path:
+    """The demo recipe's fine-tuned teacher: reused from runs/demo/teacher by fingerprint, else built there."""
+    import yaml
+
+    from distill.config import recipe_from_dict
+    from distill.data import load_splits
+    from distill.teachers import finetune_teacher
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["output_dir"] = str(REPO / data["output_dir"])  # runs/demo, wherever the script is started from
+    recipe = recipe_from_dict(data)
+    return finetune_teacher(recipe, load_splits(recipe.data), log=log)
+
+
+def recipe(config: str, teacher: Path, seed: int, epochs: float, train_rows: int | None, out: Path) -> dict:
+    return {
+        "output_dir": str(out / config / f"seed{seed}"),
+        "teacher": {"model": str(teacher)},
+        "student": {"from_teacher": True, "layers": STUDENT_LAYERS},
+        "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "test_fraction": 0.2,
+                 "split_seed": 0, "max_train_examples": train_rows},
+        "losses": CONFIGS[config],
+        "store": {"topk": 0, "dtype": "float16", "dir": str(out / "stores")},
+        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed, "logging_steps": 50,
+                  "save_steps": 1000, "eval_batch_size": 64},
+        "eval": {"baseline": False, "latency_batch_sizes": []},
+        "export": {"model_card": False},
+    }
+
+
+def available(configs: list[str]) -> list[str]:
+    from distill.losses import LOSSES
+
+    keep = []
+    for c in configs:
+        missing = [spec["name"] for spec in CONFIGS[c] if spec["name"] not in LOSSES]
+        if missing:
+            print(f"[bench] skipping {c}: loss {missing} is not registered")
+        else:
+            keep.append(c)
+    return keep
+
+
+def train_seconds_per_epoch(info: dict) -> float:
+    """Wall seconds of the student's training per epoch actually run, validation passes excluded."""
+    history = info.get("log_history", [])
+    evaluating = sum(h.get("eval_runtime", 0.0) for h in history)
+    epochs = max((h["epoch"] for h in history if "epoch" in h), default=0.0)
+    return (info["seconds"] - evaluating) / epochs if epochs else float("nan")
+
+
+def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, float | None]:
+    rows, teacher_acc = [], None
+    kd_reports = [out / "kd" / f"seed{s}" / "report.json" for s in seeds]
+    kd_acc = [json.loads(p.read_text())["models"]["student_kd"]["accuracy"] for p in kd_reports if p.exists()]
+    for config in configs:
+        reports = [json.loads(p.read_text()) for p in (out / config / f"seed{s}" / "report.json" for s in seeds)
+                   if p.exists()]
+        if not reports:
+            continue
+        acc = [r["models"]["student_kd"]["accuracy"] for r in reports]
+        teacher_acc = reports[0]["models"]["teacher"]["accuracy"]
+        per_epoch = [train_seconds_per_epoch(r["training"]["student"]) for r in reports]
+        delta = f"{statistics.mean(acc) - statistics.mean(kd_acc):+.4f}" if kd_acc and config != "kd" else "-"
+        losses = " + ".join(f"{spec['weight']:g} {spec['name']}" for spec in CONFIGS[config])
+        rows.append(f"| {config} | {losses} | {[r['recipe']['train']['seed'] for r in reports]} | "
+                    f"{mean_std(acc)} | {delta} | {statistics.mean(per_epoch):.0f} |")
+    header = ("| config | losses | seeds | test accuracy | vs logit KD | train s/epoch |\n"
+              "|---|---|---|---|---|---|")
+    return header + "\n" + "\n".join(rows), teacher_acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--epochs", type=float, default=2.0, help="student epochs (fractions allowed)")
+    ap.add_argument("--train-rows", type=int, default=None, help="cap on training rows (default: all, ~7,600)")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench_methods"))
+    ap.add_argument("--no-append", action="store_true", help="print the table, do not append to RESULTS.md")
+    ap.add_argument("--summarize", action="store_true", help="only summarise the reports already on disk")
+    args = ap.parse_args()
+    out = Path(args.out)
+    configs = available(args.configs)
+
+    if not args.summarize:
+        from distill.config import recipe_from_dict
+        from distill.pipeline import Run
+
+        teacher = demo_teacher()
+        for config in configs:
+            for seed in args.seeds:
+                Run(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows, out)))()
+
+    table, teacher_acc = summarise(configs, args.seeds, out)
+    rows = "all (~7,600)" if args.train_rows is None else str(args.train_rows)
+    body = (f"Teacher: the demo teacher (all-MiniLM-L6-v2 fine-tuned 1 epoch on the movie-snippet train split), "
+            f"test accuracy {teacher_acc if teacher_acc is None else f'{teacher_acc:.4f}'}. Student: teacher "
+            f"layers {STUDENT_LAYERS} (3 of 6), {args.epochs:g} epoch(s), batch 32, lr 1e-4, max length 64, "
+            f"training rows {rows}; teacher outputs from a float16 store. ASSETS.md split (test 2,114 rows). "
+            f"Test accuracy mean ± std over seeds {args.seeds}; 'vs logit KD' is the difference of means; "
+            f"s/epoch is the student's training time per epoch (store reads included; store build and validation "
+            f"passes excluded).\n\n{table}")
+    if args.no_append:
+        print(body)
+    else:
+        append_results("Distillation signals on top of logit KD (bench/methods.py)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Save a sentence-embedding student as a sentence-transformers directory.
+
+The directory is written by sentence-transformers itself (so its own loader reads it back): a Transformer +
+Pooling (+ Normalize) stack for transformer students, a StaticEmbedding (+ Normalize) for static ones.
+``SentenceTransformer(path).encode(texts)`` then gives the same vectors as the student did in training.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from distill._dataclass_io import RecipeError
+from distill.sentence_encoder import SentenceEncoder, StaticEncoder
+
+_ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
+               "lasttoken": "lasttoken"}
+INSTALL_HINT = "the sentence-embedding task saves students with sentence-transformers: pip install 'distill[embeddings]'"
+
+
+def require_sentence_transformers() -> None:
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        raise RecipeError(INSTALL_HINT) from None
+
+
+def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenizer, out_dir: str | Path,
+                              max_length: int = 128) -> Path:
+    """Write ``encoder`` (+ its tokenizer) to ``out_dir`` as a sentence-transformers model."""
+    require_sentence_transformers()
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, StaticEmbedding, Transformer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sentence-transformers' deprecation chatter about its own layout
+        if isinstance(encoder, StaticEncoder):
+            first = StaticEmbedding(tokenizer, embedding_weights=encoder.embedding.weight.detach().cpu().clone())
+            modules = [first]
+        else:
+            encoder.backbone.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            first = Transformer(tmp, max_seq_length=max_length)
+            modules = [first, Pooling(encoder.embedding_dim, pooling_mode=_ST_POOLING[encoder.pooling])]
+        if encoder.normalize:
+            modules.append(Normalize())
+        model = SentenceTransformer(modules=modules, device="cpu")
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None,
+                                        prefix=f".{out_dir.name}-"))
+        try:
+            model.save(str(staging))
+            shutil.rmtree(out_dir, ignore_errors=True)
+            staging.rename(out_dir)  # a half-written student directory never exists under its final name
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,1 @@
+"""Task-specific runs beyond text classification (which lives in :mod:`distill.pipeline`)."""

@@ -1,0 +1,193 @@
+"""task: sentence-embedding end to end on tiny random models: a sentence-transformers teacher built in code,
+transformer / static / pre-trained students, the store, resume, and the exported sentence-transformers
+directory (which must encode exactly like the trained student)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from distill.config import RecipeError, recipe_from_dict
+from tests.conftest import make_bert, make_sentiment_rows
+
+pytest.importorskip("sentence_transformers")
+
+
+@pytest.fixture(scope="session")
+def st_teacher(tiny_dir, tiny_tokenizer):
+    """A 4-layer random BERT saved as a sentence-transformers model (Transformer + mean Pooling + Normalize)."""
+    from transformers import AutoModel
+
+    from distill.export.sentence_transformers import save_sentence_transformer
+    from distill.sentence_encoder import SentenceEncoder
+
+    src = make_bert(tiny_dir / "st_backbone", tiny_tokenizer, layers=4, seed=3)
+    encoder = SentenceEncoder(AutoModel.from_pretrained(src), "mean", normalize=True)
+    return save_sentence_transformer(encoder, tiny_tokenizer, tiny_dir / "st_teacher", max_length=32)
+
+
+@pytest.fixture(scope="session")
+def text_csv(tiny_dir):
+    path = tiny_dir / "sentences.csv"
+    pd.DataFrame({"text": [r["text"] for r in make_sentiment_rows(200, seed=5)]}).to_csv(path, index=False)
+    return path
+
+
+def embed_recipe(tmp_path, teacher, data, **sections):
+    recipe = {
+        "task": "sentence-embedding",
+        "output_dir": str(tmp_path / "run"),
+        "teacher": {"model": str(teacher)},
+        "student": {"from_teacher": True, "layers": [0, 3]},
+        "data": {"train": str(data), "max_length": 32},
+        "losses": [{"name": "embedding", "loss": "mse"}],
+        "train": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2, "save_steps": 1000,
+                  "eval_batch_size": 32},
+        "eval": {"probe_sets": ["movie_snippets"], "probe_rows": 60, "agreement_pairs": 500,
+                 "throughput_sentences": 64},
+        "store": {"dir": str(tmp_path / "stores")},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) \
+            else value
+    return recipe_from_dict(recipe)
+
+
+def _st_encode(path, texts):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device="cpu").encode(texts, convert_to_numpy=True)
+
+
+def test_transformer_student_end_to_end(tmp_path, st_teacher, text_csv):
+    from distill.models import load_tokenizer
+    from distill.pipeline import run
+    from distill.sentence_encoder import load_encoder
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv)
+    report = run(recipe)
+    models = report["models"]
+    assert set(models) == {"teacher", "student_kd", "student_untrained"}
+    for role in models:
+        assert -1.0 <= models[role]["spearman"] <= 1.0 and 0 <= models[role]["recall_at_k"] <= 1
+        assert 0.0 <= models[role]["probe_movie_snippets"] <= 1.0 and models[role]["sentences_per_second"] > 0
+    # (random tiny models agree almost perfectly before training: improvement is checked on a student of
+    # another width and seed below)
+    assert report["store"]["spec"]["capture"] == ["embeddings"]  # only what the loss reads: no logits
+
+    out = tmp_path / "run" / "student"
+    texts = ["the film was great", "a dull and boring plot", "moving story"]
+    ours = load_encoder(tmp_path / "run" / "student_trained")
+    tok = load_tokenizer(str(out))
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = ours(**enc).embeddings.numpy()
+    np.testing.assert_allclose(_st_encode(out, texts), expected, atol=1e-5)
+    assert (out / "README.md").read_text().count("SentenceTransformer") >= 1
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["task"] == "sentence-embedding"
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["task"] == "sentence-embedding"
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Spearman" in html and "<svg" in html
+
+    # a second run reuses every stage: no training, same numbers
+    again = run(recipe)
+    assert again["models"]["student_kd"]["spearman"] == pytest.approx(models["student_kd"]["spearman"])
+
+
+def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, text_csv):
+    from distill.pipeline import run
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None, "static": True,
+                                                                   "static_dim": 8},
+                          losses=[{"name": "embedding", "loss": "cosine"}, {"name": "affinity"}],
+                          train={"learning_rate": 0.05, "epochs": 3})  # static vectors want a large step
+    report = run(recipe)
+    assert report["student_kind"] == "static"
+    assert report["models"]["student_kd"]["dim"] == 8
+    assert report["models"]["student_kd"]["spearman"] > report["models"]["student_untrained"]["spearman"]
+    out = tmp_path / "run" / "student"
+    modules = json.loads((out / "modules.json").read_text())
+    assert any(m["type"].endswith("StaticEmbedding") for m in modules)
+    vecs = _st_encode(out, ["good film", "awful plot"])
+    assert vecs.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)  # the teacher normalises: so does it
+
+
+def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher, text_csv, tiny_student):
+    from distill.pipeline import run
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
+                                                                   "model": str(tiny_student)},
+                          losses=[{"name": "embedding", "loss": "cosine"}, {"name": "affinity", "weight": 1.0}],
+                          train={"epochs": 3})
+    report = run(recipe)
+    models = report["models"]
+    assert models["student_kd"]["dim"] == 16 and models["teacher"]["dim"] == 32
+    # training on the teacher's embeddings moves the student's geometry towards the teacher's
+    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
+
+
+def test_bad_recipes_fail_before_loading(tmp_path, st_teacher, text_csv):
+    from distill.pipeline import run_class
+
+    with pytest.raises(RecipeError, match="losses\\[0\\].name: 'kd'"):
+        recipe = embed_recipe(tmp_path, st_teacher, text_csv, losses=[{"name": "kd"}])
+        run_class(recipe)(recipe)
+    with pytest.raises(RecipeError, match="student.layers"):
+        recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"layers": [0, 9]})
+        run_class(recipe)(recipe)
+    with pytest.raises(RecipeError, match="student.static"):
+        recipe_from_dict({"teacher": {"model": "x"}, "student": {"static": True}, "data": {"train": "x.csv"}})
+    with pytest.raises(RecipeError, match="static_dim"):
+        recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
+                                                                       "static": True, "static_dim": 64})
+        run_class(recipe)(recipe)
+
+
+def test_cli_run_and_cache_info(tmp_path, st_teacher, text_csv, capsys):
+    from distill.cli.main import main
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv, train={"epochs": 1})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe.to_yaml())
+    assert main(["cache", str(path), "--info"]) == 0
+    assert "no store yet" in capsys.readouterr().out
+    assert main(["run", str(path), "--eval.probe_rows", "40"]) == 0
+    assert (tmp_path / "run" / "student" / "modules.json").exists()
+    assert main(["cache", str(path), "--info"]) == 0
+    info = capsys.readouterr().out
+    assert "embeddings" in info and "no store yet" not in info
+
+
+def test_demo_embeddings_recipe_is_valid():
+    from distill.cli.demo import demo_recipe_path
+    from distill.config import load_recipe
+
+    recipe = load_recipe(demo_recipe_path("embeddings"))
+    assert recipe.task == "sentence-embedding" and recipe.student.layers == [0, 5, 11]
+    assert [spec.name for spec in recipe.losses] == ["embedding", "affinity"]
+
+
+def test_static_student_in_the_teacher_pca_basis(tmp_path, st_teacher, text_csv):
+    from distill.pipeline import run
+    from distill.sentence_encoder import load_encoder
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "static": True, "static_dim": 8},
+                          losses=[{"name": "embedding", "loss": "cosine", "projector": "pca"}],
+                          train={"learning_rate": 0.05, "epochs": 2})
+    report = run(recipe)
+    assert report["models"]["student_kd"]["dim"] == 8
+    init = load_encoder(tmp_path / "run" / "student_init")
+    assert init.embedding.weight.shape[1] == 8
+    with pytest.raises(RecipeError, match="projector: pca"):
+        from distill.pipeline import run_class
+
+        bad = embed_recipe(tmp_path, st_teacher, text_csv, store={"enabled": False},
+                           losses=[{"name": "embedding", "projector": "pca"}])
+        run_class(bad)(bad)

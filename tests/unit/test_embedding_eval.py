@@ -1,0 +1,103 @@
+"""Sentence-encoder building blocks: pooling, reading sentence-transformers directories, the static
+student's initialisation, and the agreement metrics (on cases whose answer is known by construction)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distill._dataclass_io import RecipeError
+from distill.evaluation.embedding import (probe_accuracy, random_pairs, retrieval_agreement,
+                                          similarity_agreement)
+from distill.sentence_encoder import describe, pool
+from distill.students.static import _single_token_template, pca_reduce
+
+
+def test_pool_modes_ignore_padding():
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]]])  # (1, 3, 2), last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(pool(h, mask, "mean"), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(pool(h, mask, "max"), torch.tensor([[3.0, 4.0]]))
+    assert torch.equal(pool(h, mask, "cls"), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(pool(h, mask, "lasttoken"), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(pool(h, mask, "mean_sqrt_len"), torch.tensor([[4.0, 6.0]]) / 2 ** 0.5)
+
+
+def _st_dir(tmp_path, pooling_cfg, extra_modules=()):
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               *extra_modules]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling_cfg))
+    return tmp_path
+
+
+def test_describe_reads_old_and_new_pooling_configs(tmp_path):
+    old = _st_dir(tmp_path / "a", {"word_embedding_dimension": 8, "pooling_mode_cls_token": True,
+                                   "pooling_mode_mean_tokens": False},
+                  [{"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}])
+    info = describe(old)
+    assert (info["kind"], info["pooling"], info["normalize"]) == ("transformer", "cls", True)
+    new = _st_dir(tmp_path / "b", {"embedding_dimension": 8, "pooling_mode": "mean"})
+    assert describe(new)["pooling"] == "mean" and describe(new)["normalize"] is False
+    (tmp_path / "c").mkdir()
+    plain = tmp_path / "c"
+    assert describe(plain) == {"kind": "transformer", "pooling": "mean", "normalize": False, "backbone": str(plain)}
+
+
+def test_describe_rejects_modules_it_cannot_reproduce(tmp_path):
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    _st_dir(tmp_path, {"pooling_mode_mean_tokens": True}, [dense])
+    with pytest.raises(RecipeError, match="Dense"):
+        describe(tmp_path)
+
+
+def test_describe_rejects_weighted_mean_pooling(tmp_path):
+    _st_dir(tmp_path, {"pooling_mode_weightedmean_tokens": True})
+    with pytest.raises(RecipeError, match="pooling"):
+        describe(tmp_path)
+
+
+def test_single_token_template_wraps_in_special_tokens(tiny_tokenizer):
+    template, slot = _single_token_template(tiny_tokenizer)
+    assert len(template) == 3 and slot == 1
+    assert template[0] == tiny_tokenizer.cls_token_id and template[2] == tiny_tokenizer.sep_token_id
+
+
+def test_pca_reduce_is_deterministic_and_keeps_the_main_axis():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g) * torch.tensor([10.0, 1, 1, 1, 1, 0.1])
+    a, b = pca_reduce(x, 2), pca_reduce(x.clone(), 2)
+    assert a.shape == (200, 2) and torch.equal(a, b)
+    # the first component carries the dominant feature (up to the fixed sign)
+    corr = np.corrcoef(a[:, 0].numpy(), x[:, 0].numpy())[0, 1]
+    assert abs(corr) > 0.99
+    assert pca_reduce(x, 6) is x  # nothing to reduce
+
+
+def test_agreement_metrics_on_known_cases():
+    g = np.random.default_rng(0)
+    t = g.normal(size=(50, 8))
+    assert similarity_agreement(t, t, 2000) == pytest.approx(1.0)
+    assert similarity_agreement(3.0 * t, t, 2000) == pytest.approx(1.0)  # cosine: scale does not matter
+    rot = np.linalg.qr(g.normal(size=(8, 8)))[0]
+    assert similarity_agreement(t @ rot, t, 2000) == pytest.approx(1.0)  # nor does a rotation
+    assert retrieval_agreement(t @ rot, t, 5) == pytest.approx(1.0)
+    noise = g.normal(size=(50, 8))
+    assert abs(similarity_agreement(noise, t, 2000)) < 0.1
+    assert retrieval_agreement(noise, t, 5) < 0.4
+    i, j = random_pairs(10, 1000, 0)
+    assert not np.any(i == j) and i.max() < 10 and j.max() < 10
+
+
+def test_probe_accuracy_separable_vs_random():
+    g = np.random.default_rng(1)
+    labels = np.array([0, 1] * 50)
+    separable = g.normal(size=(100, 4)) + labels[:, None] * 5
+    assert probe_accuracy(separable, labels) == 1.0
+    assert probe_accuracy(g.normal(size=(100, 4)), labels) < 0.8
