@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from distill.models import (
     model_inputs,
     num_layers,
 )
-from distill.students import check_layers, student_from_teacher
 from distill.outputs import ModelOutputs
+from distill.students import check_layers, student_from_teacher
 from distill.training import Distiller, DistillTrainer
 
 Log = Callable[[str], None]
@@ -247,6 +248,44 @@ def _state():
     return PartialState()
 
 
+def stage_done(folder: Path, fp: str) -> dict[str, Any] | None:
+    """The record of a finished stage built with fingerprint ``fp`` (None: build it again)."""
+    marker = folder / DONE
+    if not marker.exists():
+        return None
+    record = json.loads(marker.read_text())
+    return record if record.get("fingerprint") == fp else None
+
+
+def write_stage(folder: Path, fp: str, write: Callable[[Path], None], training: dict[str, Any] | None = None) -> None:
+    """Write a stage's folder whole or not at all: ``write`` fills ``folder.tmp``, the record naming its
+    fingerprint goes in last, then the folder is renamed into place."""
+    tmp = Path(str(folder) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    record: dict[str, Any] = {"fingerprint": fp}
+    if training is not None:
+        record["training"] = training
+    (tmp / DONE).write_text(json.dumps(record, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def stage_checkpoints(out: Path, name: str, fp: str, log: Log) -> Path:
+    """The checkpoint folder of stage ``name``; checkpoints left by a different recipe are discarded (a
+    resumed run must continue the same training, never a stale one)."""
+    ckpt = out / "checkpoints" / name
+    stamp = ckpt / "distill_stage.json"
+    with _state().main_process_first():
+        if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != fp):
+            log(f"{name}: discarding checkpoints of a different recipe in {ckpt}")
+            shutil.rmtree(ckpt, ignore_errors=True)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if _state().is_main_process:
+            stamp.write_text(json.dumps({"fingerprint": fp}))
+    return ckpt
+
+
 class Run:
     """The state of one recipe run; each method is one resumable stage."""
 
@@ -311,7 +350,7 @@ class Run:
         init = self.out / "student_init"
         fp = _fingerprint({"student": r.student.__dict__, "labels": self.plan.labels, "seed": r.train.seed,
                            "teacher": self.teacher_fingerprint() if r.student.from_teacher else None})
-        if (init / DONE).exists() and json.loads((init / DONE).read_text()).get("fingerprint") == fp:
+        if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
             return init
         from transformers import set_seed
@@ -334,12 +373,7 @@ class Run:
             tokenizer = load_tokenizer(r.student.model or "")
         from distill.export import save_student
 
-        tmp = Path(str(init) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_student(model, tokenizer, tmp, self.plan.labels)
-        (tmp / DONE).write_text(json.dumps({"fingerprint": fp}))
-        shutil.rmtree(init, ignore_errors=True)
-        os.replace(tmp, init)
+        write_stage(init, fp, lambda d: save_student(model, tokenizer, d, self.plan.labels))
         self.student_tokenizer = tokenizer
         return init
 
@@ -430,9 +464,9 @@ class Run:
             "store": getattr(store, "key", None),
             "teacher": self.teacher_fingerprint() if teacher is not None else None,
         })
-        if (final / DONE).exists() and json.loads((final / DONE).read_text()).get("fingerprint") == fp:
+        if (done := stage_done(final, fp)) is not None:
             self.log(f"{name}: already trained, reusing {final}")
-            self.report["training"][name] = json.loads((final / DONE).read_text()).get("training", {})
+            self.report["training"][name] = done.get("training", {})
             return AutoModelForSequenceClassification.from_pretrained(final)
         set_seed(r.train.seed)
         model = AutoModelForSequenceClassification.from_pretrained(init)
@@ -441,15 +475,7 @@ class Run:
             ttok = self.teacher_tokenizer
         train_ds = to_dataset(frame, self.student_tokenizer, ttok, max_length=r.data.max_length)
         val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
-        ckpt = self.out / "checkpoints" / name
-        stamp = ckpt / "distill_stage.json"
-        with _state().main_process_first():
-            if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != fp):
-                self.log(f"{name}: discarding checkpoints of a different recipe in {ckpt}")
-                shutil.rmtree(ckpt, ignore_errors=True)
-            ckpt.mkdir(parents=True, exist_ok=True)
-            if _state().is_main_process:
-                stamp.write_text(json.dumps({"fingerprint": fp}))
+        ckpt = stage_checkpoints(self.out, name, fp, self.log)
         overrides = {"max_steps": max_steps} if max_steps else {}
         trainer = DistillTrainer(
             model=model, args=training_arguments(r.train, str(ckpt), **overrides), train_dataset=train_ds,
@@ -472,12 +498,7 @@ class Run:
         }
         state = _state()
         if state.is_main_process:
-            tmp = Path(str(final) + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_student(model, self.student_tokenizer, tmp, self.plan.labels)
-            (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels), info)
             shutil.rmtree(ckpt, ignore_errors=True)
         state.wait_for_everyone()
         self.report["training"][name] = info
@@ -485,7 +506,12 @@ class Run:
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred: np.ndarray | None) -> np.ndarray:
-        from distill.evaluation import classification_metrics, count_parameters, cpu_latency_ms, predict_logits
+        from distill.evaluation import (
+            classification_metrics,
+            count_parameters,
+            cpu_latency_ms,
+            predict_logits,
+        )
         from distill.evaluation.predictions import softmax
         from distill.evaluation.speed import weights_size_mb
 
@@ -511,7 +537,14 @@ class Run:
         """The teacher answers queries: label the training text (and the test split, to measure the teacher),
         keep its probabilities in the store as teacher "logits" (log-probabilities), then train as usual:
         ``ce`` reads the teacher's hard labels, ``kd`` its soft labels (one-hot where it gave none)."""
-        from distill.store import StoreSpec, TeacherStore, build_store, default_store_root, fingerprint_rows, store_key
+        from distill.store import (
+            StoreSpec,
+            TeacherStore,
+            build_store,
+            default_store_root,
+            fingerprint_rows,
+            store_key,
+        )
         from distill.teachers.blackbox import label_with_blackbox
 
         r = self.recipe
@@ -602,9 +635,8 @@ class Run:
 
         from distill import __version__
         from distill.evaluation import format_table, summarise, write_report
-        from distill.export import write_model_card
-
         from distill.evaluation.speed import dir_size_mb
+        from distill.export import write_model_card
 
         r = self.recipe
         models = self.report["models"]

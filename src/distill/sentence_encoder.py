@@ -195,7 +195,7 @@ def resolve_encoder_dir(name: str, revision: str | None = None) -> str:
 
     try:
         return snapshot_download(local, revision=revision)
-    except Exception as exc:  # network, auth, missing repo: say which field and what to do
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: say which name and what to do
         raise RecipeError(f"could not fetch {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
                           "give a local sentence-transformers directory, or check the id and your network") from None
 

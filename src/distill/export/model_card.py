@@ -9,7 +9,6 @@ from distill.losses import LOSSES
 
 
 def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
-    losses = recipe.losses
     lines = [
         "---",
         "library_name: transformers",
@@ -36,16 +35,24 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "## How it was trained",
         "",
     ]
-    for spec in losses:
-        params = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "defaults"
-        lines.append(f"- `{spec.name}` (weight {spec.weight}; {params}): {LOSSES.get(spec.name).formula}")
     s = recipe.student
     origin = f"layers {s.layers} of the teacher" if s.from_teacher else f"`{s.model}`"
+    lines += training_and_citations(recipe, report, origin, "teacher outputs")
+    return "\n".join(lines) + "\n"
+
+
+def training_and_citations(recipe: Any, report: dict[str, Any], origin: str, stored: str) -> list[str]:
+    """The card's shared tail: each loss with its formula, the student's start, the schedule, whether the
+    teacher came from the store, how to reproduce the run, and the papers to cite."""
+    lines = []
+    for spec in recipe.losses:
+        params = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "defaults"
+        lines.append(f"- `{spec.name}` (weight {spec.weight}; {params}): {LOSSES.get(spec.name).formula}")
     lines += [
         f"- student initialised from {origin}",
         f"- {recipe.train.epochs} epoch(s), batch {recipe.train.batch_size}, learning rate {recipe.train.learning_rate}, "
         f"seed {recipe.train.seed}",
-        f"- teacher outputs from the store: {report.get('store_key') or 'no (online teacher)'}",
+        f"- {stored} from the store: {report.get('store_key') or 'no (online teacher)'}",
         "",
         "The full recipe is in `recipe.yaml` beside this card; `distill run recipe.yaml` reproduces the run.",
         "",
@@ -53,12 +60,12 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "",
     ]
     seen = set()
-    for spec in losses:
+    for spec in recipe.losses:
         cite = LOSSES.get(spec.name).citation
         if cite and cite not in seen:
             seen.add(cite)
             lines.append(f"- {spec.name}: {cite}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_model_card(out_dir: str | Path, recipe: Any, report: dict[str, Any], table: str) -> Path:
@@ -102,26 +109,7 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "## How it was trained",
         "",
     ]
-    for spec in recipe.losses:
-        params = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "defaults"
-        lines.append(f"- `{spec.name}` (weight {spec.weight}; {params}): {LOSSES.get(spec.name).formula}")
-    lines += [
-        f"- student initialised from {origin}",
-        f"- {recipe.train.epochs} epoch(s), batch {recipe.train.batch_size}, learning rate {recipe.train.learning_rate}, "
-        f"seed {recipe.train.seed}",
-        f"- teacher embeddings from the store: {report.get('store_key') or 'no (online teacher)'}",
-        "",
-        "The full recipe is in `recipe.yaml` beside this card; `distill run recipe.yaml` reproduces the run.",
-        "",
-        "## Citations",
-        "",
-    ]
-    seen = set()
-    for spec in recipe.losses:
-        cite = LOSSES.get(spec.name).citation
-        if cite and cite not in seen:
-            seen.add(cite)
-            lines.append(f"- {spec.name}: {cite}")
+    lines += training_and_citations(recipe, report, origin, "teacher embeddings")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,12 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
     import warnings
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, StaticEmbedding, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        StaticEmbedding,
+        Transformer,
+    )
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

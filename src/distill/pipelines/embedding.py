@@ -10,7 +10,6 @@ the student is saved as a sentence-transformers directory.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -27,8 +26,24 @@ from distill.data.splits import load_splits
 from distill.data.tokenize import same_tokenizer, to_dataset
 from distill.losses import LOSSES, LossContext, build_losses
 from distill.models import load_tokenizer
-from distill.pipeline import DONE, Plan, Run, _fingerprint, _hash_files, _kd_frame, _state
-from distill.sentence_encoder import SentenceEncoder, StaticEncoder, describe, load_encoder, resolve_encoder_dir
+from distill.pipeline import (
+    Plan,
+    Run,
+    _fingerprint,
+    _hash_files,
+    _kd_frame,
+    _state,
+    stage_checkpoints,
+    stage_done,
+    write_stage,
+)
+from distill.sentence_encoder import (
+    SentenceEncoder,
+    StaticEncoder,
+    describe,
+    load_encoder,
+    resolve_encoder_dir,
+)
 from distill.students.inherit import check_layers
 from distill.training import Distiller
 
@@ -138,7 +153,7 @@ class EmbeddingRun(Run):
                            else None,
                            "basis": None if basis is None or not r.student.static
                            else hashlib.sha256(basis.numpy().tobytes()).hexdigest()})
-        if (init / DONE).exists() and json.loads((init / DONE).read_text()).get("fingerprint") == fp:
+        if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
             return init
         from transformers import set_seed
@@ -166,13 +181,7 @@ class EmbeddingRun(Run):
                 model = SentenceEncoder(student_from_teacher(model.backbone, list(r.student.layers)),
                                         model.pooling, model.normalize)
             tokenizer = load_tokenizer(self.plan.info["student"]["backbone"])
-        tmp = Path(str(init) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / DONE).write_text(json.dumps({"fingerprint": fp}))
-        shutil.rmtree(init, ignore_errors=True)
-        os.replace(tmp, init)
+        write_stage(init, fp, lambda d: (model.save(d), tokenizer.save_pretrained(d)))
         self.student_tokenizer = tokenizer
         return init
 
@@ -223,24 +232,16 @@ class EmbeddingRun(Run):
             "store": getattr(store, "key", None),
             "teacher": self.teacher_fingerprint() if teacher is not None else None,
         })
-        if (final / DONE).exists() and json.loads((final / DONE).read_text()).get("fingerprint") == fp:
+        if (done := stage_done(final, fp)) is not None:
             self.log(f"{name}: already trained, reusing {final}")
-            self.report["training"][name] = json.loads((final / DONE).read_text()).get("training", {})
+            self.report["training"][name] = done.get("training", {})
             return load_encoder(final)
         set_seed(r.train.seed)
         model = load_encoder(init)
         # the online teacher needs its own inputs when the tokenizers differ or the student drops special tokens
         teacher_inputs = teacher is not None and (not self.plan.same_tokenizer or self.static)
         train_ds = self._dataset(frame, teacher_inputs)
-        ckpt = self.out / "checkpoints" / name
-        stamp = ckpt / "distill_stage.json"
-        with _state().main_process_first():
-            if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != fp):
-                self.log(f"{name}: discarding checkpoints of a different recipe in {ckpt}")
-                shutil.rmtree(ckpt, ignore_errors=True)
-            ckpt.mkdir(parents=True, exist_ok=True)
-            if _state().is_main_process:
-                stamp.write_text(json.dumps({"fingerprint": fp}))
+        ckpt = stage_checkpoints(self.out, name, fp, self.log)
         trainer = DistillTrainer(
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False), train_dataset=train_ds,
             data_collator=DistillCollator(self.student_tokenizer, self.teacher_tokenizer if teacher_inputs else None),
@@ -257,13 +258,7 @@ class EmbeddingRun(Run):
                 "train_loss": result.training_loss, "log_history": trainer.state.log_history}
         state = _state()
         if state.is_main_process:
-            tmp = Path(str(final) + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save(tmp)
-            self.student_tokenizer.save_pretrained(tmp)
-            (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            write_stage(final, fp, lambda d: (model.save(d), self.student_tokenizer.save_pretrained(d)), info)
             shutil.rmtree(ckpt, ignore_errors=True)
         state.wait_for_everyone()
         self.report["training"][name] = info
@@ -316,7 +311,12 @@ class EmbeddingRun(Run):
 
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred=None) -> dict[str, Any]:
         from distill.evaluation import count_parameters
-        from distill.evaluation.embedding import probe_accuracy, retrieval_agreement, similarity_agreement, throughput
+        from distill.evaluation.embedding import (
+            probe_accuracy,
+            retrieval_agreement,
+            similarity_agreement,
+            throughput,
+        )
 
         r, ev = self.recipe, self.recipe.eval
         special = not isinstance(model, StaticEncoder)
