@@ -394,6 +394,18 @@ class Run:
             spec=spec,
         )
 
+    def build_teacher_store(self, distiller: Distiller):
+        """`distill cache`: run the teacher over the recipe's training text into the store (or find it)."""
+        return self.open_or_build_store(distiller, _kd_frame(self.plan.splits))
+
+    def store_location(self, distiller: Distiller) -> tuple[Path, str]:
+        """(root, key) of the store this run would use, without running the teacher."""
+        spec = self.store_spec(distiller)
+        key = self.store_key(spec, _kd_frame(self.plan.splits))
+        from distill.store import default_store_root
+
+        return (Path(self.recipe.store.dir) if self.recipe.store.dir else default_store_root()), key
+
     def open_or_build_store(self, distiller: Distiller, kd_frame, build: bool = True):
         from distill.store import TeacherStore, build_store, default_store_root
         from distill.training.args import progress_enabled
@@ -730,7 +742,7 @@ def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None =
     distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
     if not distiller.needs_teacher:
         raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
-    return r.open_or_build_store(distiller, _kd_frame(r.plan.splits))
+    return r.build_teacher_store(distiller)
 
 
 def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log) -> str:
@@ -758,9 +770,7 @@ def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | N
     if r.teacher_tokenizer is None:
         r.teacher_tokenizer = load_tokenizer(r.teacher_path)
     distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
-    spec = r.store_spec(distiller)
-    key = r.store_key(spec, _kd_frame(r.plan.splits))
-    root = Path(recipe.store.dir) if recipe.store.dir else default_store_root()
+    root, key = r.store_location(distiller)
     if not (root / key / "manifest.json").exists():
         return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
     return format_info(TeacherStore.open(root / key).info())

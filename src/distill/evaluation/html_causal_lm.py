@@ -1,0 +1,99 @@
+"""report.html for ``task: causal-lm`` runs: held-out perplexity per domain for the teacher, the distilled
+student and the no-KD student, speed and size, the DDK domain weights over time, and sample generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.evaluation._charts import esc, megabytes, num, page
+
+ROLES = ("teacher", "student_kd", "student_no_kd")
+TITLES = {"teacher": "teacher", "student_kd": "distilled student", "student_no_kd": "student, no KD"}
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    m = report.get("models") or {}
+    s, b = m.get("student_kd"), m.get("student_no_kd")
+    if not s:
+        return "No student was evaluated."
+    text = f"The distilled student reaches a held-out perplexity of <b>{s['perplexity']:.2f}</b>"
+    if b:
+        better = "below" if s["perplexity"] < b["perplexity"] else "above"
+        text += f", {better} the <b>{b['perplexity']:.2f}</b> of the same student trained on the text alone"
+    t = m.get("teacher")
+    if t:
+        text += f" (teacher: {t['perplexity']:.2f})"
+    return text + "."
+
+
+def _table(models: dict[str, dict[str, Any]], domains: list[str]) -> str:
+    head = ["model", "perplexity"] + [f"ppl {d}" for d in domains] + ["tokens/s", "parameters", "MB"]
+    rows = []
+    for role in ROLES:
+        m = models.get(role)
+        if not m:
+            continue
+        per = m.get("perplexity_by_domain") or {}
+        cells = [TITLES[role], num(m.get("perplexity"), 2)] + [num(per.get(d), 2) for d in domains] + [
+            num(m.get("tokens_per_second"), 0), f"{m.get('parameters', 0):,}", megabytes(m.get("size_mb"))]
+        rows.append("<tr>" + "".join(f"<td>{esc(c) if i == 0 else c}</td>" for i, c in enumerate(cells)) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _ddk(report: dict[str, Any]) -> str:
+    ddk = report.get("ddk")
+    if not ddk:
+        return ""
+    names = ddk["domains"]
+    head = "<tr><th>step</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"
+    body = "".join("<tr><td>" + str(h["step"]) + "</td>" + "".join(f"<td>{w:.3f}</td>" for w in h["weights"])
+                   + "</tr>" for h in ddk["history"])
+    return "<h2>DDK domain weights</h2><table><thead>" + head + "</thead><tbody>" + body + "</tbody></table>"
+
+
+def _samples(report: dict[str, Any]) -> str:
+    samples = report.get("samples") or {}
+    if not samples:
+        return ""
+    out = ["<h2>Sample generations</h2>"]
+    prompts = [s["prompt"] for s in next(iter(samples.values()))]
+    for i, p in enumerate(prompts):
+        out.append(f'<div class="panel"><p><b>{esc(p)}</b></p>')
+        for role in ROLES:
+            if role in samples and i < len(samples[role]):
+                out.append(f"<p><span class=\"muted\">{esc(TITLES[role])}:</span> "
+                           f"{esc(samples[role][i]['continuation'])}</p>")
+        out.append("</div>")
+    return "".join(out)
+
+
+def render_causal_lm_report(report: dict[str, Any]) -> str:
+    from distill.evaluation.html_report import _versions, run_facts, training_charts
+
+    models = report.get("models") or {}
+    recipe = report.get("recipe") or {}
+    name = Path(str(recipe.get("output_dir") or "run")).name or "run"
+    sub = " \u00b7 ".join(esc(x) for x in (report.get("task", ""), report.get("created", "")) if x)
+    body = [
+        (f'<header class="top"><div class="eyebrow">distill report</div><h1>{esc(name)}</h1>'
+         f'<div class="muted">{sub}</div></header>'),
+        f'<div class="verdict">{_verdict(report)}</div>',
+        "<h2>Teacher vs students</h2>",
+        _table(models, list(report.get("domains") or [])),
+        ('<p class="muted small" style="margin-top:8px">Perplexity: exp of the mean next-token cross-entropy on '
+         "held-out chunks (prompt tokens excluded); tokens/s: forward passes over the held-out set.</p>"),
+        _ddk(report),
+        _samples(report),
+    ]
+    curves = training_charts(report.get("training") or {})
+    if curves:
+        body += ["<h2>Training</h2>", curves]
+    body += ["<h2>Run</h2>", f'<div class="panel">{run_facts(report)}</div>']
+    if recipe:
+        body += ["<h2>Recipe</h2>", f"<pre><code>{esc(yaml.safe_dump(recipe, sort_keys=False))}</code></pre>"]
+    body.append(f"<footer>{_versions(report)}</footer>")
+    return page(f"distill report \u00b7 {name}", "\n".join(body))

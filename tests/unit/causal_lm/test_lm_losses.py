@@ -1,0 +1,131 @@
+"""Token-level LM losses: skew KL golden values (hand-computed in plain math), next-token masking, and the
+exact equivalence of 4 accumulated micro-batches with one 4x batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.config import RecipeError
+from distill.data.text_lm import CausalLMCollator
+from distill.losses import KDLoss, check_params
+from distill.outputs import ModelOutputs
+
+Z_T = [[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -2.0]]
+Z_S = [[0.0, 1.0, 0.5, -0.5], [1.5, -1.0, 0.0, 0.3]]
+
+
+def _softmax(row, t=1.0):
+    m = max(x / t for x in row)
+    e = [math.exp(x / t - m) for x in row]
+    return [x / sum(e) for x in e]
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def _skew_value(direction: str, a: float, t: float) -> float:
+    vals = []
+    for zt, zs in zip(Z_T, Z_S):
+        p, q = _softmax(zt, t), _softmax(zs, t)
+        if direction == "forward":
+            vals.append(_kl(p, [a * x + (1 - a) * y for x, y in zip(p, q)]))
+        else:
+            vals.append(_kl(q, [a * y + (1 - a) * x for x, y in zip(p, q)]))
+    return t * t * sum(vals) / len(vals)
+
+
+@pytest.mark.parametrize("divergence,direction", [("forward_kl", "forward"), ("reverse_kl", "reverse")])
+@pytest.mark.parametrize("skew,t", [(0.1, 1.0), (0.5, 2.0), (0.0, 1.0)])
+def test_skew_kl_golden(divergence, direction, skew, t):
+    loss = KDLoss(temperature=t, divergence=divergence, skew=skew)
+    got = loss(ModelOutputs(logits=torch.tensor(Z_S)), ModelOutputs(logits=torch.tensor(Z_T)), {})
+    assert float(got) == pytest.approx(_skew_value(direction, skew, t), abs=1e-6, rel=1e-6)
+
+
+def test_skew_is_zero_at_identity_and_rejected_elsewhere():
+    z = torch.tensor(Z_T)
+    assert float(KDLoss(skew=0.3)(ModelOutputs(logits=z), ModelOutputs(logits=z), {})) == pytest.approx(0, abs=1e-7)
+    for bad in (-0.1, 1.0, "0.1", True):
+        with pytest.raises(RecipeError, match="skew"):
+            check_params("kd", {"skew": bad}, "losses[0]")
+    with pytest.raises(RecipeError, match="skew"):
+        check_params("kd", {"skew": 0.1, "divergence": "jsd"}, "losses[0]")
+
+
+def test_lm_kd_uses_the_next_token_mask():
+    """Prompt and padding positions (loss_mask 0) make no difference; the last real token predicts nothing."""
+    collate = CausalLMCollator(pad_token_id=0)
+    batch = collate([{"input_ids": [5, 6, 7, 8, 9], "prompt_length": 2},
+                     {"input_ids": [5, 6, 7], "prompt_length": 0}])
+    assert batch["labels"].tolist() == [[-100, 7, 8, 9, -100], [6, 7, -100, -100, -100]]
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    loss = KDLoss(temperature=1.0)
+    base = loss(ModelOutputs(logits=zs), ModelOutputs(logits=zt), batch)
+    zs2 = zs.clone()
+    zs2[batch["loss_mask"] == 0] = 100.0  # garbage at untrained positions
+    assert torch.allclose(loss(ModelOutputs(logits=zs2), ModelOutputs(logits=zt), batch), base)
+    # equals the mean of per-position KLs at the trained positions
+    m = batch["loss_mask"].bool()
+    per = torch.nn.functional.kl_div(zs.log_softmax(-1), zt.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(base, per[m].mean(), atol=1e-6)
+
+
+# -- gradient accumulation ---------------------------------------------------------------------------------
+def _rows(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(4, 12, (1,), generator=g))
+        ids = torch.randint(3, 30, (length,), generator=g).tolist()
+        rows.append({"input_ids": ids, "prompt_length": i % 3, "domain": 0, "example_index": i})
+    return rows
+
+
+def _one_step(tmp_path, tiny_llama, lm_tokenizer, batch, accum, losses):
+    from transformers import AutoModelForCausalLM
+
+    from distill.config import LossConfig, TrainConfig
+    from distill.data.text_lm import RowDataset
+    from distill.losses import LossContext, build_losses
+    from distill.students import student_from_teacher
+    from distill.training import Distiller, DistillTrainer
+    from distill.training.args import training_arguments
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    student = student_from_teacher(teacher, [0, 3])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    distiller = Distiller(build_losses([LossConfig(**s) for s in losses], LossContext()))
+    cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5,
+                      warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0)
+    args = training_arguments(cfg, str(tmp_path / f"b{batch}"), evaluate=False, optim="sgd", save_strategy="no",
+                              data_seed=None)
+    # same order for both runs: a sequential sampler
+    trainer = DistillTrainer(model=student, args=args, train_dataset=RowDataset(_rows()),
+                             data_collator=CausalLMCollator(0), distiller=distiller, teacher=teacher,
+                             token_level=True)
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+    trainer.train()
+    after = student.state_dict()
+    return {k: after[k] - before[k] for k in before}, trainer
+
+
+@pytest.mark.parametrize("losses", [
+    [{"name": "kd", "weight": 1.0, "params": {"temperature": 2.0}}, {"name": "ce", "weight": 0.5}],
+    [{"name": "kd", "weight": 1.0, "params": {"divergence": "jsd", "beta": 0.3}}],
+])
+def test_four_micro_batches_equal_one_big_batch(tmp_path, tiny_llama, lm_tokenizer, losses):
+    big, t_big = _one_step(tmp_path, tiny_llama, lm_tokenizer, batch=8, accum=1, losses=losses)
+    small, t_small = _one_step(tmp_path, tiny_llama, lm_tokenizer, batch=2, accum=4, losses=losses)
+    moved = 0
+    for k in big:
+        torch.testing.assert_close(small[k], big[k], atol=1e-6, rtol=1e-4)
+        moved += int(big[k].abs().sum() > 0)
+    assert moved > 5
+    loss_big = [h["loss"] for h in t_big.state.log_history if "loss" in h][0]
+    loss_small = [h["loss"] for h in t_small.state.log_history if "loss" in h][0]
+    assert loss_small == pytest.approx(loss_big, rel=1e-4)
