@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/runs/bench_embeddings")
     ap.add_argument("--skip", nargs="*", default=[], choices=["static", "layers", "model2vec", "st_mse", "minilm"])
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     ap.add_argument("--speed-only", action="store_true",
                     help="only re-time encoding of the models a previous full run saved under --out (run it on a "
                          "quiet machine: timings taken while other jobs run are noise)")
@@ -158,7 +159,7 @@ def main() -> None:
     from distill.pipelines.embedding import EmbeddingRun
     from distill.packaged import resolve_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {}

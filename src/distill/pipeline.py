@@ -530,7 +530,22 @@ class Run:
         r = self.recipe
         test = to_dataset(self.plan.splits.test, tokenizer, max_length=r.data.max_length)
         collate = DistillCollator(tokenizer)
-        logits = predict_logits(model, test, collate, batch_size=r.train.eval_batch_size, desc=f"evaluating {role}")
+
+        def predict() -> np.ndarray:
+            return predict_logits(model, test, collate, batch_size=r.train.eval_batch_size, desc=f"evaluating {role}")
+
+        if role == "teacher":  # every run of this recipe scores the same teacher on the same text: once
+            from distill.store import default_store_root, fingerprint_rows
+            from distill.store.eval_cache import cached_teacher_outputs
+
+            logits = cached_teacher_outputs(
+                Path(r.store.dir) if r.store.dir else default_store_root(),
+                {"what": "test-logits", "teacher": self.teacher_fingerprint(), "max_length": r.data.max_length,
+                 "texts": fingerprint_rows(list(zip(self.plan.splits.test["text"],
+                                                    self.plan.splits.test.get("text_pair", self.plan.splits.test["text"]))))},
+                predict, write=_state().is_main_process)
+        else:
+            logits = predict()
         self.test_probs[role] = softmax(logits).astype(np.float32)
         labels = np.asarray(self.plan.splits.test["label"])
         metrics = classification_metrics(logits, labels, teacher_pred)

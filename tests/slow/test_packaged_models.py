@@ -49,3 +49,25 @@ def test_short_real_distillation(tmp_path, store_root):
     clf = pipeline("text-classification", model=str(tmp_path / "run" / "student"))
     assert clf("A warm, funny and moving film.")[0]["label"] in {"positive", "negative"}
     assert json.loads((tmp_path / "run" / "report.json").read_text())["data"]["test"] == 2_114
+
+
+def test_short_real_embedding_distillation(tmp_path, store_root):
+    """`distill demo embeddings`, cut down: 3 mpnet layers on 256 snippets; the export encodes like the teacher's
+    family (768-d, unit length) and agrees with the teacher better than chance."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from distill.cli.demo import demo_recipe_path
+    from distill.config import load_recipe
+    from distill.pipeline import run
+
+    recipe = load_recipe(demo_recipe_path("embeddings"), [
+        f"output_dir={tmp_path / 'run'}", "data.max_train_examples=256", "data.test_fraction=0.03",
+        "train.epochs=1", "eval.probe_sets=[tweet_snippets]", "eval.probe_rows=200",
+        "eval.agreement_pairs=2000", "eval.throughput_sentences=64",
+    ])
+    report = run(recipe)
+    assert set(report["models"]) == {"teacher", "student_kd", "student_untrained"}
+    assert report["models"]["student_kd"]["spearman"] > 0.5
+    vecs = SentenceTransformer(str(tmp_path / "run" / "student"), device="cpu").encode(["a moving film"])
+    assert vecs.shape == (1, 768) and abs(float(np.linalg.norm(vecs)) - 1.0) < 1e-4

@@ -293,21 +293,14 @@ class EmbeddingRun(Run):
         if role != "teacher":
             return encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special)
         from distill.store import default_store_root, fingerprint_rows
+        from distill.store.eval_cache import cached_teacher_outputs
 
-        root = Path(r.store.dir) if r.store.dir else default_store_root()
-        key = _fingerprint({"teacher": self.teacher_fingerprint(), "texts": fingerprint_rows(texts),
-                            "max_length": r.data.max_length})
-        path = root / "eval-embeddings" / f"{key}.npy"
-        if path.exists():
-            return np.load(path)
-        emb = encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special)
-        if _state().is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, emb)
-            os.replace(tmp, path)  # written whole or not at all
-        return emb
+        return cached_teacher_outputs(
+            Path(r.store.dir) if r.store.dir else default_store_root(),
+            {"what": "sentence-embeddings", "teacher": self.teacher_fingerprint(), "texts": fingerprint_rows(texts),
+             "max_length": r.data.max_length},
+            lambda: encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special),
+            write=_state().is_main_process)
 
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred=None) -> dict[str, Any]:
         from distill.evaluation import count_parameters
