@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _common import append_results, mean_std
 
-from distill.config import recipe_from_dict
+from distill.config import DataFreeConfig, recipe_from_dict
 from distill.pipelines.vision import VisionRun
 
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
@@ -37,7 +37,8 @@ def recipe(seed: int, args, out: Path) -> dict:
         "store": {"topk": args.topk, "dir": str(CACHE / "stores")},
         "vision": {"augment": {"pad": 2, "rotate": 10.0},
                    "datafree": {"num_images": args.df_images, "batch_size": 128, "steps": args.df_steps,
-                                "ce_weight": args.df_ce, "tv_weight": args.df_tv, "jitter": args.df_jitter}},
+                                "ce_weight": args.df_ce, "tv_weight": args.df_tv, "jitter": args.df_jitter,
+                                "epochs": args.df_epochs}},
         "train": {"epochs": args.epochs, "batch_size": 64, "learning_rate": 0.003, "weight_decay": 1e-4,
                   "seed": seed},
         "eval": {"latency_batch_sizes": [1, 64], "latency_repeats": 20, "latency_threads": 1},
@@ -50,11 +51,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--topk", type=int, default=3)
-    ap.add_argument("--df-images", type=int, default=512)
-    ap.add_argument("--df-steps", type=int, default=50)
-    ap.add_argument("--df-ce", type=float, default=1.0, help="class cross-entropy weight (0: statistics only)")
-    ap.add_argument("--df-tv", type=float, default=1.0, help="total-variation prior weight")
-    ap.add_argument("--df-jitter", type=int, default=2, help="random shift (px) per synthesis step")
+    df = DataFreeConfig()  # the bench runs the recipe defaults unless told otherwise
+    ap.add_argument("--df-images", type=int, default=df.num_images)
+    ap.add_argument("--df-steps", type=int, default=df.steps)
+    ap.add_argument("--df-ce", type=float, default=df.ce_weight,
+                    help="class cross-entropy weight (0: statistics only)")
+    ap.add_argument("--df-tv", type=float, default=df.tv_weight, help="total-variation prior weight")
+    ap.add_argument("--df-jitter", type=int, default=df.jitter, help="random shift (px) per synthesis step")
+    ap.add_argument("--df-epochs", type=int, default=df.epochs, help="student epochs over the synthetic images")
     ap.add_argument("--out", default="runs/bench_vision")
     args = ap.parse_args()
     reports = []
@@ -77,11 +81,12 @@ def main() -> None:
         f"rotation <= 10 deg, seeded per image and epoch. KD student trains from the TinyViT store "
         f"(top-{args.topk} probabilities + view seed per image per epoch, teacher never run during training); "
         f"no-KD student: same init, epochs and views, labels only. Data-free: {args.df_images} images synthesised "
-        f"per seed (Genie-style: generator + per-image latents optimised jointly, {args.df_steps} Adam steps per "
-        f"batch of 128; BatchNorm statistics of all teacher BN layers + {args.df_ce} x class CE + {args.df_tv} x "
-        f"total variation, jitter {args.df_jitter} px; teacher's agreement with the drawn labels "
-        f"{statistics.mean(r['datafree']['label_hit_rate'] for r in reports):.3f}), then kd (T=4) on them with "
-        f"the online teacher, {args.epochs} epochs. "
+        f"per seed (Genie-style: generator (width {df.generator_width}, Adam lr {df.learning_rate}) + per-image "
+        f"latents (lr {df.latent_learning_rate}) optimised jointly, {args.df_steps} steps per batch of 128; "
+        f"BatchNorm statistics of all teacher BN layers (first x {df.first_bn_weight}) + {args.df_ce} x class CE + "
+        f"{args.df_tv} x total variation, jitter {args.df_jitter} px; teacher's agreement with the drawn labels "
+        f"{statistics.mean(r['datafree']['label_hit_rate'] for r in reports):.3f}), then kd (T=4) on augmented "
+        f"views of them with the online teacher, {args.df_epochs or args.epochs} epochs. "
         f"Seeds {args.seeds}; mean ± std. torch threads 1.\n\n"
         "| model | accuracy | params | size MB | ms at b1 | ms at b64 | s / epoch |\n|---|---|---|---|---|---|---|\n"
         f"| teacher | {mean_std(acc['teacher'])} | {m0['teacher']['parameters']:,} | {m0['teacher']['size_mb']:.3f} | "

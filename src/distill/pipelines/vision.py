@@ -269,7 +269,8 @@ class VisionRun(Run):
         self.evaluate("student_datafree", student, None, teacher_pred)
         self.report["datafree"] = {"images": int(data.images.shape[0]), "synthesis_seconds": syn["seconds"],
                                    "final_bns_loss": float(np.mean(syn["bns_loss"])),
-                                   "label_hit_rate": syn["label_hit_rate"], "settings": settings.__dict__}
+                                   "label_hit_rate": syn["label_hit_rate"], "settings": settings.__dict__,
+                                   "student_epochs": cfg.epochs or self.epochs}
 
     # -- the run ------------------------------------------------------------------------------------------
     def __call__(self) -> dict[str, Any]:

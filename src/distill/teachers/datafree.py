@@ -8,7 +8,12 @@ its real training data):
     L_BNS = sum_l ( ||mu_l(x) - mu_l^run||_2 + ||sigma_l(x) - sigma_l^run||_2 )
 
 Genie optimises the generator and the latents jointly (the generator shares structure across samples, the
-latents keep them diverse); so does this module (one Adam over both). Added to the statistics term:
+latents keep them diverse); so does this module: one Adam with two rates, Genie's effective 0.01 for the
+generator and 0.1 for the latents (``learning_rate`` / ``latent_learning_rate``), cosine-annealed over
+``steps``. The first BatchNorm layer's term is multiplied by ``first_bn_weight`` (default 10, DeepInversion's
+``first_bn_multiplier``): it is the layer that sees the pixels. Images are made in the teacher's own input
+space: the packaged CNNs are trained on [0, 1] pixels without normalisation, and the generator ends in a
+sigmoid. Added to the statistics term:
 
 - ``ce_weight`` (default 1.0): a cross-entropy of the teacher's prediction to a label drawn per image
   (class conditioning as in DeepInversion / ZeroQ). With the statistics term alone the images match the
@@ -23,7 +28,9 @@ latents keep them diverse); so does this module (one Adam over both). Added to t
   same idea is applied to the input, as DeepInversion's jitter does.
 
 Each BatchNorm2d layer of the teacher contributes to ``L_BNS`` (they are all hooked). After ``steps``
-updates the batch is frozen; the student then learns with ``kd`` from the (online) teacher on the images.
+updates the batch is frozen; the student then learns with ``kd`` from the (online) teacher on seeded
+augmented views of the images, for many epochs (``vision.datafree.epochs``, default 160): the set is small, and
+on the MNIST bench the student's epochs mattered more than anything in the synthesis (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -40,14 +47,14 @@ from torch import nn
 
 @dataclass(frozen=True)
 class SynthesisSettings:
-    num_images: int = 1024
+    num_images: int = 256
     batch_size: int = 128
-    steps: int = 200
-    learning_rate: float = 0.05
-    latent_learning_rate: float | None = None
+    steps: int = 150
+    learning_rate: float = 0.01
+    latent_learning_rate: float | None = 0.1
     latent_dim: int = 64
-    generator_width: int = 64
-    first_bn_weight: float = 1.0
+    generator_width: int = 32
+    first_bn_weight: float = 10.0
     ce_weight: float = 1.0
     tv_weight: float = 1.0
     l2_weight: float = 0.0
@@ -61,7 +68,8 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    """latent (B, D) -> image (B, C, H, W) in [0, 1]: linear to a quarter-size map, two up-sampling convs."""
+    """latent (B, D) -> image (B, C, H, W) in [0, 1]: linear to a quarter-size map, two up-sampling convs
+    (``base`` channels, then ``base // 2``)."""
 
     def __init__(self, latent_dim: int, channels: int, height: int, width: int, base: int = 64):
         super().__init__()

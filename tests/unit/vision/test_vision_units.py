@@ -176,3 +176,23 @@ def test_datafree_hooks_every_batchnorm_layer_and_the_class_term_steers_labels()
     assert total_variation(smooth["images"]) < total_variation(plain["images"])
     jittered = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(**{**base, "jitter": 1, "steps": 3}))
     assert jittered["images"].shape == (32, 1, 8, 8)
+
+
+def test_datafree_first_bn_weight_scales_only_the_first_layer_and_latents_get_their_own_rate():
+    from distill.teachers.datafree import BNStatistics, SynthesisSettings, synthesize
+
+    torch.manual_seed(0)
+    teacher = build_image_model("packaged:cnn-tiny", 4, 1).eval()
+    x = torch.rand(8, 1, 8, 8)
+    plain = BNStatistics(teacher)
+    teacher(pixel_values=x)
+    base, plain.losses = list(plain.losses), []
+    plain.remove()
+    heavy = BNStatistics(teacher, first_weight=10.0)
+    teacher(pixel_values=x)
+    heavy.remove()
+    assert torch.allclose(heavy.losses[0], 10 * base[0])
+    assert all(torch.allclose(a, b) for a, b in zip(heavy.losses[1:], base[1:]))
+    out = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(num_images=8, batch_size=8, steps=2,
+                                                              latent_learning_rate=None, generator_width=8))
+    assert out["images"].shape == (8, 1, 8, 8)
