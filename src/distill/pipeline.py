@@ -763,7 +763,7 @@ def cache(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None =
 def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | None = None, log: Log = _log) -> str:
     """Describe the store a recipe would use, without running the teacher."""
     from distill.config import load_recipe
-    from distill.store import TeacherStore, default_store_root
+    from distill.store import TeacherStore
     from distill.store.reader import format_info
 
     if not isinstance(recipe, Recipe):

@@ -10,7 +10,6 @@ the student is saved as a sentence-transformers directory.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from pathlib import Path
