@@ -52,8 +52,8 @@ def test_short_real_distillation(tmp_path, store_root):
 
 
 def test_short_real_embedding_distillation(tmp_path, store_root):
-    """`distill demo embeddings`, cut down: 3 mpnet layers on 256 snippets; the export encodes like the teacher's
-    family (768-d, unit length) and agrees with the teacher better than chance."""
+    """`distill demo embeddings`, cut down: 3 mpnet layers on 256 snippets; distillation moves the student
+    towards the teacher, and the export encodes like the teacher's family (768-d, unit length)."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
@@ -68,6 +68,7 @@ def test_short_real_embedding_distillation(tmp_path, store_root):
     ])
     report = run(recipe)
     assert set(report["models"]) == {"teacher", "student_kd", "student_untrained"}
-    assert report["models"]["student_kd"]["spearman"] > 0.5
+    models = report["models"]  # 8 steps on 256 sentences: clearly better than the start, nowhere near the end
+    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
     vecs = SentenceTransformer(str(tmp_path / "run" / "student"), device="cpu").encode(["a moving film"])
     assert vecs.shape == (1, 768) and abs(float(np.linalg.norm(vecs)) - 1.0) < 1e-4
