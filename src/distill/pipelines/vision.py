@@ -17,9 +17,7 @@ Stages and their differences from a text run:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from distill._dataclass_io import RecipeError
 from distill.config import Recipe
 from distill.data.images import Augment, ImageSet, ImageSplits, load_image_splits
 from distill.losses import LossContext, build_losses
-from distill.pipeline import DONE, Plan, Run, _fingerprint
+from distill.pipeline import DONE, Plan, Run, _fingerprint, stage_done, write_stage
 from distill.students.vision import (
     SmallCNN,
     build_image_model,
@@ -137,10 +135,10 @@ class VisionRun(Run):
         fp = _fingerprint({"model": r.teacher.model, "finetune": ft.__dict__, "augment": self.augment.__dict__,
                            "data": _tensor_digest(self.splits.train.images, self.splits.train.labels)})
         self.teacher_path = str(folder)
-        if (folder / DONE).exists() and json.loads((folder / DONE).read_text()).get("fingerprint") == fp:
+        if (done := stage_done(folder, fp)) is not None:
             self.log(f"teacher: already trained, reusing {folder}")
             self._teacher = load_image_model(folder).eval()
-            self.report["training"]["teacher"] = json.loads((folder / DONE).read_text()).get("training", {})
+            self.report["training"]["teacher"] = done.get("training", {})
             return
         model = self._new_model(r.teacher.model, ft.seed)
         ce = Distiller(build_losses([type(r.losses[0])(name="ce")], self.plan.loss_context))
@@ -150,12 +148,7 @@ class VisionRun(Run):
                                  batch_size=ft.batch_size, learning_rate=ft.learning_rate,
                                  weight_decay=ft.weight_decay, seed=ft.seed, augment=self.augment, log=self.log,
                                  checkpoint=ckpt, checkpoint_key=fp)
-        tmp = Path(str(folder) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_image_model(model, tmp, self.splits.labels)
-        (tmp / DONE).write_text(json.dumps({"fingerprint": fp, "training": info}, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        write_stage(folder, fp, lambda d: save_image_model(model, d, self.splits.labels), info)
         remove_checkpoint(ckpt)
         self.report["training"]["teacher"] = info
         self._teacher = model.eval()
