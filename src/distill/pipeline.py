@@ -271,6 +271,20 @@ def write_stage(folder: Path, fp: str, write: Callable[[Path], None], training: 
     os.replace(tmp, folder)
 
 
+def train_resuming(trainer: Any, ckpt: Path, name: str, resume: bool, log: Log) -> dict[str, Any]:
+    """Train, continuing from the stage's last checkpoint when there is one (and ``resume`` allows it);
+    returns the stage's training record (time, steps, loss, the trainer's log history)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and resume else None
+    if last:
+        log(f"{name}: resuming from {last}")
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    return {"seconds": time.perf_counter() - t0, "steps": result.global_step,
+            "train_loss": result.training_loss, "log_history": trainer.state.log_history}
+
+
 def stage_checkpoints(out: Path, name: str, fp: str, log: Log) -> Path:
     """The checkpoint folder of stage ``name``; checkpoints left by a different recipe are discarded (a
     resumed run must continue the same training, never a stale one)."""
@@ -457,8 +471,6 @@ class Run:
     def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
                       teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, set_seed
-        from transformers.trainer_utils import get_last_checkpoint
-
         from distill.evaluation.metrics import compute_metrics_fn
         from distill.export import save_student
         from distill.training.args import training_arguments
@@ -495,19 +507,9 @@ class Run:
             data_collator=DistillCollator(self.student_tokenizer, ttok), compute_metrics=compute_metrics_fn,
             distiller=distiller, teacher=teacher, store=store,
         )
-        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and r.train.resume else None
-        if last:
-            self.log(f"{name}: resuming from {last}")
         self.log(f"{name}: training on {len(train_ds)} examples "
                  f"({'teacher from the store' if store is not None else 'online teacher' if teacher is not None else 'labels only'})")
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
-        info = {
-            "seconds": time.perf_counter() - t0,
-            "steps": result.global_step,
-            "train_loss": result.training_loss,
-            "log_history": trainer.state.log_history,
-        }
+        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         state = _state()
         if state.is_main_process:
             write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels), info)

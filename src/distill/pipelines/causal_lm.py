@@ -41,6 +41,7 @@ from distill.pipeline import (
     _state,
     stage_checkpoints,
     stage_done,
+    train_resuming,
     write_stage,
 )
 from distill.students.inherit import check_layers
@@ -320,7 +321,6 @@ class CausalLMRun(Run):
                       teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
         """``frame`` is the list of training rows."""
         from transformers import set_seed
-        from transformers.trainer_utils import get_last_checkpoint
 
         from distill.training import DistillTrainer
         from distill.training.args import training_arguments
@@ -361,15 +361,11 @@ class CausalLMRun(Run):
         ddk_cb = None
         if ddk is not None:
             ddk_cb = self._ddk(trainer, rows, ddk)
-        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and r.train.resume else None
         mode = "teacher from the store" if store is not None else "online teacher" if teacher is not None else "text only"
         self.log(f"{name}: training on {len(rows)} rows ({mode}{', on-policy' if on_policy else ''}"
                  f"{', DDK' if ddk_cb else ''})")
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
-        info: dict[str, Any] = {"seconds": time.perf_counter() - t0, "steps": result.global_step,
-                                "train_loss": result.training_loss, "log_history": trainer.state.log_history}
-        info["seconds_per_step"] = info["seconds"] / max(result.global_step, 1)
+        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+        info["seconds_per_step"] = info["seconds"] / max(info["steps"], 1)
         if ddk_cb is not None:
             info["ddk_history"] = ddk_cb.history
             self.report["ddk"] = {"domains": self.domains, "history": ddk_cb.history}

@@ -34,6 +34,7 @@ from distill.pipeline import (
     _state,
     stage_checkpoints,
     stage_done,
+    train_resuming,
     write_stage,
 )
 from distill.sentence_encoder import (
@@ -216,7 +217,6 @@ class EmbeddingRun(Run):
     def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
                       teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
         from transformers import set_seed
-        from transformers.trainer_utils import get_last_checkpoint
 
         from distill.data.collator import DistillCollator
         from distill.store import fingerprint_rows
@@ -246,15 +246,9 @@ class EmbeddingRun(Run):
             data_collator=DistillCollator(self.student_tokenizer, self.teacher_tokenizer if teacher_inputs else None),
             distiller=distiller, teacher=teacher, store=store,
         )
-        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and r.train.resume else None
-        if last:
-            self.log(f"{name}: resuming from {last}")
         self.log(f"{name}: training on {len(train_ds)} sentences "
                  f"({'teacher from the store' if store is not None else 'online teacher'})")
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
-        info = {"seconds": time.perf_counter() - t0, "steps": result.global_step,
-                "train_loss": result.training_loss, "log_history": trainer.state.log_history}
+        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         state = _state()
         if state.is_main_process:
             write_stage(final, fp, lambda d: (model.save(d), self.student_tokenizer.save_pretrained(d)), info)
