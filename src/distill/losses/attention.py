@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from distill.layer_map import check_layer_map_spec, resolve_layer_map
-from distill.losses.base import DistillLoss, register_loss
+from distill.losses.base import DistillLoss, register_loss, reject_context
 from distill.outputs import QKV, ModelOutputs
 
 
@@ -98,11 +98,6 @@ def resolve_layer(value: Any, num_layers: int | None, name: str) -> int | None:
     return int(value)
 
 
-def _no_context(context: dict[str, Any]) -> None:
-    if context:  # widths and depths come from the models (LossContext), never from the recipe
-        raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
-
-
 # ------------------------------------------------------------------------------------------ attention_mse
 @register_loss
 class AttentionMSELoss(DistillLoss):
@@ -153,7 +148,7 @@ class AttentionMSELoss(DistillLoss):
     @staticmethod
     def validate_params(layer_map: Any = "uniform", on: str = "scores", head_mode: str = "match",
                         **context: Any) -> None:
-        _no_context(context)
+        reject_context(context)
         check_layer_map_spec(layer_map)
         if on not in ("scores", "probs"):
             raise ValueError(f"on: {on!r} is not allowed; choose scores (TinyBERT) or probs")
@@ -258,7 +253,7 @@ class MiniLMLoss(DistillLoss):
     @staticmethod
     def validate_params(teacher_layer: Any = "last", student_layer: Any = "last", value_relation: bool = True,
                         **context: Any) -> None:
-        _no_context(context)
+        reject_context(context)
         check_layer(teacher_layer, "teacher_layer")
         check_layer(student_layer, "student_layer")
         if not isinstance(value_relation, bool):

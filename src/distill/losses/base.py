@@ -96,6 +96,13 @@ def loss_parameters(name: str) -> dict[str, inspect.Parameter]:
     }
 
 
+def reject_context(context: dict[str, Any]) -> None:
+    """For ``validate_params``: widths and depths come from the models (:class:`LossContext`), never from
+    the recipe."""
+    if context:
+        raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
+
+
 def check_params(name: str, params: dict[str, Any], path: str) -> None:
     """Fail early on a parameter the loss does not take, or a value its constructor rejects."""
     allowed = loss_parameters(name)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses.base import DistillLoss, LossContext, register_loss
+from distill.losses.base import DistillLoss, LossContext, register_loss, reject_context
 from distill.outputs import ModelOutputs
 
 NORM_EPS = 1e-6
@@ -32,11 +32,6 @@ PROJECTORS = ("auto", "linear", "none", "pca")
 # ----------------------------------------------------------------------------------------------------------
 # Shared pieces
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _reject_context(context: dict[str, Any]) -> None:
-    if context:  # widths come from the models (LossContext), never from the recipe
-        raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
 
 
 def _check_positive_number(name: str, value: Any, hint: str) -> None:
@@ -195,7 +190,7 @@ class EmbeddingLoss(DistillLoss):
 
     @staticmethod
     def validate_params(loss: str = "mse", projector: str = "auto", **context: Any) -> None:
-        _reject_context(context)
+        reject_context(context)
         _check_choice("loss", loss, ("mse", "cosine"))
         _check_choice("projector", projector, PROJECTORS)
 
@@ -266,7 +261,7 @@ class AffinityLoss(DistillLoss):
 
     @staticmethod
     def validate_params(temperature: float = 0.05, include_self: bool = False, **context: Any) -> None:
-        _reject_context(context)
+        reject_context(context)
         _check_positive_number("temperature", temperature, "0.02-0.1 is usual for unit vectors")
         if not isinstance(include_self, bool):
             raise TypeError(f"include_self: {include_self!r} is not allowed; use true or false")
@@ -340,7 +335,7 @@ class ContrastiveLoss(DistillLoss):
 
     @staticmethod
     def validate_params(temperature: float = 0.05, projector: str = "auto", **context: Any) -> None:
-        _reject_context(context)
+        reject_context(context)
         _check_positive_number("temperature", temperature, "0.02-0.1 is usual for unit vectors")
         _check_choice("projector", projector, PROJECTORS)
 
@@ -435,7 +430,7 @@ class CRDLoss(DistillLoss):
     def validate_params(
         dim: int = 128, temperature: float = 0.07, queue_size: int = 4096, **context: Any
     ) -> None:
-        _reject_context(context)
+        reject_context(context)
         _check_int("dim", dim, 1, "128 in CRD")
         _check_positive_number("temperature", temperature, "0.07 in CRD")
         _check_int("queue_size", queue_size, 0, "0 = in-batch negatives only; keep it below the dataset size")

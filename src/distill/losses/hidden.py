@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.layer_map import check_layer_map_spec, resolve_layer_map
-from distill.losses.base import DistillLoss, LossContext, register_loss
+from distill.losses.base import DistillLoss, LossContext, register_loss, reject_context
 from distill.outputs import ModelOutputs
 
 
@@ -107,8 +107,7 @@ class HiddenStateLoss(DistillLoss):
     @staticmethod
     def validate_params(loss: str = "mse", layer_map: Any = "uniform", pooling: str = "none",
                         projector: str = "auto", normalize: bool = False, **context: Any) -> None:
-        if context:  # widths and depths come from the models (LossContext), never from the recipe
-            raise ValueError(f"{', '.join(sorted(context))}: set from the models, not in the recipe")
+        reject_context(context)
         if loss not in ("mse", "cosine"):
             raise ValueError(f"loss: {loss!r} is not allowed; choose mse or cosine")
         if pooling not in ("none", "mean", "cls"):

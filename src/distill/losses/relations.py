@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.attention import (
-    _no_context,
     check_layer,
     layer_qkv,
     masked_log_softmax,
@@ -22,7 +21,7 @@ from distill.losses.attention import (
     row_kl,
     token_mask,
 )
-from distill.losses.base import DistillLoss, register_loss
+from distill.losses.base import DistillLoss, register_loss, reject_context
 from distill.outputs import ModelOutputs
 
 RELATIONS = tuple(a + b for a in "qkv" for b in "qkv")  # qq, qk, ..., vv
@@ -103,7 +102,7 @@ class MiniLMv2Loss(DistillLoss):
     @staticmethod
     def validate_params(relation_heads: int = 48, relations: Any = ("qq", "kk", "vv"), teacher_layer: Any = "last",
                         student_layer: Any = "last", **context: Any) -> None:
-        _no_context(context)
+        reject_context(context)
         if isinstance(relation_heads, bool) or not isinstance(relation_heads, int) or relation_heads < 1:
             raise ValueError(f"relation_heads: {relation_heads!r} is not allowed; use a positive integer (48 for "
                              "base-size teachers)")
@@ -253,7 +252,7 @@ class TRGLoss(DistillLoss):
                         tau: float = 0.1, tau_start: float | None = None, anneal_steps: int = 0,
                         tokens_per_example: int = 0, inner_weight: float = 1.0, local_weight: float = 1.0,
                         global_weight: float = 1.0, projector: str = "auto", **context: Any) -> None:
-        _no_context(context)
+        reject_context(context)
 
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
