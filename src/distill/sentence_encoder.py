@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill._dataclass_io import RecipeError
+from distill.models import mean_pool
 from distill.outputs import ModelOutputs
 
 ENCODER_FILE = "distill_encoder.json"
@@ -38,9 +39,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Te
     if mode == "lasttoken":  # right padding: the last real token of each row
         last = mask.sum(dim=1).clamp_min(1) - 1  # (B,)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    summed = (hidden * m).sum(dim=1)
-    count = m.sum(dim=1).clamp_min(1.0)
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
+    if mode == "mean":
+        return mean_pool(hidden, mask)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0).sqrt()  # mean_sqrt_len
 
 
 class SentenceEncoder(nn.Module):

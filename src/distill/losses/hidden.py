@@ -10,6 +10,7 @@ from torch import nn
 
 from distill.layer_map import check_layer_map_spec, resolve_layer_map
 from distill.losses.base import DistillLoss, LossContext, register_loss, reject_context
+from distill.models import mean_pool
 from distill.outputs import ModelOutputs
 
 
@@ -19,14 +20,6 @@ def _first_token(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return h[:, 0]
     first = (mask != 0).int().argmax(dim=1)  # (B,)
     return h[torch.arange(h.shape[0], device=h.device), first]
-
-
-def _masked_mean_pool(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    # h (B, L, H), mask (B, L) -> (B, H)
-    if mask is None:
-        return h.mean(dim=1)
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 @register_loss
@@ -154,7 +147,7 @@ class HiddenStateLoss(DistillLoss):
                     "was built; set projector: auto or linear"
                 )
             if self.pooling == "mean":
-                h_s, h_t = _masked_mean_pool(h_s, s_mask), _masked_mean_pool(h_t, t_mask)  # (B, H)
+                h_s, h_t = mean_pool(h_s, s_mask), mean_pool(h_t, t_mask)  # (B, H)
                 mask = None
             elif self.pooling == "cls":
                 h_s, h_t = _first_token(h_s, s_mask), _first_token(h_t, t_mask)  # (B, H)
