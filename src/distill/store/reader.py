@@ -15,6 +15,8 @@ from safetensors import safe_open
 
 from distill.outputs import ModelOutputs, SparseLogits
 from distill.store._files import read_json, sha256_file
+from distill.store.codec import CODEC_FILE, HeadCodec
+from distill.store.fidelity import describe_fidelity, load_fidelity
 from distill.store.fingerprint import FORMAT_VERSION
 from distill.store.spec import MANIFEST_NAME, RECONSTRUCTIONS, StoreError, StoreSpec
 
@@ -101,13 +103,14 @@ class TeacherStore:
         return cls(path, manifest, reconstruct)
 
     def _reset_handles(self) -> None:
+        self._codec: HeadCodec | None = None
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._offsets: dict[int, torch.Tensor] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_handles", "_offsets", "_pid"):
+        for name in ("_handles", "_offsets", "_pid", "_codec"):
             state.pop(name)
         return state
 
@@ -141,6 +144,16 @@ class TeacherStore:
     # ------------------------------------------------------------------------------------------ properties
 
     @property
+    def codec(self) -> HeadCodec:
+        """The head codec of a ``head4`` / ``head8`` store (loaded once per process)."""
+        if self._codec is None:
+            f = self.path / CODEC_FILE
+            if not f.exists():
+                raise StoreError(f"the teacher store at {self.path} has no {CODEC_FILE}; {_REBUILD}")
+            self._codec = HeadCodec.load(f)
+        return self._codec
+
+    @property
     def spec(self) -> StoreSpec:
         return self._spec
 
@@ -169,7 +182,12 @@ class TeacherStore:
         per_example, per_token = [], []
         logits = self.layout.get("logits")
         if logits is not None:
-            names = ["topk_values", "topk_indices", "logsumexp"] if logits["sparse"] else ["logits"]
+            if logits.get("codec"):
+                names = ["head_codes", "head_scale"]
+            elif logits["sparse"]:
+                names = ["topk_values", "topk_indices", "logsumexp"]
+            else:
+                names = ["logits"]
             (per_token if logits["per_token"] else per_example).extend(names)
         if "embeddings" in self.layout:
             per_example.append("embeddings")
@@ -263,7 +281,10 @@ class TeacherStore:
         logits: torch.Tensor | SparseLogits | None = None
         layout = self.layout.get("logits")
         if layout is not None:
-            if layout["sparse"]:
+            if layout.get("codec"):
+                # every logit, rebuilt from the coded final hidden state (padded positions decode to the mean)
+                logits = self.codec.logits(t["head_codes"], t["head_scale"])
+            elif layout["sparse"]:
                 values, indices, lse = (
                     t["topk_values"].float(),
                     t["topk_indices"].long(),
@@ -307,6 +328,11 @@ class TeacherStore:
             f = self.path / shard["file"]
             if not f.exists() or f.stat().st_size != shard["bytes"] or sha256_file(f) != shard["sha256"]:
                 bad.append(shard["file"])
+        want = (self.layout.get("logits") or {}).get("codec_sha256")
+        if want is not None:
+            f = self.path / CODEC_FILE
+            if not f.exists() or sha256_file(f) != want:
+                bad.append(CODEC_FILE)
         return bad
 
     def info(self) -> dict[str, Any]:
@@ -316,6 +342,8 @@ class TeacherStore:
         )
         n = len(self)
         tokens = m.get("num_tokens")
+        # the codec (the teacher's output layer) is paid once per store, not per token: shown apart
+        fixed = (self.path / CODEC_FILE).stat().st_size if (self.path / CODEC_FILE).exists() else 0
         return {
             "path": str(self.path),
             "key": self.key,
@@ -327,10 +355,12 @@ class TeacherStore:
             "num_classes": m["num_classes"],
             "num_tokens": tokens,
             "bytes": size,
-            "bytes_per_example": size / n,
-            "bytes_per_token": size / tokens if tokens else None,
+            "fixed_bytes": fixed,
+            "bytes_per_example": (size - fixed) / n,
+            "bytes_per_token": (size - fixed) / tokens if tokens else None,
             "created": m["created"],
             "meta": dict(m.get("meta") or {}),
+            "fidelity": load_fidelity(self.path),
         }
 
 
@@ -349,6 +379,8 @@ def format_info(info: dict[str, Any]) -> str:
     if "logits" in layout:
         lg = layout["logits"]
         kept = f"top-{lg['k']} of {lg['num_classes']}" if lg["sparse"] else f"all {lg['num_classes']}"
+        if lg.get("codec"):
+            kept += f", from the output layer's input at {lg['codec'][4:]} bits x {lg['hidden_size']}"
         captured.append(f"logits ({kept}, per {'token' if lg['per_token'] else 'example'})")
     if "embeddings" in layout:
         captured.append(f"embeddings (dim {layout['embeddings']['dim']})")
@@ -361,6 +393,8 @@ def format_info(info: dict[str, Any]) -> str:
     size = f"{_human_bytes(info['bytes'])} ({_human_bytes(info['bytes_per_example'])} / example"
     if info.get("bytes_per_token"):
         size += f", {_human_bytes(info['bytes_per_token'])} / token"
+    if info.get("fixed_bytes"):
+        size += f"; plus {_human_bytes(info['fixed_bytes'])} once for the codec"
     rows = [
         ("key", info["key"]),
         ("path", info["path"]),
@@ -371,6 +405,7 @@ def format_info(info: dict[str, Any]) -> str:
         ("dtype", spec["dtype"]),
         ("reconstruct", spec["reconstruct"]),
         ("size", size + ")"),
+        *([("fidelity", describe_fidelity(info["fidelity"]))] if info.get("fidelity") else []),
         ("created", info["created"]),
         ("format", str(info["format_version"])),
     ]

@@ -33,6 +33,7 @@ import torch
 
 CAPTURE_FIELDS: tuple[str, ...] = ("logits", "embeddings", "hidden_states", "qkv")
 RECONSTRUCTIONS: tuple[str, ...] = ("spread", "topk")
+CODECS: tuple[str, ...] = ("topk", "head4", "head8")
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -67,6 +68,10 @@ class StoreSpec:
     """How a top-k store becomes a distribution when read: ``spread`` (TinyViT) or ``topk``."""
     qkv_layers: tuple[int, ...] = ()
     """Layers (1-based) whose self-attention query/key/value projections to keep (``qkv`` in capture)."""
+    codec: str = "topk"
+    """How per-token LM logits are kept: ``topk`` (the ``topk`` largest, or all when ``topk`` is 0) or
+    ``head4`` / ``head8``: the input of the teacher's output layer at 4 / 8 bits per coordinate, decoded to
+    all logits when read (:mod:`distill.store.codec`)."""
 
     def __post_init__(self) -> None:
         # Normalise so that equal content gives an equal spec (and key) whatever order the caller used;
@@ -106,6 +111,16 @@ class StoreSpec:
             raise ValueError(f"store dtype: {self.dtype!r} is not allowed; choose from {', '.join(DTYPES)}")
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size <= 0:
             raise ValueError(f"store shard_size: {self.shard_size!r} is not allowed; use a positive integer")
+        if self.codec not in CODECS:
+            raise ValueError(f"store codec: {self.codec!r} is not allowed; choose from {', '.join(CODECS)}")
+        if self.codec != "topk":
+            if "logits" not in self.capture:
+                raise ValueError(f"store codec {self.codec!r} codes logits, but 'logits' is not in capture")
+            if self.topk:
+                raise ValueError(
+                    f"store topk: {self.topk} has no meaning with codec {self.codec!r} (it keeps every logit); "
+                    "set topk to 0, or use codec 'topk'"
+                )
         if self.reconstruct not in RECONSTRUCTIONS:
             raise ValueError(
                 f"store reconstruct: {self.reconstruct!r} is not allowed; "
@@ -129,6 +144,8 @@ class StoreSpec:
             # added after format 1 shipped: left out when unused, so the keys (and sidecars) of stores
             # without Q/K/V stay what they were
             del out["qkv_layers"]
+        if out["codec"] == "topk":
+            del out["codec"]  # likewise added later: top-k stores keep their keys
         return out
 
     @classmethod

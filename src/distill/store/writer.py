@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from distill.outputs import ModelOutputs, SparseLogits
 from distill.store._files import atomic_write_json, fsync_dir, read_json, sha256_file
+from distill.store.codec import CODEC_BITS, CODEC_FILE, HeadCodec
 from distill.store.fingerprint import FORMAT_VERSION
 from distill.store.spec import MANIFEST_NAME, StoreError, StoreSpec, shard_stem
 
@@ -50,6 +51,7 @@ def build_store(
     barrier: Callable[[], None] | None = None,
     progress: bool = True,
     log: Callable[[str], Any] = print,
+    head_codec: Callable[[], HeadCodec] | None = None,
 ) -> Path:
     """Build (or finish, or repair) the store ``root/key`` and return its folder.
 
@@ -90,10 +92,11 @@ def build_store(
     if rank == 0:
         _check_existing_manifest(path, key, spec, num_examples)
     _remove_temp_files(path, [shard_stem(i) for i in mine] + ([MANIFEST_NAME] if rank == 0 else []))
+    codec = _prepare_codec(path, spec, head_codec, rank, barrier)
 
     todo = []
     for i in mine:
-        problem = _shard_problem(path, i, ranges[i], key, spec)
+        problem = _shard_problem(path, i, ranges[i], key, spec, codec)
         if problem is None:
             continue
         if problem != "missing":
@@ -109,7 +112,7 @@ def build_store(
         reused = len(mine) - len(todo)
         if reused:
             log(f"store {key}: reusing {reused} finished shard(s), building {len(todo)}")
-        _build_shards(path, key, spec, compute, todo, ranges, batch_size, progress)
+        _build_shards(path, key, spec, compute, todo, ranges, batch_size, progress, codec)
 
     if barrier is not None:
         barrier()
@@ -127,7 +130,35 @@ def build_store(
 # ------------------------------------------------------------------------------------------------- shards
 
 
-def _shard_problem(path: Path, index: int, rows: tuple[int, int], key: str, spec: StoreSpec) -> str | None:
+def _prepare_codec(path: Path, spec: StoreSpec, fit: Callable[[], HeadCodec] | None, rank: int,
+                   barrier: Callable[[], None] | None) -> tuple[HeadCodec, str] | None:
+    """The store's head codec and the checksum of its file: loaded when on disk, else fitted by rank 0."""
+    if spec.codec == "topk":
+        return None
+    target = path / CODEC_FILE
+    if rank == 0 and not target.exists():
+        if fit is None:
+            raise ValueError(f"store codec {spec.codec!r} needs head_codec= (a function that fits the codec)")
+        codec = fit()
+        if codec.bits != CODEC_BITS[spec.codec]:
+            raise ValueError(f"head_codec() returned a {codec.bits}-bit codec for store codec {spec.codec!r}")
+        _remove_temp_files(path, [CODEC_FILE])
+        tmp = path / f".{CODEC_FILE}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            save_file(codec.tensors(), str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path)
+    if barrier is not None:
+        barrier()  # every rank codes with rank 0's file
+    return HeadCodec.load(target), sha256_file(target)
+
+
+def _shard_problem(path: Path, index: int, rows: tuple[int, int], key: str, spec: StoreSpec,
+                   codec: tuple[HeadCodec, str] | None = None) -> str | None:
     """None when shard ``index`` is complete and intact, else why it must be (re)built."""
     stem = shard_stem(index)
     data, side = path / f"{stem}.safetensors", path / f"{stem}.json"
@@ -152,6 +183,8 @@ def _shard_problem(path: Path, index: int, rows: tuple[int, int], key: str, spec
             f"{side} holds rows {sidecar.get('start')}-{sidecar.get('stop')} but rows {rows[0]}-{rows[1]} "
             "were asked for: the data changed under the same key; include fingerprint_rows(...) in store_key"
         )
+    if codec is not None and sidecar.get("layout", {}).get("logits", {}).get("codec_sha256") != codec[1]:
+        return f"was coded with another {CODEC_FILE}"
     size = data.stat().st_size
     if size != expected_bytes:
         return f"is truncated or overwritten ({size} bytes, sidecar says {expected_bytes})"
@@ -183,6 +216,7 @@ def _build_shards(
     ranges: list[tuple[int, int]],
     batch_size: int,
     progress: bool,
+    codec: tuple[HeadCodec, str] | None = None,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -196,7 +230,7 @@ def _build_shards(
     try:
         for i in todo:
             start, stop = ranges[i]
-            acc = _ShardAccumulator(spec)
+            acc = _ShardAccumulator(spec, codec)
             for b0 in range(start, stop, batch_size):
                 indices = list(range(b0, min(b0 + batch_size, stop)))
                 with torch.no_grad():
@@ -253,8 +287,9 @@ def _write_shard(
 class _ShardAccumulator:
     """Collects one shard's teacher outputs batch by batch, already truncated/cast for storage."""
 
-    def __init__(self, spec: StoreSpec):
+    def __init__(self, spec: StoreSpec, codec: tuple[HeadCodec, str] | None = None):
         self.spec = spec
+        self.codec = codec
         self.parts: dict[str, list[torch.Tensor]] = {}
         self.lengths: list[torch.Tensor] = []
         self.layout: dict[str, Any] | None = None
@@ -290,7 +325,22 @@ class _ShardAccumulator:
                 )
             return mask
 
-        if "logits" in spec.capture:
+        if "logits" in spec.capture and self.codec is not None:
+            codec, sha = self.codec
+            h = out.extra.get("head_input")
+            if h is None or h.dim() != 3 or h.shape[0] != n or h.shape[-1] != codec.hidden_size:
+                got = None if h is None else tuple(h.shape)
+                raise ValueError(
+                    f"store codec {spec.codec!r}: compute must return extra['head_input'] of shape "
+                    f"({n}, L, {codec.hidden_size}) (the input of the teacher's output layer); got {got}"
+                )
+            codes, scales = codec.encode(h.detach()[token_mask(h, "head_input")])
+            self._put("head_codes", codes)
+            self._put("head_scale", scales)
+            layout["logits"] = {"num_classes": codec.vocab_size, "per_token": True, "sparse": False,
+                                "k": codec.vocab_size, "codec": spec.codec, "codec_sha256": sha,
+                                "hidden_size": codec.hidden_size}
+        elif "logits" in spec.capture:
             z = out.logits
             if z is None or isinstance(z, SparseLogits):
                 raise ValueError(
