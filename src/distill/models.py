@@ -83,6 +83,23 @@ def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     return {k: batch[prefix + k] for k in keys if prefix + k in batch}
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of every token counted over the real tokens only: a row left-padded inside a batch gets the
+    positions it would have alone (0, 1, 2, ... from its first real token). Padding is masked out anyway: left
+    padding gets 0, padding after the last real token repeats that token's position."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def accepts_position_ids(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``position_ids`` (most causal LMs; not ALiBi models such as Bloom)."""
+    import inspect
+
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Masked mean over tokens: (B, L, H) -> (B, H) (the sentence-transformers pooling)."""
     if mask is None:

@@ -54,6 +54,8 @@ class OnPolicyTrainer(DistillTrainer):
         else:
             kwargs.update(do_sample=False)
         device = inputs["input_ids"].device
+        # generate() counts position ids from the attention mask itself, so the left padding shifts nothing; the
+        # scoring forwards get the same positions from DistillTrainer._model_inputs
         seq = unwrapped.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         unwrapped.train(was_training)
         new = seq[:, ids.shape[1]:]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from distill.data.tokenize import TEACHER_PREFIX
-from distill.models import forward_outputs, model_inputs
+from distill.models import accepts_position_ids, forward_outputs, model_inputs, positions_from_mask
 from distill.outputs import ModelOutputs, SparseLogits
 from distill.training.distiller import Distiller
 
@@ -76,6 +76,17 @@ class DistillTrainer(Trainer):
         self._parts_count = 0
 
     # -- loss ---------------------------------------------------------------------------------------------
+    def _model_inputs(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                      prefix: str = "") -> dict[str, torch.Tensor]:
+        """What ``model`` is called with. Token-level (causal-LM) runs also pass position ids counted from the
+        attention mask: the on-policy batches are left-padded, and without them every row would be scored at
+        positions shifted by its padding (models with absolute position embeddings then give other logits)."""
+        x = model_inputs(inputs, prefix)
+        if (self.token_level and "attention_mask" in x
+                and accepts_position_ids(self.accelerator.unwrap_model(model))):
+            x["position_ids"] = positions_from_mask(x["attention_mask"])
+        return x
+
     def _teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> ModelOutputs:
         if not self.distiller.needs_teacher:
             return ModelOutputs()
@@ -85,7 +96,7 @@ class DistillTrainer(Trainer):
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in inputs else ""
         with torch.no_grad():
             return forward_outputs(
-                self.teacher, model_inputs(inputs, prefix),
+                self.teacher, self._model_inputs(self.teacher, inputs, prefix),
                 hidden=self.distiller.needs("hidden_states", "teacher"),
                 attentions=self.distiller.needs("attentions", "teacher"),
                 qkv_layers=self.distiller.qkv_layers("teacher"),
@@ -113,7 +124,7 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = forward_outputs(
-            model, model_inputs(inputs),
+            model, self._model_inputs(model, inputs),
             hidden=self.distiller.needs("hidden_states", "student"),
             attentions=self.distiller.needs("attentions", "student"),
             qkv_layers=self.distiller.qkv_layers("student"),
