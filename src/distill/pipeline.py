@@ -49,6 +49,11 @@ def _log(msg: str) -> None:
     print(f"[distill] {msg}", flush=True)
 
 
+class StoreKeyUnknown(Exception):
+    """A run's store key depends on something only the teacher can produce and that is not on disk yet (the
+    causal-LM teacher's own continuations); the message says what is missing."""
+
+
 def _quiet_libraries() -> None:
     """Progress bars only on a terminal; transformers' load reports only when something is wrong."""
     import datasets
@@ -787,7 +792,10 @@ def store_info(recipe: Recipe | str | os.PathLike[str], overrides: list[str] | N
     if r.teacher_tokenizer is None:
         r.teacher_tokenizer = load_tokenizer(r.teacher_path)
     distiller = Distiller(build_losses(recipe.losses, r.plan.loss_context))
-    root, key = r.store_location(distiller)
+    try:
+        root, key = r.store_location(distiller)
+    except StoreKeyUnknown as exc:
+        return str(exc)
     if not (root / key / "manifest.json").exists():
         return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
     return format_info(TeacherStore.open(root / key).info())

@@ -69,6 +69,33 @@ def test_store_ddk_run_through_the_cli(setup):
 
     gen = pipeline("text-generation", model=str(d / "run_ddk" / "student"), device="cpu")
     assert isinstance(gen("the king", max_new_tokens=3, do_sample=False)[0]["generated_text"], str)
+    _check_model_card(d / "run_ddk", report, teacher, data)
+
+
+def _check_model_card(out, report, teacher, data):
+    """The student's README.md: teacher, student layers and parameters, data and domains, losses, the
+    perplexity table (teacher / distilled / no KD, per domain), tokens/s, and loading code."""
+    card = (out / "student" / "README.md").read_text()
+    models = report["models"]
+    assert "pipeline_tag: text-generation" in card
+    assert f"`{teacher}`" in card and f"{models['teacher']['parameters']:,} parameters" in card
+    assert "2 layers" in card and "layers [0, 3] of the teacher" in card
+    assert f"{models['student_kd']['parameters']:,} parameters" in card
+    assert f"`{data}`" in card and "`film`" in card and "`play`" in card
+    assert "`kd` (weight 1.0" in card and "`ce` (weight 0.5" in card and "Hinton" in card
+    table = card.split("## Held-out perplexity")[1].split("##")[0]
+    assert "| model | perplexity | ppl film | ppl play | tokens/s | parameters |" in table
+    for role, title in (("teacher", "teacher"), ("student_kd", "distilled student"),
+                        ("student_no_kd", "same student, no KD")):
+        m = models[role]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {title} |"))
+        assert f"| {m['perplexity']:,.2f} |" in row
+        assert f"| {m['perplexity_by_domain']['film']:,.2f} | {m['perplexity_by_domain']['play']:,.2f} |" in row
+        assert f"| {m['tokens_per_second']:,.0f} |" in row
+    assert "AutoModelForCausalLM.from_pretrained(" in card and "pipeline('text-generation'" in card
+    # the snippet works: run it on this folder
+    snippet = card.split("```python")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out / "student"))
+    exec(snippet.replace("max_new_tokens=32", "max_new_tokens=3, do_sample=False"), {})  # noqa: S102
 
 
 def test_cache_and_cache_info_through_the_cli(setup, capsys):
@@ -87,6 +114,65 @@ def test_cache_and_cache_info_through_the_cli(setup, capsys):
     assert main(["cache", str(path), "--info"]) == 0
     assert "no store yet" not in capsys.readouterr().out
     assert not (d / "run_cache" / "student").exists()  # caching trains nothing
+
+
+def test_head_codec_store_through_the_cli(setup, capsys):
+    """store.codec head8: the teacher's final hidden states are coded, every logit is rebuilt when read; the
+    fidelity is measured against the teacher once and shown by cache --info."""
+    from distill.cli.main import main
+
+    d, teacher, data = setup
+    recipe = _recipe(d, teacher, data, "run_codec")
+    recipe["store"] = {"dir": str(d / "codec_stores"), "topk": 0, "codec": "head8"}
+    recipe["train"]["epochs"] = 1
+    path = d / "codec.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) in (0, None)
+    report = json.loads((d / "run_codec" / "report.json").read_text())
+    fid = report["store_fidelity"]
+    assert fid["tokens"] > 0 and fid["kl_error"] < 0.01 and fid["top1_agreement"] > 0.9
+    assert report["store"]["spec"]["codec"] == "head8"
+    # the per-token cost excludes the codec file (the teacher's output layer, paid once)
+    assert report["store"]["bytes_per_token"] < 100
+    html = (d / "run_codec" / "report.html").read_text()
+    assert "Teacher store" in html and "codec head8" in html and "of the teacher&#x27;s entropy" in html
+    capsys.readouterr()
+    assert main(["cache", str(path), "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "fidelity" in out and "8 bits" in out and "once for the codec" in out
+
+
+def test_cache_info_never_generates(setup, capsys, monkeypatch):
+    """With sequence-level KD the store key covers the teacher's continuations: --info says they are not
+    generated yet instead of generating them, and once `distill cache` made them it reads them from disk."""
+    from distill.cli.main import main
+    from distill.pipelines.causal_lm import CausalLMRun
+    from distill.teachers import generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cache --info ran the teacher")
+
+    d, teacher, data = setup
+    path = d / "cache_skd.yaml"
+    recipe = _recipe(d, teacher, data, "run_cache_skd", sequence_kd={"prompt_tokens": 4, "max_new_tokens": 4})
+    recipe["store"]["dir"] = str(d / "cache_skd_stores")
+    path.write_text(yaml.safe_dump(recipe))
+    with monkeypatch.context() as m:
+        m.setattr(generate, "generate_ids", refuse)
+        m.setattr(CausalLMRun, "teacher", refuse)
+        assert main(["cache", str(path), "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "not been generated yet" in out and "teacher-generations" in out
+    assert not (d / "cache_skd_stores" / "teacher-generations").exists()
+    assert main(["cache", str(path)]) == 0  # generates the continuations and builds the store
+    assert "writes continuations" in capsys.readouterr().out
+    with monkeypatch.context() as m:
+        m.setattr(generate, "generate_ids", refuse)
+        m.setattr(CausalLMRun, "teacher", refuse)
+        assert main(["cache", str(path), "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher continuations found" in out
+    assert "no store yet" not in out and "not been generated" not in out
 
 
 def test_sequence_kd_and_on_policy_online(setup):
@@ -110,6 +196,9 @@ def test_sequence_kd_and_on_policy_online(setup):
     # generated once: a second run reads the continuations from disk
     from distill.teachers.generate import teacher_continuations  # noqa: F401
     assert report["models"]["student_kd"]["perplexity"] > 1
+    card = (d / "run_gkd" / "student" / "README.md").read_text()
+    assert "sequence-level KD:" in card and "on-policy (GKD)" in card and "no (online teacher)" in card
+    assert "same student, no KD" not in card  # eval.baseline: false, so no no-KD row
 
 
 def test_bad_causal_lm_recipes_fail_early(setup):

@@ -71,6 +71,23 @@ def _samples(report: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _store(report: dict[str, Any]) -> str:
+    """What the teacher store costs per token and how close its distributions are to the teacher's."""
+    from distill.store.fidelity import describe_fidelity
+
+    st, fid = report.get("store") or {}, report.get("store_fidelity")
+    if not st:
+        return ""
+    spec = st.get("spec") or {}
+    kind = f"codec {spec['codec']}" if spec.get("codec") else f"top-{spec.get('topk')} logits"
+    parts = [f"{kind}, {st.get('num_tokens') or 0:,} tokens, {st.get('bytes_per_token') or 0:.0f} bytes per token"]
+    if st.get("fixed_bytes"):
+        parts.append(f"plus {st['fixed_bytes'] / 2**20:.1f} MiB once for the codec")
+    if fid:
+        parts.append(describe_fidelity(fid))
+    return "<h2>Teacher store</h2><p>" + esc("; ".join(parts)) + "</p>"
+
+
 def render_causal_lm_report(report: dict[str, Any]) -> str:
     from distill.evaluation.html_report import _versions, run_facts, training_charts
 
@@ -86,6 +103,7 @@ def render_causal_lm_report(report: dict[str, Any]) -> str:
         _table(models, list(report.get("domains") or [])),
         ('<p class="muted small" style="margin-top:8px">Perplexity: exp of the mean next-token cross-entropy on '
          "held-out chunks (prompt tokens excluded); tokens/s: forward passes over the held-out set.</p>"),
+        _store(report),
         _ddk(report),
         _samples(report),
     ]

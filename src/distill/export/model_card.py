@@ -117,3 +117,111 @@ def write_embedding_model_card(out_dir: str | Path, recipe: Any, report: dict[st
     path = Path(out_dir) / "README.md"
     path.write_text(render_embedding_model_card(recipe, report, table), encoding="utf-8")
     return path
+
+
+LM_TITLES = {"teacher": "teacher", "student_kd": "distilled student", "student_no_kd": "same student, no KD"}
+
+
+def perplexity_table(models: dict[str, dict[str, Any]], domains: list[str]) -> str:
+    """Markdown table: held-out perplexity overall and per domain, scoring speed and size of each model."""
+    def cell(v: Any, digits: int) -> str:
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    head = ["model", "perplexity"] + [f"ppl {d}" for d in domains] + ["tokens/s", "parameters"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for role, title in LM_TITLES.items():
+        m = models.get(role)
+        if not m:
+            continue
+        per = m.get("perplexity_by_domain") or {}
+        cells = [title, cell(m.get("perplexity"), 2)] + [cell(per.get(d), 2) for d in domains] + [
+            cell(m.get("tokens_per_second"), 0), f"{m.get('parameters') or 0:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_causal_lm_model_card(recipe: Any, report: dict[str, Any], student_layers: int | None = None) -> str:
+    """The README.md of a distilled causal LM: what it is, how to load it, held-out perplexity per domain
+    against the teacher and the no-KD student, the data, and how it was trained."""
+    s, c, models = recipe.student, recipe.causal_lm, report.get("models") or {}
+    teacher, student = models.get("teacher", {}), models.get("student_kd", {})
+    domains = list(report.get("domains") or [])
+    origin = (f"layers {s.layers} of the teacher" if s.from_teacher
+              else f"`{s.model}`" + (f" (its layers {s.layers})" if s.layers else ""))
+    layers = f"{student_layers} layers, " if student_layers else ""
+    prompt = (c.sample_prompts or ["Once upon a time"])[0]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [distillation, distill, causal-lm]",
+        "---",
+        "",
+        "# Distilled causal language model",
+        "",
+        f"A causal language model ({layers}{report.get('student_parameters') or 0:,} parameters) distilled with "
+        f"`distill` from the teacher `{recipe.teacher.model}` ({teacher.get('parameters') or 0:,} parameters); "
+        f"the student started from {origin}.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+        "",
+        "model = AutoModelForCausalLM.from_pretrained('PATH_TO_THIS_FOLDER')",
+        "tokenizer = AutoTokenizer.from_pretrained('PATH_TO_THIS_FOLDER')",
+        "generate = pipeline('text-generation', model=model, tokenizer=tokenizer)",
+        f"print(generate({prompt!r}, max_new_tokens=32)[0]['generated_text'])",
+        "```",
+        "",
+        "## Held-out perplexity",
+        "",
+        "Next-token perplexity on held-out rows (prompt tokens excluded), overall and per domain; the no-KD "
+        "student is the same student trained on the text alone for the same number of steps; tokens/s: "
+        "scoring throughput of the evaluation forward passes.",
+        "",
+        perplexity_table(models, domains),
+        "",
+    ]
+    summary = report.get("summary") or {}
+    facts = []
+    if summary.get("kd_vs_no_kd_perplexity") is not None:
+        facts.append(f"distillation changed held-out perplexity by {summary['kd_vs_no_kd_perplexity']:+.2f} "
+                     "against the no-KD student")
+    if summary.get("speedup"):
+        facts.append(f"the student scores {summary['speedup']:.1f}x the teacher's tokens/s")
+    if summary.get("size_ratio"):
+        facts.append(f"it has {summary['size_ratio']:.0%} of the teacher's parameters")
+    if facts:
+        text = "; ".join(facts)
+        lines += [text[0].upper() + text[1:] + ".", ""]
+    if student.get("perplexity") is None:
+        lines += ["The distilled student was not evaluated.", ""]
+    data = report.get("data") or {}
+    lines += [
+        "## Data",
+        "",
+        f"- `{recipe.data.train}` ({c.format} format), cut into chunks of {c.chunk_length} tokens: "
+        f"{data.get('train', 0)} training / {data.get('validation', 0)} validation / {data.get('test', 0)} "
+        "held-out rows",
+        "- domains: " + (", ".join(f"`{d}`" for d in domains) if domains else "one"),
+    ]
+    skd = report.get("sequence_kd")
+    if skd:
+        lines.append(f"- sequence-level KD: {skd.get('rows', 0)} rows of the teacher's own continuations "
+                     f"(mean {skd.get('mean_new_tokens', 0):.1f} new tokens), {data.get('kd_rows', 0)} rows "
+                     "trained on in all")
+    if c.on_policy is not None:
+        lines.append(f"- on-policy (GKD): with probability {c.on_policy.lmbda} a batch is replaced by the "
+                     "student's own continuations, scored by the online teacher")
+    if c.ddk is not None:
+        lines.append(f"- DDK: domain sampling weights re-estimated every {c.ddk.interval} steps from the "
+                     "student-teacher loss gap per domain")
+    lines += ["", "## How it was trained", ""]
+    lines += training_and_citations(recipe, report, origin, "teacher top-k logits")
+    return "\n".join(lines) + "\n"
+
+
+def write_causal_lm_model_card(out_dir: str | Path, recipe: Any, report: dict[str, Any],
+                               student_layers: int | None = None) -> Path:
+    path = Path(out_dir) / "README.md"
+    path.write_text(render_causal_lm_model_card(recipe, report, student_layers), encoding="utf-8")
+    return path

@@ -36,6 +36,7 @@ from distill.models import hidden_size, load_config, load_tokenizer, num_layers
 from distill.pipeline import (
     Plan,
     Run,
+    StoreKeyUnknown,
     _fingerprint,
     _hash_files,
     _state,
@@ -202,19 +203,30 @@ class CausalLMRun(Run):
         self.log(f"data: {len(self.train_rows)} train / {len(self.val_rows)} validation / {len(self.test_rows)} "
                  f"held-out rows over domains {names}")
 
-    def add_teacher_continuations(self) -> None:
-        """Sequence-level KD: the teacher continues each training row's prefix (once, cached)."""
+    def add_teacher_continuations(self, generate: bool = True) -> Path | None:
+        """Sequence-level KD: the teacher continues each training row's prefix (once, cached). Returns the
+        continuations' file. With ``generate=False`` only continuations already on disk are used: when there
+        are none, nothing changes and the result is None (the teacher is neither loaded nor run)."""
         from distill.store import default_store_root
-        from distill.teachers.generate import teacher_continuations
+        from distill.teachers.generate import cached_continuations, teacher_continuations
 
         r, sk = self.recipe, self.recipe.causal_lm.sequence_kd
         assert sk is not None
         prompts = [row["input_ids"][: row["prompt_length"] or sk.prompt_tokens] for row in self.train_rows]
         root = Path(r.store.dir) if r.store.dir else default_store_root()
-        conts, path = teacher_continuations(
-            self.teacher(), prompts, root / "teacher-generations", self.teacher_fingerprint(), self.pad_id,
-            self.teacher_tokenizer.eos_token_id, sk.max_new_tokens, sk.temperature, sk.top_p,
-            r.train.eval_batch_size, r.train.seed, log=self.log)
+        cache_dir = root / "teacher-generations"
+        conts, path = cached_continuations(prompts, cache_dir, self.teacher_fingerprint(), sk.max_new_tokens,
+                                           sk.temperature, sk.top_p, r.train.seed)
+        if conts is not None:
+            self.log(f"teacher continuations found in {path}")
+        elif not generate:
+            self.pending_continuations = path
+            return None
+        else:
+            conts, path = teacher_continuations(
+                self.teacher(), prompts, cache_dir, self.teacher_fingerprint(), self.pad_id,
+                self.teacher_tokenizer.eos_token_id, sk.max_new_tokens, sk.temperature, sk.top_p,
+                r.train.eval_batch_size, r.train.seed, log=self.log)
         generated = [{"input_ids": list(p) + list(cont), "prompt_length": len(p), "domain": row["domain"]}
                      for p, cont, row in zip(prompts, conts, self.train_rows) if cont]
         self.report["sequence_kd"] = {"file": str(path), "rows": len(generated),
@@ -222,6 +234,7 @@ class CausalLMRun(Run):
         self.kd_rows = (list(self.train_rows) if sk.keep_original else []) + generated
         for i, row in enumerate(self.kd_rows):
             self.kd_rows[i] = {**row, "example_index": i}
+        return path
 
     # -- student init -------------------------------------------------------------------------------------
     def _student_init(self) -> Path:
@@ -257,7 +270,7 @@ class CausalLMRun(Run):
 
         cfg = self.recipe.store
         return StoreSpec(capture=("logits",), topk=cfg.topk, dtype=cfg.dtype, shard_size=cfg.shard_size,
-                         reconstruct=cfg.reconstruct)
+                         reconstruct=cfg.reconstruct, codec=cfg.codec)
 
     def lm_store_location(self, distiller: Distiller, rows: list[dict[str, Any]]) -> tuple[Path, str]:
         """(root, key) of the store for these token rows: the key covers teacher, tokenizer, every token,
@@ -270,20 +283,30 @@ class CausalLMRun(Run):
                         spec=self.store_spec(distiller), vocab=self.vocab_size)
         return (Path(r.store.dir) if r.store.dir else default_store_root()), key
 
-    def teacher_rows(self) -> list[dict[str, Any]]:
+    def teacher_rows(self, generate: bool = True) -> list[dict[str, Any]] | None:
         """The rows the teacher is run over: the training chunks, plus its own continuations when
-        sequence-level KD is on (generated once and cached)."""
+        sequence-level KD is on (generated once and cached). With ``generate=False``, None when those
+        continuations are not on disk yet."""
         self.load_rows()
         self.kd_rows = list(self.train_rows)
-        if self.recipe.causal_lm.sequence_kd is not None:
-            self.add_teacher_continuations()
+        if self.recipe.causal_lm.sequence_kd is not None and self.add_teacher_continuations(generate) is None:
+            return None
         return self.kd_rows
 
     def build_teacher_store(self, distiller: Distiller):
         return self.open_lm_store(distiller, self.teacher_rows())
 
     def store_location(self, distiller: Distiller) -> tuple[Path, str]:
-        return self.lm_store_location(distiller, self.teacher_rows())
+        """(root, key) of the store, without running the teacher. With sequence-level KD the key covers the
+        teacher's continuations: when they are not on disk yet the key cannot be known, and
+        :class:`StoreKeyUnknown` says so (generating them here would run the teacher)."""
+        rows = self.teacher_rows(generate=False)
+        if rows is None:
+            raise StoreKeyUnknown(
+                "no store yet: with causal_lm.sequence_kd the store key covers the teacher's continuations, "
+                f"which have not been generated yet (they go to {self.pending_continuations}); "
+                "`distill cache RECIPE` generates them and builds the store")
+        return self.lm_store_location(distiller, rows)
 
     def open_lm_store(self, distiller: Distiller, rows: list[dict[str, Any]]):
         from distill.store import TeacherStore, build_store
@@ -293,15 +316,41 @@ class CausalLMRun(Run):
         root, key = self.lm_store_location(distiller, rows)
         collate = CausalLMCollator(self.pad_id)
 
-        @torch.no_grad()
-        def compute(indices: list[int]):
-            from distill.outputs import ModelOutputs
+        coded = spec.codec != "topk"
 
+        def teacher_batch(indices: list[int]):
             teacher = self.teacher()
             b = collate([rows[i] for i in indices])
             device = next(teacher.parameters()).device
-            logits = teacher(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            kw = {"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device)}
+            return teacher, b, kw
+
+        @torch.no_grad()
+        def compute(indices: list[int]):
+            from distill.outputs import ModelOutputs
+            from distill.store.codec import forward_with_head_input
+
+            teacher, b, kw = teacher_batch(indices)
+            if coded:  # the codec keeps the output layer's input, the logits are rebuilt when read
+                _, h = forward_with_head_input(teacher, **kw)
+                return ModelOutputs(attention_mask=b["attention_mask"], extra={"head_input": h.float().cpu()})
+            logits = teacher(**kw).logits
             return ModelOutputs(logits=logits[..., : self.vocab_size], attention_mask=b["attention_mask"])
+
+        @torch.no_grad()
+        def fit_codec():
+            from distill.store.codec import CODEC_BITS, HeadCodec, forward_with_head_input, output_layer
+
+            calib = list(range(min(len(rows), 64)))  # the first rows: a fixed choice, so the codec is too
+            hidden = []
+            for i in range(0, len(calib), r.train.eval_batch_size):
+                teacher, b, kw = teacher_batch(calib[i:i + r.train.eval_batch_size])
+                _, h = forward_with_head_input(teacher, **kw)
+                hidden.append(h.float().cpu()[b["attention_mask"].bool()])
+            weight, bias = output_layer(self.teacher(), self.vocab_size)
+            self.log(f"fitting the {spec.codec} codec on {sum(len(x) for x in hidden):,} teacher tokens")
+            return HeadCodec.fit(torch.cat(hidden), weight.float().cpu(), None if bias is None else bias.float().cpu(),
+                                 bits=CODEC_BITS[spec.codec], seed=r.train.seed)
 
         exists = (root / key / "manifest.json").exists()
         if not exists:
@@ -311,10 +360,30 @@ class CausalLMRun(Run):
         build_store(root, key, spec, compute, num_examples=len(rows), batch_size=r.train.eval_batch_size,
                     progress=False, meta={"teacher": self.teacher_path, "recipe_task": r.task},
                     rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone,
-                    log=self.log)
+                    log=self.log, head_codec=fit_codec if coded else None)
         if not exists:
             self.report["store_build_seconds"] = time.perf_counter() - t0
-        return TeacherStore.open(root / key)
+        store = TeacherStore.open(root / key)
+        self.report["store_fidelity"] = self.store_fidelity(store, rows, teacher_batch)
+        return store
+
+    def store_fidelity(self, store, rows: list[dict[str, Any]], teacher_batch) -> dict[str, Any]:
+        """Measured once per store on its first rows (at most 8) against the teacher's full logits, then
+        kept next to the store (fidelity.json) and shown by ``distill cache --info``."""
+        from distill.store.fidelity import describe_fidelity, load_fidelity, measure_fidelity, save_fidelity
+
+        known = load_fidelity(store.path)
+        if known is None:
+            def full(indices: list[int]):
+                teacher, b, kw = teacher_batch(indices)
+                with torch.no_grad():
+                    return teacher(**kw).logits[..., : self.vocab_size].float().cpu(), b["attention_mask"]
+
+            known = measure_fidelity(store, list(range(min(len(rows), 8))), full)
+            if _state().is_main_process:
+                save_fidelity(store.path, known)
+        self.log(f"store fidelity: {describe_fidelity(known)}")
+        return known
 
     # -- training -----------------------------------------------------------------------------------------
     def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
@@ -487,6 +556,11 @@ class CausalLMRun(Run):
         if not _state().is_main_process:
             return self.report
         (self.out / "student" / "recipe.yaml").write_text(r.to_yaml())
+        if r.export.model_card:
+            from distill.export.model_card import write_causal_lm_model_card
+
+            layers = num_layers(load_config(str(self.out / "student"), "student"))
+            write_causal_lm_model_card(self.out / "student", r, self.report, layers)
         write_report(self.out / "report.json", self.report)
         from distill.evaluation.html_report import write_html_report
 

@@ -61,11 +61,11 @@ def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_i
     return out
 
 
-def teacher_continuations(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cache_dir: Path,
-                          teacher_fingerprint: str, pad_id: int, eos_id: int | None, max_new_tokens: int,
-                          temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16, seed: int = 0,
-                          log=print) -> tuple[list[list[int]], Path]:
-    """The teacher's continuations of ``prompts``, generated once and read from ``cache_dir`` after."""
+def cached_continuations(prompts: Sequence[Sequence[int]], cache_dir: Path, teacher_fingerprint: str,
+                         max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                         seed: int = 0) -> tuple[list[list[int]] | None, Path]:
+    """(continuations, file) when the teacher's continuations of ``prompts`` with these settings are already
+    in ``cache_dir``, else (None, the file they would be written to). Needs no model."""
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     key = generation_key(teacher_fingerprint, prompts, settings)
     path = Path(cache_dir) / f"{key}.jsonl"
@@ -73,8 +73,20 @@ def teacher_continuations(model: torch.nn.Module, prompts: Sequence[Sequence[int
         with open(path, encoding="utf-8") as fh:
             rows = [json.loads(line)["continuation"] for line in fh]
         if len(rows) == len(prompts):
-            log(f"teacher continuations found in {path}")
             return rows, path
+    return None, path
+
+
+def teacher_continuations(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cache_dir: Path,
+                          teacher_fingerprint: str, pad_id: int, eos_id: int | None, max_new_tokens: int,
+                          temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16, seed: int = 0,
+                          log=print) -> tuple[list[list[int]], Path]:
+    """The teacher's continuations of ``prompts``, generated once and read from ``cache_dir`` after."""
+    rows, path = cached_continuations(prompts, cache_dir, teacher_fingerprint, max_new_tokens, temperature,
+                                      top_p, seed)
+    if rows is not None:
+        log(f"teacher continuations found in {path}")
+        return rows, path
     log(f"the teacher writes continuations of {len(prompts)} prompts (once) into {path}")
     rows = generate_ids(model, prompts, pad_id, eos_id, max_new_tokens, temperature, top_p, batch_size, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
