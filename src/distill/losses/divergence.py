@@ -66,6 +66,37 @@ def divergence_terms(
     raise ValueError(f"unknown divergence {kind!r}; valid: {', '.join(DIVERGENCES)}")
 
 
+class _ForwardKLRows(torch.autograd.Function):
+    """Per-row ``KL(P || softmax(z / T))`` with a hand-written gradient ``(softmax(z / T) - P) / T``.
+
+    The same values and gradients as the composed ops, with two tensors of the logits' size kept between
+    forward and backward instead of about six: for a language model those tensors are tokens x vocabulary
+    floats (100 MB for 512 tokens of a 49k vocabulary), and each pass over them costs time on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, log_p: torch.Tensor, z: torch.Tensor, t: float) -> torch.Tensor:  # type: ignore[override]
+        log_q = torch.log_softmax(z.float() / t, dim=-1)
+        p = log_p.exp()
+        # sum_c p log p (0 where p = 0) minus sum_c p log q, the latter as a dot product without a temporary
+        rows = torch.special.xlogy(p, p).sum(-1) - torch.einsum("...c,...c->...", p, log_q)
+        ctx.save_for_backward(p, log_q)
+        ctx.t, ctx.dtype = t, z.dtype
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor):  # type: ignore[override]
+        p, log_q = ctx.saved_tensors
+        grad = log_q.exp().sub_(p).mul_(grad_rows.unsqueeze(-1) / ctx.t)
+        return None, grad.to(ctx.dtype), None
+
+
+def forward_kl_rows(log_p: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row forward KL (...,) from teacher log-probabilities at temperature ``temperature`` (detached) and
+    raw student logits; see :class:`_ForwardKLRows`."""
+    return _ForwardKLRows.apply(log_p.detach(), student_logits, float(temperature))
+
+
 def reduce_terms(
     terms: torch.Tensor,
     reduction: str,
@@ -120,14 +151,15 @@ def sparse_teacher_log_probs(sparse: SparseLogits, mode: str = "spread") -> tupl
     return dense, None
 
 
-def teacher_student_log_probs(
+def teacher_log_probs(
     teacher_logits: torch.Tensor | SparseLogits,
     student_logits: torch.Tensor,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Log-probabilities at temperature ``temperature`` for teacher and student, aligned class by class.
+    """The teacher's log-probabilities at temperature ``temperature`` and the student logits aligned with them
+    class by class (gathered at the kept classes for a ``topk``-restricted store).
 
-    Returns (log_p_teacher, log_q_student, C) where C is the full number of classes (for the
+    Returns (log_p_teacher, student_logits, C) where C is the full number of classes (for the
     ``elementwise_mean`` reduction).
     """
     t = float(temperature)
@@ -142,14 +174,24 @@ def teacher_student_log_probs(
         if idx is not None:  # top-k restricted: compare on the kept classes only
             student_logits = student_logits.gather(-1, idx)
         # softmax(log p1 / T) equals softmax(z / T) when nothing was dropped
-        log_p = torch.log_softmax(log_p1 / t, dim=-1)
-        log_q = torch.log_softmax(student_logits.float() / t, dim=-1)
-        return log_p, log_q, c
+        return torch.log_softmax(log_p1 / t, dim=-1), student_logits, c
     if teacher_logits.shape[-1] != student_logits.shape[-1]:
         raise ValueError(
             f"teacher has {teacher_logits.shape[-1]} classes and the student {student_logits.shape[-1]}; "
             "give the student the teacher's label set (num_labels / id2label)"
         )
-    log_p = torch.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-    log_q = torch.log_softmax(student_logits.float() / t, dim=-1)
-    return log_p, log_q, student_logits.shape[-1]
+    return torch.log_softmax(teacher_logits.detach().float() / t, dim=-1), student_logits, student_logits.shape[-1]
+
+
+def teacher_student_log_probs(
+    teacher_logits: torch.Tensor | SparseLogits,
+    student_logits: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Log-probabilities at temperature ``temperature`` for teacher and student, aligned class by class.
+
+    Returns (log_p_teacher, log_q_student, C) where C is the full number of classes (for the
+    ``elementwise_mean`` reduction).
+    """
+    log_p, z_s, c = teacher_log_probs(teacher_logits, student_logits, temperature)
+    return log_p, torch.log_softmax(z_s.float() / float(temperature), dim=-1), c

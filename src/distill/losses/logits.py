@@ -12,7 +12,9 @@ from distill.losses.divergence import (
     DIVERGENCES,
     REDUCTIONS,
     divergence_terms,
+    forward_kl_rows,
     reduce_terms,
+    teacher_log_probs,
     teacher_student_log_probs,
 )
 from distill.outputs import ModelOutputs, SparseLogits
@@ -119,8 +121,13 @@ class KDLoss(DistillLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
         z_s = student.require("logits", self.name)
         z_t = teacher.require("logits", self.name)
-        log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
-        terms = divergence_terms(log_p, log_q, self.divergence, self.beta, self.skew)
+        if self.divergence == "forward_kl" and not self.skew:
+            # the common case, with a hand-written gradient: fewer vocabulary-sized tensors for LMs
+            log_p, z_aligned, c = teacher_log_probs(z_t, z_s, self.temperature)
+            terms = forward_kl_rows(log_p, z_aligned, self.temperature).unsqueeze(-1)  # (..., 1): row sums
+        else:
+            log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
+            terms = divergence_terms(log_p, log_q, self.divergence, self.beta, self.skew)
         loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch, student), num_classes=c)
         if self.scale_by_t2:
             loss = loss * self.temperature**2

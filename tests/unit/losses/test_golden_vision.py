@@ -56,7 +56,7 @@ def test_dkd_with_beta_one_minus_target_prob_is_classic_kd() -> None:
         parts = DKDLoss(temperature=t, alpha=1.0, beta=1.0 - p_y)(ModelOutputs(logits=z_s), ModelOutputs(logits=z_t),
                                                                  {"labels": y})
         kd = KDLoss(temperature=t)(ModelOutputs(logits=z_s), ModelOutputs(logits=z_t), {})
-        assert float(parts["tckd"] + parts["nckd"]) == pytest.approx(float(kd), abs=1e-6)
+        assert float(parts["tckd"] + parts["nckd"]) == pytest.approx(float(kd), abs=1e-5)  # float32 sums in another order
 
 
 def test_dkd_reads_a_stored_topk_teacher() -> None:
