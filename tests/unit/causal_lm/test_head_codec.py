@@ -71,7 +71,8 @@ def test_save_load_roundtrip(tmp_path):
     again = HeadCodec.load(tmp_path / CODEC_FILE)
     codes, rms = codec.encode(h[:10])
     assert torch.equal(again.encode(h[:10])[0], codes)
-    assert torch.allclose(again.logits(codes, rms), codec.logits(codes, rms))
+    # same tensors; a matmul over differently aligned buffers may sum in another order (~1e-6 apart)
+    assert torch.allclose(again.logits(codes, rms), codec.logits(codes, rms), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_codec_inputs_are_named():
