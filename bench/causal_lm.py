@@ -234,7 +234,7 @@ def child_fidelity(args) -> dict:
         _, h = forward_with_head_input(teacher, input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         calib.append(h[b["attention_mask"].bool()])
     weight, bias = output_layer(teacher, run.vocab_size)
-    codecs = {f"head{b}": HeadCodec.fit(torch.cat(calib), weight, bias, bits=b, seed=SEED) for b in (4, 8)}
+    codecs = {f"head{b}": HeadCodec.fit(torch.cat(calib), weight, bias, bits=b, seed=SEED) for b in (3, 4, 8)}
     rows = run.test_rows[:16]
     acc: dict[str, dict[str, float]] = {}
     tokens = 0
@@ -329,7 +329,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=12000, help="words per domain")
     ap.add_argument("--timing-steps", type=int, default=12)
     ap.add_argument("--ks", type=json.loads, default=[32, 64, 128])
-    ap.add_argument("--codec", default="head4", choices=["topk", "head4", "head8"])
+    ap.add_argument("--codec", default="head4", choices=["topk", "head3", "head4", "head8"])
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     if args.child:
@@ -377,7 +377,8 @@ def main() -> None:
         "",
         f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (shards and sidecars; "
         f"plus {st.get('fixed_bytes', 0) / 2**20:.0f} MiB once for the codec), "
-        f"built in {report.get('store_build_seconds', 0):.0f} s.",
+        (f"built in {report['store_build_seconds']:.0f} s." if "store_build_seconds" in report
+         else "reused from an earlier run with the same key (not built in this run)."),
         "",
         f"Store fidelity measured by the pipeline on its first 8 rows: {describe_fidelity(report['store_fidelity'])}.",
         "",

@@ -5,8 +5,10 @@ rebuilds a distribution ``p_hat``; we report bytes per token and KL(p || p_hat) 
 the teacher's entropy). Variants: top-k logits with the missing mass spread evenly (k = 32, 128); the final
 hidden state ``h`` (input of the output layer) in float16, int8, and at 4 bits with (a) a per-row absmax grid,
 (b) a random rotation + per-channel scale + per-row absmax grid, (c) the same with Lloyd-Max levels and a
-per-row RMS scale (distill's ``head4``); and a PCA projection of ``h`` kept in float16 (r = 144: 288 bytes).
-Every fitted quantity (mean, scales, rotation, levels, PCA basis) comes from 48 other chunks.
+per-row RMS scale (the codec's first design), (d) principal axes with bits shared out by variance, (e) the
+same axes taken in the output layer's Fisher metric (distill's ``head3`` / ``head4`` / ``head8``); and a PCA
+projection of ``h`` kept in float16 (r = 144: 288 bytes). Every fitted quantity (mean, scales, rotation,
+axes, levels, PCA basis) comes from 48 other chunks.
 
     python bench/codec_variants.py        (needs the packaged SmolLM2 and the corpus of bench/causal_lm.py)
 """
@@ -31,7 +33,7 @@ def main() -> None:
     from distill.losses.divergence import sparse_teacher_log_probs
     from distill.outputs import SparseLogits
     from distill.packaged import resolve_model
-    from distill.store.codec import HeadCodec, forward_with_head_input, output_layer
+    from distill.store.codec import HeadCodec, _lloyd_max, forward_with_head_input, output_layer
 
     torch.set_grad_enabled(False)
     if not CORPUS.exists():
@@ -78,16 +80,30 @@ def main() -> None:
     add("h int8, per-row absmax", 580, from_h((ht / s8).round().clamp(-127, 127) * s8))
     s4 = ht.abs().amax(-1, keepdim=True) / 7
     add("h 4-bit, per-row absmax grid", 290, from_h((ht / s4).round().clamp(-7, 7) * s4))
-    codec = HeadCodec.fit(hf, w, b, bits=4)
-    zr = ((ht - codec.mean) @ codec.rotation) / codec.scale
-    sr = zr.abs().amax(-1, keepdim=True) / 7
+    # one width for every coordinate after a random rotation (the codec's first design)
+    mean = hf.mean(0)
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.linalg.qr(torch.randn(576, 576, generator=g, dtype=torch.float64))
+    rot = (q * torch.sign(torch.diagonal(r))).float()
+    scale = ((hf - mean) @ rot).std(0)
+    zf, zt = ((hf - mean) @ rot) / scale, ((ht - mean) @ rot) / scale
+    sr = zt.abs().amax(-1, keepdim=True) / 7
     add("h 4-bit, rotation + channel scale + absmax grid", 290,
-        from_h(((zr / sr).round().clamp(-7, 7) * sr * codec.scale) @ codec.rotation.T + codec.mean))
-    add("h 4-bit, rotation + channel scale + Lloyd-Max (head4)", codec.bytes_per_token,
-        torch.log_softmax(codec.logits(*codec.encode(ht)).double(), -1))
-    codec8 = HeadCodec.fit(hf, w, b, bits=8)
-    add("h 8-bit, rotation + channel scale + Lloyd-Max (head8)", codec8.bytes_per_token,
-        torch.log_softmax(codec8.logits(*codec8.encode(ht)).double(), -1))
+        from_h(((zt / sr).round().clamp(-7, 7) * sr * scale) @ rot.T + mean))
+    rms_f = zf.pow(2).mean(-1, keepdim=True).sqrt()
+    rms_t = zt.pow(2).mean(-1, keepdim=True).sqrt().half().float()
+    flat = (zf / rms_f).flatten()
+    lv = _lloyd_max(flat[torch.randperm(flat.numel(), generator=g)[:400_000]], 16)
+    qt = lv[torch.bucketize(zt / rms_t, (lv[1:] + lv[:-1]) / 2)]
+    add("h 4-bit, rotation + channel scale + row RMS + Lloyd-Max", 290, from_h((qt * rms_t * scale) @ rot.T + mean))
+    # principal axes + bits shared by variance: plain, then in the Fisher metric (distill's head codecs)
+    pca = HeadCodec.fit(hf, w, b, bits=4, metric="euclidean")
+    add("h 4-bit mean, PCA axes + bits by variance + Lloyd-Max", pca.bytes_per_token,
+        torch.log_softmax(pca.logits(*pca.encode(ht)).double(), -1))
+    for bits in (3, 4, 8):
+        codec = HeadCodec.fit(hf, w, b, bits=bits)
+        add(f"h {bits}-bit mean, Fisher-weighted PCA axes + bits by variance + Lloyd-Max (head{bits})",
+            codec.bytes_per_token, torch.log_softmax(codec.logits(*codec.encode(ht)).double(), -1))
     mu = hf.mean(0)
     basis = torch.linalg.svd(hf - mu, full_matrices=False).Vh[:144].T
     add("h PCA r=144, float16", 288, from_h(((ht - mu) @ basis).half().float() @ basis.T + mu))

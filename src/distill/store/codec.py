@@ -4,26 +4,30 @@ A language-model teacher's next-token distribution is ``softmax(W h + b)``: ``h`
 (H numbers, 576 for SmolLM2-135M) and ``W`` the output layer (V x H, V = 49,152 there). Top-k storage keeps
 k of the V logits and has to guess the rest; for a small, uncertain teacher the missing mass is large (23%
 of the probability at k = 32 on our benchmark text) and a uniform guess for it is far from the truth. This
-codec keeps ``h`` instead, at ``bits`` per coordinate, plus ``W`` and ``b`` once per store. Reading a row
-decodes ``h`` and multiplies by ``W``: every one of the V logits comes back, and the error is the quantisation
-error of ``h`` seen through ``W``.
+codec keeps ``h`` instead, at ``bits`` per coordinate on average, plus ``W`` and ``b`` once per store.
+Reading a row decodes ``h`` and multiplies by ``W``: every one of the V logits comes back, and the error is
+the quantisation error of ``h`` seen through ``W``.
 
-Coding one row (all steps fitted once on calibration rows of the same store, then frozen):
+It is transform coding aimed at the quantity training uses, KL(teacher || reconstruction). All steps are
+fitted once on calibration rows of the same store, then frozen:
 
-1. centre by the calibration mean and rotate by a fixed random orthogonal matrix ``R`` (seeded): a final
-   hidden state has a few outlier channels, the rotation spreads their energy over all coordinates;
-2. divide each rotated coordinate by its calibration standard deviation, then the whole row by its own RMS
-   (kept as one float16 per row);
-3. map each coordinate to the nearest of ``2**bits`` levels, the Lloyd-Max quantiser of the calibration
-   values (1-D k-means): denser levels where values are common, which halves the squared error of a
-   uniform grid at 4 bits;
-4. pack the level numbers, two per byte at 4 bits.
+1. a metric: for a small error ``e`` in ``h``, the KL is about ``e^T F e / 2`` with ``F`` the Fisher
+   information of the softmax through ``W``; averaged over the calibration tokens, ``F`` turns "which
+   directions of ``h`` matter to the distribution" into a matrix (some matter a thousand times more than others);
+2. centre ``h`` and rotate it onto the principal axes of the calibration rows *in that metric*: coordinates
+   that are uncorrelated and whose variances say how much KL each one's error costs;
+3. share the bit budget (``bits * H`` per row) out greedily: each next bit goes to the coordinate whose
+   expected error it lowers most (a Gaussian Lloyd-Max error table), so high-variance coordinates get 5 to 8
+   bits and the tail 2 to 3;
+4. divide each coordinate by its standard deviation and the row by its own RMS (one float16 per row), then
+   map each coordinate to the nearest level of a Lloyd-Max quantiser (1-D k-means) fitted per bit width;
+5. pack the level numbers as one bit stream: ``ceil(bits * H / 8)`` bytes.
 
-Bytes per token: ``H * bits / 8 + 2`` (290 for H = 576 at 4 bits). Measured on SmolLM2-135M and 3,072
-held-out tokens (bench/causal_lm.py's text), 4 bits: KL(teacher || reconstruction) 0.040 nats per token,
-1.1% of the teacher's entropy; top-32 logits with the uniform tail: 0.90 nats at 196 bytes; top-128: 0.40
-nats at 772 bytes. The codec needs the teacher's weights, so it is for open-weight teachers; a logit
-soft-cap after the output layer (Gemma 2) is refused by the caller.
+Bytes per token: ``ceil(H * bits / 8) + 2``: 290 for H = 576 at 4 bits, 218 at 3. Measured on SmolLM2-135M
+and 3,072 held-out tokens (bench/codec_variants.py): KL 0.0082 nats per token at 4 bits, 0.22% of the
+teacher's entropy (3 bits: 0.74%; the same 4 bits with one width for all coordinates after a random
+rotation: 1.08%; top-32 logits with the uniform tail: 24% at 196 bytes). The codec needs the teacher's
+weights, so it is for open-weight teachers; a logit soft-cap after the output layer (Gemma 2) is refused.
 """
 
 from __future__ import annotations
@@ -34,13 +38,18 @@ from typing import Any
 import torch
 
 CODEC_FILE = "codec.safetensors"
-CODEC_BITS = {"head4": 4, "head8": 8}
+CODEC_BITS = {"head3": 3, "head4": 4, "head8": 8}
 
 
-def _random_rotation(dim: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()  # sign fix: a proper Haar sample, deterministic
+# Mean squared error of the Lloyd-Max quantiser of a unit Gaussian with 0..8 bits: 1..5 from Max (1960),
+# 6..8 from the high-rate formula (pi * sqrt(3) / 2) * 4**-b. Used only to share the bit budget out.
+_GAUSSIAN_MSE = (1.0, 0.3634, 0.1175, 0.03454, 0.009497, 0.002499, 0.000664, 0.000166, 0.0000415)
+MAX_WIDTH = 8
+FORMAT = 2  # format 1 (a random rotation, the same width for every coordinate) was never released
+
+
+class CodecFormatError(ValueError):
+    """A codec file this version cannot read (written by an older one): the store must be re-coded."""
 
 
 def _lloyd_max(values: torch.Tensor, levels: int, iters: int = 60) -> torch.Tensor:
@@ -58,20 +67,68 @@ def _lloyd_max(values: torch.Tensor, levels: int, iters: int = 60) -> torch.Tens
     return c.float()
 
 
-class HeadCodec:
-    """Encode teacher final hidden states to packed codes and decode them back to full logits."""
+def output_fisher(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  chunk: int = 256) -> torch.Tensor:
+    """Mean over rows of the Fisher information of ``softmax(W h + b)`` with respect to ``h`` (H x H).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, scale: torch.Tensor,
-                 rotation: torch.Tensor, levels: torch.Tensor, bits: int):
-        if bits not in (4, 8):
-            raise ValueError(f"codec bits: {bits!r}; use 4 or 8")
+    For a small error ``e`` in ``h``, ``KL(p || p_hat) ~ e^T F e / 2`` with ``F = W^T (diag(p) - p p^T) W``;
+    the mean over tokens is ``W^T diag(mean p) W - mean (W^T p)(W^T p)^T``, one V-sized pass per chunk.
+    """
+    w = weight.float()
+    p_sum = torch.zeros(w.shape[0], dtype=torch.float64)
+    outer = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64)
+    for i in range(0, hidden.shape[0], chunk):
+        z = hidden[i:i + chunk].float() @ w.T
+        p = torch.softmax(z if bias is None else z + bias.float(), dim=-1)
+        p_sum += p.sum(0).double()
+        g = (p @ w).double()
+        outer += g.T @ g
+    n = hidden.shape[0]
+    w64 = w.double()
+    return (w64.T * (p_sum / n)) @ w64 - outer / n
+
+
+def allocate_widths(variances: torch.Tensor, budget: int, max_width: int = MAX_WIDTH) -> torch.Tensor:
+    """Integer bit widths (summing to ``budget``) for coordinates of the given variances.
+
+    Each extra bit of a coordinate lowers the expected squared error by ``variance * (mse[b] - mse[b + 1])``;
+    those gains shrink with ``b``, so taking the ``budget`` largest gains over all (coordinate, bit) pairs
+    gives every coordinate a prefix of its bits: the greedy (and, for these convex steps, optimal) split.
+    """
+    mse = torch.tensor(_GAUSSIAN_MSE[:max_width + 1], dtype=torch.float64)
+    gains = variances.double().clamp_min(0).unsqueeze(1) * (mse[:-1] - mse[1:]).unsqueeze(0)  # (H, max_width)
+    if not 0 <= budget <= gains.numel():
+        raise ValueError(f"a budget of {budget} bits does not fit {variances.numel()} coordinates x {max_width}")
+    order = torch.sort(gains.flatten(), descending=True, stable=True).indices[:budget]
+    return torch.bincount(order // max_width, minlength=variances.numel())
+
+
+class HeadCodec:
+    """Encode teacher final hidden states to packed codes and decode them back to full logits.
+
+    Fitted pieces (all frozen after :meth:`fit`): ``mean`` (H,), ``transform`` (H, H) taking a centred row to
+    decorrelated coordinates, ``inverse`` (H, H) back, ``std`` (H,) of each coordinate, ``widths`` (H,) bits
+    per coordinate (0..8, summing to ``bits * H``) and ``levels`` (9, 256): row ``w`` holds the ``2**w``
+    quantiser levels shared by the coordinates of width ``w``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor,
+                 transform: torch.Tensor, inverse: torch.Tensor, std: torch.Tensor, widths: torch.Tensor,
+                 levels: torch.Tensor, bits: int):
+        if not 1 <= bits <= MAX_WIDTH:
+            raise ValueError(f"codec bits: {bits!r}; use 1 to {MAX_WIDTH} (stores offer 3, 4 and 8)")
         hidden = weight.shape[1]
-        if bits == 4 and hidden % 2:
-            raise ValueError(f"a 4-bit codec packs two coordinates per byte; hidden size {hidden} is odd")
+        widths = widths.long()
+        if widths.shape != (hidden,) or int(widths.sum()) != bits * hidden:
+            raise ValueError(f"codec widths must be {hidden} values summing to {bits * hidden} bits")
         self.weight, self.bias = weight.float(), None if bias is None else bias.float()
-        self.mean, self.scale, self.rotation = mean.float(), scale.float(), rotation.float()
-        self.levels, self.bits = levels.float(), bits
-        self._bounds = (self.levels[1:] + self.levels[:-1]) / 2
+        self.mean, self.transform, self.inverse = mean.float(), transform.float(), inverse.float()
+        self.std, self.widths, self.levels, self.bits = std.float(), widths, levels.float(), bits
+        # bit i of the packed row is bit _bit[i] of coordinate _coord[i]
+        self._coord = torch.repeat_interleave(torch.arange(hidden), widths)
+        self._bit = torch.cat([torch.arange(int(w)) for w in widths])
+        self._groups = [(w, (widths == w).nonzero().squeeze(1)) for w in range(1, MAX_WIDTH + 1)
+                        if bool((widths == w).any())]
 
     @property
     def hidden_size(self) -> int:
@@ -83,50 +140,81 @@ class HeadCodec:
 
     @property
     def bytes_per_token(self) -> int:
-        return self.hidden_size * self.bits // 8 + 2
+        return (self.hidden_size * self.bits + 7) // 8 + 2
 
     # ------------------------------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: int = 4,
-            seed: int = 0, max_values: int = 400_000) -> HeadCodec:
+            seed: int = 0, max_values: int = 400_000, metric: str = "fisher") -> HeadCodec:
         """Fit on calibration hidden states ``hidden`` (N, H) (real tokens only) of the teacher whose output
-        layer is ``weight`` (V, H) and ``bias`` (V,) or None."""
+        layer is ``weight`` (V, H) and ``bias`` (V,) or None. ``metric="euclidean"`` skips the Fisher
+        weighting (plain PCA of ``h``; kept for comparison, it loses about twice the KL)."""
         h = hidden.detach().float().reshape(-1, hidden.shape[-1])
         if h.shape[0] < 2:
             raise ValueError("the head codec needs at least two calibration tokens")
         if h.shape[1] != weight.shape[1]:
             raise ValueError(f"hidden states have {h.shape[1]} features but the output layer takes {weight.shape[1]}")
+        if not 1 <= bits <= MAX_WIDTH:
+            raise ValueError(f"codec bits: {bits!r}; use 1 to {MAX_WIDTH} (stores offer 3, 4 and 8)")
+        if metric not in ("fisher", "euclidean"):
+            raise ValueError(f"codec metric: {metric!r}; use 'fisher' or 'euclidean'")
         mean = h.mean(0)
-        rotation = _random_rotation(h.shape[1], seed)
-        z = (h - mean) @ rotation
-        scale = z.std(0).clamp_min(1e-6)
-        z = z / scale
-        z = z / z.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-        flat = z.flatten()
-        if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
-            g = torch.Generator().manual_seed(seed)
-            flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
-        levels = _lloyd_max(flat, 2 ** bits)
-        return cls(weight.detach(), None if bias is None else bias.detach(), mean, scale, rotation, levels, bits)
+        centred = (h - mean).double()
+        # 1. a metric in which squared error is KL: whiten by the head's mean Fisher information
+        if metric == "fisher":
+            f, u = torch.linalg.eigh(output_fisher(h, weight, bias))
+        else:
+            f, u = torch.ones(h.shape[1], dtype=torch.float64), torch.eye(h.shape[1], dtype=torch.float64)
+        root = f.clamp_min(float(f.max()) * 1e-8).sqrt()
+        # 2. principal axes of the calibration rows in that metric, largest variance first
+        lam, q = torch.linalg.eigh(torch.cov((centred @ (u * root)).T, correction=0))
+        lam, q = lam.flip(0).clamp_min(0), q.flip(1)
+        transform = (u * root) @ q
+        inverse = q.T @ (u / root).T
+        std = lam.sqrt().clamp_min(float(lam.max().sqrt()) * 1e-6 + 1e-12)
+        # 3. bits where the variance is: about half a bit more per doubling of a coordinate's std
+        widths = allocate_widths(lam, bits * h.shape[1])
+        z = (centred @ transform) / std
+        z = (z / z.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)).float()
+        # 4. a Lloyd-Max quantiser per width, over the calibration values of that width's coordinates
+        levels = torch.zeros(MAX_WIDTH + 1, 2 ** MAX_WIDTH)
+        g = torch.Generator().manual_seed(seed)
+        for w in range(1, MAX_WIDTH + 1):
+            cols = (widths == w).nonzero().squeeze(1)
+            if cols.numel():
+                flat = z[:, cols].flatten()
+                if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
+                    flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
+                levels[w, :2 ** w] = _lloyd_max(flat, 2 ** w)
+        return cls(weight.detach(), None if bias is None else bias.detach(), mean, transform.float(),
+                   inverse.float(), std.float(), widths, levels, bits)
 
     # ---------------------------------------------------------------------------------------- coding
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, H) hidden states -> (codes (T, H*bits/8) uint8, row scales (T,) float16)."""
-        z = ((hidden.detach().float() - self.mean) @ self.rotation) / self.scale
+        """(T, H) hidden states -> (codes (T, ceil(H*bits/8)) uint8, row scales (T,) float16)."""
+        z = ((hidden.detach().float() - self.mean) @ self.transform) / self.std
         rms = z.pow(2).mean(-1).sqrt().half()  # rounded first, so the codes are taken against the stored scale
         z = z / rms.float().clamp_min(1e-12).unsqueeze(-1)
-        codes = torch.bucketize(z, self._bounds).to(torch.uint8)  # (T, H) level numbers
-        if self.bits == 4:
-            codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-        return codes.contiguous(), rms
+        codes = torch.zeros(z.shape, dtype=torch.long)
+        for w, cols in self._groups:
+            lv = self.levels[w, :2 ** w]
+            codes[:, cols] = torch.bucketize(z[:, cols], (lv[1:] + lv[:-1]) / 2)
+        bitrow = (codes[:, self._coord] >> self._bit) & 1  # (T, bits * H)
+        pad = (-bitrow.shape[1]) % 8
+        bitrow = torch.nn.functional.pad(bitrow, (0, pad)).view(z.shape[0], -1, 8)
+        packed = (bitrow << torch.arange(8)).sum(-1).to(torch.uint8)
+        return packed.contiguous(), rms
 
     def decode(self, codes: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
-        """Codes (..., H*bits/8) and scales (...,) -> hidden states (..., H) float32."""
-        codes = codes.to(torch.uint8)
-        if self.bits == 4:
-            codes = torch.stack([codes & 15, codes >> 4], dim=-1).flatten(-2)
-        z = self.levels[codes.long()] * rms.float().unsqueeze(-1) * self.scale
-        return z @ self.rotation.T + self.mean
+        """Codes (..., bytes) and scales (...,) -> hidden states (..., H) float32."""
+        lead = codes.shape[:-1]
+        flat = codes.reshape(-1, codes.shape[-1]).to(torch.uint8)
+        bitrow = ((flat.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten(1)[:, :self._coord.numel()]
+        values = torch.zeros(flat.shape[0], self.hidden_size, dtype=torch.long)
+        values.index_add_(1, self._coord, bitrow.long() << self._bit)
+        z = self.levels.flatten()[self.widths * 2 ** MAX_WIDTH + values]  # width-0 coordinates read 0
+        z = z * rms.reshape(-1, 1).float() * self.std
+        return (z @ self.inverse + self.mean).reshape(*lead, self.hidden_size)
 
     def logits(self, codes: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
         """Codes and scales -> the teacher's full logits (..., V) float32."""
@@ -136,8 +224,9 @@ class HeadCodec:
 
     # ------------------------------------------------------------------------------------------- files
     def tensors(self) -> dict[str, torch.Tensor]:
-        t = {"weight": self.weight, "mean": self.mean, "scale": self.scale, "rotation": self.rotation,
-             "levels": self.levels, "bits": torch.tensor(self.bits)}
+        t = {"weight": self.weight, "mean": self.mean, "transform": self.transform, "inverse": self.inverse,
+             "std": self.std, "widths": self.widths, "levels": self.levels, "bits": torch.tensor(self.bits),
+             "format": torch.tensor(FORMAT)}
         if self.bias is not None:
             t["bias"] = self.bias
         return {k: v.contiguous() for k, v in t.items()}
@@ -147,7 +236,12 @@ class HeadCodec:
         from safetensors.torch import load_file
 
         t = load_file(str(path))
-        return cls(t["weight"], t.get("bias"), t["mean"], t["scale"], t["rotation"], t["levels"], int(t["bits"]))
+        if "format" not in t or int(t["format"]) != FORMAT:
+            found = int(t["format"]) if "format" in t else 1
+            raise CodecFormatError(f"{path} is a format-{found} head codec; this distill reads format {FORMAT}: "
+                                   "rebuild the store (the next run re-codes it)")
+        return cls(t["weight"], t.get("bias"), t["mean"], t["transform"], t["inverse"], t["std"], t["widths"],
+                   t["levels"], int(t["bits"]))
 
 
 def output_layer(model: torch.nn.Module, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

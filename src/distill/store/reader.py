@@ -145,7 +145,7 @@ class TeacherStore:
 
     @property
     def codec(self) -> HeadCodec:
-        """The head codec of a ``head4`` / ``head8`` store (loaded once per process)."""
+        """The head codec of a ``head3`` / ``head4`` / ``head8`` store (loaded once per process)."""
         if self._codec is None:
             f = self.path / CODEC_FILE
             if not f.exists():
@@ -380,7 +380,7 @@ def format_info(info: dict[str, Any]) -> str:
         lg = layout["logits"]
         kept = f"top-{lg['k']} of {lg['num_classes']}" if lg["sparse"] else f"all {lg['num_classes']}"
         if lg.get("codec"):
-            kept += f", from the output layer's input at {lg['codec'][4:]} bits x {lg['hidden_size']}"
+            kept += f", from the output layer's input at {lg['codec'][4:]} bits (mean) x {lg['hidden_size']}"
         captured.append(f"logits ({kept}, per {'token' if lg['per_token'] else 'example'})")
     if "embeddings" in layout:
         captured.append(f"embeddings (dim {layout['embeddings']['dim']})")

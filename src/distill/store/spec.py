@@ -31,9 +31,11 @@ from typing import Any
 
 import torch
 
+from distill.store.codec import FORMAT as CODEC_FORMAT
+
 CAPTURE_FIELDS: tuple[str, ...] = ("logits", "embeddings", "hidden_states", "qkv")
 RECONSTRUCTIONS: tuple[str, ...] = ("spread", "topk")
-CODECS: tuple[str, ...] = ("topk", "head4", "head8")
+CODECS: tuple[str, ...] = ("topk", "head3", "head4", "head8")
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -70,8 +72,8 @@ class StoreSpec:
     """Layers (1-based) whose self-attention query/key/value projections to keep (``qkv`` in capture)."""
     codec: str = "topk"
     """How per-token LM logits are kept: ``topk`` (the ``topk`` largest, or all when ``topk`` is 0) or
-    ``head4`` / ``head8``: the input of the teacher's output layer at 4 / 8 bits per coordinate, decoded to
-    all logits when read (:mod:`distill.store.codec`)."""
+    ``head3`` / ``head4`` / ``head8``: the input of the teacher's output layer at 3 / 4 / 8 bits per
+    coordinate on average, decoded to all logits when read (:mod:`distill.store.codec`)."""
 
     def __post_init__(self) -> None:
         # Normalise so that equal content gives an equal spec (and key) whatever order the caller used;
@@ -146,10 +148,17 @@ class StoreSpec:
             del out["qkv_layers"]
         if out["codec"] == "topk":
             del out["codec"]  # likewise added later: top-k stores keep their keys
+        else:
+            out["codec_format"] = CODEC_FORMAT  # a new codec format is a new store, never a misread one
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreSpec:
+        data = dict(data)
+        fmt = data.pop("codec_format", None)
+        if data.get("codec", "topk") != "topk" and fmt != CODEC_FORMAT:
+            raise ValueError(f"this store's head codec is format {fmt or 1}; this distill reads format "
+                             f"{CODEC_FORMAT}: rebuild the store")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:

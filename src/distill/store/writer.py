@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 
 from distill.outputs import ModelOutputs, SparseLogits
 from distill.store._files import atomic_write_json, fsync_dir, read_json, sha256_file
-from distill.store.codec import CODEC_BITS, CODEC_FILE, HeadCodec
+from distill.store.codec import CODEC_BITS, CODEC_FILE, CodecFormatError, HeadCodec
 from distill.store.fingerprint import FORMAT_VERSION
 from distill.store.spec import MANIFEST_NAME, StoreError, StoreSpec, shard_stem
 
@@ -136,6 +137,12 @@ def _prepare_codec(path: Path, spec: StoreSpec, fit: Callable[[], HeadCodec] | N
     if spec.codec == "topk":
         return None
     target = path / CODEC_FILE
+    if rank == 0 and target.exists():
+        try:
+            HeadCodec.load(target)
+        except CodecFormatError as exc:  # an older codec: fit anew; the shards see its checksum change
+            warnings.warn(f"{exc}; re-coding this store", stacklevel=3)
+            target.unlink()
     if rank == 0 and not target.exists():
         if fit is None:
             raise ValueError(f"store codec {spec.codec!r} needs head_codec= (a function that fits the codec)")

@@ -9,7 +9,16 @@ import torch
 
 from distill.outputs import ModelOutputs
 from distill.store import StoreSpec, TeacherStore, build_store
-from distill.store.codec import CODEC_FILE, HeadCodec, _lloyd_max, forward_with_head_input, output_layer
+from distill.store.codec import (
+    CODEC_FILE,
+    CodecFormatError,
+    HeadCodec,
+    _lloyd_max,
+    allocate_widths,
+    forward_with_head_input,
+    output_fisher,
+    output_layer,
+)
 from distill.store.fidelity import measure_fidelity
 
 
@@ -76,23 +85,105 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_bad_codec_inputs_are_named():
-    w, b = _head(h=31)
-    with pytest.raises(ValueError, match="odd"):
-        HeadCodec.fit(torch.randn(50, 31), w, b, bits=4)
     w, b = _head()
     with pytest.raises(ValueError, match="features"):
         HeadCodec.fit(torch.randn(50, 16), w, b)
     with pytest.raises(ValueError, match="bits"):
-        HeadCodec.fit(torch.randn(50, 32), w, b, bits=3)
+        HeadCodec.fit(torch.randn(50, 32), w, b, bits=9)
+    with pytest.raises(ValueError, match="metric"):
+        HeadCodec.fit(torch.randn(50, 32), w, b, metric="cosine")
+
+
+def test_widths_follow_variance_and_spend_the_budget_exactly():
+    var = torch.tensor([100.0, 10.0, 1.0, 1.0, 0.1, 1e-4])
+    widths = allocate_widths(var, 6 * 3)
+    assert int(widths.sum()) == 18 and int(widths.max()) <= 8
+    assert widths.tolist() == sorted(widths.tolist(), reverse=True)  # more variance, never fewer bits
+    assert widths[2] == widths[3]  # equal variances, equal widths
+    # a factor 4 in variance is worth about one bit (the Gaussian error falls ~4x per bit)
+    assert allocate_widths(torch.tensor([16.0, 4.0, 1.0]), 6).tolist() == [3, 2, 1]
+    assert allocate_widths(torch.ones(4), 32).tolist() == [8, 8, 8, 8]
+    with pytest.raises(ValueError, match="budget"):
+        allocate_widths(torch.ones(4), 33)
+
+
+def test_output_fisher_is_the_mean_per_token_fisher():
+    h, (w, b) = _hidden(n=40), _head()
+    want = torch.zeros(32, 32, dtype=torch.float64)
+    for row in h.double():
+        p = torch.softmax(w.double() @ row + b.double(), -1)
+        want += w.double().T @ (torch.diag(p) - torch.outer(p, p)) @ w.double()
+    assert torch.allclose(output_fisher(h, w, b, chunk=7), want / 40, atol=1e-6)
+
+
+def test_fisher_metric_spends_no_bits_where_the_head_does_not_look():
+    # channels 0-7 vary a lot but the output layer ignores them: a Euclidean PCA codes them, the Fisher one not
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(2000, 32, generator=g)
+    h[:, :8] *= 20.0
+    w, b = _head()
+    w[:, :8] = 0.0
+    fit, test = h[:1500], h[1500:]
+    z = test @ w.T + b
+    kls = {}
+    for metric in ("fisher", "euclidean"):
+        codec = HeadCodec.fit(fit, w, b, bits=3, metric=metric)
+        kls[metric] = _kl(z, codec.logits(*codec.encode(test)))
+    assert kls["fisher"] < kls["euclidean"] / 3
+
+
+def test_bit_stream_round_trips_odd_widths_and_sizes():
+    # 31 coordinates at 3 bits on average: 93 bits in 12 bytes, widths from 0 to 8 bits
+    h = _hidden(h=31)
+    w, b = _head(h=31)
+    codec = HeadCodec.fit(h[:400], w, b, bits=3)
+    assert len(set(codec.widths.tolist())) > 2  # widths differ between coordinates
+    codes, rms = codec.encode(h[400:])
+    assert codes.shape == (200, 12) and codec.bytes_per_token == 14
+    # the same quantisation done by hand, coordinate by coordinate: nearest level of the coordinate's width
+    z = ((h[400:] - codec.mean) @ codec.transform) / codec.std / rms.float().unsqueeze(-1)
+    want = torch.zeros_like(z)
+    for j, width in enumerate(codec.widths.tolist()):
+        if width:
+            lv = codec.levels[width, :2 ** width]
+            want[:, j] = lv[(z[:, j:j + 1] - lv).abs().argmin(-1)]
+    want = (want * rms.float().unsqueeze(-1) * codec.std) @ codec.inverse + codec.mean
+    assert torch.allclose(codec.decode(codes, rms), want, atol=1e-5)
+    assert codec.decode(codes.view(20, 10, 12), rms.view(20, 10)).shape == (20, 10, 31)
+
+
+def test_an_older_codec_file_is_refused_and_refitted(tmp_path):
+    from safetensors.torch import save_file
+
+    h, (w, b) = _hidden(), _head()
+    old = {k: v for k, v in HeadCodec.fit(h, w, b).tensors().items() if k != "format"}
+    save_file(old, str(tmp_path / CODEC_FILE))
+    with pytest.raises(CodecFormatError, match="format-1"):
+        HeadCodec.load(tmp_path / CODEC_FILE)
+    with pytest.raises(ValueError, match="format 1"):
+        StoreSpec.from_dict({"codec": "head4", "topk": 0})  # a store key from before format 2
+
+    def compute(indices):
+        return ModelOutputs(attention_mask=torch.ones(len(indices), 3, dtype=torch.long),
+                            extra={"head_input": h[:3 * len(indices)].view(len(indices), 3, 32)})
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / CODEC_FILE).write_bytes((tmp_path / CODEC_FILE).read_bytes())
+    with pytest.warns(UserWarning, match="re-coding"):
+        path = build_store(tmp_path, "k", StoreSpec(codec="head4"), compute, num_examples=4,
+                           head_codec=lambda: HeadCodec.fit(h, w, b), progress=False, log=lambda *_: None)
+    assert TeacherStore.open(path).verify() == []
 
 
 def test_spec_codec_rules_and_unchanged_topk_keys():
     assert "codec" not in StoreSpec(topk=8).to_dict()  # stores built before the codec keep their keys
-    assert StoreSpec(codec="head4").to_dict()["codec"] == "head4"
+    spec = StoreSpec(codec="head3", topk=0)
+    assert spec.to_dict()["codec"] == "head3" and spec.to_dict()["codec_format"] == 2
+    assert StoreSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="topk"):
         StoreSpec(codec="head4", topk=8)
     with pytest.raises(ValueError, match="codec"):
-        StoreSpec(codec="head3")
+        StoreSpec(codec="head5")
 
 
 def test_recipe_codec_checks():
@@ -188,9 +279,9 @@ def test_a_new_codec_file_rebuilds_the_shards(coded_store):
     assert calls["fit"] == 2  # fitted again: the same rows give the same codec, so the shards still fit it
     assert TeacherStore.open(path).verify() == []
     assert torch.equal(TeacherStore.open(path).fetch([1]).logits, before)
-    # a codec that differs (another rotation seed) makes every shard coded with the old one stale
-    other = HeadCodec.load(path / CODEC_FILE)
-    other = HeadCodec(other.weight, other.bias, other.mean, other.scale, other.rotation.flip(0), other.levels, 8)
+    # a codec that differs (another mean) makes every shard coded with the old one stale
+    o = HeadCodec.load(path / CODEC_FILE)
+    other = HeadCodec(o.weight, o.bias, o.mean + 1e-3, o.transform, o.inverse, o.std, o.widths, o.levels, 8)
     (path / CODEC_FILE).unlink()
     logs = []
     build_store(path.parent, "k", spec, compute, num_examples=8, batch_size=2, head_codec=lambda: other,
