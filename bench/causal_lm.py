@@ -379,8 +379,8 @@ def main() -> None:
         "",
         f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (shards and sidecars; "
         f"plus {st.get('fixed_bytes', 0) / 2**20:.0f} MiB once for the codec), "
-        (f"built in {report['store_build_seconds']:.0f} s." if "store_build_seconds" in report
-         else "reused from an earlier run with the same key (not built in this run)."),
+        + (f"built in {report['store_build_seconds']:.0f} s." if "store_build_seconds" in report
+           else "reused from an earlier run with the same key (not built in this run)."),
         "",
         f"Store fidelity measured by the pipeline on its first 8 rows: {describe_fidelity(report['store_fidelity'])}.",
         "",
