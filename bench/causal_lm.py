@@ -18,6 +18,7 @@ One run measures:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -288,10 +289,17 @@ def child_fidelity(args) -> dict:
 CHILDREN = {"pipeline": child_pipeline, "trl": child_trl, "ours": child_ours_timing, "fidelity": child_fidelity}
 
 
+RESUME = False  # --resume: reuse each child's saved result when its command line is the same
+
+
 def spawn(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", kind]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", v if isinstance(v, str) else json.dumps(v)]
+    saved = WORK / "child_results" / f"{kind}-{hashlib.sha256(json.dumps(cmd[2:]).encode()).hexdigest()[:12]}.json"
+    if RESUME and saved.exists():
+        print(f"[bench] {kind}: reusing {saved}", flush=True)
+        return json.loads(saved.read_text())
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -302,6 +310,10 @@ def spawn(kind: str, **kw) -> dict:
     res = json.loads(line[len("RESULT "):])
     res["wall"] = time.perf_counter() - t0
     print(f"[bench] {kind} done in {res['wall']:.0f}s", flush=True)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, default=str))
+    os.replace(tmp, saved)  # a killed bench never leaves half a result behind
     return res
 
 
@@ -333,11 +345,16 @@ def main() -> None:
     ap.add_argument("--ks", type=json.loads, default=[32, 64, 128])
     ap.add_argument("--codec", default="head4", choices=["topk", "head3", "head4", "head8"])
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse the saved results of finished children")
     args = ap.parse_args()
     if args.child:
         res = CHILDREN[args.child](args)
         print("RESULT " + json.dumps(res, default=str), flush=True)
         return
+    if importlib.util.find_spec("trl") is None:  # said now, not after the pipeline's half hour
+        raise SystemExit("trl is not installed (the GKDTrainer comparison needs it): pip install -e '.[bench]'")
+    global RESUME
+    RESUME = args.resume
 
     corpus = WORK / "corpus.csv"
     build_corpus(corpus, args.words)
