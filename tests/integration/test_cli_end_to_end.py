@@ -4,7 +4,6 @@ distil, train the no-KD baseline, evaluate, export, reload; then interrupt-and-r
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
