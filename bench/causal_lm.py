@@ -104,7 +104,7 @@ def child_pipeline(args) -> dict:
     from distill.pipeline import run_class
 
     r = recipe_from_dict(json.loads(args.recipe))
-    report = run_class(r)(r)()
+    run_class(r)(r)()
     return {"report_path": str(Path(r.output_dir) / "report.json"), "peak_rss_mb": peak_rss_mb()}
 
 
