@@ -71,13 +71,20 @@ class OnPolicyTrainer(DistillTrainer):
                    prompt_length=prompt_len)
         return out
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.lmbda > 0 and self._rng.random() < self.lmbda:
-            inputs = self.student_batch(model, self._prepare_inputs(inputs))
-            self.on_policy_batches += 1
-            # the accumulated token count was taken on the original batches; a generated batch counts as
-            # its own tokens times the accumulation steps (its mean then weighs like one micro-batch)
-            if self.token_level:
-                num_items_in_batch = (inputs["loss_mask"].sum().clamp_min(1) * self.current_gradient_accumulation_steps
-                                      * self.accelerator.num_processes)
-        return super().training_step(model, inputs, num_items_in_batch)
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimisation step, each replaced by student generations with
+        probability ``lmbda`` *before* the step's tokens are counted: the divisor of a token-level loss is
+        then the real number of trained positions over all micro-batches (and processes), generated ones
+        included, exactly as for plain batches. The weights do not change between micro-batches, so
+        generating here or in ``training_step`` samples from the same student."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batch = next(epoch_iterator)
+            except StopIteration:
+                break
+            if self.lmbda > 0 and self._rng.random() < self.lmbda:
+                batch = self.student_batch(self.model_wrapped, self._prepare_inputs(batch))
+                self.on_policy_batches += 1
+            batches.append(batch)
+        return batches, self._get_num_items_in_batch(batches, device)
