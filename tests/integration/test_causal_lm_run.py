@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -139,7 +140,10 @@ def test_head_codec_store_through_the_cli(setup, capsys):
     capsys.readouterr()
     assert main(["cache", str(path), "--info"]) == 0
     out = capsys.readouterr().out
-    assert "fidelity" in out and "8 bits" in out and "once for the codec" in out
+    assert "fidelity" in out and "8 bits each on average" in out and "once for the codec" in out
+    assert re.search(r"8 rows, rows \d+-\d+", out)  # which rows were compared
+    # 69 training rows: the last 8 overlap the 64 calibration rows, and the report says so
+    assert "inside the codec's calibration rows" in out
 
 
 def test_cache_info_never_generates(setup, capsys, monkeypatch):

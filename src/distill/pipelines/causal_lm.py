@@ -50,6 +50,8 @@ from distill.training import Distiller
 
 LM_SIGNALS = {"logits"}
 
+CODEC_CALIBRATION_ROWS = 64  # training rows a head codec is fitted on (the first ones)
+
 
 def read_text_table(path: str, field: str = "data.train") -> pd.DataFrame:
     """A ``.txt`` file becomes one row per paragraph (blank-line separated; a file without blank lines, one
@@ -341,7 +343,7 @@ class CausalLMRun(Run):
         def fit_codec():
             from distill.store.codec import CODEC_BITS, HeadCodec, forward_with_head_input, output_layer
 
-            calib = list(range(min(len(rows), 64)))  # the first rows: a fixed choice, so the codec is too
+            calib = list(range(min(len(rows), CODEC_CALIBRATION_ROWS)))  # a fixed choice, so the codec is too
             hidden = []
             for i in range(0, len(calib), r.train.eval_batch_size):
                 teacher, b, kw = teacher_batch(calib[i:i + r.train.eval_batch_size])
@@ -368,8 +370,9 @@ class CausalLMRun(Run):
         return store
 
     def store_fidelity(self, store, rows: list[dict[str, Any]], teacher_batch) -> dict[str, Any]:
-        """Measured once per store on its first rows (at most 8) against the teacher's full logits, then
-        kept next to the store (fidelity.json) and shown by ``distill cache --info``."""
+        """Measured once per store on 8 rows against the teacher's full logits, then kept next to the store
+        (fidelity.json) and shown by ``distill cache --info``. The rows follow the codec's calibration rows
+        when the data has enough, so a head codec is judged on text it was not fitted on."""
         from distill.store.fidelity import describe_fidelity, load_fidelity, measure_fidelity, save_fidelity
 
         known = load_fidelity(store.path)
@@ -379,7 +382,11 @@ class CausalLMRun(Run):
                 with torch.no_grad():
                     return teacher(**kw).logits[..., : self.vocab_size].float().cpu(), b["attention_mask"]
 
-            known = measure_fidelity(store, list(range(min(len(rows), 8))), full)
+            n = len(rows)
+            start = CODEC_CALIBRATION_ROWS if n >= CODEC_CALIBRATION_ROWS + 8 else max(n - 8, 0)
+            known = measure_fidelity(store, list(range(start, min(n, start + 8))), full)
+            known["first_row"] = start
+            known["outside_calibration"] = start >= min(n, CODEC_CALIBRATION_ROWS)
             if _state().is_main_process:
                 save_fidelity(store.path, known)
         self.log(f"store fidelity: {describe_fidelity(known)}")

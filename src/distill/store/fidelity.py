@@ -82,4 +82,8 @@ def describe_fidelity(f: dict[str, Any]) -> str:
             f"teacher's entropy ({f['teacher_entropy']:.3f}); top-1 agreement {100 * f['top1_agreement']:.1f}%")
     if "missing_mass" in f:
         text += f"; mass outside the top-k {100 * f['missing_mass']:.1f}%"
-    return text + f" ({f['tokens']:,} tokens of {f['rows']} rows)"
+    where = ""
+    if "first_row" in f:
+        where = f", rows {f['first_row']}-{f['first_row'] + f['rows'] - 1}"
+        where += "" if f.get("outside_calibration", True) else ", inside the codec's calibration rows"
+    return text + f" ({f['tokens']:,} tokens of {f['rows']} rows{where})"
