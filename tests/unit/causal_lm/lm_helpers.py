@@ -48,3 +48,18 @@ def make_corpus(n=60, seed=0):
     return rows
 
 
+
+
+def assert_same_step(big, t_big, small, t_small):
+    """Two one-step runs (weight deltas, trainer) moved the weights alike and logged the same loss."""
+    import pytest
+    import torch
+
+    moved = 0
+    for k in big:
+        torch.testing.assert_close(small[k], big[k], atol=1e-6, rtol=1e-4)
+        moved += int(big[k].abs().sum() > 0)
+    assert moved > 5  # the step really changed the weights
+    loss_big = next(h["loss"] for h in t_big.state.log_history if "loss" in h)
+    loss_small = next(h["loss"] for h in t_small.state.log_history if "loss" in h)
+    assert loss_small == pytest.approx(loss_big, rel=1e-4)

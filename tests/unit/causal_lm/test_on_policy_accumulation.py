@@ -5,8 +5,9 @@ tokens twice as much."""
 
 from __future__ import annotations
 
-import pytest
 import torch
+
+from .lm_helpers import assert_same_step
 
 ROWS = [{"input_ids": [3, 7, 9, 4, 12, 5, 8, 10], "prompt_length": 5, "domain": 0, "example_index": 0},
         {"input_ids": [20, 6, 11, 13], "prompt_length": 2, "domain": 0, "example_index": 1},
@@ -46,11 +47,4 @@ def test_accumulated_on_policy_step_equals_one_batch(tmp_path, tiny_llama, lm_to
     big, t_big = _one_step(tmp_path, tiny_llama, lm_tokenizer, batch=3, accum=1)
     small, t_small = _one_step(tmp_path, tiny_llama, lm_tokenizer, batch=2, accum=2)
     assert t_big.on_policy_batches == 1 and t_small.on_policy_batches == 2
-    moved = 0
-    for k in big:
-        torch.testing.assert_close(small[k], big[k], atol=1e-6, rtol=1e-4)
-        moved += int(big[k].abs().sum() > 0)
-    assert moved > 5
-    loss_big = [h["loss"] for h in t_big.state.log_history if "loss" in h][0]
-    loss_small = [h["loss"] for h in t_small.state.log_history if "loss" in h][0]
-    assert loss_small == pytest.approx(loss_big, rel=1e-4)
+    assert_same_step(big, t_big, small, t_small)
