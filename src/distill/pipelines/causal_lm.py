@@ -351,8 +351,8 @@ class CausalLMRun(Run):
                 hidden.append(h.float().cpu()[b["attention_mask"].bool()])
             weight, bias = output_layer(self.teacher(), self.vocab_size)
             self.log(f"fitting the {spec.codec} codec on {sum(len(x) for x in hidden):,} teacher tokens")
-            return HeadCodec.fit(torch.cat(hidden), weight.float().cpu(), None if bias is None else bias.float().cpu(),
-                                 bits=CODEC_BITS[spec.codec], seed=r.train.seed)
+            # the output layer stays where the teacher is: the Fisher pass over the vocabulary runs there
+            return HeadCodec.fit(torch.cat(hidden), weight, bias, bits=CODEC_BITS[spec.codec], seed=r.train.seed)
 
         exists = (root / key / "manifest.json").exists()
         if not exists:

@@ -75,10 +75,10 @@ def output_fisher(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     the mean over tokens is ``W^T diag(mean p) W - mean (W^T p)(W^T p)^T``, one V-sized pass per chunk.
     """
     w = weight.float()
-    p_sum = torch.zeros(w.shape[0], dtype=torch.float64)
-    outer = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64)
+    p_sum = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    outer = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
     for i in range(0, hidden.shape[0], chunk):
-        z = hidden[i:i + chunk].float() @ w.T
+        z = hidden[i:i + chunk].to(w.device).float() @ w.T
         p = torch.softmax(z if bias is None else z + bias.float(), dim=-1)
         p_sum += p.sum(0).double()
         g = (p @ w).double()
@@ -125,8 +125,9 @@ class HeadCodec:
         self.mean, self.transform, self.inverse = mean.float(), transform.float(), inverse.float()
         self.std, self.widths, self.levels, self.bits = std.float(), widths, levels.float(), bits
         # bit i of the packed row is bit _bit[i] of coordinate _coord[i]
-        self._coord = torch.repeat_interleave(torch.arange(hidden), widths)
-        self._bit = torch.cat([torch.arange(int(w)) for w in widths])
+        dev = widths.device
+        self._coord = torch.repeat_interleave(torch.arange(hidden, device=dev), widths)
+        self._bit = torch.cat([torch.arange(int(w), device=dev) for w in widths.tolist()])
         self._groups = [(w, (widths == w).nonzero().squeeze(1)) for w in range(1, MAX_WIDTH + 1)
                         if bool((widths == w).any())]
 
@@ -145,10 +146,15 @@ class HeadCodec:
     # ------------------------------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: int = 4,
-            seed: int = 0, max_values: int = 400_000, metric: str = "fisher") -> HeadCodec:
+            seed: int = 0, max_values: int = 400_000, metric: str = "fisher",
+            fisher_tokens: int = 2048) -> HeadCodec:
         """Fit on calibration hidden states ``hidden`` (N, H) (real tokens only) of the teacher whose output
         layer is ``weight`` (V, H) and ``bias`` (V,) or None. ``metric="euclidean"`` skips the Fisher
-        weighting (plain PCA of ``h``; kept for comparison, it loses about twice the KL)."""
+        weighting (plain PCA of ``h``; kept for comparison, it loses about twice the KL).
+
+        The Fisher information is averaged over ``fisher_tokens`` calibration tokens (a seeded subset; on
+        SmolLM2 512 tokens code as well as 6,144) on the device of ``weight``: for a large vocabulary pass
+        the output layer where it lives (a GPU). The codec itself is kept on the CPU."""
         h = hidden.detach().float().reshape(-1, hidden.shape[-1])
         if h.shape[0] < 2:
             raise ValueError("the head codec needs at least two calibration tokens")
@@ -162,7 +168,10 @@ class HeadCodec:
         centred = (h - mean).double()
         # 1. a metric in which squared error is KL: whiten by the head's mean Fisher information
         if metric == "fisher":
-            f, u = torch.linalg.eigh(output_fisher(h, weight, bias))
+            pick = torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(seed))[:fisher_tokens]
+            fisher = output_fisher(h[pick.sort().values].to(weight.device), weight.detach(),
+                                   None if bias is None else bias.detach())
+            f, u = torch.linalg.eigh(fisher.cpu())
         else:
             f, u = torch.ones(h.shape[1], dtype=torch.float64), torch.eye(h.shape[1], dtype=torch.float64)
         root = f.clamp_min(float(f.max()) * 1e-8).sqrt()
@@ -186,34 +195,35 @@ class HeadCodec:
                 if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
                     flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
                 levels[w, :2 ** w] = _lloyd_max(flat, 2 ** w)
-        return cls(weight.detach(), None if bias is None else bias.detach(), mean, transform.float(),
+        return cls(weight.detach().cpu(), None if bias is None else bias.detach().cpu(), mean, transform.float(),
                    inverse.float(), std.float(), widths, levels, bits)
 
     # ---------------------------------------------------------------------------------------- coding
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, H) hidden states -> (codes (T, ceil(H*bits/8)) uint8, row scales (T,) float16)."""
-        z = ((hidden.detach().float() - self.mean) @ self.transform) / self.std
+        z = ((hidden.detach().float().to(self.mean.device) - self.mean) @ self.transform) / self.std
         rms = z.pow(2).mean(-1).sqrt().half()  # rounded first, so the codes are taken against the stored scale
         z = z / rms.float().clamp_min(1e-12).unsqueeze(-1)
-        codes = torch.zeros(z.shape, dtype=torch.long)
+        codes = torch.zeros(z.shape, dtype=torch.long, device=z.device)
         for w, cols in self._groups:
             lv = self.levels[w, :2 ** w]
             codes[:, cols] = torch.bucketize(z[:, cols], (lv[1:] + lv[:-1]) / 2)
         bitrow = (codes[:, self._coord] >> self._bit) & 1  # (T, bits * H)
         pad = (-bitrow.shape[1]) % 8
         bitrow = torch.nn.functional.pad(bitrow, (0, pad)).view(z.shape[0], -1, 8)
-        packed = (bitrow << torch.arange(8)).sum(-1).to(torch.uint8)
+        packed = (bitrow << torch.arange(8, device=z.device)).sum(-1).to(torch.uint8)
         return packed.contiguous(), rms
 
     def decode(self, codes: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
         """Codes (..., bytes) and scales (...,) -> hidden states (..., H) float32."""
-        lead = codes.shape[:-1]
-        flat = codes.reshape(-1, codes.shape[-1]).to(torch.uint8)
-        bitrow = ((flat.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten(1)[:, :self._coord.numel()]
-        values = torch.zeros(flat.shape[0], self.hidden_size, dtype=torch.long)
+        lead, dev = codes.shape[:-1], self.mean.device
+        flat = codes.reshape(-1, codes.shape[-1]).to(dev, torch.uint8)
+        shifts = torch.arange(8, dtype=torch.uint8, device=dev)
+        bitrow = ((flat.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, :self._coord.numel()]
+        values = torch.zeros(flat.shape[0], self.hidden_size, dtype=torch.long, device=dev)
         values.index_add_(1, self._coord, bitrow.long() << self._bit)
         z = self.levels.flatten()[self.widths * 2 ** MAX_WIDTH + values]  # width-0 coordinates read 0
-        z = z * rms.reshape(-1, 1).float() * self.std
+        z = z * rms.reshape(-1, 1).to(dev).float() * self.std
         return (z @ self.inverse + self.mean).reshape(*lead, self.hidden_size)
 
     def logits(self, codes: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
@@ -221,6 +231,12 @@ class HeadCodec:
         h = self.decode(codes, rms)
         out = h @ self.weight.T
         return out if self.bias is None else out + self.bias
+
+    def to(self, device: torch.device | str) -> HeadCodec:
+        """A copy that decodes on ``device`` (a GPU run decodes there: the V-wide product is the cost)."""
+        t = {k: v.to(device) for k, v in self.tensors().items() if k not in ("bits", "format")}
+        return HeadCodec(t["weight"], t.get("bias"), t["mean"], t["transform"], t["inverse"], t["std"],
+                         t["widths"], t["levels"], self.bits)
 
     # ------------------------------------------------------------------------------------------- files
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -104,13 +104,14 @@ class TeacherStore:
 
     def _reset_handles(self) -> None:
         self._codec: HeadCodec | None = None
+        self._codec_on: dict[str, HeadCodec] = {}  # copies on other devices, made when first asked for
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._offsets: dict[int, torch.Tensor] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_handles", "_offsets", "_pid", "_codec"):
+        for name in ("_handles", "_offsets", "_pid", "_codec", "_codec_on"):
             state.pop(name)
         return state
 
@@ -202,12 +203,14 @@ class TeacherStore:
         indices: Sequence[int] | torch.Tensor,
         pad_to: int | None = None,
         padding_side: str = "right",
+        device: torch.device | str | None = None,
     ) -> ModelOutputs:
         """Teacher outputs for the examples ``indices`` (global, any order, repeats allowed).
 
         Per-token fields are padded to the longest example in the batch (or to ``pad_to``), on the right
         unless ``padding_side="left"`` (match the student batch's padding), and come with ``attention_mask``
-        (B, L). Floating tensors are returned as float32.
+        (B, L). Floating tensors are returned as float32. A head-codec store decodes its logits on
+        ``device`` when given (only the codes travel there), else on the CPU; other fields stay on the CPU.
         """
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side: {padding_side!r}; use 'right' or 'left'")
@@ -275,15 +278,24 @@ class TeacherStore:
                 padded[valid] = tokens.index_select(0, source)
                 out[name] = padded
             attention_mask = valid.long()
-        return self._outputs(out, attention_mask)
+        return self._outputs(out, attention_mask, device)
 
-    def _outputs(self, t: dict[str, torch.Tensor], attention_mask: torch.Tensor | None) -> ModelOutputs:
+    def _codec_for(self, device: torch.device | str | None) -> HeadCodec:
+        if device is None or torch.device(device).type == "cpu":
+            return self.codec
+        key = str(torch.device(device))
+        if key not in self._codec_on:
+            self._codec_on[key] = self.codec.to(device)
+        return self._codec_on[key]
+
+    def _outputs(self, t: dict[str, torch.Tensor], attention_mask: torch.Tensor | None,
+                 device: torch.device | str | None = None) -> ModelOutputs:
         logits: torch.Tensor | SparseLogits | None = None
         layout = self.layout.get("logits")
         if layout is not None:
             if layout.get("codec"):
                 # every logit, rebuilt from the coded final hidden state (padded positions decode to the mean)
-                logits = self.codec.logits(t["head_codes"], t["head_scale"])
+                logits = self._codec_for(device).logits(t["head_codes"], t["head_scale"])
             elif layout["sparse"]:
                 values, indices, lse = (
                     t["topk_values"].float(),

@@ -91,8 +91,9 @@ class DistillTrainer(Trainer):
         if not self.distiller.needs_teacher:
             return ModelOutputs()
         if self.store is not None:
-            fetched = self.store.fetch(inputs["example_index"].detach().cpu())
-            return _to_device(fetched, inputs["input_ids"].device)
+            device = inputs["input_ids"].device  # a head-codec store decodes there
+            fetched = self.store.fetch(inputs["example_index"].detach().cpu(), device=device)
+            return _to_device(fetched, device)
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in inputs else ""
         with torch.no_grad():
             return forward_outputs(

@@ -328,3 +328,27 @@ def test_fidelity_of_a_topk_store_reports_missing_mass(tmp_path):
     top = p.topk(5, -1).values.sum(-1)
     assert math.isclose(fid["missing_mass"], float((1 - top).mean()), rel_tol=1e-3)
     assert fid["kl_nats_per_token"] > 0.05 and fid["top1_agreement"] == 1.0
+
+
+def test_codec_copies_decode_alike_and_fisher_uses_a_seeded_subset():
+    h, (w, b) = _hidden(), _head()
+    codec = HeadCodec.fit(h[:400], w, b, bits=4, fisher_tokens=100)
+    again = HeadCodec.fit(h[:400], w, b, bits=4, fisher_tokens=100)
+    assert torch.equal(codec.transform, again.transform)  # the subset is seeded: the same codec twice
+    whole = HeadCodec.fit(h[:400], w, b, bits=4, fisher_tokens=400)
+    assert not torch.equal(codec.transform, whole.transform)  # the cap really cut the Fisher pass
+    codes, rms = codec.encode(h[400:])
+    copy = codec.to("cpu")
+    assert copy is not codec and torch.equal(copy.logits(codes, rms), codec.logits(codes, rms))
+    assert codec.weight.device.type == "cpu"
+
+
+def test_fetch_decodes_on_the_asked_device(coded_store):
+    path = coded_store[0]
+    store = TeacherStore.open(path)
+    plain, on_cpu = store.fetch([3, 1]), store.fetch([3, 1], device="cpu")
+    assert torch.equal(plain.logits, on_cpu.logits)
+    if torch.cuda.is_available():  # the GPU machine: only the codes travel, the logits are made there
+        on_gpu = store.fetch([3, 1], device="cuda")
+        assert on_gpu.logits.device.type == "cuda"
+        torch.testing.assert_close(on_gpu.logits.cpu(), plain.logits, atol=1e-3, rtol=1e-4)
