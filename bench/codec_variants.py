@@ -108,7 +108,9 @@ def main() -> None:
     basis = torch.linalg.svd(hf - mu, full_matrices=False).Vh[:144].T
     add("h PCA r=144, float16", 288, from_h(((ht - mu) @ basis).half().float() @ basis.T + mu))
 
-    lines = [f"{ht.shape[0]} held-out tokens, teacher entropy {ent:.3f} nats/token; fitted on {hf.shape[0]} other tokens.",
+    words = int(df.text.astype(str).str.split().str.len().groupby(df.domain).sum().mean())
+    lines = [f"{ht.shape[0]} held-out tokens, teacher entropy {ent:.3f} nats/token; fitted on {hf.shape[0]} other "
+             f"tokens; corpus {CORPUS.name} with about {words} words per domain (bench/causal_lm.py --words).",
              "", "| variant | bytes/token | KL(p||p_hat) nats | % of H(p) |", "|---|---|---|---|"]
     lines += [f"| {n} | {nb} | {kl:.4f} | {100 * kl / ent:.2f}% |" for n, nb, kl in rows]
     body = "\n".join(lines)
