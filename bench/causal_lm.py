@@ -399,7 +399,7 @@ def main() -> None:
         + (f"built in {report['store_build_seconds']:.0f} s." if "store_build_seconds" in report
            else "reused from an earlier run with the same key (not built in this run)."),
         "",
-        f"Store fidelity measured by the pipeline on its first 8 rows: {describe_fidelity(report['store_fidelity'])}.",
+        f"Store fidelity measured by the pipeline on 8 training rows: {describe_fidelity(report['store_fidelity'])}.",
         "",
         f"Reconstruction error by storage format ({fid['tokens']} held-out tokens, teacher entropy "
         f"{fid['teacher_entropy']:.3f} nats; loss/gradient errors at the KD student and the no-KD student):",
