@@ -51,6 +51,7 @@ from distill.training import Distiller
 LM_SIGNALS = {"logits"}
 
 CODEC_CALIBRATION_ROWS = 64  # training rows a head codec is fitted on (the first ones)
+FIDELITY_ROWS = 8  # rows a store's fidelity is measured on, once
 
 
 def read_text_table(path: str, field: str = "data.train") -> pd.DataFrame:
@@ -370,7 +371,7 @@ class CausalLMRun(Run):
         return store
 
     def store_fidelity(self, store, rows: list[dict[str, Any]], teacher_batch) -> dict[str, Any]:
-        """Measured once per store on 8 rows against the teacher's full logits, then kept next to the store
+        """Measured once per store on ``FIDELITY_ROWS`` rows against the teacher's full logits, then kept next to the store
         (fidelity.json) and shown by ``distill cache --info``. The rows follow the codec's calibration rows
         when the data has enough, so a head codec is judged on text it was not fitted on."""
         from distill.store.fidelity import describe_fidelity, load_fidelity, measure_fidelity, save_fidelity
@@ -383,8 +384,9 @@ class CausalLMRun(Run):
                     return teacher(**kw).logits[..., : self.vocab_size].float().cpu(), b["attention_mask"]
 
             n = len(rows)
-            start = CODEC_CALIBRATION_ROWS if n >= CODEC_CALIBRATION_ROWS + 8 else max(n - 8, 0)
-            known = measure_fidelity(store, list(range(start, min(n, start + 8))), full)
+            start = (CODEC_CALIBRATION_ROWS if n >= CODEC_CALIBRATION_ROWS + FIDELITY_ROWS
+                     else max(n - FIDELITY_ROWS, 0))
+            known = measure_fidelity(store, list(range(start, min(n, start + FIDELITY_ROWS))), full)
             known["first_row"] = start
             known["outside_calibration"] = start >= min(n, CODEC_CALIBRATION_ROWS)
             if _state().is_main_process:

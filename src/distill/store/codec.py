@@ -103,6 +103,16 @@ def allocate_widths(variances: torch.Tensor, budget: int, max_width: int = MAX_W
     return torch.bincount(order // max_width, minlength=variances.numel())
 
 
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= MAX_WIDTH:
+        raise ValueError(f"codec bits: {bits!r}; use 1 to {MAX_WIDTH} (stores offer 3, 4 and 8)")
+
+
+def _width_groups(widths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(width, the coordinates of that width) for every width 1..8 some coordinate has."""
+    return [(w, cols) for w in range(1, MAX_WIDTH + 1) if (cols := (widths == w).nonzero().squeeze(1)).numel()]
+
+
 class HeadCodec:
     """Encode teacher final hidden states to packed codes and decode them back to full logits.
 
@@ -115,8 +125,7 @@ class HeadCodec:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor,
                  transform: torch.Tensor, inverse: torch.Tensor, std: torch.Tensor, widths: torch.Tensor,
                  levels: torch.Tensor, bits: int):
-        if not 1 <= bits <= MAX_WIDTH:
-            raise ValueError(f"codec bits: {bits!r}; use 1 to {MAX_WIDTH} (stores offer 3, 4 and 8)")
+        _check_bits(bits)
         hidden = weight.shape[1]
         widths = widths.long()
         if widths.shape != (hidden,) or int(widths.sum()) != bits * hidden:
@@ -128,8 +137,7 @@ class HeadCodec:
         dev = widths.device
         self._coord = torch.repeat_interleave(torch.arange(hidden, device=dev), widths)
         self._bit = torch.cat([torch.arange(int(w), device=dev) for w in widths.tolist()])
-        self._groups = [(w, (widths == w).nonzero().squeeze(1)) for w in range(1, MAX_WIDTH + 1)
-                        if bool((widths == w).any())]
+        self._groups = _width_groups(widths)
 
     @property
     def hidden_size(self) -> int:
@@ -160,8 +168,7 @@ class HeadCodec:
             raise ValueError("the head codec needs at least two calibration tokens")
         if h.shape[1] != weight.shape[1]:
             raise ValueError(f"hidden states have {h.shape[1]} features but the output layer takes {weight.shape[1]}")
-        if not 1 <= bits <= MAX_WIDTH:
-            raise ValueError(f"codec bits: {bits!r}; use 1 to {MAX_WIDTH} (stores offer 3, 4 and 8)")
+        _check_bits(bits)
         if metric not in ("fisher", "euclidean"):
             raise ValueError(f"codec metric: {metric!r}; use 'fisher' or 'euclidean'")
         mean = h.mean(0)
@@ -188,13 +195,11 @@ class HeadCodec:
         # 4. a Lloyd-Max quantiser per width, over the calibration values of that width's coordinates
         levels = torch.zeros(MAX_WIDTH + 1, 2 ** MAX_WIDTH)
         g = torch.Generator().manual_seed(seed)
-        for w in range(1, MAX_WIDTH + 1):
-            cols = (widths == w).nonzero().squeeze(1)
-            if cols.numel():
-                flat = z[:, cols].flatten()
-                if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
-                    flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
-                levels[w, :2 ** w] = _lloyd_max(flat, 2 ** w)
+        for w, cols in _width_groups(widths):
+            flat = z[:, cols].flatten()
+            if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
+                flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
+            levels[w, :2 ** w] = _lloyd_max(flat, 2 ** w)
         return cls(weight.detach().cpu(), None if bias is None else bias.detach().cpu(), mean, transform.float(),
                    inverse.float(), std.float(), widths, levels, bits)
 

@@ -137,9 +137,10 @@ def _prepare_codec(path: Path, spec: StoreSpec, fit: Callable[[], HeadCodec] | N
     if spec.codec == "topk":
         return None
     target = path / CODEC_FILE
+    codec = None
     if rank == 0 and target.exists():
         try:
-            HeadCodec.load(target)
+            codec = HeadCodec.load(target)
         except CodecFormatError as exc:  # an older codec: fit anew; the shards see its checksum change
             warnings.warn(f"{exc}; re-coding this store", stacklevel=3)
             target.unlink()
@@ -159,9 +160,12 @@ def _prepare_codec(path: Path, spec: StoreSpec, fit: Callable[[], HeadCodec] | N
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(path)
+        codec = None  # code with the file's tensors, as other ranks and any resumed build will
     if barrier is not None:
         barrier()  # every rank codes with rank 0's file
-    return HeadCodec.load(target), sha256_file(target)
+    if codec is None:
+        codec = HeadCodec.load(target)
+    return codec, sha256_file(target)
 
 
 def _shard_problem(path: Path, index: int, rows: tuple[int, int], key: str, spec: StoreSpec,
