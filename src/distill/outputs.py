@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 import torch
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32: half and bfloat16 outputs are upcast before a loss sums over them (their
+    mantissa is too short for a sum over a vocabulary), float32 stays, and float64 is kept, so a model run in
+    float64 (as the exactness tests do) gets float64 losses instead of being rounded to float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 @dataclass
 class SparseLogits:
     """Top-k teacher logits as kept by the store.

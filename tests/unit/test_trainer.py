@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -28,8 +29,11 @@ def _setup(tiny_classifier, losses):
 
 
 def _one_step(tmp_path, tiny_classifier, batch, accum, losses):
+    """One SGD step in float64, so that two splits of the same rows agree to rounding (~1e-15), not to
+    float32's summation noise (~1e-7 relative per sum), and tight bounds test the loss scaling itself."""
     tok, teacher, ds, distiller = _setup(tiny_classifier, losses)
-    student = student_from_teacher(teacher, [0, 3])
+    teacher = teacher.to(torch.float64)
+    student = student_from_teacher(teacher, [0, 3]).to(torch.float64)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.1,
                       warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0)
@@ -43,13 +47,45 @@ def _one_step(tmp_path, tiny_classifier, batch, accum, losses):
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_classifier):
     losses = [{"name": "kd", "weight": 0.5, "params": {"temperature": 2.0}}, {"name": "ce", "weight": 0.5}]
-    big, _ = _one_step(tmp_path, tiny_classifier, batch=8, accum=1, losses=losses)
-    small, _ = _one_step(tmp_path, tiny_classifier, batch=2, accum=4, losses=losses)
+    big, t_big = _one_step(tmp_path, tiny_classifier, batch=8, accum=1, losses=losses)
+    small, t_small = _one_step(tmp_path, tiny_classifier, batch=2, accum=4, losses=losses)
     moved = 0
     for k in big:
-        torch.testing.assert_close(small[k], big[k], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(small[k], big[k], atol=1e-12, rtol=1e-9)
         moved += int(big[k].abs().sum() > 0)
     assert moved > 10  # the step really changed the weights
+    # the logged parts are those of the optimised loss: equal micro-batches of rows weigh 1/4 each, as the
+    # Trainer divides each micro-batch's loss by the accumulation steps
+    log_big, log_small = _logged(t_big), _logged(t_small)
+    assert {"loss/kd", "loss/ce"} <= set(log_big) == set(log_small)
+    for k, v in log_big.items():
+        assert log_small[k] == pytest.approx(v, rel=1e-6 if k == "loss" else 1e-9), k  # loss: float32 in the Trainer
+    for t, log in ((t_big, log_big), (t_small, log_small)):
+        total = sum(w * log[f"loss/{k}"] for k, w in zip(t.distiller.keys, t.distiller.weights))
+        assert total == pytest.approx(log["loss"], rel=1e-6)
+
+
+def _logged(trainer) -> dict[str, float]:
+    return {k: v for k, v in next(h for h in trainer.state.log_history if "loss" in h).items()
+            if k == "loss" or k.startswith("loss/")}
+
+
+def test_logged_parts_over_several_steps_average_the_steps(tmp_path, tiny_classifier):
+    """With logging every 2 steps, each logged part is the mean of the two steps' parts (as ``loss`` is)."""
+    losses = [{"name": "kd", "weight": 0.5, "params": {"temperature": 2.0}}, {"name": "ce", "weight": 0.5}]
+    tok, teacher, ds, distiller = _setup(tiny_classifier, losses)
+    teacher = teacher.to(torch.float64)
+    student = student_from_teacher(teacher, [0, 3]).to(torch.float64)
+    cfg = TrainConfig(batch_size=4, gradient_accumulation_steps=2, max_steps=2, learning_rate=0.1,
+                      warmup_ratio=0.0, seed=0, logging_steps=2, weight_decay=0.0)
+    args = training_arguments(cfg, str(tmp_path / "two"), evaluate=False, optim="sgd", save_strategy="no")
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
+                             distiller=distiller, teacher=teacher)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 1 and logs[0]["step"] == 2
+    total = sum(w * logs[0][f"loss/{k}"] for k, w in zip(distiller.keys, distiller.weights))
+    assert total == pytest.approx(logs[0]["loss"], rel=1e-6)
 
 
 def test_every_loss_part_is_logged(tmp_path, tiny_classifier):

@@ -20,7 +20,7 @@ import torch
 
 from distill.layer_map import check_layer_map_spec, resolve_layer_map
 from distill.losses.base import DistillLoss, register_loss, reject_context
-from distill.outputs import QKV, ModelOutputs
+from distill.outputs import QKV, ModelOutputs, upcast
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -48,7 +48,7 @@ def layer_qkv(out: ModelOutputs, layer: int | None, loss: str, side: str) -> tup
     q, k, v = qkv[layer - 1]
     if side == "teacher":
         q, k, v = q.detach(), k.detach(), v.detach()
-    return (q.float(), k.float(), v.float()), layer
+    return (upcast(q), upcast(k), upcast(v)), layer
 
 
 def masked_log_softmax(scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

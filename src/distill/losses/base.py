@@ -77,6 +77,16 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
+def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a learned projector in its own parameters' dtype (float32 unless the distiller was cast) and
+    return the wider of that and ``x``'s dtype, so float64 outputs (kept by
+    :func:`~distill.outputs.upcast`) stay float64 through the rest of the loss."""
+    weight = next(module.parameters(), None)
+    if weight is None or x.dtype == weight.dtype:
+        return module(x)
+    return module(x.to(weight.dtype)).to(torch.promote_types(x.dtype, weight.dtype))
+
+
 LOSSES: Registry[type[DistillLoss]] = Registry("loss")
 
 

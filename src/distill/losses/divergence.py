@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from distill.outputs import SparseLogits
+from distill.outputs import SparseLogits, upcast
 
 Reduction = Literal["batchmean", "elementwise_mean", "sum"]
 Divergence = Literal["forward_kl", "reverse_kl", "symmetric_kl", "jsd", "soft_ce"]
@@ -76,8 +76,9 @@ class _ForwardKLRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_p: torch.Tensor, z: torch.Tensor, t: float) -> torch.Tensor:  # type: ignore[override]
-        log_q = torch.log_softmax(z.float() / t, dim=-1)
-        p = log_p.exp()
+        log_q = torch.log_softmax(upcast(z) / t, dim=-1)
+        dtype = torch.promote_types(log_p.dtype, log_q.dtype)  # einsum does not promote by itself
+        log_q, p = log_q.to(dtype), log_p.to(dtype).exp()
         # sum_c p log p (0 where p = 0) minus sum_c p log q, the latter as a dot product without a temporary
         rows = torch.special.xlogy(p, p).sum(-1) - torch.einsum("...c,...c->...", p, log_q)
         ctx.save_for_backward(p, log_q)
@@ -131,8 +132,8 @@ def sparse_teacher_log_probs(sparse: SparseLogits, mode: str = "spread") -> tupl
     caller can gather the student's logits at the same classes.
     """
     # the teacher is a fixed target: never back-propagate into it (the dense path detaches too)
-    values = sparse.values.detach().float()
-    lse = sparse.logsumexp.detach().float().unsqueeze(-1)
+    values = upcast(sparse.values.detach())
+    lse = upcast(sparse.logsumexp.detach()).unsqueeze(-1)
     log_kept = values - lse  # (..., k) exact log-probs of the kept classes
     if mode == "topk":
         return torch.log_softmax(values, dim=-1), sparse.indices.long()
@@ -180,7 +181,7 @@ def teacher_log_probs(
             f"teacher has {teacher_logits.shape[-1]} classes and the student {student_logits.shape[-1]}; "
             "give the student the teacher's label set (num_labels / id2label)"
         )
-    return torch.log_softmax(teacher_logits.detach().float() / t, dim=-1), student_logits, student_logits.shape[-1]
+    return torch.log_softmax(upcast(teacher_logits.detach()) / t, dim=-1), student_logits, student_logits.shape[-1]
 
 
 def teacher_student_log_probs(
@@ -194,4 +195,4 @@ def teacher_student_log_probs(
     ``elementwise_mean`` reduction).
     """
     log_p, z_s, c = teacher_log_probs(teacher_logits, student_logits, temperature)
-    return log_p, torch.log_softmax(z_s.float() / float(temperature), dim=-1), c
+    return log_p, torch.log_softmax(upcast(z_s) / float(temperature), dim=-1), c

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses.base import DistillLoss, LossContext, register_loss, reject_context
-from distill.outputs import ModelOutputs
+from distill.losses.base import DistillLoss, LossContext, project, register_loss, reject_context
+from distill.outputs import ModelOutputs, upcast
 
 NORM_EPS = 1e-6
 """Smallest norm a vector is divided by. Real embeddings are far longer; this only keeps a zero vector (and
@@ -71,7 +71,7 @@ def _embeddings(student: ModelOutputs, teacher: ModelOutputs, loss: str) -> tupl
             f"loss {loss!r}: student and teacher embeddings have {e_s.shape[0]} and {e_t.shape[0]} rows; "
             "they must describe the same examples"
         )
-    return e_s.float(), e_t.detach().float()
+    return upcast(e_s), upcast(e_t.detach())
 
 
 def _build_projector(projector: str, student_dim: int | None, teacher_dim: int | None) -> nn.Linear | None:
@@ -98,7 +98,7 @@ def _build_projector(projector: str, student_dim: int | None, teacher_dim: int |
 
 def _project(proj: nn.Module | None, e_s: torch.Tensor, e_t: torch.Tensor, loss: str) -> torch.Tensor:
     if proj is not None:
-        e_s = proj(e_s)  # (B, D_s) -> (B, D_t)
+        e_s = project(proj, e_s)  # (B, D_s) -> (B, D_t)
     if e_s.shape[-1] != e_t.shape[-1]:
         raise ValueError(
             f"loss {loss!r}: embedding widths differ (student {e_s.shape[-1]}, teacher {e_t.shape[-1]}) "
@@ -442,12 +442,12 @@ class CRDLoss(DistillLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
         e_s, e_t = _embeddings(student, teacher, self.name)
-        s = _unit(self.student_head(e_s))  # (B, dim)
-        k = _unit(self.teacher_head(e_t))  # (B, dim); trains the head, e_t itself is detached
+        s = _unit(project(self.student_head, e_s))  # (B, dim)
+        k = _unit(project(self.teacher_head, e_t))  # (B, dim); trains the head, e_t itself is detached
         logits = s @ k.T / self.temperature  # (B, B)
         if self.queue_size:
             # a copy: backward needs the keys this step saw, and _enqueue overwrites the buffer in place
-            queued = s @ self.queue.clone().T / self.temperature  # (B, K); the buffer carries no gradient
+            queued = s @ self.queue.clone().T.to(s.dtype) / self.temperature  # (B, K); the buffer has no gradient
             empty = torch.arange(self.queue_size, device=queued.device) >= self.queue_len
             logits = torch.cat([logits, queued.masked_fill(empty, float("-inf"))], dim=1)  # (B, B + K)
         loss = _in_batch_ce(logits)

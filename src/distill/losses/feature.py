@@ -22,7 +22,7 @@ from torch import nn
 
 from distill.losses.base import DistillLoss, register_loss
 from distill.losses.divergence import teacher_student_log_probs
-from distill.outputs import ModelOutputs
+from distill.outputs import ModelOutputs, upcast
 
 NameOrIndex = str | int
 
@@ -155,8 +155,8 @@ class FitNetLoss(_FeatureLoss):
         ft = teacher.require("feature_maps", self.name)
         total: torch.Tensor | None = None
         for i, (s, t) in enumerate(self.pairs):
-            h_s = _pick(fs, s, "student", self.name).float()
-            h_t = _pick(ft, t, "teacher", self.name).detach().float()
+            h_s = upcast(_pick(fs, s, "student", self.name))
+            h_t = upcast(_pick(ft, t, "teacher", self.name).detach())
             h_s = self._project(i, h_s, h_t.shape[1])
             if h_s.shape[1] != h_t.shape[1]:
                 raise ValueError(f"loss 'fitnet': student map {s!r} has {h_s.shape[1]} channels and teacher map "
@@ -218,8 +218,8 @@ class AttentionTransferLoss(_FeatureLoss):
         ft = teacher.require("feature_maps", self.name)
         total: torch.Tensor | None = None
         for s, t in self.pairs:
-            h_s = _pick(fs, s, "student", self.name).float()
-            h_t = _pick(ft, t, "teacher", self.name).detach().float()
+            h_s = upcast(_pick(fs, s, "student", self.name))
+            h_t = upcast(_pick(ft, t, "teacher", self.name).detach())
             h_s, h_t = _same_size(h_s, h_t)
             value = (attention_map(h_s, self.p) - attention_map(h_t, self.p)).pow(2).mean()
             total = value if total is None else total + value

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.layer_map import check_layer_map_spec, resolve_layer_map
-from distill.losses.base import DistillLoss, LossContext, register_loss, reject_context
+from distill.losses.base import DistillLoss, LossContext, project, register_loss, reject_context
 from distill.models import mean_pool
-from distill.outputs import ModelOutputs
+from distill.outputs import ModelOutputs, upcast
 
 
 def _first_token(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -138,9 +138,9 @@ class HiddenStateLoss(DistillLoss):
         t_mask = teacher.attention_mask if teacher.attention_mask is not None else s_mask
         total = hs[0].new_zeros(())
         for i, (s, t) in enumerate(pairs):
-            h_s, h_t = hs[s].float(), ht[t].detach().float()  # (B, L, H_s), (B, L, H_t)
+            h_s, h_t = upcast(hs[s]), upcast(ht[t].detach())  # (B, L, H_s), (B, L, H_t)
             if len(self.projectors):
-                h_s = self.projectors[i % len(self.projectors)](h_s)
+                h_s = project(self.projectors[i % len(self.projectors)], h_s)
             if h_s.shape[-1] != h_t.shape[-1]:
                 raise ValueError(
                     f"hidden widths differ (student {h_s.shape[-1]}, teacher {h_t.shape[-1]}) and no projector "

@@ -17,7 +17,7 @@ from distill.losses.divergence import (
     teacher_log_probs,
     teacher_student_log_probs,
 )
-from distill.outputs import ModelOutputs, SparseLogits
+from distill.outputs import ModelOutputs, SparseLogits, upcast
 
 
 LOSS_MASK = "loss_mask"
@@ -171,7 +171,7 @@ class CELoss(DistillLoss):
         if not bool(valid.any()):
             return z_s.sum() * 0.0  # keeps the graph (and DDP) happy on an all-unlabelled batch
         return F.cross_entropy(
-            z_s.float(), labels, ignore_index=-100, label_smoothing=self.label_smoothing
+            upcast(z_s), labels, ignore_index=-100, label_smoothing=self.label_smoothing
         )
 
 
@@ -200,7 +200,7 @@ class HardKDLoss(DistillLoss):
         else:
             target = z_t.argmax(dim=-1)
         mask = _row_mask(z_s, batch, student)
-        per_row = F.cross_entropy(z_s.float().reshape(-1, z_s.shape[-1]), target.reshape(-1), reduction="none")
+        per_row = F.cross_entropy(upcast(z_s).reshape(-1, z_s.shape[-1]), target.reshape(-1), reduction="none")
         if mask is None:
             return per_row.mean()
         m = mask.reshape(-1).to(per_row.dtype)

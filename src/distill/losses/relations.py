@@ -21,8 +21,8 @@ from distill.losses.attention import (
     row_kl,
     token_mask,
 )
-from distill.losses.base import DistillLoss, register_loss, reject_context
-from distill.outputs import ModelOutputs
+from distill.losses.base import DistillLoss, project, register_loss, reject_context
+from distill.outputs import ModelOutputs, upcast
 
 RELATIONS = tuple(a + b for a in "qkv" for b in "qkv")  # qq, qk, ..., vv
 
@@ -151,7 +151,7 @@ def _hidden(out: ModelOutputs, layer: int | None, loss: str, side: str) -> torch
     index = len(hs) - 1 if layer is None else layer
     if not 0 <= index < len(hs) or hs[index] is None:
         raise ValueError(f"loss {loss!r} reads the {side}'s hidden_states[{index}], which is missing")
-    h = hs[index].float()
+    h = upcast(hs[index])
     return h.detach() if side == "teacher" else h
 
 
@@ -363,7 +363,7 @@ class TRGLoss(DistillLoss):
             if self.weights["local"] > 0:
                 parts["local"] = self.weights["local"] * self._local(F.normalize(s_nodes, dim=-1), t_nodes)
             if self.weights["global"] > 0:
-                projected = self.projector(s_nodes) if self.projector is not None else s_nodes
+                projected = project(self.projector, s_nodes) if self.projector is not None else s_nodes
                 if projected.shape[-1] != t_nodes.shape[-1]:
                     raise ValueError(
                         f"trg: widths differ (student {projected.shape[-1]}, teacher {t_nodes.shape[-1]}) and no "

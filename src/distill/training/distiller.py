@@ -15,7 +15,8 @@ class Distiller(nn.Module):
     """Holds the loss modules (and their trainable projectors), never the models.
 
     ``forward(student, teacher, batch)`` returns ``(total, parts)`` where ``parts`` maps
-    ``name`` or ``name/part`` to the *unweighted* detached value, for logging.
+    ``name`` or ``name/part`` to the *unweighted* detached value (a 0-dim tensor on the loss's device, so
+    logging never forces a device sync), for logging.
     """
 
     def __init__(self, losses: list[tuple[str, float, DistillLoss]]):
@@ -23,7 +24,8 @@ class Distiller(nn.Module):
         self.names = [n for n, _, _ in losses]
         self.weights = [float(w) for _, w, _ in losses]
         self.losses = nn.ModuleList(m for _, _, m in losses)
-        self._keys = self._unique_keys(self.names)
+        self.keys = self._unique_keys(self.names)
+        """The name each loss is logged under (``kd``; ``kd1``, ``kd2`` when a recipe names one loss twice)."""
 
     @staticmethod
     def _unique_keys(names: list[str]) -> list[str]:
@@ -67,16 +69,16 @@ class Distiller(nn.Module):
 
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total: torch.Tensor | None = None
-        parts: dict[str, float] = {}
-        for key, weight, loss in zip(self._keys, self.weights, self.losses):
+        parts: dict[str, torch.Tensor] = {}
+        for key, weight, loss in zip(self.keys, self.weights, self.losses):
             value = loss(student, teacher, batch)
             if isinstance(value, dict):
                 for part, v in value.items():
-                    parts[f"{key}/{part}"] = float(v.detach())
+                    parts[f"{key}/{part}"] = v.detach()
                 value = sum(value.values())
-            parts[key] = float(value.detach())
+            parts[key] = value.detach()
             total = weight * value if total is None else total + weight * value
         assert total is not None  # a recipe has at least one loss (validated)
         return total, parts

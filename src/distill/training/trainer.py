@@ -4,7 +4,6 @@ distributed launch (DDP/FSDP/DeepSpeed via accelerate) and logging integrations 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from distill.outputs import ModelOutputs, SparseLogits
 from distill.training.distiller import Distiller
 
 DISTILLER_STATE = "distiller.pt"
+_STEPS = " steps"  # key of the summed shares among the accumulated loss parts (no loss name has a space)
 
 
 def _to_device(out: ModelOutputs, device: torch.device) -> ModelOutputs:
@@ -72,8 +72,8 @@ class DistillTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         if token_level:  # compute_loss divides by the accumulated token count itself
             self.loss_is_scaled_for_ga = True
-        self._parts: dict[str, float] = defaultdict(float)
-        self._parts_count = 0
+        # loss parts since the last log, each micro-batch weighted as the optimised loss weighs it (see log)
+        self._parts: dict[str, torch.Tensor] = {}
 
     # -- loss ---------------------------------------------------------------------------------------------
     def _model_inputs(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -135,6 +135,10 @@ class DistillTrainer(Trainer):
         if self.vocab_size is not None:
             student, teacher = self._slice_vocab(student), self._slice_vocab(teacher)
         loss, parts = self.distiller(student, teacher, inputs)
+        # what this micro-batch's loss counts for in the step's optimised loss (times the number of processes,
+        # which the mean over processes takes out again): its token share under token-level normalisation,
+        # else 1 / micro-batches, the Trainer's own division
+        share: torch.Tensor | float = 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1)), 1)
         if self.token_level and model.training and num_items_in_batch is not None:
             from distill.losses.logits import LOSS_MASK
 
@@ -143,11 +147,10 @@ class DistillTrainer(Trainer):
             # processes, hence the factor num_processes
             local = inputs[LOSS_MASK].sum().to(loss.dtype)
             total = torch.as_tensor(num_items_in_batch, dtype=loss.dtype, device=loss.device).clamp_min(1.0)
-            loss = loss * local / total * self.accelerator.num_processes
+            share = local / total * self.accelerator.num_processes
+            loss = loss * share
         if model.training:
-            for k, v in parts.items():
-                self._parts[k] += v
-            self._parts_count += 1
+            self._add_parts(parts, share)
         return (loss, {"logits": student.logits}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -163,12 +166,36 @@ class DistillTrainer(Trainer):
             return loss, None, None
         return loss, logits.detach(), labels
 
+    def _add_parts(self, parts: dict[str, torch.Tensor], share: torch.Tensor | float) -> None:
+        """Add one micro-batch's unweighted loss parts times the weight its loss carries in the optimised
+        loss. The shares themselves are summed under ``STEPS``: per optimisation step they add up to 1 (to the
+        number of processes, summed over them), so that sum counts the steps since the last log, resumed runs
+        included. Kept as float64 tensors on the training device (float32 on MPS): logging costs no sync."""
+        dtype = torch.float32 if self.args.device.type == "mps" else torch.float64
+        for k, v in [(_STEPS, torch.ones((), device=self.args.device)), *parts.items()]:
+            v = v.detach().to(device=self.args.device, dtype=dtype) * share
+            self._parts[k] = self._parts[k] + v if k in self._parts else v
+
+    def _logged_parts(self) -> dict[str, float]:
+        """The loss parts of the steps since the last log: per step, the sum of each micro-batch's part times
+        its share (exactly how the optimised loss is formed), averaged over the steps and over the processes,
+        as the Trainer does for ``loss``. So the logged parts of 2 accumulated micro-batches equal those of
+        one batch of the same rows, and ``loss == sum(weight * part)``. Collective: every process calls it."""
+        if not self._parts:
+            return {}
+        keys = sorted(self._parts)  # the same losses, hence the same keys, on every process
+        values = torch.stack([self._parts[k].reshape(()) for k in keys])
+        self._parts.clear()
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        got = dict(zip(keys, values.tolist()))
+        steps = got.pop(_STEPS)
+        return {f"loss/{k}": v / steps for k, v in got.items()} if steps > 0 else {}
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._parts_count and "loss" in logs:
-            for k, v in self._parts.items():
-                logs[f"loss/{k}"] = round(v / self._parts_count, 6)
-            self._parts.clear()
-            self._parts_count = 0
+        # the Trainer computes "loss" on every process before calling log, so the reduction here is safe
+        if "loss" in logs:
+            logs.update(self._logged_parts())
         super().log(logs, start_time)
 
     # -- distillation parameters (projectors) ---------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Run by test_lm_token_count.py, under torchrun (2 CPU processes) or alone: one token-level optimisation
-step of a causal-LM student; each rank saves the token counts it saw, its weights after the step and the log."""
+step of a causal-LM student in float64 (so the comparison with one process tests the normalisation, not
+float32 summation order); each rank saves the token counts it saw, its weights after the step and the log."""
 
 import json
 import os
@@ -35,8 +36,8 @@ class CountingTrainer(DistillTrainer):
         return total
 
 
-teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
-student = student_from_teacher(teacher, [0, 3])
+teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float64)
+student = student_from_teacher(teacher, [0, 3]).to(torch.float64)
 losses = [LossConfig(name="kd", params={"temperature": 2.0}), LossConfig(name="ce", weight=0.5)]
 distiller = Distiller(build_losses(losses, LossContext()))
 cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5,
@@ -49,4 +50,4 @@ trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(
 trainer.train()
 rank = int(os.environ.get("RANK", "0"))
 torch.save({"world": args.world_size, "calls": trainer.calls, "student": student.state_dict(),
-            "log": trainer.state.log_history}, out / f"rank{rank}.pt")
+            "log": trainer.state.log_history, "keys": distiller.keys, "weights": distiller.weights}, out / f"rank{rank}.pt")

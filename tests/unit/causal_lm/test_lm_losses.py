@@ -13,7 +13,7 @@ from distill.data.text_lm import CausalLMCollator
 from distill.losses import KDLoss, check_params
 from distill.outputs import ModelOutputs
 
-from .lm_helpers import assert_same_step
+from .lm_helpers import assert_same_step, one_lm_step
 
 Z_T = [[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -2.0]]
 Z_S = [[0.0, 1.0, 0.5, -0.5], [1.5, -1.0, 0.0, 0.3]]
@@ -89,31 +89,7 @@ def _rows(n=8, seed=0):
 
 
 def _one_step(tmp_path, tiny_llama, lm_tokenizer, batch, accum, losses):
-    from transformers import AutoModelForCausalLM
-
-    from distill.config import LossConfig, TrainConfig
-    from distill.data.text_lm import RowDataset
-    from distill.losses import LossContext, build_losses
-    from distill.students import student_from_teacher
-    from distill.training import Distiller, DistillTrainer
-    from distill.training.args import training_arguments
-
-    teacher = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    student = student_from_teacher(teacher, [0, 3])
-    before = {k: v.clone() for k, v in student.state_dict().items()}
-    distiller = Distiller(build_losses([LossConfig(**s) for s in losses], LossContext()))
-    cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5,
-                      warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0)
-    args = training_arguments(cfg, str(tmp_path / f"b{batch}"), evaluate=False, optim="sgd", save_strategy="no",
-                              data_seed=None)
-    # same order for both runs: a sequential sampler
-    trainer = DistillTrainer(model=student, args=args, train_dataset=RowDataset(_rows()),
-                             data_collator=CausalLMCollator(0), distiller=distiller, teacher=teacher,
-                             token_level=True)
-    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
-    trainer.train()
-    after = student.state_dict()
-    return {k: after[k] - before[k] for k in before}, trainer
+    return one_lm_step(tmp_path, tiny_llama, lm_tokenizer, _rows(), batch, accum, losses)
 
 
 @pytest.mark.parametrize("losses", [
