@@ -428,7 +428,12 @@ class EvalConfig:
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     """Batch sizes at which CPU latency is measured."""
     latency_repeats: int = 20
-    """Timed forward passes per batch size (after warm-up); the median is reported."""
+    """Rounds of timing (after warm-up): each round runs every model once per batch size, in rotating order, so
+    load from other work lands on all models alike; the lower quartile over the rounds is reported, with the
+    spread."""
+    latency_min_seconds: float = 3.0
+    """Keep adding timing rounds until this many seconds have passed (cheap models get more rounds, at most
+    1000)."""
     latency_threads: int | None = None
     """torch threads during latency timing (default: what torch uses)."""
     probe_sets: list[str] = field(default_factory=lambda: [
@@ -455,6 +460,7 @@ class EvalConfig:
         _check(all(b > 0 for b in self.latency_batch_sizes), "eval.latency_batch_sizes",
                self.latency_batch_sizes, "use positive batch sizes")
         _check(self.latency_repeats > 0, "eval.latency_repeats", self.latency_repeats, "use > 0")
+        _check(self.latency_min_seconds >= 0, "eval.latency_min_seconds", self.latency_min_seconds, "use >= 0")
 
 
 @dataclass

@@ -321,6 +321,8 @@ class Run:
         self.student_tokenizer = None
         self.report: dict[str, Any] = {"models": {}, "training": {}}
         self.test_probs: dict[str, np.ndarray] = {}  # role -> (N, C) test-split probabilities, for the report
+        self.test_correct: dict[str, np.ndarray] = {}  # role -> (N,) bool, for the paired significance tests
+        self.latency_inputs: dict[str, dict[str, torch.Tensor]] = {}  # role -> the batch it is timed on
 
     def make_plan(self) -> Plan:
         return plan(self.recipe)
@@ -525,12 +527,7 @@ class Run:
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred: np.ndarray | None) -> np.ndarray:
-        from distill.evaluation import (
-            classification_metrics,
-            count_parameters,
-            cpu_latency_ms,
-            predict_logits,
-        )
+        from distill.evaluation import classification_metrics, count_parameters, predict_logits
         from distill.evaluation.predictions import softmax
         from distill.evaluation.speed import weights_size_mb
 
@@ -558,10 +555,9 @@ class Run:
         metrics = classification_metrics(logits, labels, teacher_pred)
         metrics["parameters"] = count_parameters(model)
         metrics["size_mb"] = weights_size_mb(model)
-        sample = collate([test[i] for i in range(min(32, len(test)))])
-        for bs in r.eval.latency_batch_sizes:
-            metrics[f"latency_ms_b{bs}"] = cpu_latency_ms(model.to("cpu"), sample, bs, r.eval.latency_repeats,
-                                                         r.eval.latency_threads)
+        self.test_correct[role] = logits.argmax(-1) == labels
+        # timed later, interleaved with the other models (time_latency), on the same texts
+        self.latency_inputs[role] = model_inputs(collate([test[i] for i in range(min(32, len(test)))]))
         self.report["models"][role] = metrics
         self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
         return logits.argmax(-1)
@@ -611,6 +607,7 @@ class Run:
         from sklearn.metrics import f1_score
 
         answered = teacher_pred >= 0
+        self.test_correct["teacher"] = teacher_pred == gold
         self.report["models"]["teacher"] = {
             "accuracy": float((teacher_pred == gold).mean()),  # unanswered test rows count as wrong
             "macro_f1": float(f1_score(gold, np.where(answered, teacher_pred, (gold + 1) % len(self.plan.labels)),
@@ -664,11 +661,43 @@ class Run:
             del base
         return self.finish()
 
+    def latency_models(self) -> dict[str, Any]:
+        """The models to time, by role: loaded again from where they were saved (the teacher was released
+        while the students trained)."""
+        from transformers import AutoModelForSequenceClassification
+
+        saved = {"student_kd": self.out / "student", "student_no_kd": self.out / "student_no_kd"}
+        models = {role: AutoModelForSequenceClassification.from_pretrained(saved[role])
+                  for role in self.latency_inputs if role in saved}
+        if "teacher" in self.latency_inputs:
+            models = {"teacher": self.teacher(), **models}
+        return models
+
+    def time_latency(self) -> None:
+        """Time every evaluated model interleaved on the same texts (see distill.evaluation.speed) and put the
+        medians and spreads into the models' metrics and the report's ``latency`` section."""
+        from distill.evaluation.speed import apply_latency, forward_runner, time_models
+
+        r = self.recipe
+        models = self.latency_models()
+        if not models:
+            return
+        runners = {role: {bs: forward_runner(m, self.latency_inputs[role], bs) for bs in r.eval.latency_batch_sizes}
+                   for role, m in models.items()}
+        self.log(f"timing {', '.join(models)} interleaved (at least {r.eval.latency_repeats} rounds and "
+                 f"{r.eval.latency_min_seconds:g} s)")
+        latency = time_models(runners, rounds=r.eval.latency_repeats, threads=r.eval.latency_threads,
+                              min_seconds=r.eval.latency_min_seconds)
+        self.release_teacher()
+        self.report["latency"] = latency
+        apply_latency(self.report["models"], latency)
+
     def finish(self) -> dict[str, Any]:
         import transformers
 
         from distill import __version__
         from distill.evaluation import format_table, summarise, write_report
+        from distill.evaluation.report import classification_significance
         from distill.evaluation.speed import dir_size_mb
         from distill.export import write_model_card
 
@@ -679,8 +708,11 @@ class Run:
                             ("student_no_kd", self.out / "student_no_kd")):
             if role in models and where.is_dir() and dir_size_mb(where) > 0:
                 models[role]["size_mb"] = dir_size_mb(where)
-        summary = summarise(models)
-        table = format_table(models, summary)
+        if _state().is_main_process:  # one process times the models; the others write nothing
+            self.time_latency()
+        self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
+        summary = summarise(models, self.report.get("latency"), self.report["significance"])
+        table = format_table(models, summary, self.report)
         sp = self.plan.splits
         self.report.update({
             "task": r.task,

@@ -141,21 +141,25 @@ def test_cache_info_and_damaged_shard_rebuilt(finished_run, capsys):
 
 
 def test_training_from_store_never_loads_the_teacher(finished_run, monkeypatch, capsys):
-    """With the store in place and the students trained, only evaluation loads the teacher: force a retrain
-    of the distilled student and check the teacher is loaded exactly once (for the test-split evaluation)."""
+    """With the store in place, the teacher is loaded for its test-split evaluation and for the interleaved
+    timing at the end, and is out of memory while the student trains: force a retrain of the distilled
+    student and check both."""
     import shutil
 
     from distill import pipeline
 
     tmp, recipe, path = finished_run
     shutil.rmtree(tmp / "run" / "student")
-    calls = []
+    calls, held_while_training = [], []
     real = pipeline.load_classifier
     monkeypatch.setattr(pipeline, "load_classifier", lambda *a, **k: calls.append(a) or real(*a, **k))
+    train = pipeline.Run.train_student
+    monkeypatch.setattr(pipeline.Run, "train_student",
+                        lambda self, *a, **k: held_while_training.append(self._teacher is not None) or train(self, *a, **k))
     assert main(["run", path]) == 0
     out = capsys.readouterr().out
     assert "teacher outputs found in the store" in out and "student: training" in out
-    assert len(calls) == 1
+    assert len(calls) == 2 and held_while_training == [False, False]
 
 
 def test_label_free_distillation_on_unlabelled_text(tmp_path, tiny_classifier, sentiment_csv):
@@ -174,8 +178,10 @@ def test_label_free_distillation_on_unlabelled_text(tmp_path, tiny_classifier, s
                          losses=[{"name": "kd", "divergence": "symmetric_kl", "temperature": 1.0}],
                          store={"dir": str(tmp_path / "stores"), "topk": 1, "capture": ["logits", "embeddings"]},
                          eval={"baseline": False, "latency_batch_sizes": [1], "latency_repeats": 1})
-    assert main(["run", write_recipe(tmp_path / "r.yaml", recipe)]) == 0
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    # the output directory moved by a top-level override in the --FIELD VALUE form
+    assert main(["run", write_recipe(tmp_path / "r.yaml", recipe), "--output_dir", str(tmp_path / "moved")]) == 0
+    assert not (tmp_path / "run").exists()
+    report = json.loads((tmp_path / "moved" / "report.json").read_text())
     assert report["data"]["unlabeled"] == 60
     store = TeacherStore.open(tmp_path / "stores" / report["store"]["key"])
     assert len(store) == report["data"]["train"] + 60

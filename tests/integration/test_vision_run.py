@@ -25,7 +25,7 @@ def _recipe(tmp_path, **over):
         "vision": {"augment": {"pad": 1}, "datafree": {"num_images": 64, "batch_size": 32, "steps": 5,
                                                              "epochs": 3}},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005},
-        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2},
+        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0},
         "output_dir": str(tmp_path / "run"),
     }
     data.update(over)

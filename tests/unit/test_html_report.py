@@ -155,13 +155,18 @@ def test_compare_means_and_std():
     kd = agg["student_kd"]
     assert kd["accuracy"]["mean"] == pytest.approx(0.82) and kd["accuracy"]["std"] == pytest.approx(0.02)
     assert kd["latency_ms_b1"]["mean"] == pytest.approx(6.0) and kd["latency_ms_b1"]["std"] == pytest.approx(1.0)
-    assert agg["teacher"]["accuracy"] == {"mean": pytest.approx(0.9), "std": 0.0, "n": 3}
+    assert agg["teacher"]["accuracy"] == {"mean": pytest.approx(0.9), "std": 0.0, "n": 3,
+                                          "ci95": [pytest.approx(0.9), pytest.approx(0.9)]}
+    # t(0.975, 2) = 4.3027: mean ± 4.3027 * 0.02 / sqrt(3)
+    assert kd["accuracy"]["ci95"][1] == pytest.approx(0.82 + 4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
     assert "teacher_agreement" not in agg["teacher"]
     assert recipe_differences(reports) == {"train.seed": [1, 2, 3]}
     names = ["s1", "s2", "s3"]
     text = format_comparison(names, reports)
-    assert re.search(r"student \(distilled\)\s+3\s+82\.00 ± 2\.00", text)
+    assert re.search(r"student \(distilled\)\s+3\s+82\.00 ± 2\.00 \[77\.03, 86\.97\]", text)
     assert "s2: student (distilled)" in text and "recipe fields that differ: train.seed" in text
+    assert ("distillation +7.00 points vs the no-KD student over 3 runs (std 2.00; 95% CI of the mean +2.03 to "
+            "+11.97): the interval excludes 0") in text
     html = render_comparison(names, [dict(r, recipe={**r["recipe"], "output_dir": EVIL}) for r in reports],
                              ["s1/report.html", None, None])
     assert "82.00%" in html and "± 2.00 pts" in html and '<a href="s1/report.html">' in html
@@ -201,3 +206,43 @@ def test_write_page_never_renames_over_a_special_file(tmp_path):
     reader.join(10)
     assert got == ["<p>hi</p>"] and not fifo.is_file()
     assert write_page(tmp_path / "sub" / "page.html", "x").read_text() == "x"
+
+
+def _significant_report(p_kd=0.31, spread=0.05):
+    from distill.evaluation.report import summarise
+
+    report = make_report(0.80)
+    for m in report["models"].values():
+        m["latency_spread_b1"] = m["latency_spread_b32"] = spread
+    report["significance"] = {
+        "student_kd_vs_student_no_kd": {"metric": "accuracy", "n": 2114, "difference": 0.0019,
+                                        "ci95": [-0.006, 0.0095], "p": p_kd, "test": "exact McNemar",
+                                        "significant": p_kd < 0.05},
+        "student_kd_vs_teacher": {"metric": "accuracy", "n": 2114, "difference": -0.1, "ci95": [-0.12, -0.08],
+                                  "p": 1e-6, "test": "exact McNemar", "significant": True}}
+    report["latency"] = {"reliable": spread <= 0.25, "noisy": [] if spread <= 0.25 else ["teacher@b1"],
+                         "speedup": {"student_kd": {"b1": {"ratio": 2.4, "ci95": [2.2, 2.6]}}}}
+    report["summary"] = summarise(report["models"], report["latency"], report["significance"])
+    return report
+
+
+def test_verdict_words_the_kd_gain_by_its_test():
+    text = verdict(_significant_report(p_kd=0.31))
+    assert "not distinguishable from the no-KD student at this test size (2,114 test examples)" in text
+    assert "p = 0.31" in text and "95% CI -0.60 to +0.95" in text
+    assert "significantly better than the no-KD student" in verdict(_significant_report(p_kd=0.001))
+
+
+def test_unreliable_latency_is_marked_in_table_verdict_and_page():
+    from distill.evaluation.report import format_table
+
+    report = _significant_report(spread=0.6)
+    assert report["summary"]["speedup_b1"] == 2.4  # the interleaved figure, not the ratio of two medians
+    assert "latency unreliable" in verdict(report)
+    table = format_table(report["models"], report["summary"], report)
+    assert "?" in table.splitlines()[2] and "latency unreliable" in table
+    html = render_report(report)
+    assert "unreliable: busy machine" in html and "Is the difference real?" in html and "exact McNemar" in html
+    quiet = _significant_report(spread=0.05)
+    assert "unreliable" not in format_table(quiet["models"], quiet["summary"], quiet)
+    assert "unreliable" not in render_report(quiet)

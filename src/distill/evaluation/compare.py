@@ -1,8 +1,10 @@
 """``distill report``: re-render one run's report.html, or compare several runs (seeds, methods).
 
-The comparison gives, per model, the mean and the spread (sample standard deviation, n - 1) of accuracy,
-macro-F1, agreement and latency over the runs, every run's own row, and the recipe fields that differ
-between the runs, as a printed table and as a self-contained HTML page.
+The comparison gives, per model, the mean, the spread (sample standard deviation, n - 1) and the 95%
+t-interval of the mean of accuracy, macro-F1, agreement and latency over the runs; what distillation added
+(distilled minus no-KD student, paired within each run) with its interval and how many runs' own paired test
+called it significant; every run's own row; and the recipe fields that differ between the runs, as a printed
+table and as a self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -64,17 +66,58 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """role -> metric -> {mean, std, n} over the runs that measured it."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """role -> metric -> {mean, std, n, ci95} over the runs that measured it (ci95: the t-interval of the mean,
+    None for one run)."""
+    from distill.evaluation.significance import mean_interval
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for role in ROLES:
         for key, _, _ in metric_keys(reports):
             values = [float(m[key]) for r in reports if (m := r.get("models", {}).get(role))
                       and isinstance(m.get(key), (int, float))]
             if values:
                 mean, std = mean_std(values)
-                out.setdefault(role, {})[key] = {"mean": mean, "std": std, "n": len(values)}
+                out.setdefault(role, {})[key] = {"mean": mean, "std": std, "n": len(values),
+                                                 "ci95": mean_interval(values)["ci95"]}
     return out
+
+
+def kd_gain(reports: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """What distillation added over the runs: the distilled minus the no-KD student's accuracy of each run
+    (paired: same data split and seed), its mean, std and t-interval, and how many runs' own paired test
+    (report["significance"]) found a significant difference, in which direction."""
+    from distill.evaluation.significance import mean_interval
+
+    gains, better, worse, tested = [], 0, 0, 0
+    for r in reports:
+        m = r.get("models", {})
+        if "accuracy" not in m.get("student_kd", {}) or "accuracy" not in m.get("student_no_kd", {}):
+            continue
+        gains.append(m["student_kd"]["accuracy"] - m["student_no_kd"]["accuracy"])
+        cmp = (r.get("significance") or {}).get("student_kd_vs_student_no_kd")
+        if cmp:
+            tested += 1
+            better += int(cmp["significant"] and cmp["difference"] > 0)
+            worse += int(cmp["significant"] and cmp["difference"] < 0)
+    if not gains:
+        return None
+    return {**mean_interval(gains), "runs_tested": tested, "runs_significantly_better": better,
+            "runs_significantly_worse": worse}
+
+
+def describe_gain(gain: dict[str, Any]) -> str:
+    """One line on what distillation added over the runs."""
+    mean, (lo, hi) = gain["mean"], gain["ci95"]
+    text = f"distillation {100 * mean:+.2f} points vs the no-KD student over {gain['n']} runs"
+    if gain["std"] is not None:
+        text += f" (std {100 * gain['std']:.2f}; 95% CI of the mean {100 * lo:+.2f} to {100 * hi:+.2f})"
+        text += ": the interval excludes 0" if lo > 0 or hi < 0 else ": the interval includes 0"
+    if gain["runs_tested"]:
+        text += (f"; significant in {gain['runs_significantly_better']} of {gain['runs_tested']} runs' own paired "
+                 f"tests" + (f", significantly worse in {gain['runs_significantly_worse']}"
+                             if gain["runs_significantly_worse"] else ""))
+    return text
 
 
 def run_names(dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -121,7 +164,11 @@ def format_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]]) -
         cells = [MODEL_TITLES[role], str(int(n))]
         for key, _, as_pct in keys:
             s = stats.get(key)
-            cells.append("-" if s is None else f"{_cell(s['mean'], as_pct)} ± {_cell(s['std'], as_pct)}")
+            if s is None:
+                cells.append("-")
+                continue
+            ci = "" if s["ci95"][0] is None else f" [{_cell(s['ci95'][0], as_pct)}, {_cell(s['ci95'][1], as_pct)}]"
+            cells.append(f"{_cell(s['mean'], as_pct)} ± {_cell(s['std'], as_pct)}{ci}")
         rows.append(cells)
     per_run = []
     for name, report in zip(names, reports):
@@ -135,9 +182,12 @@ def format_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]]) -
     def line(r: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
-    out = [f"{len(reports)} runs; mean ± std (sample, n-1) per model, then each run", "",
+    out = [f"{len(reports)} runs; mean ± std (sample, n-1) [95% CI of the mean] per model, then each run", "",
            line(header), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows] + ["", line(header), line(["-" * w for w in widths])] + [line(r) for r in per_run]
+    out += [line(r) for r in rows]
+    if (gain := kd_gain(reports)) is not None:
+        out += ["", describe_gain(gain)]
+    out += ["", line(header), line(["-" * w for w in widths])] + [line(r) for r in per_run]
     diffs = recipe_differences(reports)
     if diffs:
         out += ["", "recipe fields that differ: " + ", ".join(diffs)]
@@ -202,7 +252,9 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
             if s is None:
                 cells.append("<td>–</td>")
             elif as_pct:
-                cells.append(f'<td>{pct(s["mean"], 2)}<span class="delta">± {100 * s["std"]:.2f} pts</span></td>')
+                ci = ("" if s["ci95"][0] is None
+                      else f'<span class="delta">95% CI {pct(s["ci95"][0], 2)} – {pct(s["ci95"][1], 2)}</span>')
+                cells.append(f'<td>{pct(s["mean"], 2)}<span class="delta">± {100 * s["std"]:.2f} pts</span>{ci}</td>')
             else:
                 cells.append(f'<td>{num(s["mean"], 1)}<span class="delta">± {s["std"]:.1f} ms</span></td>')
         n = max(int(s["n"]) for s in stats.values())
@@ -234,6 +286,8 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
         '<div class="muted">mean ± sample standard deviation (n − 1) over the runs</div></header>'),
         "<h2>Per model</h2>", summary_table,
     ]
+    if (gain := kd_gain(reports)) is not None:
+        body.append(f'<p class="verdict">{esc(describe_gain(gain))}.</p>')
     if charts:
         body += ['<div class="grid" style="margin-top:16px">'] + [
             f"<figure><figcaption>{t} <span class=\"muted\">· dots: runs, line: mean, band: ± std</span></figcaption>"

@@ -53,6 +53,14 @@ def similarity_agreement(student: np.ndarray, teacher: np.ndarray, pairs: int = 
     return float(spearmanr((s[i] * s[j]).sum(1), (t[i] * t[j]).sum(1)).statistic)
 
 
+def pair_errors(student: np.ndarray, teacher: np.ndarray, pairs: int = 20000, seed: int = 0) -> np.ndarray:
+    """|student cosine - teacher cosine| for each of the random pairs :func:`similarity_agreement` ranks (the
+    same pairs for every model, so two students' errors can be compared pair by pair)."""
+    i, j = random_pairs(len(teacher), pairs, seed)
+    s, t = _unit(student), _unit(teacher)
+    return np.abs((s[i] * s[j]).sum(1) - (t[i] * t[j]).sum(1))
+
+
 def _top_k(x: np.ndarray, k: int) -> np.ndarray:
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)  # a sentence is not its own neighbour
@@ -110,12 +118,36 @@ def summarise_embedding(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def embedding_significance(errors: dict[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """The distilled student against the student before distillation, pair by pair: mean difference of their
+    similarity errors (negative: distillation brought the student closer to the teacher), its paired bootstrap
+    interval and the sign-flip p."""
+    from distill.evaluation.significance import compare_errors
+
+    if "student_kd" in errors and "student_untrained" in errors:
+        return {"student_kd_vs_student_untrained": compare_errors(errors["student_kd"], errors["student_untrained"],
+                                                                  "similarity_error", seed=seed)}
+    return {}
+
+
+def significance_sentence(report: dict[str, Any]) -> str | None:
+    """What the paired test says about distillation, in words (None when the run made no such comparison)."""
+    from distill.evaluation.significance import describe
+
+    cmp = (report.get("significance") or {}).get("student_kd_vs_student_untrained")
+    if not cmp:
+        return None
+    return "distillation: " + describe(cmp, "the distilled student's mean |cosine error|", "the student before it",
+                                      scale=1.0, unit="", size="held-out pairs")
+
+
 EMBED_ROLES = ("teacher", "student_kd", "student_untrained")
 EMBED_TITLES = {"teacher": "teacher", "student_kd": "student (distilled)",
                 "student_untrained": "student (before distillation)"}
 
 
-def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str, Any], k: int = 10) -> str:
+def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str, Any], k: int = 10,
+                           report: dict[str, Any] | None = None) -> str:
     probe_keys = sorted({key for m in models.values() for key in m if key.startswith("probe_") and key != "probe_mean"})
     cols = [("spearman", "spearman", "{:.3f}"), ("recall_at_k", f"recall@{k}", "{:.3f}")]
     cols += [(key, key.removeprefix("probe_").removesuffix("_snippets"), "{:.3f}") for key in probe_keys]
@@ -134,4 +166,6 @@ def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str,
         extras.append(f"{summary['size_ratio']:.1f}x fewer parameters")
     if summary.get("kd_gain_spearman") is not None:
         extras.append(f"distillation {summary['kd_gain_spearman']:+.3f} Spearman vs the student before it")
+    if report is not None and (sentence := significance_sentence(report)):
+        extras.append(sentence)
     return "\n".join(out + ([""] + ["; ".join(extras)] if extras else []))

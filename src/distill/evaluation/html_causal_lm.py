@@ -26,6 +26,11 @@ def _verdict(report: dict[str, Any]) -> str:
     t = m.get("teacher")
     if t:
         text += f" (teacher: {t['perplexity']:.2f})"
+    cmp = (report.get("significance") or {}).get("student_kd_vs_student_no_kd")
+    if cmp:
+        from distill.evaluation.perplexity import describe_lm_comparison
+
+        text += "; " + esc(describe_lm_comparison(cmp, "the distilled student", "the no-KD student"))
     return text + "."
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from distill.evaluation._charts import esc, hbars, megabytes, num, page, scatter, speed
-from distill.evaluation.embedding import EMBED_ROLES, EMBED_TITLES
+from distill.evaluation.embedding import EMBED_ROLES, EMBED_TITLES, significance_sentence
 
 COLOURS = {"teacher": "#3b5bdb", "student_kd": "#e8590c", "student_untrained": "#74808c"}
 
@@ -26,7 +26,9 @@ def _verdict(report: dict[str, Any]) -> str:
         bits.append(f"and encodes <b>{summary['speedup']:.1f}\u00d7</b> as many sentences per second")
     text = "; ".join(bits[:2]) + (" " + bits[2] if len(bits) > 2 else "") + "."
     if summary.get("kd_gain_spearman") is not None:
-        text += f" Distillation changed Spearman by <b>{summary['kd_gain_spearman']:+.3f}</b> from the student's start."
+        text += f" Distillation changed Spearman by <b>{summary['kd_gain_spearman']:+.3f}</b> from the student's start"
+        sentence = significance_sentence(report)
+        text += f" ({esc(sentence)})." if sentence else "."
     return text[0].upper() + text[1:]
 
 

@@ -34,6 +34,8 @@ from distill.evaluation._charts import (
     speed,
 )
 
+from distill.evaluation.speed import UNRELIABLE_SPREAD
+
 REPORT_FILE, HTML_FILE = "report.json", "report.html"
 # report["training"] stage -> the model it produced (for colours and titles)
 STAGE_ROLES = {"teacher": "teacher", "student": "student_kd", "student_no_kd": "student_no_kd",
@@ -52,8 +54,15 @@ def _batch(key: str) -> str:
 
 # -- the verdict ------------------------------------------------------------------------------------------
 def verdict(report: dict[str, Any]) -> str:
-    """One sentence: the student's share of the teacher's accuracy, its speed-up, and what KD added."""
+    """One sentence: the student's share of the teacher's accuracy, its speed-up, and what KD added, with the
+    paired test's interval and p, worded by what the test set can tell (see distill.evaluation.significance);
+    a speed-up measured on a busy machine says so."""
+    from distill.evaluation.report import comparison_key
+    from distill.evaluation.significance import describe
+    from distill.evaluation.speed import unreliable_note
+
     models, summary = report.get("models", {}), report.get("summary", {})
+    sig = report.get("significance") or {}
     if "student_kd" not in models:
         return "No distilled student was evaluated in this run."
     bits = []
@@ -69,12 +78,41 @@ def verdict(report: dict[str, Any]) -> str:
             bits[-1] += f" at <b>{esc(times)}</b> the speed (batch {esc(k[9:])})"
         else:
             bits[-1] += f" but runs <b>{esc(times)} slower</b> (batch {esc(k[9:])})"
-    if "kd_gain_accuracy" in summary:
+        note = unreliable_note(report.get("latency"))
+        if note:
+            bits[-1] += f' <span class="warn">({esc(note)})</span>'
+    cmp = sig.get(comparison_key("student_kd", "student_no_kd"))
+    if cmp:
+        bits.append("distillation: " + esc(describe(cmp, "the distilled student", "the no-KD student")))
+    elif "kd_gain_accuracy" in summary:
         gain = summary["kd_gain_accuracy"]
         word = "over" if gain >= 0 else "behind"
         bits.append(f"distillation <b>{signed_points(gain)} points</b> {word} the no-KD student")
     text = "; ".join(bits)
     return text[0].upper() + text[1:] + "."
+
+
+def significance_table(report: dict[str, Any]) -> str:
+    """Every paired comparison of the run: difference, 95% interval, test and p."""
+    from distill.evaluation.significance import format_p
+
+    rows = []
+    for key, cmp in (report.get("significance") or {}).items():
+        a, _, b = key.partition("_vs_")
+        scale, unit = (100.0, " pts") if cmp.get("metric") == "accuracy" else (1.0, "")
+        lo, hi = cmp["ci95"]
+        verdict_word = ("significant" if cmp["significant"] else "not distinguishable")
+        rows.append(f"<tr><td>{esc(MODEL_TITLES.get(a, a))} vs {esc(MODEL_TITLES.get(b, b))}</td>"
+                    f"<td>{esc(cmp.get('metric', ''))}</td><td>{scale * cmp['difference']:+.2f}{unit}</td>"
+                    f"<td>{scale * lo:+.2f} to {scale * hi:+.2f}</td><td>{esc(cmp.get('test', ''))}</td>"
+                    f"<td>{esc(format_p(cmp['p']))}</td><td>{verdict_word}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Is the difference real?</h2><p class=\"muted\">Paired comparisons on the same test examples; "
+            "95% interval by paired bootstrap; significant means p &lt; 0.05.</p>"
+            '<div class="table-wrap"><table><thead><tr><th>comparison</th><th>metric</th><th>difference</th>'
+            "<th>95% interval</th><th>test</th><th>p</th><th>reading</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></div>")
 
 
 def _cards(report: dict[str, Any]) -> str:
@@ -120,6 +158,11 @@ def model_table(models: dict[str, dict[str, Any]]) -> str:
             note = ""
             if role != "teacher" and teacher.get(k) and m.get(k):
                 note = '<span class="delta">{} {}</span>'.format(*speed(teacher[k] / m[k]))
+            spread = m.get(k.replace("latency_ms_", "latency_spread_"))
+            if spread is not None:
+                note += f'<span class="delta">± {100 * spread / 2:.0f}%</span>'
+                if spread > UNRELIABLE_SPREAD:
+                    note += '<span class="delta warn">unreliable: busy machine</span>'
             cells.append(f"<td>{num(m.get(k), 1)}{note}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return ('<div class="table-wrap"><table class="models"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
@@ -366,7 +409,10 @@ def render_report(report: dict[str, Any], predictions: list[dict[str, Any]] | No
         "<h2>Teacher vs students</h2>",
         model_table(models),
         ('<p class="muted small" style="margin-top:8px">Test split; agreement = share of test examples where the '
-        "model predicts the teacher's class; latency is the median CPU forward pass.</p>"),
+        "model predicts the teacher's class; latency is the lower quartile of CPU forward passes over rounds that "
+        "time every model in turn on the same inputs (± half the interquartile range, as a share of the "
+        "median).</p>"),
+        significance_table(report),
     ]
     scatter_fig, bars = quality_latency_chart(models), size_chart(models) + latency_chart(models)
     if scatter_fig or bars:

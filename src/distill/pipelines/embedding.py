@@ -116,6 +116,7 @@ class EmbeddingRun(Run):
     """One sentence-embedding run; each method is a resumable stage, as in :class:`distill.pipeline.Run`."""
 
     def make_plan(self) -> Plan:
+        self.pair_errors: dict[str, np.ndarray] = {}  # role -> |cosine error| per held-out pair, for the tests
         return plan_embedding(self.recipe)
 
     @property
@@ -298,6 +299,7 @@ class EmbeddingRun(Run):
     def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred=None) -> dict[str, Any]:
         from distill.evaluation import count_parameters
         from distill.evaluation.embedding import (
+            pair_errors,
             probe_accuracy,
             retrieval_agreement,
             similarity_agreement,
@@ -314,6 +316,7 @@ class EmbeddingRun(Run):
         metrics: dict[str, Any] = {"dim": int(emb.shape[1]), "parameters": count_parameters(model)}
         if role != "teacher":
             metrics["spearman"] = similarity_agreement(emb, self._teacher_test, ev.agreement_pairs)
+            self.pair_errors[role] = pair_errors(emb, self._teacher_test, ev.agreement_pairs)
             metrics["recall_at_k"] = retrieval_agreement(emb, self._teacher_test, ev.retrieval_k)
         else:
             metrics["spearman"], metrics["recall_at_k"] = 1.0, 1.0
@@ -357,7 +360,7 @@ class EmbeddingRun(Run):
 
         from distill import __version__
         from distill.evaluation import write_report
-        from distill.evaluation.embedding import format_embedding_table, summarise_embedding
+        from distill.evaluation.embedding import embedding_significance, format_embedding_table, summarise_embedding
         from distill.evaluation.speed import dir_size_mb
         from distill.export.sentence_transformers import save_sentence_transformer
 
@@ -371,8 +374,9 @@ class EmbeddingRun(Run):
                             ("student_untrained", self.out / "student_init")):
             if role in models and where.is_dir() and dir_size_mb(where) > 0:
                 models[role]["size_mb"] = dir_size_mb(where)
+        self.report["significance"] = embedding_significance(self.pair_errors, seed=r.train.seed)
         summary = summarise_embedding(models)
-        table = format_embedding_table(models, summary, r.eval.retrieval_k)
+        table = format_embedding_table(models, summary, r.eval.retrieval_k, self.report)
         sp = self.plan.splits
         self.report.update({
             "task": r.task, "summary": summary, "teacher_path": self.teacher_path, "recipe": r.to_dict(),

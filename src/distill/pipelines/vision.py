@@ -29,7 +29,7 @@ from distill._dataclass_io import RecipeError
 from distill.config import Recipe
 from distill.data.images import Augment, ImageSet, ImageSplits, load_image_splits
 from distill.losses import LossContext, build_losses
-from distill.pipeline import DONE, Plan, Run, _fingerprint, stage_done, write_stage
+from distill.pipeline import DONE, Plan, Run, _fingerprint, _state, stage_done, write_stage
 from distill.students.vision import (
     SmallCNN,
     build_image_model,
@@ -38,7 +38,6 @@ from distill.students.vision import (
 )
 from distill.training import Distiller
 from distill.training.vision import (
-    image_latency_ms,
     predict_image_logits,
     remove_checkpoint,
     train_image_model,
@@ -88,7 +87,11 @@ class VisionRun(Run):
 
     def make_plan(self) -> Plan:
         self._finished_checkpoints: list[Path | None] = []  # deleted once the run's results are saved
+        self._latency_models: dict[str, torch.nn.Module] = {}  # image models are small: kept for the timing
         return plan_vision(self.recipe)
+
+    def latency_models(self) -> dict[str, torch.nn.Module]:
+        return dict(self._latency_models)
 
     @property
     def splits(self) -> ImageSplits:
@@ -232,9 +235,10 @@ class VisionRun(Run):
         metrics = classification_metrics(logits, test.labels.numpy(), teacher_pred)
         metrics["parameters"] = count_parameters(model)
         metrics["size_mb"] = weights_size_mb(model)
-        for bs in r.eval.latency_batch_sizes:
-            metrics[f"latency_ms_b{bs}"] = image_latency_ms(model, test.images[:32], bs, r.eval.latency_repeats,
-                                                            r.eval.latency_threads)
+        self.test_correct[role] = logits.argmax(-1) == test.labels.numpy()
+        # timed at the end, interleaved with the other models (Run.time_latency), on the same images
+        self.latency_inputs[role] = {"pixel_values": test.images[:32]}
+        self._latency_models[role] = model
         self.report["models"][role] = metrics
         self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
         return logits.argmax(-1)
@@ -292,16 +296,20 @@ class VisionRun(Run):
     def finish_vision(self, student) -> dict[str, Any]:
         from distill import __version__
         from distill.evaluation import format_table, summarise, write_report
+        from distill.evaluation.report import classification_significance
 
         r, sp = self.recipe, self.splits
         models = self.report["models"]
         student_dir = self.out / "student"
         save_image_model(student, student_dir, sp.labels)
         (student_dir / "recipe.yaml").write_text(r.to_yaml())
-        summary = summarise(models)
+        if _state().is_main_process:
+            self.time_latency()
+        self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
+        summary = summarise(models, self.report.get("latency"), self.report["significance"])
         if "student_datafree" in models and "student_kd" in models:
             summary["datafree_gap_accuracy"] = models["student_datafree"]["accuracy"] - models["student_kd"]["accuracy"]
-        table = format_table(models, summary)
+        table = format_table(models, summary, self.report)
         self.report.update({
             "task": r.task, "labels": sp.labels, "summary": summary, "teacher_path": self.teacher_path,
             "data": {"train": len(sp.train), "unlabeled": 0, "validation": len(sp.validation), "test": len(sp.test)},

@@ -188,28 +188,3 @@ def predict_image_logits(model: torch.nn.Module, images: torch.Tensor, batch_siz
     model.eval()
     return torch.cat([model(pixel_values=images[i:i + batch_size]).logits.float()
                       for i in range(0, images.shape[0], batch_size)])
-
-
-@torch.no_grad()
-def image_latency_ms(model: torch.nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 20,
-                     threads: int | None = None) -> float:
-    """Median CPU wall time (ms) of one forward pass at ``batch_size`` (images tiled as needed)."""
-    import statistics
-
-    model = model.eval().to("cpu")
-    reps = -(-batch_size // images.shape[0])
-    x = images.repeat(reps, 1, 1, 1)[:batch_size]
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        for _ in range(2):
-            model(pixel_values=x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(pixel_values=x)
-            times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        torch.set_num_threads(old)
-    return float(statistics.median(times))
