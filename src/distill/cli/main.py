@@ -107,6 +107,35 @@ def cmd_report(out_dirs: list[str], out: str | None) -> int:
     return 0
 
 
+def recipe_fields() -> list[str]:
+    """The recipe's top-level fields: the first part of every override (``--train.epochs``, ``--output_dir``)."""
+    from distill.config import Recipe
+
+    return [f.name for f in dataclasses.fields(Recipe)]
+
+
+def bad_overrides(tokens: list[str]) -> list[str]:
+    """The tokens of ``tokens`` that are not recipe overrides. An override is ``--FIELD VALUE``,
+    ``--FIELD=VALUE`` or ``FIELD=VALUE``, where FIELD is a recipe field or a dotted path under one
+    (``output_dir``, ``train.epochs``, ``losses.0.weight``); the value may itself start with ``-``."""
+    roots = set(recipe_fields())
+    bad = []
+    it = iter(tokens)
+    for token in it:
+        if token.startswith("--"):
+            key, has_value = token[2:].split("=", 1)[0], "=" in token
+            if not has_value:
+                next(it, None)  # the value: may look like a flag (-1) or be missing (load_recipe says so)
+        elif "=" in token and not token.startswith("-"):
+            key = token.split("=", 1)[0]
+        else:
+            bad.append(token)
+            continue
+        if key.split(".")[0] not in roots:
+            bad.append(token)
+    return bad
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -114,16 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    def is_number(token: str) -> bool:
-        try:
-            float(token)
-            return True
-        except ValueError:
-            return False
-
-    bad = [t for t in rest if t.startswith("-") and "." not in t and not is_number(t)]
-    if bad or (rest and args.command in ("demo", "methods", "report")):
-        parser.error(f"unrecognised arguments: {' '.join(bad or rest)} (recipe overrides look like --train.epochs 3)")
+    if rest and args.command in ("demo", "methods", "report"):
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if bad := bad_overrides(rest):
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (a recipe override is --FIELD VALUE or FIELD=VALUE, "
+                     f"e.g. --train.epochs 3 or output_dir=runs/x; top-level fields: {', '.join(recipe_fields())})")
     try:
         if args.command == "methods":
             return cmd_methods(args.name)
