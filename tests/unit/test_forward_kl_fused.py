@@ -19,23 +19,27 @@ def _sparse(z, k, mode):
 def test_values_and_gradients_match_the_composed_ops(t, teacher_kind):
     from distill.losses.divergence import teacher_log_probs
 
+    # float64: the two paths sum 40 terms of size up to ~10 differently (xlogy + einsum vs p (log p - log q));
+    # in float32 they may differ by up to ~40 * 6e-8 * 10 = 2.4e-5 as the order changes (SIMD width, threads),
+    # above the old 1e-5 bound (1.3e-6 seen). In float64 that is < 1e-13, so 1e-12 holds anywhere; a wrong
+    # term or 1/T is off by > 1e-3.
     g = torch.Generator().manual_seed(0)
-    z_t = torch.randn(3, 5, 40, generator=g) * 3
+    z_t = torch.randn(3, 5, 40, generator=g, dtype=torch.float64) * 3
     z_t[0, 0, :] = -1e4  # a near-one-hot row: most teacher probabilities underflow to 0
     z_t[0, 0, 7] = 10.0
     teacher = z_t if teacher_kind == "dense" else _sparse(z_t, 6, teacher_kind)
-    z_s = (torch.randn(3, 5, 40, generator=g) * 2).requires_grad_(True)
+    z_s = (torch.randn(3, 5, 40, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
     z_s2 = z_s.detach().clone().requires_grad_(True)
-    w = torch.rand(3, 5, generator=g)
+    w = torch.rand(3, 5, generator=g, dtype=torch.float64)
 
     log_p, z_al, _ = teacher_log_probs(teacher, z_s, t)
     ours = forward_kl_rows(log_p, z_al, t)
     lp, lq, _ = teacher_student_log_probs(teacher, z_s2, t)
     ref = divergence_terms(lp, lq, "forward_kl").sum(-1)
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5)
+    assert ours.dtype == torch.float64 and torch.allclose(ours, ref, atol=1e-12, rtol=1e-12)
     (ours * w).sum().backward()
     (ref * w).sum().backward()
-    assert torch.allclose(z_s.grad, z_s2.grad, atol=1e-6, rtol=1e-5)
+    assert z_s.grad.dtype == torch.float64 and torch.allclose(z_s.grad, z_s2.grad, atol=1e-12, rtol=1e-12)
 
 
 def test_kd_loss_uses_it_and_keeps_its_golden_value():

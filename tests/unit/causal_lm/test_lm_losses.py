@@ -43,14 +43,17 @@ def _skew_value(direction: str, a: float, t: float) -> float:
 @pytest.mark.parametrize("divergence,direction", [("forward_kl", "forward"), ("reverse_kl", "reverse")])
 @pytest.mark.parametrize("skew,t", [(0.1, 1.0), (0.5, 2.0), (0.0, 1.0)])
 def test_skew_kl_golden(divergence, direction, skew, t):
+    # float64 against the plain-math value: sums of 4 terms of order 1 err by ~1e-15 there, so 1e-12 is tight
     loss = KDLoss(temperature=t, divergence=divergence, skew=skew)
-    got = loss(ModelOutputs(logits=torch.tensor(Z_S)), ModelOutputs(logits=torch.tensor(Z_T)), {})
-    assert float(got) == pytest.approx(_skew_value(direction, skew, t), abs=1e-6, rel=1e-6)
+    zs, zt = torch.tensor(Z_S, dtype=torch.float64), torch.tensor(Z_T, dtype=torch.float64)
+    got = loss(ModelOutputs(logits=zs), ModelOutputs(logits=zt), {})
+    assert float(got) == pytest.approx(_skew_value(direction, skew, t), abs=1e-12, rel=1e-12)
 
 
 def test_skew_is_zero_at_identity_and_rejected_elsewhere():
-    z = torch.tensor(Z_T)
-    assert float(KDLoss(skew=0.3)(ModelOutputs(logits=z), ModelOutputs(logits=z), {})) == pytest.approx(0, abs=1e-7)
+    # at identity the KL is a difference of equal entropy-sized sums: ~1e-16 in float64 (float32 gave 5.8e-8)
+    z = torch.tensor(Z_T, dtype=torch.float64)
+    assert float(KDLoss(skew=0.3)(ModelOutputs(logits=z), ModelOutputs(logits=z), {})) == pytest.approx(0, abs=1e-12)
     for bad in (-0.1, 1.0, "0.1", True):
         with pytest.raises(RecipeError, match="skew"):
             check_params("kd", {"skew": bad}, "losses[0]")

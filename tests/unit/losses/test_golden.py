@@ -23,10 +23,13 @@ from . import golden_reference as ref
 FIXTURE = json.loads(ref.FIXTURE.read_text())
 INPUTS: dict[str, Any] = FIXTURE["inputs"]
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
-ATOL = 1e-6
-# distill computes in float32 (one ulp is 2e-6 at 18, the size of soft_ce * T^2), so large values also get a
-# relative allowance of a few ulps; values of order 1 are held to ATOL.
-RTOL = 1e-6
+ATOL = 1e-6  # float32 identities that hold up to the last rounding (same sums, exact factors) and gradients
+# The golden values and the identities between different formulas run in float64 (inputs, and projectors via
+# ``.double()``). In float32 a KD value is a difference of order-1 sums, each term rounded at ~1e-7, then
+# scaled by T^2 = 16: one case already erred by 6.7e-7 against a 1e-6 bound, and another summation order
+# (SIMD width, threads) moves it. In float64 those sums (<= 30 terms of size <= 10, times T^2 <= 16) err by
+# at most ~5e-13 (3e-15 seen), so 1e-12 still holds on any machine and is 1e6x tighter than a wrong factor.
+F64_ATOL = F64_RTOL = 1e-12
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -35,7 +38,7 @@ RTOL = 1e-6
 
 
 def _float(name: str) -> torch.Tensor:
-    return torch.tensor(INPUTS[name], dtype=torch.float32)
+    return torch.tensor(INPUTS[name], dtype=torch.float64)
 
 
 def _outputs(spec: dict[str, str] | None) -> ModelOutputs:
@@ -46,14 +49,14 @@ def _outputs(spec: dict[str, str] | None) -> ModelOutputs:
         elif field == "sparse_logits":
             rec = INPUTS[name]
             out.logits = SparseLogits(
-                values=torch.tensor(rec["values"], dtype=torch.float32),
+                values=torch.tensor(rec["values"], dtype=torch.float64),
                 indices=torch.tensor(rec["indices"], dtype=torch.long),
-                logsumexp=torch.tensor(rec["logsumexp"], dtype=torch.float32),
+                logsumexp=torch.tensor(rec["logsumexp"], dtype=torch.float64),
                 num_classes=rec["num_classes"],
                 mode=rec["mode"],
             )
         elif field == "hidden_states":
-            out.hidden_states = tuple(torch.tensor(h, dtype=torch.float32) for h in INPUTS[name])
+            out.hidden_states = tuple(torch.tensor(h, dtype=torch.float64) for h in INPUTS[name])
         else:  # pragma: no cover - a fixture typo
             raise KeyError(f"fixture field {field!r} is not understood by test_golden._outputs")
     return out
@@ -69,9 +72,9 @@ def _batch(spec: dict[str, Any] | None) -> dict[str, torch.Tensor]:
 
 def _run_case(case: dict[str, Any]) -> float:
     cls = LOSSES.get(case["loss"])
-    loss = cls.build(dict(case["params"]), LossContext(**case.get("context", {})))
+    loss = cls.build(dict(case["params"]), LossContext(**case.get("context", {}))).double()  # projectors too
     if "state" in case:
-        state = {k: torch.tensor(v, dtype=torch.float32) for k, v in case["state"].items()}
+        state = {k: torch.tensor(v, dtype=torch.float64) for k, v in case["state"].items()}
         loss.load_state_dict(state, strict=True)
     value = loss(_outputs(case.get("student")), _outputs(case.get("teacher")), _batch(case.get("batch")))
     assert isinstance(value, torch.Tensor) and value.dim() == 0, f"{case['id']}: not a scalar tensor"
@@ -86,7 +89,7 @@ def _run_case(case: dict[str, Any]) -> float:
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_matches_hand_computed_value(case: dict[str, Any]) -> None:
     got = _run_case(case)
-    assert got == pytest.approx(case["expected"], abs=ATOL, rel=RTOL), (
+    assert got == pytest.approx(case["expected"], abs=F64_ATOL, rel=F64_RTOL), (
         f"{case['id']}: distill gives {got!r}, the hand computation {case['expected']!r}"
     )
 
@@ -171,26 +174,26 @@ def test_batchmean_is_c_times_elementwise_mean(divergence: str, temperature: flo
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_soft_ce_is_forward_kl_plus_teacher_entropy(temperature: float) -> None:
-    zs, zt = _logits(2), _logits(3)
-    p = torch.softmax(zt.double() / temperature, dim=-1)
+    zs, zt = _logits(2).double(), _logits(3).double()  # two different sums: float64 (see F64_ATOL)
+    p = torch.softmax(zt / temperature, dim=-1)
     entropy = -(p * p.log()).sum(-1).mean()  # batchmean H(P_T)
     soft_ce = _kd(zs, zt, divergence="soft_ce", temperature=temperature, scale_by_t2=False)
     fkl = _kd(zs, zt, divergence="forward_kl", temperature=temperature, scale_by_t2=False)
-    torch.testing.assert_close(soft_ce.double(), fkl.double() + entropy, atol=ATOL, rtol=1e-6)
+    torch.testing.assert_close(soft_ce, fkl + entropy, atol=F64_ATOL, rtol=F64_RTOL)
 
 
 @pytest.mark.parametrize(("divergence", "beta"), [("symmetric_kl", 0.5), ("jsd", 0.5)])
 def test_symmetric_divergences_do_not_care_which_side_is_the_teacher(divergence: str, beta: float) -> None:
-    a, b = _logits(4), _logits(5)
+    a, b = _logits(4).double(), _logits(5).double()  # the mixture is summed in another order: float64
     ab = _kd(a, b, divergence=divergence, beta=beta)
     ba = _kd(b, a, divergence=divergence, beta=beta)
-    torch.testing.assert_close(ab, ba, atol=ATOL, rtol=1e-6)
+    torch.testing.assert_close(ab, ba, atol=F64_ATOL, rtol=F64_RTOL)
 
 
 def test_reverse_kl_is_forward_kl_with_roles_swapped() -> None:
-    a, b = _logits(6), _logits(7)
+    a, b = _logits(6).double(), _logits(7).double()  # two different formulas (forward KL is fused): float64
     reverse, forward = _kd(a, b, divergence="reverse_kl"), _kd(b, a, divergence="forward_kl")
-    torch.testing.assert_close(reverse, forward, atol=ATOL, rtol=1e-6)
+    torch.testing.assert_close(reverse, forward, atol=F64_ATOL, rtol=F64_RTOL)
 
 
 def test_jsd_with_small_beta_is_not_symmetric() -> None:
@@ -241,18 +244,21 @@ def test_kd_gradient_with_token_mask_averages_over_real_tokens() -> None:
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_kd_gradient_finite_differences_of_distill(temperature: float) -> None:
-    # distill computes in float32, so the step is large and the tolerance matches float32 round-off / eps
-    zs, zt, eps = _logits(16, (3, 4)), _logits(17, (3, 4)), 1e-2
+    # float64: in float32 the round-off of T^2 * KL (~1e-6 at T = 4, and it changes with the summation order)
+    # over 2 eps gave 4e-5 of error against a 2e-4 bound. In float64 the central difference errs by its
+    # truncation eps^2 / 6 * |f'''| (5e-11 seen) plus round-off ~1e-16 * |f| / eps ~ 1e-11, so 1e-8 holds
+    # anywhere, and a wrong T or 1/B factor is off by > 1e-2.
+    zs, zt, eps = _logits(16, (3, 4)).double(), _logits(17, (3, 4)).double(), 1e-4
     expected = _expected_grad(zs, zt, temperature, zs.shape[0])
     fd = torch.zeros_like(expected)
     for idx in range(zs.numel()):
-        bump = torch.zeros(zs.numel())
+        bump = torch.zeros(zs.numel(), dtype=torch.float64)
         bump[idx] = eps
         bump = bump.view_as(zs)
-        up = _kd(zs + bump, zt, temperature=temperature).double()
-        down = _kd(zs - bump, zt, temperature=temperature).double()
+        up = _kd(zs + bump, zt, temperature=temperature)
+        down = _kd(zs - bump, zt, temperature=temperature)
         fd.view(-1)[idx] = (up - down) / (2 * eps)
-    torch.testing.assert_close(fd, expected, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(fd, expected, atol=1e-8, rtol=0)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])

@@ -1,9 +1,10 @@
 """Golden values and properties of the embedding-level losses (``distill.losses.embedding``).
 
 The expected numbers come from ``golden_embedding.py`` (plain ``math``, written from the docstrings); here we
-check that ``distill`` reproduces them at 1e-6, plus the properties the registry-wide contract cannot see:
-scale invariance of the affinity loss, the InfoNCE floor at identity, the CRD queue (FIFO, not touched in
-eval mode, no gradient), when projectors are built, and finiteness on degenerate inputs (zero vectors, B=1).
+check that ``distill`` reproduces them (in float64, at 1e-12), plus the properties the registry-wide contract
+cannot see: scale invariance of the affinity loss, the InfoNCE floor at identity, the CRD queue (FIFO, not
+touched in eval mode, no gradient), when projectors are built, and finiteness on degenerate inputs (zero
+vectors, B=1).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from distill.outputs import ModelOutputs
 
 from . import golden_embedding as ref
 
-ATOL = 1e-6
-RTOL = 1e-6  # float32: a few ulps of the larger values (tau = 0.05 puts logits near 20)
+# The golden cases run in float64 (embeddings, and projectors / heads / queue via ``.double()``). In float32
+# a contrastive or CRD loss is a log-sum-exp of logits near 1 / tau = 20 minus one of them, rounded at ~1e-7
+# relative per term: it came out 4e-7 from the value (a third of a 1.3e-6 bound) and moves with the summation
+# order, while a 1e-6 bound checked the smallest cases (1.3e-8 and 3e-4) only to 100x and 0.3%. In float64
+# the same sums (<= 30 terms of size <= 20) err by < 1e-13 (1e-15 seen): 1e-12 holds anywhere.
+ATOL = RTOL = 1e-12
 CASES = ref.cases()
 
 
@@ -43,7 +48,7 @@ def _out(e: torch.Tensor) -> ModelOutputs:
 
 
 def _build(case: dict[str, Any]):
-    loss = LOSSES.get(case["loss"]).build(dict(case["params"]), LossContext(**case["context"]))
+    loss = LOSSES.get(case["loss"]).build(dict(case["params"]), LossContext(**case["context"])).double()
     if "state" in case:
         current = loss.state_dict()
         state = {
@@ -67,15 +72,16 @@ def _random(seed: int, rows: int, width: int, scale: float = 1.5) -> torch.Tenso
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_matches_hand_computed_value(case: dict[str, Any]) -> None:
     loss = _build(case)
-    value = loss(_out(_emb(case["student"])), _out(_emb(case["teacher"])), {}).detach()
-    assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float32
+    es, et = _emb(case["student"], torch.float64), _emb(case["teacher"], torch.float64)
+    value = loss(_out(es), _out(et), {}).detach()
+    assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float64
     assert float(value) == pytest.approx(case["expected"], abs=ATOL, rel=RTOL), (
         f"{case['id']}: distill gives {float(value)!r}, the hand computation {case['expected']!r}"
     )
     if case["loss"] == "crd":  # the call above ran in training mode, so the batch's keys were enqueued
         assert loss.training
         torch.testing.assert_close(
-            loss.queue, torch.tensor(case["queue_after"], dtype=torch.float32).reshape(loss.queue.shape),
+            loss.queue, torch.tensor(case["queue_after"], dtype=torch.float64).reshape(loss.queue.shape),
             atol=ATOL, rtol=RTOL,
         )
         assert int(loss.queue_ptr) == case["ptr_after"] and int(loss.queue_len) == case["len_after"]
@@ -328,12 +334,14 @@ def test_zero_vectors_and_single_rows_give_finite_values_and_gradients(
 
 @pytest.mark.parametrize(("name", "params"), ALL, ids=[f"{n}-{p}" for n, p in ALL])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_computes_in_float32(name: str, params: dict, dtype: torch.dtype) -> None:
+def test_computes_in_at_least_float32(name: str, params: dict, dtype: torch.dtype) -> None:
+    """bfloat16 outputs are upcast to float32 before the sums; float64 ones stay float64 (the exactness tests run
+    models in float64), with the float32 projectors applied in their own dtype."""
     torch.manual_seed(0)
     loss = LOSSES.get(name).build(dict(params), CTX)
     es = _random(80, 3, 4).to(dtype).requires_grad_(True)
     value = loss(_out(es), _out(_random(81, 3, 6).to(dtype)), {})
-    assert value.dtype == torch.float32
+    assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     value.backward()
     assert es.grad.dtype == dtype and torch.isfinite(es.grad.float()).all()
 
