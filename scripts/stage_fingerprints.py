@@ -1,0 +1,104 @@
+"""Record every store key and stage fingerprint the shipped recipes produce, so a change to the orchestration
+code can be checked to keep existing stores and finished runs valid.
+
+Each shipped recipe runs end to end on the packaged models and data with small budgets (the overrides below),
+into a fresh output directory and a fresh store root; then every stage record (``distill_done.json``) under
+both is read, and every entry of the store root (stores, evaluation caches, teacher continuations) is listed
+by name. The names and fingerprints depend only on the recipe, the data and the teacher weights, never on
+timing, so two versions of the code that key stages alike give the same JSON.
+
+    python scripts/stage_fingerprints.py OUT.json [--only demo_sentiment ...]
+    python scripts/stage_fingerprints.py OUT.json --compare tests/data/stage_fingerprints.json
+
+Needs the packaged assets (``bash scripts/setup.sh``); about 15 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+SMALL = ["eval.latency_repeats=1", "eval.latency_batch_sizes=[1]", "export.onnx=false"]
+OVERRIDES = {
+    "demo_sentiment": ["data.max_train_examples=96", "teacher.finetune.epochs=0.05", "train.max_steps=2"],
+    "ssld_label_free": ["data.max_train_examples=96", "teacher.finetune.epochs=0.05", "train.max_steps=2"],
+    "well_read_students": ["data.max_train_examples=64", "teacher.finetune.epochs=0.05", "train.max_steps=2",
+                           "data.max_length=32"],
+    "demo_embeddings": ["data.max_train_examples=64", "train.max_steps=2", "eval.probe_sets=[]",
+                        "eval.agreement_pairs=500", "eval.throughput_sentences=32", "data.max_length=32"],
+    "causal_lm_smollm2": ["train.max_steps=2", "train.batch_size=2", "causal_lm.chunk_length=32",
+                          "causal_lm.ddk.interval=1", "causal_lm.ddk.eval_chunks=1", "train.eval_batch_size=4"],
+    "vision_mnist": ["teacher.finetune.epochs=1", "train.epochs=1", "vision.datafree=null"],
+}
+
+
+def lm_corpus(path: Path) -> None:
+    """A small deterministic two-domain corpus from packaged text (the shipped LM recipe reads a CSV)."""
+    import pandas as pd
+
+    from distill.packaged import load_packaged_data
+
+    rows = load_packaged_data("movie_snippets")
+    texts = list(rows["text"])[:60]
+    pd.DataFrame({"text": texts, "domain": ["a" if i % 2 else "b" for i in range(len(texts))]}).to_csv(path, index=False)
+
+
+def records(root: Path) -> dict[str, str]:
+    """relative path of every stage record under ``root`` -> its fingerprint."""
+    out = {}
+    for marker in sorted(root.rglob("distill_done.json")):
+        out[str(marker.parent.relative_to(root))] = json.loads(marker.read_text()).get("fingerprint")
+    return out
+
+
+def record_recipe(name: str, work: Path) -> dict[str, object]:
+    from importlib import resources
+
+    from distill.config import load_recipe
+    from distill.pipeline import run
+
+    out, stores = work / name / "run", work / name / "stores"
+    overrides = [f"output_dir={out}", f"store.dir={stores}", *SMALL, *OVERRIDES[name]]
+    if name == "causal_lm_smollm2":
+        corpus = work / name / "corpus.csv"
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        lm_corpus(corpus)
+        overrides.append(f"data.train={corpus}")
+    recipe = load_recipe(str(resources.files("distill") / "recipes" / f"{name}.yaml"), overrides)
+    report = run(recipe)
+    return {
+        "stages": records(out),
+        "store_stages": records(stores),
+        "store_entries": sorted(p.name for p in stores.iterdir()) if stores.exists() else [],
+        "store_key": report.get("store_key"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--only", nargs="*", default=None, help="recipe names (default: all shipped)")
+    parser.add_argument("--compare", default=None, help="a JSON written earlier: exit 1 when they differ")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # the fine-tuned teachers and evaluation caches must not come from the user's cache
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["DISTILL_CACHE"] = str(Path(tmp) / "cache")
+        got = {name: record_recipe(name, Path(tmp)) for name in (args.only or list(OVERRIDES))}
+    Path(args.out).write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    if args.compare:
+        want = json.loads(Path(args.compare).read_text())
+        diff = {k: {"before": want.get(k), "after": got.get(k)} for k in got if want.get(k) != got.get(k)}
+        if diff:
+            print(json.dumps(diff, indent=2), file=sys.stderr)
+            return 1
+        print(f"same store keys and stage fingerprints for {', '.join(got)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
