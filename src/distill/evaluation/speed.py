@@ -15,6 +15,7 @@ is the ratio of the two figures, with a 95% interval from resampling the rounds.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -83,6 +84,12 @@ def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: i
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    # as timeit does: no garbage collection while timing. A collection's cost grows with everything else the
+    # process holds and lands on whichever call crosses the allocation threshold, which is not random under a
+    # fixed round order; one full collection first, so none is pending
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
     try:
         for _ in range(warmup):
             for n in names:
@@ -98,6 +105,8 @@ def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: i
             r += 1
     finally:
         torch.set_num_threads(old_threads)
+        if gc_was_enabled:
+            gc.enable()
     return times
 
 
