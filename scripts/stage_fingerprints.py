@@ -50,8 +50,9 @@ def lm_corpus(path: Path) -> None:
 def records(root: Path) -> dict[str, str]:
     """relative path of every stage record under ``root`` -> its fingerprint."""
     out = {}
-    for marker in sorted(root.rglob("distill_done.json")):
-        out[str(marker.parent.relative_to(root))] = json.loads(marker.read_text()).get("fingerprint")
+    for name in ("distill_done.json", "distill_finetune.json"):  # stage records, the fine-tuned teacher's
+        for marker in sorted(root.rglob(name)):
+            out[f"{marker.parent.relative_to(root)}:{name}"] = json.loads(marker.read_text()).get("fingerprint")
     return out
 
 
