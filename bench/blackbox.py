@@ -205,7 +205,7 @@ def main() -> None:
     import torch
 
     from distill.config import recipe_from_dict
-    from distill.pipeline import Run
+    from distill.tasks import task_for
     from distill.teachers.blackbox import label_with_blackbox
     from distill.teachers.blackbox.local import LocalGenerativeTeacher
 
@@ -219,7 +219,7 @@ def main() -> None:
 
     with ChatServer(teacher, MODEL_NAME, DUMMY_KEY) as server:
         recipe = recipe_from_dict(make_recipe(server.url, out, args))
-        run = Run(recipe)
+        run = task_for(recipe)
         splits = run.plan.splits
         full_test = len(splits.test)
         if args.test_rows and args.test_rows < full_test:
@@ -244,7 +244,7 @@ def main() -> None:
             return
 
         t0 = time.perf_counter()
-        run()
+        run.run()
         timing = {"run_s": time.perf_counter() - t0, "generation_s": server.seconds, "requests": server.requests,
                   "prompt_tokens": server.prompt_tokens, "completion_tokens": server.completion_tokens}
 

@@ -101,20 +101,20 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------------- children
 def child_pipeline(args) -> dict:
     from distill.config import recipe_from_dict
-    from distill.pipeline import run_class
+    from distill.tasks import task_for
 
     r = recipe_from_dict(json.loads(args.recipe))
-    run_class(r)(r)()
+    task_for(r).run()
     return {"report_path": str(Path(r.output_dir) / "report.json"), "peak_rss_mb": peak_rss_mb()}
 
 
 def _chunks(corpus: Path, n_train: int):
     from distill.config import recipe_from_dict
-    from distill.pipelines.causal_lm import CausalLMRun
+    from distill.tasks.causal_lm import CausalLMTask
 
     r = recipe_from_dict(recipe(corpus, 1, True, "timing_rows", 8))
-    run = CausalLMRun(r, log=lambda *_: None)
-    run.prepare_teacher()
+    run = CausalLMTask(r, log=lambda *_: None)
+    run.resolve_teacher()
     run.load_rows()
     return run, run.train_rows[:n_train]
 
@@ -137,7 +137,7 @@ def child_trl(args) -> dict:
     tok = AutoTokenizer.from_pretrained(init)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     student = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(run.teacher_path, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(run.teacher.path, dtype=torch.float32)
     ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"]} for r in rows])
 
     def collate(batch):
@@ -189,7 +189,7 @@ def child_ours_timing(args) -> dict:
     store = TeacherStore.open(args.store) if args.mode == "store" else None
     if store is not None:  # the full run's store holds every training row, in order
         pass
-    teacher = None if store is not None else AutoModelForCausalLM.from_pretrained(run.teacher_path,
+    teacher = None if store is not None else AutoModelForCausalLM.from_pretrained(run.teacher.path,
                                                                                      dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
     times: list[float] = []
@@ -227,7 +227,7 @@ def child_fidelity(args) -> dict:
 
     torch.set_grad_enabled(False)
     run, train_rows = _chunks(Path(args.corpus), 64)
-    teacher = AutoModelForCausalLM.from_pretrained(run.teacher_path, dtype=torch.float32).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(run.teacher.path, dtype=torch.float32).eval()
     students = {name: AutoModelForCausalLM.from_pretrained(str(WORK / "distill_store" / name), dtype=torch.float32).eval()
                 for name in ("student", "student_no_kd")}
     collate = CausalLMCollator(run.pad_id)

@@ -68,7 +68,11 @@ def scores(run, emb_test: np.ndarray, probe_encode) -> dict:
 def st_mse_baseline(init_dir: Path, store_path: str, texts: list[str], epochs: float, lr: float, seed: int, out: Path):
     """sentence-transformers' own distillation recipe: MSELoss to the (stored) teacher embeddings."""
     import datasets
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MSELoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -159,8 +163,8 @@ def main() -> None:
     import torch
 
     from distill.config import recipe_from_dict
-    from distill.pipelines.embedding import EmbeddingRun
     from distill.packaged import resolve_model
+    from distill.tasks.sentence_embedding import SentenceEmbeddingTask
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -172,9 +176,9 @@ def main() -> None:
     layers_recipe = recipe_from_dict(recipe(out / "layers", {"from_teacher": True, "layers": LAYERS},
                                             [{"name": "embedding", "loss": "cosine"}, {"name": "affinity", "weight": 1.0}],
                                             args.epochs, args.lr, args.train_rows, args.seed))
-    run = EmbeddingRun(layers_recipe)
+    run = SentenceEmbeddingTask(layers_recipe)
     t0 = time.perf_counter()
-    report = run()
+    report = run.run()
     timing["ours_3layer_total"] = time.perf_counter() - t0
     timing["store_build"] = report.get("store_build_seconds", 0.0)
     timing["ours_3layer_train"] = report["training"]["student_trained"]["seconds"]
@@ -219,9 +223,9 @@ def main() -> None:
                                                 [{"name": "embedding", "loss": "cosine", "projector": args.static_projector},
                                                  {"name": "affinity", "weight": 1.0}],
                                                 args.static_epochs, args.static_lr, args.train_rows, args.seed))
-        srun = EmbeddingRun(static_recipe)
+        srun = SentenceEmbeddingTask(static_recipe)
         t0 = time.perf_counter()
-        sreport = srun()
+        sreport = srun.run()
         timing["ours_static_total"] = time.perf_counter() - t0
         timing["ours_static_train"] = sreport["training"]["student_trained"]["seconds"]
         ours_static = SentenceTransformer(str(sdir / "student"), device="cpu")

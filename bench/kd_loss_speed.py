@@ -19,7 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from distill.losses.divergence import divergence_terms, forward_kl_rows, teacher_log_probs, teacher_student_log_probs
+    from distill.losses.divergence import (
+        divergence_terms,
+        forward_kl_rows,
+        teacher_log_probs,
+        teacher_student_log_probs,
+    )
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=512)

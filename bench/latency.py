@@ -12,9 +12,8 @@ import argparse
 import json
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from _common import append_results
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.config import DataConfig
 from distill.data import load_splits

@@ -147,12 +147,12 @@ def main() -> None:
 
     if not args.summarize:
         from distill.config import recipe_from_dict
-        from distill.pipeline import Run
+        from distill.tasks import task_for
 
         teacher = demo_teacher()
         for config in configs:
             for seed in args.seeds:
-                Run(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows, out)))()
+                task_for(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows, out))).run()
 
     table, teacher_acc = summarise(configs, args.seeds, out)
     rows = "all (~7,600)" if args.train_rows is None else str(args.train_rows)

@@ -76,9 +76,9 @@ def child(args) -> dict:
         from distill.store import StoreSpec, fingerprint_rows, fingerprint_tokenizer, store_key
 
         spec = StoreSpec(capture=("logits",), topk=0, dtype="float16")
-        from distill.pipeline import _teacher_fingerprint
+        from distill.stages import model_fingerprint
 
-        key = store_key(teacher=_teacher_fingerprint(tpath, None), tokenizer=fingerprint_tokenizer(ttok),
+        key = store_key(teacher=model_fingerprint(tpath), tokenizer=fingerprint_tokenizer(ttok),
                         data=fingerprint_rows(list(train["text"])), max_length=64, task="bench", spec=spec)
         return spec, key, CACHE / "stores"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from _common import append_results, mean_std
 
 from distill.config import recipe_from_dict
-from distill.pipeline import Run
+from distill.tasks import task_for
 
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
 STUDENTS = {
@@ -61,7 +61,7 @@ def main() -> None:
         for student in args.students:
             for seed in args.seeds:
                 out = Path(args.out) / student / f"seed{seed}"
-                Run(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight, args.temperature)))()
+                task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight, args.temperature))).run()
     rows = []
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)

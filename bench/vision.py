@@ -19,7 +19,7 @@ from pathlib import Path
 from _common import append_results, mean_std
 
 from distill.config import DataFreeConfig, recipe_from_dict
-from distill.pipelines.vision import VisionRun
+from distill.tasks import task_for
 
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
 
@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     reports = []
     for seed in args.seeds:
-        reports.append(VisionRun(recipe_from_dict(recipe(seed, args, Path(args.out) / f"seed{seed}")))())
+        reports.append(task_for(recipe_from_dict(recipe(seed, args, Path(args.out) / f"seed{seed}"))).run())
     acc = {role: [r["models"][role]["accuracy"] for r in reports]
            for role in ("teacher", "student_kd", "student_no_kd", "student_datafree")}
     gain = [k - b for k, b in zip(acc["student_kd"], acc["student_no_kd"])]

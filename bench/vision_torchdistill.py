@@ -76,12 +76,14 @@ def _load_by_path(name: str, rel: str):
 
 def _distill_pieces():
     """students/vision.py and data/images.py without the distill package's __init__ (which wants the
-    project's dependencies): a bare package object, then the three torch-only modules by file path."""
+    project's dependencies): a bare package object, then the torch-only modules by file path."""
     pkg = types.ModuleType("distill")
     pkg.__path__ = []  # a namespace for the sub-modules below
     sys.modules["distill"] = pkg
     _load_by_path("distill._dataclass_io", "distill/_dataclass_io.py")
     _load_by_path("distill.outputs", "distill/outputs.py")
+    _load_by_path("distill.files", "distill/files.py")
+    _load_by_path("distill.packaged", "distill/packaged.py")
     vision = _load_by_path("distill.students.vision", "distill/students/vision.py")
     images = _load_by_path("distill.data.images", "distill/data/images.py")
     return vision, images
@@ -120,7 +122,7 @@ def train(args) -> None:
     results = []
     for seed in args.seeds:
         torch.manual_seed(seed)
-        student = vision.SmallCNN(10, 1, vision.CNN_WIDTHS["cnn-tiny"])
+        student = vision.SmallCNN(10, 1, vision.PACKAGED_IMAGE_MODELS["cnn-tiny"])
         hooks = ForwardHookManager(torch.device("cpu"))
         hooks.add_hook(student, "head", requires_input=False, requires_output=True)
         t_hooks = ForwardHookManager(torch.device("cpu"))

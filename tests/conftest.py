@@ -114,7 +114,7 @@ def tiny_recipe(tmp_path, teacher_model, data_file, **sections):
         "losses": [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
         "train": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2, "save_steps": 5,
                   "eval_batch_size": 32},
-        "eval": {"latency_batch_sizes": [1, 4], "latency_repeats": 2, "latency_min_seconds": 0},
+        "eval": {"latency_batch_sizes": [1, 4], "latency_repeats": 2, "latency_min_seconds": 0, "latency_precision": 0},
         "store": {"dir": str(tmp_path / "stores")},
     }
     for key, value in sections.items():

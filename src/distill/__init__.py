@@ -16,9 +16,9 @@ __all__ = ["run", "cache", "distill_from_models", "load_recipe", "Recipe", "Reci
 
 def __getattr__(name):  # heavy modules (transformers) load only when used
     if name in ("run", "cache"):
-        from distill import pipeline
+        from distill import runner
 
-        return getattr(pipeline, name)
+        return getattr(runner, name)
     if name == "distill_from_models":
         from distill.api import distill_from_models
 

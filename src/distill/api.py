@@ -66,14 +66,14 @@ def distill_from_models(
     (default 0.5 kd + 0.5 ce). ``store``: ``True`` or a :class:`StoreConfig` to run the teacher once into the
     teacher-output store; default online. The student is trained in place and returned.
     """
-    from distill.config import _normalise_losses, _validate_losses
+    from distill.config.recipe import normalise_losses, validate_losses
 
     teacher_tokenizer = teacher_tokenizer or student_tokenizer
     train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
     specs = [s if isinstance(s, LossConfig) else LossConfig(**s) for s in
-             _normalise_losses(losses or [{"name": "kd", "weight": 0.5, "temperature": 2.0},
+             normalise_losses(losses or [{"name": "kd", "weight": 0.5, "temperature": 2.0},
                                           {"name": "ce", "weight": 0.5}])]
-    _validate_losses(specs)
+    validate_losses(specs)
     labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if student.config.num_labels != teacher.config.num_labels:
         raise ValueError(f"student has {student.config.num_labels} labels, teacher {teacher.config.num_labels}; "
@@ -119,11 +119,18 @@ def distill_from_models(
 
 def _api_store(teacher, tokenizer, frame, distiller, cfg: StoreConfig, max_length: int, batch_size: int):
     from distill.models import forward_outputs, model_inputs
-    from distill.pipeline import store_spec
-    from distill.store import (TeacherStore, build_store, default_store_root, fingerprint_model,
-                               fingerprint_rows, fingerprint_tokenizer, store_key)
+    from distill.store import (
+        TeacherStore,
+        build_store,
+        default_store_root,
+        fingerprint_model,
+        fingerprint_rows,
+        fingerprint_tokenizer,
+        store_key,
+    )
+    from distill.store.spec import spec_for_losses
 
-    spec = store_spec(cfg, distiller)
+    spec = spec_for_losses(cfg, distiller)
     capture = spec.capture
     key = store_key(teacher=fingerprint_model(teacher), tokenizer=fingerprint_tokenizer(tokenizer),
                     data=fingerprint_rows(list(frame["text"])), max_length=max_length,

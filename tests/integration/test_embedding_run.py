@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from tests.conftest import make_bert, make_sentiment_rows
 
 from distill.config import RecipeError, recipe_from_dict
-from tests.conftest import make_bert, make_sentiment_rows
 
 pytest.importorskip("sentence_transformers")
 
@@ -66,7 +66,7 @@ def _st_encode(path, texts):
 
 def test_transformer_student_end_to_end(tmp_path, st_teacher, text_csv):
     from distill.models import load_tokenizer
-    from distill.pipeline import run
+    from distill.runner import run
     from distill.sentence_encoder import load_encoder
 
     recipe = embed_recipe(tmp_path, st_teacher, text_csv)
@@ -100,7 +100,7 @@ def test_transformer_student_end_to_end(tmp_path, st_teacher, text_csv):
 
 
 def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, text_csv):
-    from distill.pipeline import run
+    from distill.runner import run
 
     recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None, "static": True,
                                                                    "static_dim": 8},
@@ -119,7 +119,7 @@ def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, te
 
 
 def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher, text_csv, tiny_student):
-    from distill.pipeline import run
+    from distill.runner import run
 
     recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
                                                                    "model": str(tiny_student)},
@@ -133,20 +133,20 @@ def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher
 
 
 def test_bad_recipes_fail_before_loading(tmp_path, st_teacher, text_csv):
-    from distill.pipeline import run_class
+    from distill.tasks import task_for
 
     with pytest.raises(RecipeError, match="losses\\[0\\].name: 'kd'"):
         recipe = embed_recipe(tmp_path, st_teacher, text_csv, losses=[{"name": "kd"}])
-        run_class(recipe)(recipe)
+        task_for(recipe)
     with pytest.raises(RecipeError, match="student.layers"):
         recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"layers": [0, 9]})
-        run_class(recipe)(recipe)
+        task_for(recipe)
     with pytest.raises(RecipeError, match="student.static"):
         recipe_from_dict({"teacher": {"model": "x"}, "student": {"static": True}, "data": {"train": "x.csv"}})
     with pytest.raises(RecipeError, match="static_dim"):
         recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
                                                                        "static": True, "static_dim": 64})
-        run_class(recipe)(recipe)
+        task_for(recipe)
 
 
 def test_cli_run_and_cache_info(tmp_path, st_teacher, text_csv, capsys):
@@ -174,7 +174,7 @@ def test_demo_embeddings_recipe_is_valid():
 
 
 def test_static_student_in_the_teacher_pca_basis(tmp_path, st_teacher, text_csv):
-    from distill.pipeline import run
+    from distill.runner import run
     from distill.sentence_encoder import load_encoder
 
     recipe = embed_recipe(tmp_path, st_teacher, text_csv,
@@ -186,8 +186,8 @@ def test_static_student_in_the_teacher_pca_basis(tmp_path, st_teacher, text_csv)
     init = load_encoder(tmp_path / "run" / "student_init")
     assert init.embedding.weight.shape[1] == 8
     with pytest.raises(RecipeError, match="projector: pca"):
-        from distill.pipeline import run_class
+        from distill.tasks import task_for
 
         bad = embed_recipe(tmp_path, st_teacher, text_csv, store={"enabled": False},
                            losses=[{"name": "embedding", "projector": "pca"}])
-        run_class(bad)(bad)
+        task_for(bad)

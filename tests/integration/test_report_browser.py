@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_recipe
 
+from conftest import tiny_recipe
 from distill.cli.main import main
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

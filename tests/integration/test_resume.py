@@ -7,7 +7,7 @@ from transformers import TrainerCallback
 
 from conftest import tiny_recipe
 from distill.config import recipe_from_dict
-from distill.pipeline import Run
+from distill.tasks import task_for
 
 
 class Boom(RuntimeError):
@@ -36,13 +36,13 @@ def test_interrupted_training_resumes(tmp_path, tiny_classifier, sentiment_csv, 
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "__init__", init_with_crash)
     with pytest.raises(Boom):
-        Run(recipe)()
+        task_for(recipe).run()
     ckpts = sorted((tmp_path / "run" / "checkpoints" / "student").glob("checkpoint-*"))
     assert [c.name for c in ckpts] == ["checkpoint-4"]
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "__init__", original_init)
     logs = []
-    report = Run(recipe, log=logs.append)()
+    report = task_for(recipe, logs.append).run()
     assert any("resuming from" in m and "checkpoint-4" in m for m in logs)
     steps = report["training"]["student"]["steps"]
     assert steps == 2 * -(-report["data"]["train"] // 16)  # 2 epochs of batch 16: the full budget, once
@@ -54,7 +54,7 @@ def test_interrupted_training_resumes(tmp_path, tiny_classifier, sentiment_csv, 
     from transformers import AutoModelForSequenceClassification
 
     fresh = dataclasses.replace(recipe, output_dir=str(tmp_path / "fresh"))
-    Run(fresh, log=lambda m: None)()
+    task_for(fresh, lambda m: None).run()
     a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student").state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fresh" / "student").state_dict()
     for k in a:
@@ -65,15 +65,15 @@ def test_changed_inputs_are_never_served_from_a_stale_stage(tmp_path, tiny_class
     import dataclasses
 
     base = recipe_from_dict(tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, eval={"baseline": False}))
-    Run(base, log=lambda m: None)()
+    task_for(base, lambda m: None).run()
     logs: list[str] = []
-    Run(base, log=logs.append)()
+    task_for(base, logs.append).run()
     assert any("student: already trained" in m for m in logs)
 
     # a different max length changes what the student sees: it must be retrained, not reused
     changed = dataclasses.replace(base, data=dataclasses.replace(base.data, max_length=12))
     logs.clear()
-    Run(changed, log=logs.append)()
+    task_for(changed, logs.append).run()
     assert not any("already trained" in m for m in logs)
     assert any("student: training" in m for m in logs)
 
@@ -85,6 +85,6 @@ def test_changed_inputs_are_never_served_from_a_stale_stage(tmp_path, tiny_class
 
     shutil.rmtree(tmp_path / "run" / "student")
     logs.clear()
-    Run(changed, log=logs.append)()
+    task_for(changed, logs.append).run()
     assert any("discarding checkpoints of a different recipe" in m for m in logs)
     assert not any("resuming from" in m for m in logs)

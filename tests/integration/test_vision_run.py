@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from distill.config import RecipeError, recipe_from_dict
-from distill.pipeline import run, run_class
-from distill.pipelines.vision import VisionRun
+from distill.runner import run
+from distill.tasks import task_for
+from distill.tasks.image_classification import ImageClassificationTask
 
 
 def _recipe(tmp_path, **over):
@@ -25,7 +26,7 @@ def _recipe(tmp_path, **over):
         "vision": {"augment": {"pad": 1}, "datafree": {"num_images": 64, "batch_size": 32, "steps": 5,
                                                              "epochs": 3}},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005},
-        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0},
+        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0, "latency_precision": 0},
         "output_dir": str(tmp_path / "run"),
     }
     data.update(over)
@@ -34,7 +35,7 @@ def _recipe(tmp_path, **over):
 
 def test_digits_end_to_end_with_store_and_datafree(tmp_path):
     recipe = _recipe(tmp_path)
-    assert run_class(recipe) is VisionRun
+    assert type(task_for(recipe)) is ImageClassificationTask
     report = run(recipe)
     models = report["models"]
     assert set(models) == {"teacher", "student_kd", "student_no_kd", "student_datafree"}
@@ -49,6 +50,9 @@ def test_digits_end_to_end_with_store_and_datafree(tmp_path):
     assert on_disk["summary"]["kd_gain_accuracy"] == pytest.approx(
         models["student_kd"]["accuracy"] - models["student_no_kd"]["accuracy"])
     assert (tmp_path / "run" / "student" / "model.safetensors").exists()
+    card = (tmp_path / "run" / "student" / "README.md").read_text()  # image runs write a model card too
+    assert "pipeline_tag: image-classification" in card and "load_image_model" in card
+    assert "Is the difference real?" in card and "student (distilled)" in card
     html = (tmp_path / "run" / "report.html").read_text()
     for title in ("teacher", "student (distilled)", "student (no KD)", "student (data-free)"):
         assert title in html
@@ -82,7 +86,7 @@ class Interrupted(Exception):
 
 
 def test_student_stage_resumes_after_an_interruption_to_identical_weights(tmp_path, monkeypatch):
-    import distill.pipelines.vision as vision_pipeline
+    import distill.tasks.image_classification as vision_pipeline
     from distill.students.vision import load_image_model
 
     over = {"vision": {"augment": {"pad": 1}}, "eval": {"baseline": False, "latency_batch_sizes": [1],

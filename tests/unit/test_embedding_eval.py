@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from distill._dataclass_io import RecipeError
-from distill.evaluation.embedding import (probe_accuracy, random_pairs, retrieval_agreement,
-                                          similarity_agreement)
+from distill.evaluation.embedding import (
+    probe_accuracy,
+    random_pairs,
+    retrieval_agreement,
+    similarity_agreement,
+)
 from distill.sentence_encoder import describe, pool
 from distill.students.static import _single_token_template, pca_reduce
 

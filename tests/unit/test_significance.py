@@ -129,3 +129,16 @@ def test_mean_interval_over_seeds():
 
 def test_format_p():
     assert format_p(0.5) == "p = 0.50" and format_p(0.0012) == "p = 0.0012" and format_p(1e-7) == "p < 0.0001"
+
+
+@pytest.mark.parametrize("a_only,b_only", [(600, 560), (1500, 1420), (3000, 2890)])
+def test_mcnemar_with_more_than_a_thousand_discordant_examples(a_only, b_only):
+    """2**n overflows a float past n = 1023 discordant examples (a large test set with weak models): still exact
+    up to 2,000, and scipy's binomial tail beyond."""
+    from scipy.stats import binom
+
+    a = [True] * a_only + [False] * b_only
+    b = [False] * a_only + [True] * b_only
+    p = mcnemar_exact(a, b)["p"]
+    assert p == pytest.approx(min(1.0, 2 * binom.cdf(min(a_only, b_only), a_only + b_only, 0.5)), rel=1e-9)
+    assert 0 < p < 1

@@ -6,7 +6,6 @@ from importlib import resources
 
 from distill.config import load_recipe
 
-
 DEMOS = {"sentiment": "demo_sentiment.yaml", "embeddings": "demo_embeddings.yaml"}
 DEFAULT_OUTPUT = {"sentiment": "runs/demo", "embeddings": "runs/demo_embeddings"}
 
@@ -16,7 +15,7 @@ def demo_recipe_path(name: str = "sentiment") -> str:
 
 
 def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, name: str = "sentiment") -> dict:
-    from distill.pipeline import run
+    from distill.runner import run
 
     out = output_dir or DEFAULT_OUTPUT[name]
     recipe = load_recipe(demo_recipe_path(name), [f"output_dir={out}", *(overrides or [])])

@@ -158,34 +158,18 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.output_dir, rest, args.name)
             return 0
+        from distill import runner
         from distill.config import load_recipe
 
         recipe = load_recipe(args.recipe, rest)
         if args.command == "run":
-            from distill.pipeline import run
-
-            run(recipe)
+            runner.run(recipe)
         elif args.command == "finetune":
-            from distill.pipeline import Run
-
-            r = Run(recipe)
-            if recipe.teacher.finetune is None:
-                raise RecipeError("teacher.finetune: not set; add `teacher.finetune: {epochs: 1}` to the recipe")
-            r.prepare_teacher()
+            print(runner.finetune(recipe))
         elif args.command == "label":
-            from distill.teachers.blackbox import label_recipe
-
-            label_recipe(recipe, include_test=args.test)
+            print(runner.label(recipe, include_test=args.test))
         elif args.command == "cache":
-            from distill.pipeline import cache, store_info
-
-            if args.info:
-                print(store_info(recipe))
-            else:
-                store = cache(recipe)
-                from distill.store.reader import format_info
-
-                print(format_info(store.info()))
+            print(runner.cache_info(recipe) if args.info else runner.cache(recipe))
         return 0
     except RecipeError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)

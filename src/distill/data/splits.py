@@ -27,6 +27,13 @@ class TextSplits:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def with_unlabeled(self) -> pd.DataFrame:
+        """The training rows followed by the unlabelled ones (label -1): what distillation trains on."""
+        frames = [self.train]
+        if self.unlabeled is not None and len(self.unlabeled):
+            frames.append(self.unlabeled)
+        return pd.concat(frames, ignore_index=True)
+
 
 def _check_columns(df: pd.DataFrame, cfg: DataConfig, field: str, need_label: bool) -> None:
     cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])

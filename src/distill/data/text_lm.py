@@ -11,10 +11,14 @@ reads. So ``ce`` on (B, L, V) logits and ``kd`` line up without any shifting ins
 
 from __future__ import annotations
 
+import hashlib
+import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -202,3 +206,51 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer, teacher_vocab: int,
             f"the tokenizer ({used} tokens): treating the extra rows as padding and comparing the first "
             f"{shared} logits", stacklevel=2)
     return shared
+
+
+def read_text_table(path: str, field: str = "data.train") -> pd.DataFrame:
+    """A ``.txt`` file becomes one row per paragraph (blank-line separated; a file without blank lines, one
+    row per 20 lines); other formats go through :func:`distill.data.sources.read_table`."""
+    p = Path(path)
+    if p.suffix.lower() == ".txt":
+        if not p.exists():
+            raise RecipeError(f"{field}: file {path!r} does not exist")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        paras = [t.strip() for t in re.split(r"\n\s*\n", text) if t.strip()]
+        if len(paras) < 2:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            paras = ["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
+        return pd.DataFrame({"text": paras})
+    from distill.data.sources import read_table
+
+    return read_table(path, field)
+
+
+def split_rows(rows: list[dict[str, Any]], n_domains: int, test_fraction: float, validation_fraction: float,
+               seed: int) -> tuple[list, list, list]:
+    """Per-domain random split of the rows into train / validation / test (held out)."""
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for d in range(n_domains):
+        mine = [r for r in rows if r["domain"] == d]
+        order = rng.permutation(len(mine))
+        n_test = max(1, int(round(test_fraction * len(mine)))) if len(mine) > 2 else 0
+        n_val = max(1, int(round(validation_fraction * len(mine)))) if len(mine) > 3 else 0
+        test += [mine[i] for i in order[:n_test]]
+        val += [mine[i] for i in order[n_test:n_test + n_val]]
+        train += [mine[i] for i in order[n_test + n_val:]]
+    for part in (train, val, test):
+        for i, r in enumerate(part):
+            r["example_index"] = i
+    return train, val, test
+
+
+def hash_token_rows(rows: list[dict[str, Any]]) -> str:
+    """One digest of every row's token ids (and loss mask, when it has one)."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(np.asarray(row["input_ids"], dtype=np.int64).tobytes())
+        if "labels" in row:
+            h.update(np.asarray(row["labels"], dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()

@@ -30,7 +30,8 @@ from distill.evaluation._charts import (
     svg,
     tick_format,
 )
-from distill.evaluation.html_report import HTML_FILE, REPORT_FILE, verdict, write_html_report, write_page
+from distill.evaluation.html_classification import verdict
+from distill.evaluation.html_report import HTML_FILE, REPORT_FILE, write_html_report, write_page
 
 # (report key, column title, shown as a percentage)
 METRICS = [("accuracy", "acc", True), ("macro_f1", "macro-F1", True), ("teacher_agreement", "agree", True)]

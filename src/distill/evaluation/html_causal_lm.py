@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from distill.evaluation._charts import esc, megabytes, num, page
+from distill.evaluation.report_parts import run_facts, training_charts, versions_line
 
 ROLES = ("teacher", "student_kd", "student_no_kd")
 TITLES = {"teacher": "teacher", "student_kd": "distilled student", "student_no_kd": "student, no KD"}
@@ -94,8 +95,6 @@ def _store(report: dict[str, Any]) -> str:
 
 
 def render_causal_lm_report(report: dict[str, Any]) -> str:
-    from distill.evaluation.html_report import _versions, run_facts, training_charts
-
     models = report.get("models") or {}
     recipe = report.get("recipe") or {}
     name = Path(str(recipe.get("output_dir") or "run")).name or "run"
@@ -118,5 +117,5 @@ def render_causal_lm_report(report: dict[str, Any]) -> str:
     body += ["<h2>Run</h2>", f'<div class="panel">{run_facts(report)}</div>']
     if recipe:
         body += ["<h2>Recipe</h2>", f"<pre><code>{esc(yaml.safe_dump(recipe, sort_keys=False))}</code></pre>"]
-    body.append(f"<footer>{_versions(report)}</footer>")
+    body.append(f"<footer>{versions_line(report)}</footer>")
     return page(f"distill report \u00b7 {name}", "\n".join(body))

@@ -11,6 +11,7 @@ import yaml
 
 from distill.evaluation._charts import esc, hbars, megabytes, num, page, scatter, speed
 from distill.evaluation.embedding import EMBED_ROLES, EMBED_TITLES, significance_sentence
+from distill.evaluation.report_parts import run_facts, training_charts, versions_line
 
 COLOURS = {"teacher": "#3b5bdb", "student_kd": "#e8590c", "student_untrained": "#74808c"}
 
@@ -74,8 +75,6 @@ def _charts(models: dict[str, dict[str, Any]]) -> str:
 
 
 def render_embedding_report(report: dict[str, Any]) -> str:
-    from distill.evaluation.html_report import _versions, run_facts, training_charts
-
     models = report.get("models") or {}
     recipe = report.get("recipe") or {}
     k = (recipe.get("eval") or {}).get("retrieval_k", 10)
@@ -101,5 +100,5 @@ def render_embedding_report(report: dict[str, Any]) -> str:
     body += ["<h2>Run</h2>", f'<div class="panel">{run_facts(report)}</div>']
     if recipe:
         body += ["<h2>Recipe</h2>", f"<pre><code>{esc(yaml.safe_dump(recipe, sort_keys=False))}</code></pre>"]
-    body.append(f"<footer>{_versions(report)}</footer>")
+    body.append(f"<footer>{versions_line(report)}</footer>")
     return page(f"distill report \u00b7 {name}", "\n".join(body))

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.files import atomic_write
+
 FILENAME = "predictions.jsonl"
 MAX_CONFUSION_CLASSES = 50  # above this a matrix would dominate report.json; predictions.jsonl still has it all
 
@@ -41,12 +43,7 @@ def prediction_rows(frame, labels: list[str], probs: dict[str, np.ndarray]) -> l
 
 def write_predictions(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSON lines, atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from distill.files import atomic_write
+
 ROLES = ("teacher", "student_kd", "student_no_kd", "student_datafree")  # the last: image runs, vision.datafree
 TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)",
           "student_datafree": "student (data-free)"}
@@ -81,7 +83,7 @@ def verdict_sentences(report: dict[str, Any]) -> list[str]:
     from distill.evaluation.significance import describe
     from distill.evaluation.speed import unreliable_note
 
-    models, summary = report.get("models", {}), report.get("summary", {})
+    summary = report.get("summary", {})
     sig = report.get("significance") or {}
     out = []
     if summary.get("accuracy_retained") is not None:
@@ -127,20 +129,12 @@ def format_table(models: dict[str, dict[str, Any]], summary: dict[str, Any],
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
     if any(m.get(k.replace("latency_ms_", "latency_spread_")) is not None for m in models.values() for k in lat):
-        out.append("(ms: lower quartile over interleaved rounds, ± half the interquartile range as a share of the "
-                   "median; ? = too noisy to trust)")
+        out.append("(ms: median over interleaved rounds, ± half the interquartile range as a share of the median; "
+                   "? = too noisy to trust)")
     extras = verdict_sentences({**(report or {}), "models": models, "summary": summary})
     return "\n".join(out + ([""] + ["; ".join(extras)] if extras else []))
 
 
 def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     """Write report.json atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: json.dump(report, fh, indent=2, default=str))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -38,13 +39,18 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[
         raise ValueError(f"the two models were scored on different examples ({a.shape[0]} vs {b.shape[0]})")
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
     n = a_only + b_only
+    k = min(a_only, b_only)
     if n == 0:
         p = 1.0
-    else:
-        k = min(a_only, b_only)
-        # P(X <= k) for X ~ Binomial(n, 1/2), doubled for two sides; exact integer arithmetic, then one division
+    elif n <= 2000:
+        # P(X <= k) for X ~ Binomial(n, 1/2), doubled for two sides: exact integers, one exact division (a float
+        # division of 2**n would overflow past n = 1023)
         tail = sum(math.comb(n, i) for i in range(k + 1))
-        p = min(1.0, 2.0 * tail / 2**n)
+        p = min(1.0, float(Fraction(2 * tail, 2**n)))
+    else:
+        from scipy.stats import binom
+
+        p = min(1.0, 2.0 * float(binom.cdf(k, n, 0.5)))
     return {"a_only": a_only, "b_only": b_only, "p": p}
 
 

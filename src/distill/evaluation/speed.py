@@ -1,16 +1,17 @@
 """Size and CPU latency of the models a run compares, measured so that the figures agree with each other.
 
 Latency is timed *interleaved*: after a warm-up of every model, each round runs one forward pass of every
-model on the same inputs, in an order that rotates from round to round, for at least ``rounds`` rounds and at
+model on the same inputs, in a fresh random order each round (seeded), for at least ``rounds`` rounds and at
 least ``min_seconds``. Whatever else the machine does during the measurement then lands on all models alike,
-instead of on whichever model happened to be timed while another process held the cores.
+instead of on whichever model happened to be timed while another process held the cores; the random order
+also keeps any periodic background activity from lining up with one position in the round.
 
-The figure reported for a model is the *lower quartile* of its round times. Other work on the machine can only
-add time to a forward pass, never remove it, so a low quantile is what the model itself costs, while the median
-drifts with the load (measured with two copies of one model and a core kept busy: over 100 rounds the lower
-quartiles agreed within 3%, the medians only within 15%). The spread, (q3 - q1) / median, says how noisy the
-machine was; above :data:`UNRELIABLE_SPREAD` the figure is marked unreliable wherever it is shown. A speed-up
-is the ratio of the two figures, with a 95% interval from resampling the rounds.
+The figure reported for a model is the *median* of its round times, with the spread (q3 - q1) / median saying
+how noisy the machine was; above :data:`UNRELIABLE_SPREAD` the figure is marked unreliable wherever it is
+shown. (Low quantiles were tried first: on a loaded machine the times are bimodal, a fast mode when the model
+got the cores and a slow one when it waited, and a lower quartile jumps between the modes: two identical
+models came out 2x apart, while their medians agreed within 7%.) A speed-up is the ratio of the two medians,
+with a 95% interval from resampling the rounds.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def weights_size_mb(model) -> float:
 
 
 def summarise_times(values: list[float]) -> dict[str, float]:
-    """The figure (lower quartile), median, quartiles and relative spread ((q3 - q1) / median) of repeated
-    wall times in ms."""
+    """The figure (the median), quartiles and relative spread ((q3 - q1) / median) of repeated wall times in
+    ms."""
     x = np.asarray(values, dtype=np.float64)
     q1, median, q3 = (float(v) for v in np.quantile(x, [0.25, 0.5, 0.75]))
-    return {"ms": q1, "median_ms": median, "q1_ms": q1, "q3_ms": q3,
+    return {"ms": median, "median_ms": median, "q1_ms": q1, "q3_ms": q3,
             "spread": (q3 - q1) / median if median > 0 else 0.0, "rounds": int(x.shape[0])}
 
 
@@ -63,42 +64,69 @@ def speedup_interval(reference: list[float], other: list[float], samples: int = 
     """``reference``'s figure over ``other``'s (how many times faster ``other`` is), with a 95% interval from
     resampling the rounds (the same rounds for both: they were timed side by side)."""
     a, b = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    ratio = float(np.quantile(a, 0.25) / np.quantile(b, 0.25))
+    ratio = float(np.median(a) / np.median(b))
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.shape[0], size=(samples, a.shape[0]))
-    boot = np.quantile(a[idx], 0.25, axis=1) / np.quantile(b[idx], 0.25, axis=1)
+    boot = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"ratio": ratio, "ci95": [float(lo), float(hi)]}
 
 
 @torch.no_grad()
+def median_rel_error(values: list[float]) -> float:
+    """Relative standard error of the median of ``values``, from their interquartile range (for a normal
+    sample SE(median) = 1.2533 sigma / sqrt(n) and sigma = IQR / 1.349; used as a stopping rule, not reported)."""
+    n = len(values)
+    if n < 8:
+        return float("inf")
+    q1, median, q3 = np.quantile(np.asarray(values, dtype=np.float64), [0.25, 0.5, 0.75])
+    return float(0.929 * (q3 - q1) / np.sqrt(n) / median) if median > 0 else 0.0
+
+
+@torch.no_grad()
 def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: int = 2,
-                      threads: int | None = None, min_seconds: float = 0.0,
-                      max_rounds: int = 1000) -> dict[str, list[float]]:
-    """Wall times (ms) of repeated calls of every runner, interleaved: round r calls the runners in the order
-    rotated by r, so none is always first (or always right after the same neighbour). ``warmup`` untimed
-    calls of every runner come first (allocator, lazy initialisation, caches). At least ``rounds`` rounds,
-    then more until ``min_seconds`` have passed (cheap models get many rounds), never over ``max_rounds``."""
+                      threads: int | None = None, min_seconds: float = 0.0, max_rounds: int = 1000,
+                      seed: int = 0, precision: float = 0.0, max_seconds: float = float("inf")) -> dict[str, list[float]]:
+    """Wall times (ms) of repeated calls of every runner, interleaved: each round calls every runner once, in an
+    order drawn afresh for the round (``seed``), so no runner always comes first or right after the same
+    neighbour. ``warmup`` untimed calls of every runner come first (allocator, lazy initialisation, caches).
+
+    How many rounds: at least ``rounds`` and at least ``min_seconds``; then, with ``precision`` > 0, more until
+    every runner's median is known to that relative standard error (a noisy machine needs more rounds for the
+    same precision), unless ``max_seconds`` have passed; never over ``max_rounds``."""
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
+    rng = np.random.default_rng(seed)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     # as timeit does: no garbage collection while timing. A collection's cost grows with everything else the
-    # process holds and lands on whichever call crosses the allocation threshold, which is not random under a
-    # fixed round order; one full collection first, so none is pending
+    # process holds and lands on whichever call crosses the allocation threshold; one full collection first,
+    # so none is pending
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+
+    def more(r: int, elapsed: float) -> bool:
+        if r >= max_rounds:
+            return False
+        if r < rounds or elapsed < min_seconds:
+            return True
+        if precision <= 0 or elapsed >= max_seconds:
+            return False
+        if r % 10:  # the precision is checked every 10 rounds
+            return True
+        return max(median_rel_error(v) for v in times.values()) > precision
+
     try:
         for _ in range(warmup):
             for n in names:
                 runners[n]()
         start = time.perf_counter()
         r = 0
-        while r < max_rounds and (r < rounds or time.perf_counter() - start < min_seconds):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
+        while more(r, time.perf_counter() - start):
+            for i in rng.permutation(len(names)):
+                n = names[i]
                 t0 = time.perf_counter()
                 runners[n]()
                 times[n].append((time.perf_counter() - t0) * 1000)
@@ -113,7 +141,7 @@ def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: i
 def latency_report(times: Mapping[str, Mapping[int, list[float]]], reference: str | None = "teacher",
                    threads: int | None = None) -> dict[str, Any]:
     """The report's ``latency`` section from interleaved times ``{model: {batch size: [ms per round]}}``: per
-    model and batch size the figure (lower quartile), median, quartiles and spread; per model the speed-up over
+    model and batch size the figure (median), quartiles and spread; per model the speed-up over
     ``reference`` with its interval; ``reliable`` false when any spread exceeds :data:`UNRELIABLE_SPREAD`
     (``noisy`` lists which)."""
     models: dict[str, dict[str, Any]] = {}
@@ -133,18 +161,19 @@ def latency_report(times: Mapping[str, Mapping[int, list[float]]], reference: st
             speedups[name] = {f"b{bs}": speedup_interval(times[reference][bs], values)
                               for bs, values in by_batch.items() if times[reference].get(bs)}
     rounds = min((len(v) for by_batch in times.values() for v in by_batch.values()), default=0)
-    return {"method": "interleaved", "statistic": "lower quartile", "rounds": rounds,
+    return {"method": "interleaved", "statistic": "median", "rounds": rounds,
             "threads": threads or torch.get_num_threads(), "reference": reference, "models": models,
             "speedup": speedups, "reliable": not noisy, "noisy": noisy}
 
 
 def time_models(runners: Mapping[str, Mapping[int, Runner]], rounds: int = 20, warmup: int = 2,
-                threads: int | None = None, reference: str | None = "teacher",
-                min_seconds: float = 0.0) -> dict[str, Any]:
+                threads: int | None = None, reference: str | None = "teacher", min_seconds: float = 0.0,
+                precision: float = 0.0, max_seconds: float = float("inf")) -> dict[str, Any]:
     """Interleaved timing of every model at every batch size: ``runners[model][batch size]`` runs one forward
-    pass. Returns :func:`latency_report`'s section."""
+    pass (see :func:`interleaved_times` for how many rounds). Returns :func:`latency_report`'s section."""
     flat = {f"{m}@{bs}": (m, bs, fn) for m, by_batch in runners.items() for bs, fn in by_batch.items()}
-    times = interleaved_times({k: fn for k, (_, _, fn) in flat.items()}, rounds, warmup, threads, min_seconds)
+    times = interleaved_times({k: fn for k, (_, _, fn) in flat.items()}, rounds, warmup, threads, min_seconds,
+                              precision=precision, max_seconds=max_seconds)
     nested: dict[str, dict[int, list[float]]] = {}
     for k, (m, bs, _) in flat.items():
         nested.setdefault(m, {})[bs] = times[k]
@@ -169,7 +198,7 @@ def forward_runner(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], b
 
 def apply_latency(models: dict[str, dict[str, Any]], latency: dict[str, Any]) -> None:
     """Copy the interleaved figures into the per-model metrics the tables read: ``latency_ms_b<bs>`` (the figure,
-    the lower quartile) and ``latency_spread_b<bs>`` (interquartile range / median)."""
+    the median) and ``latency_spread_b<bs>`` (interquartile range / median)."""
     for name, by_batch in latency["models"].items():
         if name not in models:
             continue
@@ -190,7 +219,7 @@ def unreliable_note(latency: dict[str, Any] | None) -> str | None:
 @torch.no_grad()
 def cpu_latency_ms(model, batch: dict[str, torch.Tensor], batch_size: int, repeats: int = 20,
                    threads: int | None = None, prefix: str = "") -> float:
-    """Wall time (ms, the lower quartile of ``repeats`` passes) of one forward pass of a single model at
+    """Wall time (ms, the median of ``repeats`` passes) of one forward pass of a single model at
     ``batch_size`` on CPU, after two warm-up passes. To compare models, use :func:`time_models`, which
     interleaves them."""
     report = time_models({"model": {batch_size: forward_runner(model, model_inputs(batch, prefix), batch_size)}},

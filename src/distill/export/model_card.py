@@ -253,3 +253,47 @@ def write_causal_lm_model_card(out_dir: str | Path, recipe: Any, report: dict[st
     path = Path(out_dir) / "README.md"
     path.write_text(render_causal_lm_model_card(recipe, report, student_layers), encoding="utf-8")
     return path
+
+
+def render_image_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
+    """The README.md of a distilled image classifier: what it is, how to load it, the three-way table with its
+    paired tests, and how it was trained."""
+    s = recipe.student
+    labels = report.get("labels") or []
+    shape = report.get("image_shape") or []
+    lines = [
+        "---",
+        "library_name: pytorch",
+        "pipeline_tag: image-classification",
+        "tags: [distillation, distill]",
+        "---",
+        "",
+        "# Distilled image classifier",
+        "",
+        f"A {report.get('student_parameters', 0):,}-parameter image classifier (`{s.model}`) distilled with `distill` "
+        f"from the teacher `{recipe.teacher.model}`; input {' x '.join(str(d) for d in shape) or 'images'}, "
+        f"{len(labels)} classes.",
+        "",
+        "```python",
+        "from distill.students.vision import load_image_model",
+        "model = load_image_model('PATH_TO_THIS_FOLDER')   # logits = model(pixel_values=images).logits",
+        "```",
+        "",
+        "## Results on the test split",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+    ]
+    lines += significance_lines(report)
+    lines += ["## How it was trained", ""]
+    stored = "teacher top-k probabilities on every augmented view"
+    lines += training_and_citations(recipe, report, f"`{s.model}`, initialised with seed {recipe.train.seed}", stored)
+    return "\n".join(lines) + "\n"
+
+
+def write_image_model_card(out_dir: str | Path, recipe: Any, report: dict[str, Any], table: str) -> Path:
+    path = Path(out_dir) / "README.md"
+    path.write_text(render_image_model_card(recipe, report, table), encoding="utf-8")
+    return path

@@ -7,11 +7,11 @@ Pooling (+ Normalize) stack for transformer students, a StaticEmbedding (+ Norma
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from distill._dataclass_io import RecipeError
+from distill.files import atomic_dir
 from distill.sentence_encoder import SentenceEncoder, StaticEncoder
 
 _ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
@@ -54,12 +54,6 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
         if encoder.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, device="cpu")
-        staging = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None,
-                                        prefix=f".{out_dir.name}-"))
-        try:
-            model.save(str(staging))
-            shutil.rmtree(out_dir, ignore_errors=True)
-            staging.rename(out_dir)  # a half-written student directory never exists under its final name
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # a half-written student directory never exists under its final name
+        atomic_dir(out_dir, lambda staging: model.save(str(staging)))
     return out_dir

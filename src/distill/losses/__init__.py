@@ -1,5 +1,12 @@
 """Distillation losses. Every built-in loss registers itself here, so a recipe can name it."""
 
+from distill.losses import attention as _attention  # noqa: F401  (registers)
+from distill.losses import embedding as _embedding  # noqa: F401  (registers)
+from distill.losses import feature as _feature  # noqa: F401  (registers)
+from distill.losses import hidden as _hidden  # noqa: F401  (registers)
+from distill.losses import logits as _logits  # noqa: F401  (registers)
+from distill.losses import relations as _relations  # noqa: F401  (registers)
+from distill.losses.attention import AttentionMSELoss, MiniLMLoss
 from distill.losses.base import (
     LOSSES,
     DistillLoss,
@@ -8,13 +15,6 @@ from distill.losses.base import (
     loss_parameters,
     register_loss,
 )
-from distill.losses import embedding as _embedding  # noqa: F401  (registers)
-from distill.losses import attention as _attention  # noqa: F401  (registers)
-from distill.losses import hidden as _hidden  # noqa: F401  (registers)
-from distill.losses import feature as _feature  # noqa: F401  (registers)
-from distill.losses import logits as _logits  # noqa: F401  (registers)
-from distill.losses import relations as _relations  # noqa: F401  (registers)
-from distill.losses.attention import AttentionMSELoss, MiniLMLoss
 from distill.losses.embedding import AffinityLoss, ContrastiveLoss, CRDLoss, EmbeddingLoss
 from distill.losses.feature import AttentionTransferLoss, DKDLoss, FitNetLoss
 from distill.losses.hidden import HiddenStateLoss

@@ -19,7 +19,6 @@ from distill.losses.divergence import (
 )
 from distill.outputs import ModelOutputs, SparseLogits, upcast
 
-
 LOSS_MASK = "loss_mask"
 """Batch key of a (B, L) mask naming the positions whose next-token prediction is trained (causal LMs: the
 logits at position t predict token t+1, so the mask is 1 where that next token is a real, non-prompt token).

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from distill.data.images import Augment, view_seed
+from distill.files import atomic_write_bytes
 from distill.outputs import ModelOutputs, SparseLogits
 from distill.store.spec import StoreError
 
@@ -44,15 +44,6 @@ def _epoch_stem(e: int) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def augmented_store_key(**parts: Any) -> str:
@@ -118,13 +109,13 @@ def build_augmented_store(
         np.savez(buf, seeds=seeds.astype(np.uint32), probs=np.concatenate(probs_parts),
                  classes=np.concatenate(class_parts))
         data = buf.getvalue()
-        _atomic_write(path / f"{_epoch_stem(e)}.npz", data)
-        _atomic_write(path / f"{_epoch_stem(e)}.json",
+        atomic_write_bytes(path / f"{_epoch_stem(e)}.npz", data)
+        atomic_write_bytes(path / f"{_epoch_stem(e)}.json",
                       json.dumps({"rows": n, "k": k, "sha256": _sha256(data)}).encode())
         log(f"store {key}: epoch {e + 1}/{epochs} of teacher views written")
     manifest = {"format": FORMAT, "key": key, "epochs": epochs, "examples": n, "k": k, "num_classes": num_classes,
                 "augment": dataclasses.asdict(augment), "base_seed": base_seed, "meta": dict(meta or {})}
-    _atomic_write(path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2).encode())
     return path
 
 
@@ -196,3 +187,16 @@ class AugmentedStore:
         return {"epochs": e, "examples": n, "k": self.manifest["k"], "num_classes": self.manifest["num_classes"],
                 "payload_bytes_per_image_per_epoch": self.bytes_per_image_per_epoch(),
                 "disk_bytes_per_image_per_epoch": files / max(n * e, 1), "disk_bytes": files}
+
+
+def describe_augmented_store(store: AugmentedStore) -> str:
+    """A few lines on what an augmented-view store holds (``distill cache`` / ``--info`` on image recipes)."""
+    info = store.info()
+    return "\n".join([
+        f"key       {store.key}",
+        f"path      {store.path}",
+        f"images    {info['examples']:,} x {info['epochs']} epoch(s) of augmented views",
+        f"kept      per view: its seed and the teacher's top-{info['k']} of {info['num_classes']} probabilities",
+        f"size      {info['disk_bytes'] / 2**20:.2f} MiB ({info['disk_bytes_per_image_per_epoch']:.1f} bytes per image "
+        "per epoch on disk)",
+    ])

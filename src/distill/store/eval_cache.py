@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distill.files import atomic_write
 
 FOLDER = "eval-outputs"
 
@@ -29,9 +30,5 @@ def cached_teacher_outputs(root: Path, key_parts: dict[str, Any], compute: Calla
         return np.load(path)
     out = compute()
     if write:  # only the main process writes under multi-process runs
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, out)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.save(fh, out), binary=True, durable=False)
     return out

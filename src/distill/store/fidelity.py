@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from distill.files import atomic_write_json, read_json
 from distill.outputs import SparseLogits
-from distill.store._files import atomic_write_json, read_json
 
 FIDELITY_FILE = "fidelity.json"
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from distill.files import read_json, sha256_file
 from distill.outputs import ModelOutputs, SparseLogits
-from distill.store._files import read_json, sha256_file
 from distill.store.codec import CODEC_FILE, HeadCodec
 from distill.store.fidelity import describe_fidelity, load_fidelity
 from distill.store.fingerprint import FORMAT_VERSION

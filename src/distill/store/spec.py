@@ -166,3 +166,35 @@ class StoreSpec:
                 f"unknown store spec fields {sorted(unknown)}; valid: {', '.join(sorted(names))}"
             )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def check_storable(distiller: Any) -> None:
+    """The store keeps logits, embeddings, hidden states and Q/K/V projections; not attention matrices."""
+    from distill._dataclass_io import RecipeError
+
+    if distiller.needs("attentions", "teacher"):
+        names = [n for n, m in zip(distiller.names, distiller.losses) if "attentions" in m.teacher_needs]
+        raise RecipeError(
+            f"losses: {', '.join(names)} read the teacher's attention matrices, which the teacher-output store does "
+            "not keep (O(L^2) per example; it keeps the Q/K/V projections that attention_mse, minilm and "
+            "minilm_v2 rebuild the maps from); set store.enabled: false to run the teacher every step"
+        )
+
+
+def spec_for_losses(cfg: Any, distiller: Any) -> StoreSpec:
+    """What a store keeps for a recipe: its ``store.capture`` plus whatever the losses of ``distiller`` read
+    from the teacher (only the hidden-state and Q/K/V layers they use)."""
+    from distill._dataclass_io import RecipeError
+
+    check_storable(distiller)
+    capture = set(cfg.capture)
+    for name in ("logits", "hidden_states", "embeddings", "qkv"):
+        if distiller.needs(name, "teacher"):
+            capture.add(name)
+    layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
+    qkv_layers = distiller.qkv_layers("teacher") if "qkv" in capture else None
+    if qkv_layers == "all":  # tasks build losses with the models' depths, so this means a bug
+        raise RecipeError("losses: a loss reads the teacher's qkv but could not tell which layers; the store "
+                          "cannot keep them (set store.enabled: false)")
+    return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
+                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct, qkv_layers=tuple(qkv_layers or ()))

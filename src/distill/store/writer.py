@@ -15,10 +15,8 @@ whole store complete.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +25,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from distill.outputs import ModelOutputs, SparseLogits
-from distill.store._files import atomic_write_json, fsync_dir, read_json, sha256_file
+from distill.files import atomic_save, atomic_write_json, read_json, sha256_file
+from distill.outputs import ModelOutputs
 from distill.store.codec import CODEC_BITS, CODEC_FILE, CodecFormatError, HeadCodec
 from distill.store.fingerprint import FORMAT_VERSION
+from distill.store.accumulate import ShardAccumulator
 from distill.store.spec import MANIFEST_NAME, StoreError, StoreSpec, shard_stem
 
 
@@ -151,15 +150,8 @@ def _prepare_codec(path: Path, spec: StoreSpec, fit: Callable[[], HeadCodec] | N
         if codec.bits != CODEC_BITS[spec.codec]:
             raise ValueError(f"head_codec() returned a {codec.bits}-bit codec for store codec {spec.codec!r}")
         _remove_temp_files(path, [CODEC_FILE])
-        tmp = path / f".{CODEC_FILE}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            save_file(codec.tensors(), str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path)
+        tensors = codec.tensors()
+        atomic_save(target, lambda tmp: save_file(tensors, str(tmp)))
         codec = None  # code with the file's tensors, as other ranks and any resumed build will
     if barrier is not None:
         barrier()  # every rank codes with rank 0's file
@@ -241,7 +233,7 @@ def _build_shards(
     try:
         for i in todo:
             start, stop = ranges[i]
-            acc = _ShardAccumulator(spec, codec)
+            acc = ShardAccumulator(spec, codec)
             for b0 in range(start, stop, batch_size):
                 indices = list(range(b0, min(b0 + batch_size, stop)))
                 with torch.no_grad():
@@ -254,12 +246,11 @@ def _build_shards(
 
 
 def _write_shard(
-    path: Path, key: str, spec: StoreSpec, index: int, rows: tuple[int, int], acc: _ShardAccumulator
+    path: Path, key: str, spec: StoreSpec, index: int, rows: tuple[int, int], acc: ShardAccumulator
 ) -> None:
     stem = shard_stem(index)
     tensors, layout, num_tokens = acc.finish()
     final = path / f"{stem}.safetensors"
-    tmp = path / f".{stem}.safetensors.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     # One metadata entry: safetensors writes its metadata map in hash order, which differs between processes;
     # a single key keeps shard bytes (and checksums) identical across builds and ranks.
     metadata = {
@@ -268,16 +259,14 @@ def _write_shard(
             sort_keys=True,
         )
     }
-    try:
+    sha, size = "", 0
+
+    def save(tmp: Path) -> None:
+        nonlocal sha, size
         save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        sha = sha256_file(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path)
+        sha, size = sha256_file(tmp), tmp.stat().st_size  # of the bytes about to become the shard
+
+    atomic_save(final, save)
     sidecar = {
         "format_version": FORMAT_VERSION,
         "key": key,
@@ -293,178 +282,6 @@ def _write_shard(
         "layout": layout,
     }
     atomic_write_json(path / f"{stem}.json", sidecar)
-
-
-class _ShardAccumulator:
-    """Collects one shard's teacher outputs batch by batch, already truncated/cast for storage."""
-
-    def __init__(self, spec: StoreSpec, codec: tuple[HeadCodec, str] | None = None):
-        self.spec = spec
-        self.codec = codec
-        self.parts: dict[str, list[torch.Tensor]] = {}
-        self.lengths: list[torch.Tensor] = []
-        self.layout: dict[str, Any] | None = None
-
-    def _put(self, name: str, tensor: torch.Tensor) -> None:
-        self.parts.setdefault(name, []).append(tensor.contiguous().cpu())
-
-    def _cast(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(self.spec.torch_dtype)
-        bad = ~torch.isfinite(y)
-        if bool(bad.any()) and bool(torch.isfinite(x[bad]).any()):
-            raise StoreError(
-                f"teacher {name} overflow {self.spec.dtype} (max |value| {x.abs().max().item():.4g}); "
-                "set store.dtype to bfloat16 or float32"
-            )
-        return y
-
-    def add(self, out: ModelOutputs, n: int) -> None:
-        spec = self.spec
-        layout: dict[str, Any] = {}
-        mask: torch.Tensor | None = None  # (B, L) bool, for per-token fields
-
-        def token_mask(like: torch.Tensor, what: str) -> torch.Tensor:
-            nonlocal mask
-            if mask is None:
-                if out.attention_mask is None:
-                    mask = torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)
-                else:
-                    mask = out.attention_mask.to(like.device) != 0
-            if tuple(mask.shape) != tuple(like.shape[:2]):
-                raise ValueError(
-                    f"{what} has shape {tuple(like.shape)} but attention_mask {tuple(mask.shape)}"
-                )
-            return mask
-
-        if "logits" in spec.capture and self.codec is not None:
-            codec, sha = self.codec
-            h = out.extra.get("head_input")
-            if h is None or h.dim() != 3 or h.shape[0] != n or h.shape[-1] != codec.hidden_size:
-                got = None if h is None else tuple(h.shape)
-                raise ValueError(
-                    f"store codec {spec.codec!r}: compute must return extra['head_input'] of shape "
-                    f"({n}, L, {codec.hidden_size}) (the input of the teacher's output layer); got {got}"
-                )
-            codes, scales = codec.encode(h.detach()[token_mask(h, "head_input")])
-            self._put("head_codes", codes)
-            self._put("head_scale", scales)
-            layout["logits"] = {"num_classes": codec.vocab_size, "per_token": True, "sparse": False,
-                                "k": codec.vocab_size, "codec": spec.codec, "codec_sha256": sha,
-                                "hidden_size": codec.hidden_size}
-        elif "logits" in spec.capture:
-            z = out.logits
-            if z is None or isinstance(z, SparseLogits):
-                raise ValueError(
-                    "compute must return dense teacher logits (a tensor) when the store keeps logits"
-                )
-            z = z.detach()
-            if z.shape[0] != n or z.dim() not in (2, 3):
-                raise ValueError(
-                    f"compute returned logits of shape {tuple(z.shape)} for {n} examples; "
-                    "expected (B, C) or (B, L, V)"
-                )
-            per_token = z.dim() == 3
-            if per_token:
-                z = z[token_mask(z, "logits")]  # (T, V): valid tokens, example-major
-            c = z.shape[-1]
-            sparse = spec.is_sparse(c)
-            layout["logits"] = {
-                "num_classes": c,
-                "per_token": per_token,
-                "sparse": sparse,
-                "k": spec.topk if sparse else c,
-            }
-            if sparse:
-                zf = z.float()  # ranking and log-normaliser in float32, over the full vector
-                values, indices = zf.topk(spec.topk, dim=-1)  # (.., k) sorted descending
-                stored = self._cast("logits", values)
-                # The normaliser is taken over the full logits with the kept k replaced by their stored
-                # (rounded) values: then exp(values - logsumexp) are exact probabilities of one logit vector
-                # and never sum past 1. With the raw float32 normaliser, float16 rounding of large logits
-                # (spacing 1/64 near 20) makes the kept mass exceed 1 by ~1%. Identical for float32 storage.
-                lse = torch.logsumexp(zf.scatter(-1, indices, stored.float()), dim=-1)  # (..,)
-                self._put("topk_values", stored)
-                self._put("topk_indices", indices.to(torch.int32))  # int16 overflows LM vocabularies
-                self._put("logsumexp", lse)
-            else:
-                self._put("logits", self._cast("logits", z))
-
-        if "embeddings" in spec.capture:
-            e = out.embeddings
-            if e is None or e.dim() != 2 or e.shape[0] != n:
-                got = None if e is None else tuple(e.shape)
-                raise ValueError(
-                    f"compute must return embeddings of shape ({n}, D) when the store keeps them; got {got}"
-                )
-            layout["embeddings"] = {"dim": e.shape[1]}
-            self._put("embeddings", self._cast("embeddings", e.detach()))
-
-        if "hidden_states" in spec.capture:
-            hs = out.hidden_states
-            if hs is None or len(hs) <= spec.layers[-1]:
-                got = "none" if hs is None else f"{len(hs)}"
-                raise ValueError(
-                    f"the store keeps hidden_states layers {list(spec.layers)} but compute returned {got}; "
-                    "run the teacher with output_hidden_states=True (item 0 = embeddings, i = layer i)"
-                )
-            hidden_size = None
-            for layer in spec.layers:
-                h = hs[layer]
-                if h is None or h.dim() != 3 or h.shape[0] != n:
-                    raise ValueError(f"hidden_states[{layer}] must be (B, L, H) for {n} examples")
-                hidden_size = h.shape[-1]
-                h = h.detach()[token_mask(h, f"hidden_states[{layer}]")]  # (T, H)
-                self._put(f"hidden_{layer}", self._cast(f"hidden_states[{layer}]", h))
-            layout["hidden_states"] = {"layers": list(spec.layers), "hidden_size": hidden_size}
-
-        if "qkv" in spec.capture:
-            qkv = out.qkv
-            have = [] if qkv is None else [i + 1 for i, item in enumerate(qkv) if item is not None]
-            missing = [layer for layer in spec.qkv_layers if layer not in have]
-            if missing:
-                raise ValueError(
-                    f"the store keeps qkv layers {list(spec.qkv_layers)} but compute returned layers {have}; "
-                    "run the teacher with forward_outputs(..., qkv_layers=spec.qkv_layers)"
-                )
-            assert qkv is not None
-            shape = None
-            for layer in spec.qkv_layers:
-                for name, x in zip("qkv", qkv[layer - 1]):
-                    if x.dim() != 4 or x.shape[0] != n:
-                        raise ValueError(f"qkv layer {layer} {name} must be (B, heads, L, head_dim) for {n} examples")
-                    if shape is None:
-                        shape = (x.shape[1], x.shape[3])
-                    elif (x.shape[1], x.shape[3]) != shape:
-                        raise ValueError(f"qkv layer {layer} {name} has {x.shape[1]} heads of {x.shape[3]}, "
-                                         f"other layers {shape[0]} of {shape[1]}")
-                    tokens = x.detach().transpose(1, 2)  # (B, L, heads, head_dim)
-                    tokens = tokens[token_mask(tokens, f"qkv layer {layer} {name}")]  # (T, heads, head_dim)
-                    self._put(f"{name}_{layer}", self._cast(f"qkv layer {layer} {name}", tokens))
-            assert shape is not None
-            layout["qkv"] = {"layers": list(spec.qkv_layers), "heads": shape[0], "head_dim": shape[1]}
-
-        layout["per_token"] = mask is not None
-        if mask is not None:
-            self.lengths.append(mask.sum(dim=1).to(torch.int64).cpu())  # (B,)
-        if self.layout is None:
-            self.layout = layout
-        elif self.layout != layout:
-            raise ValueError(f"teacher outputs changed shape between batches: {self.layout} then {layout}")
-
-    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int | None]:
-        assert self.layout is not None, "a shard has at least one batch"
-        tensors = {name: torch.cat(chunks) for name, chunks in self.parts.items()}
-        num_tokens = None
-        if self.layout["per_token"]:
-            lengths = torch.cat(self.lengths)
-            offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
-            torch.cumsum(lengths, dim=0, out=offsets[1:])
-            tensors["offsets"] = offsets  # (N+1,)
-            num_tokens = int(offsets[-1])
-        return tensors, self.layout, num_tokens
-
-
-# ------------------------------------------------------------------------------------------------ manifest
 
 
 def _check_existing_manifest(path: Path, key: str, spec: StoreSpec, num_examples: int) -> None:

@@ -28,8 +28,8 @@ from torch import nn
 
 from distill._dataclass_io import RecipeError
 from distill.outputs import ModelOutputs
+from distill.packaged import PACKAGED_IMAGE_MODELS
 
-CNN_WIDTHS = {"cnn-teacher": (32, 64, 128), "cnn-small": (16, 32, 64), "cnn-tiny": (8, 16, 32)}
 CONFIG_NAME = "image_model.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -114,9 +114,9 @@ def hooked(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tenso
 def _build_net(source: str, num_classes: int, in_channels: int) -> nn.Module:
     if source.startswith("packaged:"):
         name = source.split(":", 1)[1]
-        if name not in CNN_WIDTHS:
-            raise RecipeError(f"model: unknown packaged image model {name!r}; choose {', '.join(CNN_WIDTHS)}")
-        return SmallCNN(num_classes, in_channels, CNN_WIDTHS[name])
+        if name not in PACKAGED_IMAGE_MODELS:
+            raise RecipeError(f"model: unknown packaged image model {name!r}; choose {', '.join(PACKAGED_IMAGE_MODELS)}")
+        return SmallCNN(num_classes, in_channels, PACKAGED_IMAGE_MODELS[name])
     if source.startswith("hf:"):
         from transformers import AutoModelForImageClassification
 

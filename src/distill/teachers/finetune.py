@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from distill.config import Recipe
 from distill.data import TextSplits, to_dataset
 from distill.evaluation.metrics import compute_metrics_fn
+from distill.files import atomic_dir
 from distill.models import load_classifier, load_tokenizer
 from distill.training.args import training_arguments
 
@@ -88,16 +88,13 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     if not state.is_main_process:  # under several processes rank 0 alone writes the teacher
         state.wait_for_everyone()
         return out
-    # write to a temp folder, then rename: a killed save never looks like a finished teacher
-    tmp = Path(str(out) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / MARKER).write_text(json.dumps({"fingerprint": finetune_fingerprint(recipe, splits),
-                                          "base_model": recipe.teacher.model,
-                                          "validation": metrics}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    def fill(tmp: Path) -> None:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / MARKER).write_text(json.dumps({"fingerprint": finetune_fingerprint(recipe, splits),
+                                              "base_model": recipe.teacher.model, "validation": metrics}, indent=2))
+
+    atomic_dir(out, fill)  # a killed save never looks like a finished teacher
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     state.wait_for_everyone()
     log(f"teacher saved to {out} (validation accuracy {metrics.get('eval_accuracy', float('nan')):.4f})")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from distill.files import atomic_write
 
 
 def generation_key(teacher_fingerprint: str, prompts: Sequence[Sequence[int]], settings: dict) -> str:
@@ -89,10 +90,6 @@ def teacher_continuations(model: torch.nn.Module, prompts: Sequence[Sequence[int
         return rows, path
     log(f"the teacher writes continuations of {len(prompts)} prompts (once) into {path}")
     rows = generate_ids(model, prompts, pad_id, eos_id, max_new_tokens, temperature, top_p, batch_size, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for p, c in zip(prompts, rows):
-            fh.write(json.dumps({"prompt": list(p), "continuation": c}) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.writelines(json.dumps({"prompt": list(p), "continuation": c}) + "\n"
+                                                for p, c in zip(prompts, rows)))
     return rows, path

@@ -17,7 +17,6 @@ The caller deletes the file once the stage's result is saved (:func:`remove_chec
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from distill.data.images import Augment, ImageSet, view_seed
+from distill.files import atomic_save
 from distill.outputs import ModelOutputs
 from distill.training.distiller import Distiller
 
@@ -48,14 +48,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_save(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path | None, key: str | None) -> dict[str, Any] | None:

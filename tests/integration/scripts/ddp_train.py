@@ -8,15 +8,15 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from conftest import make_sentiment_rows  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
+from conftest import make_sentiment_rows  # noqa: E402
 from distill.config import LossConfig, TrainConfig  # noqa: E402
 from distill.data import DistillCollator, to_dataset  # noqa: E402
 from distill.losses import LossContext, build_losses  # noqa: E402
 from distill.students import student_from_teacher  # noqa: E402
 from distill.training import Distiller, DistillTrainer  # noqa: E402
 from distill.training.args import training_arguments  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 tok = AutoTokenizer.from_pretrained(model_dir)

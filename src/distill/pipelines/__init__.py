@@ -1,1 +1,0 @@
-"""Task-specific runs beyond text classification (which lives in :mod:`distill.pipeline`)."""

@@ -1,0 +1,408 @@
+"""``task: text-classification``: a Hugging Face sequence classifier (or an encoder fine-tuned here first)
+teaches a smaller classifier, through the teacher-output store or online.
+
+The distilled student trains on the labelled rows plus any unlabelled text; the baseline student on the
+labelled rows alone, for as many optimisation steps. The report compares teacher, distilled and baseline
+students on the test split (accuracy, macro-F1, agreement with the teacher, size, interleaved latency) with a
+paired test for every difference.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from distill._dataclass_io import RecipeError
+from distill.config import Recipe
+from distill.data import DistillCollator, load_splits, same_tokenizer, to_dataset
+from distill.losses import LossContext, build_losses
+from distill.models import (
+    config_labels,
+    hidden_size,
+    is_sequence_classifier,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    model_inputs,
+    num_layers,
+)
+from distill.stages import (
+    StoreKeyUnknown,
+    fingerprint,
+    hash_files,
+    process_state,
+    stage_checkpoints,
+    stage_done,
+    store_root,
+    train_resuming,
+    write_stage,
+)
+from distill.store.spec import check_storable, spec_for_losses
+from distill.students import check_layers, student_from_teacher
+from distill.tasks import register_task
+from distill.tasks.base import Plan, Task
+from distill.tasks.text_store import open_text_store, text_store_key
+from distill.teachers.sources import PretrainedTeacher
+from distill.training import Distiller, DistillTrainer
+
+
+def plan_text_classification(recipe: Recipe) -> Plan:
+    """Validate a classification recipe without loading weights: the teacher is a classifier (or fine-tuned
+    into one), the labels agree, the layers exist, the losses build and the store can keep what they read."""
+    t = recipe.teacher
+    tconf = load_config(t.model, "teacher.model", t.revision, t.trust_remote_code)
+    teacher_labels = None
+    if t.finetune is None:
+        if not is_sequence_classifier(tconf):
+            archs = ", ".join(getattr(tconf, "architectures", None) or [type(tconf).__name__])
+            raise RecipeError(
+                f"teacher.model: {t.model!r} is a {archs}, not a sequence classifier; add "
+                "`teacher.finetune: {epochs: 1}` to fine-tune it on your labels first (or run `distill finetune`)"
+            )
+        teacher_labels = config_labels(tconf)
+        if recipe.data.labels and teacher_labels and list(recipe.data.labels) != teacher_labels:
+            raise RecipeError(
+                f"data.labels: {recipe.data.labels} differ from the teacher's id2label {teacher_labels}; "
+                "use the teacher's label order (or drop data.labels)"
+            )
+    splits = load_splits(recipe.data, labels=teacher_labels)
+    if t.finetune is None and teacher_labels is None and not recipe.data.labels:
+        import warnings
+
+        warnings.warn(
+            f"the teacher's id2label has only generic LABEL_i names, so class ids are matched to the data's "
+            f"sorted labels {splits.labels}; set data.labels to the teacher's class order if that is wrong",
+            stacklevel=2,
+        )
+    if t.finetune is None and int(getattr(tconf, "num_labels", 0)) != splits.num_labels:
+        raise RecipeError(
+            f"teacher.model: the teacher has {tconf.num_labels} labels but the data has {splits.num_labels} "
+            f"({splits.labels}); set data.labels to the teacher's classes or fine-tune a teacher on this data"
+        )
+
+    s = recipe.student
+    t_layers = num_layers(tconf)
+    if s.from_teacher:
+        check_layers(list(s.layers or []), t_layers)
+        sconf, s_hidden, s_layers, same_tok = None, hidden_size(tconf), len(s.layers or []), True
+    else:
+        sconf = load_config(s.model or "", "student.model")
+        s_hidden, s_layers = hidden_size(sconf), num_layers(sconf)
+        if s.layers:
+            check_layers(list(s.layers), s_layers, "the student model")
+            s_layers = len(s.layers)
+        same_tok = same_tokenizer(load_tokenizer(s.model or ""), load_tokenizer(t.model, t.revision))
+    ctx = LossContext(
+        student_hidden_size=s_hidden, teacher_hidden_size=hidden_size(tconf),
+        student_num_layers=s_layers, teacher_num_layers=t_layers,
+        num_classes=splits.num_labels, same_tokenizer=same_tok,
+    )
+    losses = build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
+    if recipe.store.enabled:
+        check_storable(Distiller(losses))  # before the teacher is fine-tuned or run
+    return Plan(recipe, splits, tconf, sconf, same_tok, ctx)
+
+
+@register_task("text-classification")
+class TextClassificationTask(Task):
+    """Sequence classifiers: teacher (fine-tuned here when asked) -> store -> distilled and baseline
+    students -> report with paired tests."""
+
+    name = "text-classification"
+
+    def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
+        self.teacher_tokenizer: Any = None
+        self.student_tokenizer: Any = None
+        self.teacher_pred: np.ndarray | None = None
+        self.test_probs: dict[str, np.ndarray] = {}  # role -> (N, C) test-split probabilities, for the report
+        self.test_correct: dict[str, np.ndarray] = {}  # role -> (N,) bool, for the paired significance tests
+        super().__init__(recipe, *args, **kwargs)
+
+    def make_plan(self) -> Plan:
+        return plan_text_classification(self.recipe)
+
+    # -- teacher ------------------------------------------------------------------------------------------
+    def prepare_teacher(self) -> None:
+        r = self.recipe
+        if r.teacher.finetune is not None:
+            from distill.teachers import finetune_teacher
+
+            path, revision = str(finetune_teacher(r, self.plan.splits, log=self.log)), None
+        else:
+            from distill.packaged import resolve_model
+
+            path, revision = resolve_model(r.teacher.model), r.teacher.revision
+        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision, log=self.log)
+        self.teacher_tokenizer = load_tokenizer(path, revision)
+
+    @classmethod
+    def refusal(cls, command: str, recipe: Recipe) -> str | None:
+        if command == "finetune" and recipe.teacher.finetune is None:
+            return "teacher.finetune: not set; add `teacher.finetune: {epochs: 1}` to the recipe"
+        return super().refusal(command, recipe)
+
+    def finetune(self) -> str:
+        self.prepare_teacher()
+        return f"teacher saved to {self.teacher.path}"
+
+    # -- student start ------------------------------------------------------------------------------------
+    def student_init(self) -> Path:
+        """The student's starting weights, saved once so the distilled and the baseline students start alike."""
+        with process_state().main_process_first():  # rank 0 builds and saves it; the others then reuse it
+            return self._build_student_init()
+
+    def _build_student_init(self) -> Path:
+        r = self.recipe
+        init = self.out / "student_init"
+        fp = fingerprint({"student": r.student.__dict__, "labels": self.plan.labels, "seed": r.train.seed,
+                          "teacher": self.teacher.fingerprint() if r.student.from_teacher else None})
+        if stage_done(init, fp):
+            self.student_tokenizer = load_tokenizer(str(init))
+            return init
+        from transformers import set_seed
+
+        from distill.export import save_student
+
+        set_seed(r.train.seed)
+        if r.student.from_teacher:
+            model = student_from_teacher(self.teacher_model(), list(r.student.layers or []))
+            tokenizer = self.teacher_tokenizer
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            from distill.models import label_maps
+            from distill.packaged import resolve_model
+
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model(r.student.model or ""), ignore_mismatched_sizes=True, **label_maps(self.plan.labels)
+            )
+            if r.student.layers:  # a shallower copy of the pre-trained student
+                model = student_from_teacher(model, list(r.student.layers))
+            tokenizer = load_tokenizer(r.student.model or "")
+        write_stage(init, fp, lambda d: save_student(model, tokenizer, d, self.plan.labels))
+        self.student_tokenizer = tokenizer
+        return init
+
+    # -- store --------------------------------------------------------------------------------------------
+    def store_key(self, distiller: Distiller) -> str:
+        r = self.recipe
+        return text_store_key(self.teacher, self.teacher_tokenizer, self.kd_data(), r.data.max_length, r.task,
+                              spec_for_losses(r.store, distiller))
+
+    def teacher_store(self, distiller: Distiller, build: bool = True):
+        r = self.recipe
+        store, seconds = open_text_store(
+            store_root(r.store), self.store_key(distiller), spec_for_losses(r.store, distiller), self.kd_data(),
+            self.teacher, self.teacher_tokenizer, max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
+            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels}, log=self.log,
+            build=build)
+        if seconds is not None:
+            self.report["store_build_seconds"] = seconds
+        return store
+
+    def cache(self) -> str:
+        from distill.store.reader import format_info
+
+        self.prepare_teacher()
+        distiller = self.distiller()
+        if not distiller.needs_teacher:
+            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
+        return format_info(self.teacher_store(distiller).info())
+
+    def store_location(self, distiller: Distiller) -> tuple[Path, str]:
+        """(root, key) of the store, without fine-tuning or running the teacher: raises StoreKeyUnknown when
+        the teacher still has to be fine-tuned."""
+        r = self.recipe
+        if r.teacher.finetune is not None:
+            from distill.teachers import finished_teacher
+
+            done = finished_teacher(r, self.plan.splits)
+            if done is None:
+                raise StoreKeyUnknown("the teacher has not been fine-tuned yet, so nothing is stored; "
+                                      "`distill cache RECIPE` does both")
+            path, revision = str(done), None
+        else:
+            from distill.packaged import resolve_model
+
+            path, revision = resolve_model(r.teacher.model), r.teacher.revision
+        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision, log=self.log)
+        self.teacher_tokenizer = load_tokenizer(path, revision)
+        return store_root(r.store), self.store_key(distiller)
+
+    def cache_info(self) -> str:
+        from distill.store import TeacherStore
+        from distill.store.reader import format_info
+
+        try:
+            root, key = self.store_location(self.distiller())
+        except StoreKeyUnknown as exc:
+            return str(exc)
+        if not (root / key / "manifest.json").exists():
+            return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
+        return format_info(TeacherStore.open(root / key).info())
+
+    # -- students -----------------------------------------------------------------------------------------
+    def kd_data(self) -> pd.DataFrame:
+        return self.plan.splits.with_unlabeled()
+
+    def labelled_data(self) -> pd.DataFrame:
+        return self.plan.splits.train
+
+    def baseline_steps(self) -> int | None:
+        # same budget: as many optimisation steps as the distilled student (which also saw unlabelled text)
+        kd_steps = self.report["training"].get("student", {}).get("steps")
+        return kd_steps if self.plan.splits.unlabeled is not None and kd_steps else None
+
+    def train(self, name: str, distiller: Distiller, data: pd.DataFrame, *, store: Any = None,
+              teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification, set_seed
+
+        from distill.evaluation.metrics import compute_metrics_fn
+        from distill.export import save_student
+        from distill.store import fingerprint_rows
+        from distill.training.args import training_arguments
+
+        r = self.recipe
+        init = self.student_init()
+        final = self.out / name
+        fp = fingerprint({
+            "train": r.train.__dict__, "max_steps": max_steps,
+            "losses": [spec.__dict__ for spec in r.losses] if name == "student" else "ce",
+            "init": hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
+            "data": fingerprint_rows(list(zip(data["text"], data["label"].astype(int).tolist()))),
+            "validation": fingerprint_rows(list(self.plan.splits.validation["text"])),
+            "store": getattr(store, "key", None),
+            "teacher": self.teacher.fingerprint() if teacher is not None else None,
+        })
+        if (done := stage_done(final, fp)) is not None:
+            self.log(f"{name}: already trained, reusing {final}")
+            self.report["training"][name] = done.get("training", {})
+            return AutoModelForSequenceClassification.from_pretrained(final)
+        set_seed(r.train.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(init)
+        ttok = self.teacher_tokenizer if teacher is not None and not self.plan.same_tokenizer else None
+        train_ds = to_dataset(data, self.student_tokenizer, ttok, max_length=r.data.max_length)
+        val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
+        ckpt = stage_checkpoints(self.out, name, fp, self.log)
+        overrides = {"max_steps": max_steps} if max_steps else {}
+        trainer = DistillTrainer(
+            model=model, args=training_arguments(r.train, str(ckpt), **overrides), train_dataset=train_ds,
+            eval_dataset=val_ds, data_collator=DistillCollator(self.student_tokenizer, ttok),
+            compute_metrics=compute_metrics_fn, distiller=distiller, teacher=teacher, store=store,
+        )
+        source = "teacher from the store" if store is not None else "online teacher" if teacher is not None else "labels only"
+        self.log(f"{name}: training on {len(train_ds)} examples ({source})")
+        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+        state = process_state()
+        if state.is_main_process:
+            write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels), info)
+            shutil.rmtree(ckpt, ignore_errors=True)
+        state.wait_for_everyone()
+        self.report["training"][name] = info
+        return model
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def evaluate(self, role: str, model: torch.nn.Module) -> np.ndarray:
+        from distill.evaluation import classification_metrics, count_parameters, predict_logits
+        from distill.evaluation.predictions import softmax
+        from distill.evaluation.speed import weights_size_mb
+
+        r = self.recipe
+        tokenizer = self.teacher_tokenizer if role == "teacher" else self.student_tokenizer
+        test = to_dataset(self.plan.splits.test, tokenizer, max_length=r.data.max_length)
+        collate = DistillCollator(tokenizer)
+
+        def predict() -> np.ndarray:
+            return predict_logits(model, test, collate, batch_size=r.train.eval_batch_size, desc=f"evaluating {role}")
+
+        if role == "teacher":  # every run of this recipe scores the same teacher on the same text: once
+            from distill.store import fingerprint_rows
+            from distill.store.eval_cache import cached_teacher_outputs
+
+            sp = self.plan.splits
+            logits = cached_teacher_outputs(
+                store_root(r.store),
+                {"what": "test-logits", "teacher": self.teacher.fingerprint(), "max_length": r.data.max_length,
+                 "texts": fingerprint_rows(list(zip(sp.test["text"], sp.test.get("text_pair", sp.test["text"]))))},
+                predict, write=process_state().is_main_process)
+        else:
+            logits = predict()
+        self.test_probs[role] = softmax(logits).astype(np.float32)
+        labels = np.asarray(self.plan.splits.test["label"])
+        metrics = classification_metrics(logits, labels, self.teacher_pred)
+        metrics["parameters"] = count_parameters(model)
+        metrics["size_mb"] = weights_size_mb(model)
+        self.test_correct[role] = logits.argmax(-1) == labels
+        # timed at the end, interleaved with the other models (time_latency), on the same texts
+        self.latency_inputs[role] = model_inputs(collate([test[i] for i in range(min(32, len(test)))]))
+        self.report["models"][role] = metrics
+        self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+        pred = logits.argmax(-1)
+        if role == "teacher":
+            self.teacher_pred = pred
+        return pred
+
+    def latency_models(self) -> dict[str, torch.nn.Module]:
+        """Loaded again from where they were saved: the teacher was released while the students trained."""
+        from transformers import AutoModelForSequenceClassification
+
+        saved = {"student_kd": self.out / "student", "student_no_kd": self.out / "student_no_kd"}
+        models = {role: AutoModelForSequenceClassification.from_pretrained(saved[role])
+                  for role in self.latency_inputs if role in saved}
+        if "teacher" in self.latency_inputs:
+            models = {"teacher": self.teacher_model(), **models}
+        return models
+
+    # -- report -------------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        from distill.evaluation import format_table, summarise
+        from distill.evaluation.report import classification_significance
+        from distill.export import write_model_card
+
+        r = self.recipe
+        models = self.report["models"]
+        self.sizes_on_disk({"teacher": Path(self.teacher.path), "student_kd": self.out / "student",
+                            "student_no_kd": self.out / "student_no_kd"})
+        if process_state().is_main_process:  # one process times the models; the others write nothing
+            self.time_latency()
+        self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
+        summary = summarise(models, self.report.get("latency"), self.report["significance"])
+        table = format_table(models, summary, self.report)
+        sp = self.plan.splits
+        self.report.update({
+            **self.common_report(),
+            "labels": self.plan.labels,
+            "data": {"train": len(sp.train), "unlabeled": 0 if sp.unlabeled is None else len(sp.unlabeled),
+                     "validation": len(sp.validation), "test": len(sp.test)},
+            "summary": summary,
+            "student_parameters": models.get("student_kd", {}).get("parameters"),
+        })
+        for stage in self.report["training"].values():
+            stage.pop("log_history", None) if isinstance(stage, dict) and len(str(stage)) > 200_000 else None
+        if not process_state().is_main_process:  # one writer for the shared output files
+            return self.report
+        student_dir = self.out / "student"
+        (student_dir / "recipe.yaml").write_text(r.to_yaml())
+        if r.export.model_card:
+            write_model_card(student_dir, r, self.report, table)
+        if r.export.onnx:
+            from transformers import AutoModelForSequenceClassification
+
+            from distill.export import export_onnx
+
+            path = export_onnx(AutoModelForSequenceClassification.from_pretrained(student_dir),
+                               self.student_tokenizer, student_dir)
+            self.report["onnx"] = str(path)
+        if self.test_probs:
+            from distill.evaluation.predictions import FILENAME, analyse, prediction_rows, write_predictions
+
+            rows = prediction_rows(sp.test, self.plan.labels, self.test_probs)
+            write_predictions(self.out / FILENAME, rows)
+            self.report["analysis"] = analyse(rows, self.plan.labels)
+        self.write_outputs(table, f"student saved to {student_dir}; ")
+        return self.report
