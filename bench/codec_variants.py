@@ -95,7 +95,8 @@ def main() -> None:
     flat = (zf / rms_f).flatten()
     lv = _lloyd_max(flat[torch.randperm(flat.numel(), generator=g)[:400_000]], 16)
     qt = lv[torch.bucketize(zt / rms_t, (lv[1:] + lv[:-1]) / 2)]
-    add("h 4-bit, rotation + channel scale + row RMS + Lloyd-Max", 290, from_h((qt * rms_t * scale) @ rot.T + mean))
+    add("h 4-bit, rotation + channel scale + row RMS + Lloyd-Max", 290,
+        from_h((qt * rms_t * scale) @ rot.T + mean))
     # principal axes + bits shared by variance: plain, then in the Fisher metric (distill's head codecs)
     pca = HeadCodec.fit(hf, w, b, bits=4, metric="euclidean")
     add("h 4-bit mean, PCA axes + bits by variance + Lloyd-Max", pca.bytes_per_token,
@@ -109,8 +110,9 @@ def main() -> None:
     add("h PCA r=144, float16", 288, from_h(((ht - mu) @ basis).half().float() @ basis.T + mu))
 
     words = int(df.text.astype(str).str.split().str.len().groupby(df.domain).sum().mean())
-    lines = [f"{ht.shape[0]} held-out tokens, teacher entropy {ent:.3f} nats/token; fitted on {hf.shape[0]} other "
-             f"tokens; corpus {CORPUS.name} with about {words} words per domain (bench/causal_lm.py --words).",
+    lines = [f"{ht.shape[0]} held-out tokens, teacher entropy {ent:.3f} nats/token; fitted on {hf.shape[0]} "
+             f"other tokens; corpus {CORPUS.name} with about {words} words per domain (bench/causal_lm.py "
+             "--words).",
              "", "| variant | bytes/token | KL(p||p_hat) nats | % of H(p) |", "|---|---|---|---|"]
     lines += [f"| {n} | {nb} | {kl:.4f} | {100 * kl / ent:.2f}% |" for n, nb, kl in rows]
     body = "\n".join(lines)

@@ -3,7 +3,8 @@
 Loads the cached bench teacher (bench/vision.py trains it once), synthesises images with
 distill.teachers.datafree.synthesize, reports the teacher's label-hit rate, the final BN-statistics loss and
 the spread of the teacher's predicted classes over the synthetic images, then distils packaged:cnn-tiny on
-them with kd from the online teacher (as VisionRun.datafree_student does) and scores it on the real test split.
+them with kd from the online teacher (as VisionRun.datafree_student does) and scores it on the real test
+split.
 
     OMP_NUM_THREADS=1 python bench/datafree_probe.py --seeds 0 1 2 [--steps 200 ...]
 """
@@ -52,18 +53,21 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--save", default=None, help="append one JSON line per seed to this file")
     ap.add_argument("--dump", default=None, help="save the synthetic images of each seed to DUMP-seedN.pt")
-    ap.add_argument("--load", default=None, help="skip synthesis: read images saved by --dump (LOAD-seedN.pt)")
+    ap.add_argument("--load", default=None,
+                    help="skip synthesis: read images saved by --dump (LOAD-seedN.pt)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     splits = load_image_splits(DataConfig(source="packaged", name="mnist", split_seed=0))
     teacher = load_image_model(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}").eval()
-    t_acc = float((predict_image_logits(teacher, splits.test.images).argmax(-1) == splits.test.labels).float().mean())
+    t_acc = float((predict_image_logits(teacher, splits.test.images).argmax(-1)
+                   == splits.test.labels).float().mean())
     ctx = LossContext(num_classes=splits.num_labels)
     for seed in args.seeds:
-        s = SynthesisSettings(num_images=args.images, batch_size=args.batch, steps=args.steps, learning_rate=args.lr,
-                              latent_learning_rate=args.zlr, latent_dim=args.latent_dim,
-                              generator_width=args.gen_width, first_bn_weight=args.first_bn, ce_weight=args.ce,
-                              tv_weight=args.tv, l2_weight=args.l2, jitter=args.jitter, seed=seed)
+        s = SynthesisSettings(num_images=args.images, batch_size=args.batch, steps=args.steps,
+                              learning_rate=args.lr, latent_learning_rate=args.zlr,
+                              latent_dim=args.latent_dim, generator_width=args.gen_width,
+                              first_bn_weight=args.first_bn, ce_weight=args.ce, tv_weight=args.tv,
+                              l2_weight=args.l2, jitter=args.jitter, seed=seed)
         if args.load:
             syn = torch.load(f"{args.load}-seed{seed}.pt")
         else:
@@ -80,14 +84,15 @@ def main() -> None:
                                                            params={"temperature": args.temperature})], ctx))
             t0 = time.perf_counter()
             train_image_model(student, distiller, data, epochs=epochs, batch_size=64, learning_rate=3e-3,
-                              weight_decay=1e-4, seed=seed, augment=Augment(pad=2, rotate=10.0), teacher=teacher,
-                              labels_known=False)
+                              weight_decay=1e-4, seed=seed, augment=Augment(pad=2, rotate=10.0),
+                              teacher=teacher, labels_known=False)
             train_s = time.perf_counter() - t0
             acc = float((predict_image_logits(student, splits.test.images).argmax(-1) == splits.test.labels)
                         .float().mean())
             row = {"seed": seed, "accuracy": acc, "teacher_accuracy": t_acc,
                    "label_hit_rate": syn["label_hit_rate"], "bns_loss": float(np.mean(syn["bns_loss"])),
-                   "synthesis_s": round(syn["seconds"], 1), "student_s": round(train_s, 1), "pred_spread": spread,
+                   "synthesis_s": round(syn["seconds"], 1), "student_s": round(train_s, 1),
+                   "pred_spread": spread,
                    "epochs": epochs, "temperature": args.temperature,
                    "settings": None if args.load else s.__dict__, "load": args.load}
             print(json.dumps(row), flush=True)

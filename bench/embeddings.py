@@ -36,7 +36,8 @@ TEACHER = "packaged:all-mpnet-base-v2"
 LAYERS = [0, 5, 11]
 
 
-def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, train_rows: int | None, seed: int) -> dict:
+def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, train_rows: int | None,
+           seed: int) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -65,7 +66,8 @@ def scores(run, emb_test: np.ndarray, probe_encode) -> dict:
     return out
 
 
-def st_mse_baseline(init_dir: Path, store_path: str, texts: list[str], epochs: float, lr: float, seed: int, out: Path):
+def st_mse_baseline(init_dir: Path, store_path: str, texts: list[str], epochs: float, lr: float, seed: int,
+                    out: Path):
     """sentence-transformers' own distillation recipe: MSELoss to the (stored) teacher embeddings."""
     import datasets
     from sentence_transformers import (
@@ -83,8 +85,8 @@ def st_mse_baseline(init_dir: Path, store_path: str, texts: list[str], epochs: f
 
     target = store.fetch(torch.arange(len(texts))).embeddings.float().numpy()
     first = Transformer(str(init_dir), max_seq_length=64)
-    model = SentenceTransformer(modules=[first, Pooling(first.get_embedding_dimension(), "mean"), Normalize()],
-                                device="cpu")
+    model = SentenceTransformer(modules=[first, Pooling(first.get_embedding_dimension(), "mean"),
+                                         Normalize()], device="cpu")
     ds = datasets.Dataset.from_dict({"text": texts, "label": target.tolist()})
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=epochs, per_device_train_batch_size=32,
@@ -121,7 +123,8 @@ def speed_only(out: Path, no_append: bool) -> None:
               "all-MiniLM-L6-v2 (pre-trained, no distillation)": resolve_model("packaged:all-MiniLM-L6-v2")}
     encoders = {name: SentenceTransformer(str(path), device="cpu") for name, path in models.items()
                 if Path(path).exists()}
-    speeds = {name: st_throughput(lambda t, m=m: m.encode(t, batch_size=32), texts) for name, m in encoders.items()}
+    speeds = {name: st_throughput(lambda t, m=m: m.encode(t, batch_size=32), texts)
+              for name, m in encoders.items()}
     try:
         from model2vec.distill import distill as m2v_distill
 
@@ -132,31 +135,36 @@ def speed_only(out: Path, no_append: bool) -> None:
     base = speeds["teacher (all-mpnet-base-v2)"]
     lines = ["| model | sentences/s | x teacher |", "|---|---|---|"]
     lines += [f"| {n} | {v:.0f} | {v / base:.1f} |" for n, v in speeds.items()]
-    body = "\n".join(lines) + (f"\n\n- 1,024 movie snippets, each library's encode at batch 32, tokenising included, "
-                               f"torch threads 2, after a warm-up batch, back to back on a quiet machine ({machine()}).")
+    body = "\n".join(lines) + ("\n\n- 1,024 movie snippets, each library's encode at batch 32, tokenising "
+                               "included, torch threads 2, after a warm-up batch, back to back on a quiet "
+                               f"machine ({machine()}).")
     print(body)
     if not no_append:
-        append_results("Sentence-embedding encode speed, quiet re-timing (bench/embeddings.py --speed-only)", body)
+        append_results("Sentence-embedding encode speed, quiet re-timing (bench/embeddings.py --speed-only)",
+                       body)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=3.0, help="epochs for the 3-layer students (ours and ST's)")
+    ap.add_argument("--epochs", type=float, default=3.0,
+                    help="epochs for the 3-layer students (ours and ST's)")
     ap.add_argument("--static-epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--static-projector", default="auto", choices=["auto", "pca"],
-                    help="auto: a learned 256->768 projector (dropped at export); pca: the teacher reduced to 256-d "
-                         "by a basis fitted on its stored embeddings, the static vectors start in that basis")
+                    help="auto: a learned 256->768 projector (dropped at export); pca: the teacher reduced "
+                         "to 256-d by a basis fitted on its stored embeddings, the static vectors start in "
+                         "that basis")
     ap.add_argument("--train-rows", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/runs/bench_embeddings")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["static", "layers", "model2vec", "st_mse", "minilm"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["static", "layers", "model2vec", "st_mse", "minilm"])
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     ap.add_argument("--speed-only", action="store_true",
-                    help="only re-time encoding of the models a previous full run saved under --out (run it on a "
-                         "quiet machine: timings taken while other jobs run are noise)")
+                    help="only re-time encoding of the models a previous full run saved under --out (run it "
+                         "on a quiet machine: timings taken while other jobs run are noise)")
     args = ap.parse_args()
     if args.speed_only:
         return speed_only(Path(args.out), args.no_append)
@@ -172,9 +180,10 @@ def main() -> None:
     timing: dict[str, float] = {}
     encoders = {}  # name -> encode(texts) for the final speed pass
 
-    # ---- ours: 3-layer transformer from the teacher's layers -------------------------------------------------
+    # ---- ours: 3-layer transformer from the teacher's layers -----------------------------------------------
     layers_recipe = recipe_from_dict(recipe(out / "layers", {"from_teacher": True, "layers": LAYERS},
-                                            [{"name": "embedding", "loss": "cosine"}, {"name": "affinity", "weight": 1.0}],
+                                            [{"name": "embedding", "loss": "cosine"},
+                                             {"name": "affinity", "weight": 1.0}],
                                             args.epochs, args.lr, args.train_rows, args.seed))
     run = SentenceEmbeddingTask(layers_recipe)
     t0 = time.perf_counter()
@@ -189,40 +198,47 @@ def main() -> None:
     test_texts = list(run.plan.splits.test["text"])
     teacher_st = SentenceTransformer(resolve_model(TEACHER), device="cpu")
     encoders["teacher"] = lambda t: teacher_st.encode(t, batch_size=32)
-    rows["teacher (all-mpnet-base-v2)"] = {**{k: report["models"]["teacher"][k] for k in ("spearman", "recall_at_k")},
-                                           "probe_mean": report["models"]["teacher"]["probe_mean"],
-                                           **{k: v for k, v in report["models"]["teacher"].items() if k.startswith("probe_")},
-                                           "parameters": report["models"]["teacher"]["parameters"]}
-    rows["teacher (all-mpnet-base-v2)"]["recall_at_10"] = rows["teacher (all-mpnet-base-v2)"].pop("recall_at_k")
+    rows["teacher (all-mpnet-base-v2)"] = {
+        **{k: report["models"]["teacher"][k] for k in ("spearman", "recall_at_k")},
+        "probe_mean": report["models"]["teacher"]["probe_mean"],
+        **{k: v for k, v in report["models"]["teacher"].items() if k.startswith("probe_")},
+        "parameters": report["models"]["teacher"]["parameters"]}
+    rows["teacher (all-mpnet-base-v2)"]["recall_at_10"] = rows["teacher (all-mpnet-base-v2)"].pop(
+        "recall_at_k")
     ours3 = SentenceTransformer(str(out / "layers" / "student"), device="cpu")
     rows[f"ours: 3-layer {LAYERS}, distilled"] = {**scores(run, ours3.encode(test_texts, batch_size=64),
                                                           lambda t: ours3.encode(t, batch_size=64)),
                                                    "parameters": report["models"]["student_kd"]["parameters"]}
     u = report["models"].get("student_untrained", {})
-    rows[f"3-layer {LAYERS} before distillation"] = {"spearman": u.get("spearman"), "recall_at_10": u.get("recall_at_k"),
-                                                     "probe_mean": u.get("probe_mean"), "parameters": u.get("parameters"),
-                                                     **{k: v for k, v in u.items() if k.startswith("probe_") and k != "probe_mean"}}
+    rows[f"3-layer {LAYERS} before distillation"] = {
+        "spearman": u.get("spearman"), "recall_at_10": u.get("recall_at_k"),
+        "probe_mean": u.get("probe_mean"), "parameters": u.get("parameters"),
+        **{k: v for k, v in u.items() if k.startswith("probe_") and k != "probe_mean"}}
     encoders[f"ours: 3-layer {LAYERS}, distilled"] = lambda t: ours3.encode(t, batch_size=32)
     kd_texts = list(run.plan.splits.train["text"])  # the store's rows, in order (no unlabelled extra here)
     store_path = report["store"]["path"]
 
-    # ---- sentence-transformers' MSE distillation of the same init ----------------------------------------------
+    # ---- sentence-transformers' MSE distillation of the same init ------------------------------------------
     if "st_mse" not in args.skip:
-        st_model, secs = st_mse_baseline(out / "layers" / "student_init", store_path, kd_texts, args.epochs, args.lr,
-                                         args.seed, out / "st_mse")
+        st_model, secs = st_mse_baseline(out / "layers" / "student_init", store_path, kd_texts, args.epochs,
+                                         args.lr, args.seed, out / "st_mse")
         timing["st_mse_train"] = secs
         rows[f"sentence-transformers MSELoss, 3-layer {LAYERS}"] = {
-            **scores(run, st_model.encode(test_texts, batch_size=64), lambda t: st_model.encode(t, batch_size=64)),
+            **scores(run, st_model.encode(test_texts, batch_size=64),
+                     lambda t: st_model.encode(t, batch_size=64)),
             "parameters": sum(p.numel() for p in st_model.parameters())}
-        encoders[f"sentence-transformers MSELoss, 3-layer {LAYERS}"] = lambda t: st_model.encode(t, batch_size=32)
+        encoders[f"sentence-transformers MSELoss, 3-layer {LAYERS}"] = (
+            lambda t: st_model.encode(t, batch_size=32))
 
-    # ---- ours: static ----------------------------------------------------------------------------------------
+    # ---- ours: static --------------------------------------------------------------------------------------
     if "static" not in args.skip:
         sdir = out / ("static" if args.static_projector == "auto" else f"static_{args.static_projector}")
         static_recipe = recipe_from_dict(recipe(sdir, {"static": True, "static_dim": 256},
-                                                [{"name": "embedding", "loss": "cosine", "projector": args.static_projector},
+                                                [{"name": "embedding", "loss": "cosine",
+                                                  "projector": args.static_projector},
                                                  {"name": "affinity", "weight": 1.0}],
-                                                args.static_epochs, args.static_lr, args.train_rows, args.seed))
+                                                args.static_epochs, args.static_lr, args.train_rows,
+                                                args.seed))
         srun = SentenceEmbeddingTask(static_recipe)
         t0 = time.perf_counter()
         sreport = srun.run()
@@ -231,16 +247,17 @@ def main() -> None:
         ours_static = SentenceTransformer(str(sdir / "student"), device="cpu")
         static_name = f"ours: static (256-d, projector {args.static_projector}), distilled"
         rows[static_name] = {
-            **scores(run, ours_static.encode(test_texts, batch_size=64), lambda t: ours_static.encode(t, batch_size=64)),
+            **scores(run, ours_static.encode(test_texts, batch_size=64),
+                     lambda t: ours_static.encode(t, batch_size=64)),
             "parameters": sreport["models"]["student_kd"]["parameters"]}
         su = sreport["models"].get("student_untrained", {})
         rows[f"ours: static (256-d, projector {args.static_projector}), raw teacher vectors"] = {
-            "spearman": su.get("spearman"), "recall_at_10": su.get("recall_at_k"), "probe_mean": su.get("probe_mean"),
-            "parameters": su.get("parameters"),
+            "spearman": su.get("spearman"), "recall_at_10": su.get("recall_at_k"),
+            "probe_mean": su.get("probe_mean"), "parameters": su.get("parameters"),
             **{k: v for k, v in su.items() if k.startswith("probe_") and k != "probe_mean"}}
         encoders[static_name] = lambda t: ours_static.encode(t, batch_size=32)
 
-    # ---- model2vec ---------------------------------------------------------------------------------------------
+    # ---- model2vec -----------------------------------------------------------------------------------------
     if "model2vec" not in args.skip:
         from model2vec.distill import distill as m2v_distill
 
@@ -251,7 +268,7 @@ def main() -> None:
                                              "parameters": int(np.prod(m2v.embedding.shape))}
         encoders["model2vec distill (256-d)"] = lambda t: m2v.encode(t, batch_size=32)
 
-    # ---- pre-trained MiniLM-L6, untouched -----------------------------------------------------------------------
+    # ---- pre-trained MiniLM-L6, untouched ------------------------------------------------------------------
     if "minilm" not in args.skip:
         mini = SentenceTransformer(resolve_model("packaged:all-MiniLM-L6-v2"), device="cpu")
         rows["all-MiniLM-L6-v2 (pre-trained, no distillation)"] = {
@@ -259,18 +276,23 @@ def main() -> None:
             "parameters": sum(p.numel() for p in mini.parameters())}
         encoders["all-MiniLM-L6-v2 (pre-trained, no distillation)"] = lambda t: mini.encode(t, batch_size=32)
 
-    # ---- encode speed, back to back ----------------------------------------------------------------------------
+    # ---- encode speed, back to back ------------------------------------------------------------------------
     sample = (test_texts * 2)[:1024]
     speed = {name: st_throughput(enc, sample) for name, enc in encoders.items()}
     t_speed = speed["teacher"]
     speed["teacher (all-mpnet-base-v2)"] = speed.pop("teacher")
 
-    probe_names = sorted({k for r in rows.values() for k in r if k.startswith("probe_") and k != "probe_mean"})
-    head = ["model", "Spearman", "recall@10"] + [p.removeprefix("probe_").removesuffix("_snippets") for p in probe_names] \
+    probe_names = sorted({k for r in rows.values() for k in r
+                          if k.startswith("probe_") and k != "probe_mean"})
+    head = ["model", "Spearman", "recall@10"] \
+        + [p.removeprefix("probe_").removesuffix("_snippets") for p in probe_names] \
         + ["probe mean", "sent/s", "x teacher", "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v, d=3):
+        return "-" if v is None else f"{v:.{d}f}"
+
     for name, r in rows.items():
-        f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
         sps = speed.get(name)
         lines.append("| " + " | ".join([name, f(r.get("spearman")), f(r.get("recall_at_10"))]
                                        + [f(r.get(p)) for p in probe_names]
@@ -279,15 +301,17 @@ def main() -> None:
                                           f"{r.get('parameters') or 0:,}"]) + " |")
     table = "\n".join(lines)
     notes = [
-        f"Held-out: {len(test_texts)} movie snippets (ASSETS.md split), 20,000 random pairs; distillation text: "
-        f"{len(kd_texts)} training snippets (labels unused); probes: up to 1,000 rows per packaged set, rows that are "
-        "training text excluded, logistic regression 80/20.",
-        f"3-layer students: epochs {args.epochs}, batch 32, lr {args.lr}, seed {args.seed}, max length 64; ours: "
-        "embedding (cosine) + affinity (T=0.05) from the fp16 store; ST: MSELoss on the same stored teacher vectors.",
-        f"static: epochs {args.static_epochs}, lr {args.static_lr}, 256-d, projector {args.static_projector}.",
+        f"Held-out: {len(test_texts)} movie snippets (ASSETS.md split), 20,000 random pairs; distillation "
+        f"text: {len(kd_texts)} training snippets (labels unused); probes: up to 1,000 rows per packaged "
+        "set, rows that are training text excluded, logistic regression 80/20.",
+        f"3-layer students: epochs {args.epochs}, batch 32, lr {args.lr}, seed {args.seed}, max length 64; "
+        "ours: embedding (cosine) + affinity (T=0.05) from the fp16 store; ST: MSELoss on the same stored "
+        "teacher vectors.",
+        f"static: epochs {args.static_epochs}, lr {args.static_lr}, 256-d, projector "
+        f"{args.static_projector}.",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()),
-        "Encode speed: each library's encode, batch 32, 1,024 sentences, torch threads 2, after a warm-up, measured "
-        f"back to back at the end of the run. Machine: {machine()}.",
+        "Encode speed: each library's encode, batch 32, 1,024 sentences, torch threads 2, after a warm-up, "
+        f"measured back to back at the end of the run. Machine: {machine()}.",
     ]
     body = table + "\n\n" + "\n".join(f"- {n}" for n in notes)
     print(body)

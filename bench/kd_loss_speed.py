@@ -56,14 +56,17 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     f, c = statistics.median(times["fused"]), statistics.median(times["composed"])
-    body = (f"{a.tokens} tokens x {a.vocab} classes, float32, T=1, {a.repeats} alternating repeats, median:\n\n"
-            f"| path | forward + backward s |\n|---|---|\n| hand-written gradient (kd forward_kl) | {f:.3f} |\n"
+    body = (f"{a.tokens} tokens x {a.vocab} classes, float32, T=1, {a.repeats} alternating "
+            f"repeats, median:\n\n"
+            f"| path | forward + backward s |\n|---|---|\n"
+            f"| hand-written gradient (kd forward_kl) | {f:.3f} |\n"
             f"| composed autograd ops | {c:.3f} |\n\nRatio: {f / c:.2f}x (gradients equal to 1e-7).")
     print(body)
     if not a.no_append:
         from _common import append_results
 
-        append_results("Token-level forward KL: hand-written gradient vs composed ops (bench/kd_loss_speed.py)", body)
+        append_results("Token-level forward KL: hand-written gradient vs composed ops "
+                       "(bench/kd_loss_speed.py)", body)
 
 
 if __name__ == "__main__":

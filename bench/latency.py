@@ -39,12 +39,16 @@ def main() -> None:
             results[name][f"b{bs}"] = cpu_latency_ms(model, dict(batch), bs, args.repeats)
         print(name, json.dumps(results[name]), flush=True)
     t = results["teacher"]
-    rows = [f"| {n} | {r['parameters']:,} | " + " | ".join(f"{r[f'b{b}']:.1f} ({t[f'b{b}'] / r[f'b{b}']:.1f}x)"
-                                                            for b in args.batch_sizes) + " |"
+    rows = [f"| {n} | {r['parameters']:,} | "
+            + " | ".join(f"{r[f'b{b}']:.1f} ({t[f'b{b}'] / r[f'b{b}']:.1f}x)" for b in args.batch_sizes)
+            + " |"
             for n, r in results.items()]
-    body = (f"Median of {args.repeats} forward passes after 2 warm-ups, torch threads {torch.get_num_threads()}, "
-            f"the first 32 test snippets padded by each model's tokenizer (max length 64); nothing else running.\n\n"
-            "| model | params | " + " | ".join(f"ms at batch {b} (speed-up)" for b in args.batch_sizes) + " |\n"
+    body = (f"Median of {args.repeats} forward passes after 2 warm-ups, torch threads "
+            f"{torch.get_num_threads()}, the first 32 test snippets padded by each model's tokenizer (max "
+            f"length 64); nothing else running.\n\n"
+            "| model | params | "
+            + " | ".join(f"ms at batch {b} (speed-up)" for b in args.batch_sizes)
+            + " |\n"
             "|---|---|" + "---|" * len(args.batch_sizes) + "\n" + "\n".join(rows))
     append_results("CPU latency, teacher vs students, quiet machine (bench/latency.py)", body)
 

@@ -50,7 +50,8 @@ KD = [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight"
 CONFIGS: dict[str, list[dict]] = {
     "no_kd": [{"name": "ce", "weight": 1.0}],
     "kd": KD,
-    "pkd": KD + [{"name": "hidden", "weight": 100.0, "pooling": "cls", "normalize": True, "layer_map": "uniform"}],
+    "pkd": KD + [{"name": "hidden", "weight": 100.0, "pooling": "cls", "normalize": True,
+                  "layer_map": "uniform"}],
     "attention_mse": KD + [{"name": "attention_mse", "weight": 0.1, "on": "scores", "layer_map": "uniform"}],
     "minilm": KD + [{"name": "minilm", "weight": 0.5}],
     "minilm_v2": KD + [{"name": "minilm_v2", "weight": 1.0, "relation_heads": 48}],
@@ -61,7 +62,8 @@ CONFIGS: dict[str, list[dict]] = {
 
 
 def demo_teacher(log=print) -> Path:
-    """The demo recipe's fine-tuned teacher: reused from runs/demo/teacher by fingerprint, else built there."""
+    """The demo recipe's fine-tuned teacher: reused from runs/demo/teacher by fingerprint, else built
+    there."""
     import yaml
 
     from distill.config import recipe_from_dict
@@ -83,8 +85,8 @@ def recipe(config: str, teacher: Path, seed: int, epochs: float, train_rows: int
                  "split_seed": 0, "max_train_examples": train_rows},
         "losses": CONFIGS[config],
         "store": {"topk": 0, "dtype": "float16", "dir": str(out / "stores")},
-        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed, "logging_steps": 50,
-                  "save_steps": 1000, "eval_batch_size": 64},
+        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed,
+                  "logging_steps": 50, "save_steps": 1000, "eval_batch_size": 64},
         "eval": {"baseline": False, "latency_batch_sizes": []},
         "export": {"model_card": False},
     }
@@ -116,8 +118,8 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
     kd_reports = [out / "kd" / f"seed{s}" / "report.json" for s in seeds]
     kd_acc = [json.loads(p.read_text())["models"]["student_kd"]["accuracy"] for p in kd_reports if p.exists()]
     for config in configs:
-        reports = [json.loads(p.read_text()) for p in (out / config / f"seed{s}" / "report.json" for s in seeds)
-                   if p.exists()]
+        reports = [json.loads(p.read_text())
+                   for p in (out / config / f"seed{s}" / "report.json" for s in seeds) if p.exists()]
         if not reports:
             continue
         acc = [r["models"]["student_kd"]["accuracy"] for r in reports]
@@ -137,7 +139,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--epochs", type=float, default=2.0, help="student epochs (fractions allowed)")
-    ap.add_argument("--train-rows", type=int, default=None, help="cap on training rows (default: all, ~7,600)")
+    ap.add_argument("--train-rows", type=int, default=None,
+                    help="cap on training rows (default: all, ~7,600)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_methods"))
     ap.add_argument("--no-append", action="store_true", help="print the table, do not append to RESULTS.md")
     ap.add_argument("--summarize", action="store_true", help="only summarise the reports already on disk")
@@ -152,17 +155,19 @@ def main() -> None:
         teacher = demo_teacher()
         for config in configs:
             for seed in args.seeds:
-                task_for(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows, out))).run()
+                task_for(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows,
+                                                 out))).run()
 
     table, teacher_acc = summarise(configs, args.seeds, out)
     rows = "all (~7,600)" if args.train_rows is None else str(args.train_rows)
-    body = (f"Teacher: the demo teacher (all-MiniLM-L6-v2 fine-tuned 1 epoch on the movie-snippet train split), "
-            f"test accuracy {teacher_acc if teacher_acc is None else f'{teacher_acc:.4f}'}. Student: teacher "
-            f"layers {STUDENT_LAYERS} (3 of 6), {args.epochs:g} epoch(s), batch 32, lr 1e-4, max length 64, "
-            f"training rows {rows}; teacher outputs from a float16 store. ASSETS.md split (test 2,114 rows). "
-            f"Test accuracy mean ± std over seeds {args.seeds}; 'vs logit KD' is the difference of means; "
-            f"s/epoch is the student's training time per epoch (store reads included; store build and validation "
-            f"passes excluded).\n\n{table}")
+    body = ("Teacher: the demo teacher (all-MiniLM-L6-v2 fine-tuned 1 epoch on the movie-snippet train "
+            f"split), test accuracy {teacher_acc if teacher_acc is None else f'{teacher_acc:.4f}'}. Student: "
+            f"teacher layers {STUDENT_LAYERS} (3 of 6), {args.epochs:g} epoch(s), batch 32, lr 1e-4, max "
+            f"length 64, training rows {rows}; teacher outputs from a float16 store. ASSETS.md split (test "
+            f"2,114 rows). Test accuracy mean ± std over seeds {args.seeds}; 'vs logit KD' is the difference "
+            "of means; s/epoch is the student's training time per epoch (store reads included; store build "
+            "and validation passes excluded).\n\n"
+            f"{table}")
     if args.no_append:
         print(body)
     else:

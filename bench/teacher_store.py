@@ -44,14 +44,18 @@ def load_everything(args):
     splits = load_splits(DataConfig(source="packaged", name="movie_snippets", max_length=64))
     train = splits.train.head(args.rows).reset_index(drop=True)
     fine_tuned = CACHE / "teacher-mpnet-snippets"
-    tpath = str(fine_tuned) if (fine_tuned / "config.json").exists() else resolve_model("packaged:all-mpnet-base-v2")
+    tpath = (str(fine_tuned) if (fine_tuned / "config.json").exists()
+             else resolve_model("packaged:all-mpnet-base-v2"))
     spath = resolve_model("packaged:all-MiniLM-L6-v2")
-    labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
-    teacher = AutoModelForSequenceClassification.from_pretrained(tpath, **labels).eval() if args.needs_teacher else None
+    labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"},
+              "label2id": {"negative": 0, "positive": 1}}
+    teacher = (AutoModelForSequenceClassification.from_pretrained(tpath, **labels).eval()
+               if args.needs_teacher else None)
     student = AutoModelForSequenceClassification.from_pretrained(spath, **labels)
     if LAYERS[args.student]:
         student = student_from_teacher(student, LAYERS[args.student])
-    return tpath, teacher, AutoTokenizer.from_pretrained(tpath), student, AutoTokenizer.from_pretrained(spath), train
+    return (tpath, teacher, AutoTokenizer.from_pretrained(tpath), student,
+            AutoTokenizer.from_pretrained(spath), train)
 
 
 def child(args) -> dict:
@@ -66,10 +70,12 @@ def child(args) -> dict:
 
     args.needs_teacher = args.mode in ("online", "store_build", "textbrewer")
     tpath, teacher, ttok, student, stok, train = load_everything(args)
-    cfg = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, logging_steps=1000, save_steps=100000, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, logging_steps=1000, save_steps=100000,
+                      seed=0)
     out = f"/tmp/distill_bench_store/{args.mode}"
     result: dict = {"mode": args.mode, "rows": len(train)}
-    losses = [LossConfig(name="kd", weight=0.5, params={"temperature": 2.0}), LossConfig(name="ce", weight=0.5)]
+    losses = [LossConfig(name="kd", weight=0.5, params={"temperature": 2.0}),
+              LossConfig(name="ce", weight=0.5)]
     ctx = LossContext(num_classes=2, same_tokenizer=False)
 
     def store_key_and_root():
@@ -83,7 +89,8 @@ def child(args) -> dict:
         return spec, key, CACHE / "stores"
 
     if args.mode == "plain":
-        ds = to_dataset(train, stok, max_length=64).select_columns(["input_ids", "attention_mask", "token_type_ids", "labels"])
+        ds = to_dataset(train, stok, max_length=64).select_columns(["input_ids", "attention_mask",
+                                                                     "token_type_ids", "labels"])
         trainer = Trainer(model=student, args=training_arguments(cfg, out, evaluate=False, save_strategy="no",
                                                                  remove_unused_columns=True),
                           train_dataset=ds, data_collator=DataCollatorWithPadding(stok))
@@ -97,8 +104,10 @@ def child(args) -> dict:
             spec, key, root = store_key_and_root()
             store = TeacherStore.open(root / key)
         ds = to_dataset(train, stok, ttok if args.mode == "online" else None, max_length=64)
-        trainer = DistillTrainer(model=student, args=training_arguments(cfg, out, evaluate=False, save_strategy="no"),
-                                 train_dataset=ds, data_collator=DistillCollator(stok, ttok if args.mode == "online" else None),
+        trainer = DistillTrainer(model=student,
+                                 args=training_arguments(cfg, out, evaluate=False, save_strategy="no"),
+                                 train_dataset=ds,
+                                 data_collator=DistillCollator(stok, ttok if args.mode == "online" else None),
                                  distiller=Distiller(build_losses(losses, ctx)), teacher=teacher, store=store)
         result["epoch_seconds"] = trainer.train().metrics["train_runtime"]
     elif args.mode == "store_build":
@@ -136,7 +145,8 @@ def child(args) -> dict:
             # each model on its own tokenizer (its documented way for different vocabularies)
             def __iter__(self):
                 for b in loader:
-                    yield {"teacher": {"input_ids": b["teacher_input_ids"], "attention_mask": b["teacher_attention_mask"]},
+                    yield {"teacher": {"input_ids": b["teacher_input_ids"],
+                                       "attention_mask": b["teacher_attention_mask"]},
                            "student": {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
                                        "token_type_ids": b["token_type_ids"], "labels": b["labels"]}}
 
@@ -150,7 +160,8 @@ def child(args) -> dict:
             return {"logits": out.logits, "losses": out.loss}
 
         tconf = TrainingConfig(device="cpu", output_dir=out, ckpt_frequency=0, log_dir=out)
-        dconf = DistillationConfig(temperature=2.0, hard_label_weight=0.5, kd_loss_weight=0.5, kd_loss_type="ce")
+        dconf = DistillationConfig(temperature=2.0, hard_label_weight=0.5, kd_loss_weight=0.5,
+                                   kd_loss_type="ce")
         distiller = GeneralDistiller(tconf, dconf, teacher, student, adaptor_t, adaptor_s)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
         t0 = time.perf_counter()
@@ -177,7 +188,7 @@ def main() -> None:
     for mode in args.modes:
         cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows), "--student", args.student]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CI": "1"})
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(proc.stdout[-3000:], proc.stderr[-3000:])
             results[mode] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -189,18 +200,24 @@ def main() -> None:
         return results.get(mode, {}).get(key)
 
     a, b, c, d = (val(m, "epoch_seconds") for m in ("plain", "online", "store", "textbrewer"))
-    ratio = lambda x, y: f"{x / y:.2f}" if x and y else "n/a"
-    rows = [f"| {m} | {round(val(m, 'epoch_seconds') or 0, 1) or '-'} | {val(m, 'peak_rss_mb') and round(val(m, 'peak_rss_mb'))} |"
+
+    def ratio(x, y):
+        return f"{x / y:.2f}" if x and y else "n/a"
+
+    rows = [f"| {m} | {round(val(m, 'epoch_seconds') or 0, 1) or '-'} | "
+            f"{val(m, 'peak_rss_mb') and round(val(m, 'peak_rss_mb'))} |"
             for m in ("plain", "online", "store", "textbrewer")]
     body = (
-        f"Student {args.student}, teacher all-mpnet-base-v2 classifier, {args.rows} movie-snippet rows per epoch, "
-        f"batch 32, max length 64, loss 0.5 KD (T=2) + 0.5 CE; store dense fp16.\n\n"
+        f"Student {args.student}, teacher all-mpnet-base-v2 classifier, {args.rows} movie-snippet rows per "
+        f"epoch, batch 32, max length 64, loss 0.5 KD (T=2) + 0.5 CE; store dense fp16.\n\n"
         "| mode | epoch seconds | peak RSS MB |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"- (b) online / (a) plain: {ratio(b, a)} (target >= 3)\n"
         f"- (c) store / (a) plain: {ratio(c, a)} (target <= 1.15)\n"
-        f"- peak RSS (c) / (a): {ratio(val('store', 'peak_rss_mb'), val('plain', 'peak_rss_mb'))} (target <= 1.10)\n"
+        "- peak RSS (c) / (a): "
+        f"{ratio(val('store', 'peak_rss_mb'), val('plain', 'peak_rss_mb'))} (target <= 1.10)\n"
         f"- (c) store / (d) TextBrewer: {ratio(c, d)} (target <= 0.4)\n"
-        f"- store build (one-off): {val('store_build', 'build_seconds') and round(val('store_build', 'build_seconds'), 1)} s, "
+        "- store build (one-off): "
+        f"{val('store_build', 'build_seconds') and round(val('store_build', 'build_seconds'), 1)} s, "
         f"{round(val('store_build', 'bytes_per_example') or 0, 2)} bytes per example\n"
         + ("".join(f"- {m}: {r['error']}\n" for m, r in results.items() if "error" in r))
     )

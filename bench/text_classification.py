@@ -39,8 +39,8 @@ def recipe(student: str, seed: int, epochs: float, out: Path, kd_weight: float, 
         "losses": [{"name": "kd", "weight": kd_weight, "temperature": temperature},
                    {"name": "ce", "weight": round(1 - kd_weight, 6)}],
         "store": {"topk": 0, "dtype": "float32", "dir": str(CACHE / "stores")},
-        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed, "logging_steps": 50,
-                  "save_steps": 100, "eval_batch_size": 64},
+        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed,
+                  "logging_steps": 50, "save_steps": 100, "eval_batch_size": 64},
         "eval": {"latency_batch_sizes": [1, 32], "latency_repeats": 10},
         "export": {"model_card": True},
     }
@@ -61,7 +61,8 @@ def main() -> None:
         for student in args.students:
             for seed in args.seeds:
                 out = Path(args.out) / student / f"seed{seed}"
-                task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight, args.temperature))).run()
+                task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight,
+                                                 args.temperature))).run()
     rows = []
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)
@@ -70,26 +71,33 @@ def main() -> None:
         if not per_seed:
             continue
         seeds_done = [r["recipe"]["train"]["seed"] for r in per_seed]
-        m = lambda role, key: [r["models"][role][key] for r in per_seed]
-        t_acc, kd_acc, base_acc = m("teacher", "accuracy"), m("student_kd", "accuracy"), m("student_no_kd", "accuracy")
+
+        def m(role, key, per_seed=per_seed):
+            return [r["models"][role][key] for r in per_seed]
+
+        t_acc, kd_acc, base_acc = (m("teacher", "accuracy"), m("student_kd", "accuracy"),
+                                   m("student_no_kd", "accuracy"))
         retained = [k / t for k, t in zip(kd_acc, t_acc)]
         sp1 = [r["summary"].get("speedup_b1") for r in per_seed]
         sp32 = [r["summary"].get("speedup_b32") for r in per_seed]
         wins = sum(k > b for k, b in zip(kd_acc, base_acc))
         rows.append(
             f"| {student} | {seeds_done} | {mean_std(t_acc)} | {mean_std(kd_acc)} | {mean_std(base_acc)} | "
-            f"{100 * statistics.mean(retained):.1f}% | {statistics.mean(kd_acc) - statistics.mean(base_acc):+.4f} "
-            f"({wins}/{len(kd_acc)} seeds) | "
-            f"{statistics.mean(sp1):.1f}x | {statistics.mean(sp32):.1f}x | {per_seed[0]['summary']['size_ratio']:.1f}x | "
+            f"{100 * statistics.mean(retained):.1f}% | "
+            f"{statistics.mean(kd_acc) - statistics.mean(base_acc):+.4f} ({wins}/{len(kd_acc)} seeds) | "
+            f"{statistics.mean(sp1):.1f}x | {statistics.mean(sp32):.1f}x | "
+            f"{per_seed[0]['summary']['size_ratio']:.1f}x | "
             f"{statistics.mean(m('student_kd', 'teacher_agreement')):.3f} |"
         )
-    header = ("| student | seeds | teacher acc | KD student acc | no-KD student acc | KD/teacher | KD - no-KD (KD wins) | "
-              "speed-up b1 | speed-up b32 | fewer params | agreement |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    body = (f"Teacher all-mpnet-base-v2 fine-tuned 1 epoch (lr 2e-5, batch 32, length 64) on the movie-snippet train "
-            f"split (ASSETS.md split: test 2,114 rows, stratified, random_state 0; validation 10% of train). "
-            f"Students: {args.epochs} epoch(s), batch 32, lr 1e-4, losses {args.kd_weight} kd (T={args.temperature}) + "
-            f"{1 - args.kd_weight:.2f} ce from a dense fp32 store; the no-KD student has the same init, epochs and "
-            f"data, labels only. Mean ± std over the seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
+    header = ("| student | seeds | teacher acc | KD student acc | no-KD student acc | KD/teacher | "
+              "KD - no-KD (KD wins) | speed-up b1 | speed-up b32 | fewer params | agreement |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+    body = ("Teacher all-mpnet-base-v2 fine-tuned 1 epoch (lr 2e-5, batch 32, length 64) on the "
+            "movie-snippet train split (ASSETS.md split: test 2,114 rows, stratified, random_state 0; "
+            f"validation 10% of train). Students: {args.epochs} epoch(s), batch 32, lr 1e-4, losses "
+            f"{args.kd_weight} kd (T={args.temperature}) + {1 - args.kd_weight:.2f} ce from a dense fp32 "
+            "store; the no-KD student has the same init, epochs and data, labels only. Mean ± std over the "
+            "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
     append_results("Text classification: teacher vs KD vs no-KD (bench/text_classification.py)", body)
 
 

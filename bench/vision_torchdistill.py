@@ -130,7 +130,8 @@ def train(args) -> None:
         criterion = KDLoss("head", "output", "head", "output", temperature=4.0, alpha=0.3, beta=0.7)
         opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
         total = args.epochs * math.ceil(n / bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, total=total: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, total=total: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         epoch_times = []
         student.train()
         for epoch in range(args.epochs):

@@ -31,7 +31,8 @@ OVERRIDES = {
     "demo_embeddings": ["data.max_train_examples=64", "train.max_steps=2", "eval.probe_sets=[]",
                         "eval.agreement_pairs=500", "eval.throughput_sentences=32", "data.max_length=32"],
     "causal_lm_smollm2": ["train.max_steps=2", "train.batch_size=2", "causal_lm.chunk_length=32",
-                          "causal_lm.ddk.interval=1", "causal_lm.ddk.eval_chunks=1", "train.eval_batch_size=4"],
+                          "causal_lm.ddk.interval=1", "causal_lm.ddk.eval_chunks=1",
+                          "train.eval_batch_size=4"],
     "vision_mnist": ["teacher.finetune.epochs=1", "train.epochs=1", "vision.datafree=null"],
 }
 
@@ -44,7 +45,8 @@ def lm_corpus(path: Path) -> None:
 
     rows = load_packaged_data("movie_snippets")
     texts = list(rows["text"])[:60]
-    pd.DataFrame({"text": texts, "domain": ["a" if i % 2 else "b" for i in range(len(texts))]}).to_csv(path, index=False)
+    pd.DataFrame({"text": texts, "domain": ["a" if i % 2 else "b" for i in range(len(texts))]}).to_csv(
+        path, index=False)
 
 
 def records(root: Path) -> dict[str, str]:
@@ -52,7 +54,8 @@ def records(root: Path) -> dict[str, str]:
     out = {}
     for name in ("distill_done.json", "distill_finetune.json"):  # stage records, the fine-tuned teacher's
         for marker in sorted(root.rglob(name)):
-            out[f"{marker.parent.relative_to(root)}:{name}"] = json.loads(marker.read_text()).get("fingerprint")
+            fingerprint = json.loads(marker.read_text()).get("fingerprint")
+            out[f"{marker.parent.relative_to(root)}:{name}"] = fingerprint
     return out
 
 

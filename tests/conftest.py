@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random HF models, a tiny tokenizer and synthetic sentiment data, all built offline."""
+"""Shared fixtures: tiny random HF models, a tiny tokenizer and synthetic sentiment data, all built
+offline."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def make_bert(path, tokenizer, layers=4, hidden=32, heads=4, classifier=False, l
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=hidden * 2, max_position_embeddings=64)
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=64)
     if classifier:
         labels = labels or ["negative", "positive"]
         cfg.num_labels = len(labels)
@@ -54,7 +55,8 @@ def make_sentiment_rows(n, seed=0):
         label = rng.random() < 0.5
         strong = POSITIVE if label else NEGATIVE
         weak = NEGATIVE if label else POSITIVE
-        words = rng.choices(NEUTRAL, k=rng.randint(3, 8)) + rng.choices(strong, k=2) + rng.choices(weak, k=rng.randint(0, 1))
+        words = (rng.choices(NEUTRAL, k=rng.randint(3, 8)) + rng.choices(strong, k=2)
+                 + rng.choices(weak, k=rng.randint(0, 1)))
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": "positive" if label else "negative"})
     return rows
@@ -114,7 +116,8 @@ def tiny_recipe(tmp_path, teacher_model, data_file, **sections):
         "losses": [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
         "train": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2, "save_steps": 5,
                   "eval_batch_size": 32},
-        "eval": {"latency_batch_sizes": [1, 4], "latency_repeats": 2, "latency_min_seconds": 0, "latency_precision": 0},
+        "eval": {"latency_batch_sizes": [1, 4], "latency_repeats": 2, "latency_min_seconds": 0,
+                 "latency_precision": 0},
         "store": {"dir": str(tmp_path / "stores")},
     }
     for key, value in sections.items():

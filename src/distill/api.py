@@ -62,9 +62,10 @@ def distill_from_models(
     """Distil ``teacher`` into ``student`` (both HF sequence classifiers) on ``data``.
 
     ``data``/``eval_data``: a DataFrame (or dict of columns) with ``text`` and optional ``label`` (names or
-    ids; missing/-1 = unlabelled). ``losses``: dicts like ``{"name": "kd", "temperature": 2.0, "weight": 0.5}``
-    (default 0.5 kd + 0.5 ce). ``store``: ``True`` or a :class:`StoreConfig` to run the teacher once into the
-    teacher-output store; default online. The student is trained in place and returned.
+    ids; missing/-1 = unlabelled). ``losses``: dicts like
+    ``{"name": "kd", "temperature": 2.0, "weight": 0.5}`` (default 0.5 kd + 0.5 ce). ``store``: ``True`` or a
+    :class:`StoreConfig` to run the teacher once into the teacher-output store; default online. The student is
+    trained in place and returned.
     """
     from distill.config.recipe import normalise_losses, validate_losses
 
@@ -76,11 +77,14 @@ def distill_from_models(
     validate_losses(specs)
     labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if student.config.num_labels != teacher.config.num_labels:
-        raise ValueError(f"student has {student.config.num_labels} labels, teacher {teacher.config.num_labels}; "
+        raise ValueError(f"student has {student.config.num_labels} labels, "
+                         f"teacher {teacher.config.num_labels}; "
                          "build the student with the teacher's num_labels/id2label")
     same = same_tokenizer(student_tokenizer, teacher_tokenizer)
-    ctx = LossContext(student_hidden_size=hidden_size(student.config), teacher_hidden_size=hidden_size(teacher.config),
-                      student_num_layers=num_layers(student.config), teacher_num_layers=num_layers(teacher.config),
+    ctx = LossContext(student_hidden_size=hidden_size(student.config),
+                      teacher_hidden_size=hidden_size(teacher.config),
+                      student_num_layers=num_layers(student.config),
+                      teacher_num_layers=num_layers(teacher.config),
                       num_classes=len(labels), same_tokenizer=same)
     distiller = Distiller(build_losses(specs, ctx))
     frame = _frame(data, labels)
@@ -90,13 +94,17 @@ def distill_from_models(
     opened = None
     if store:
         opened = _api_store(teacher, teacher_tokenizer, frame, distiller,
-                            store if isinstance(store, StoreConfig) else StoreConfig(**(store if isinstance(store, dict) else {})),
+                            store if isinstance(store, StoreConfig)
+                            else StoreConfig(**(store if isinstance(store, dict) else {})),
                             max_length, train_cfg.eval_batch_size)
     from distill.training.args import training_arguments
 
-    eval_ds = to_dataset(_frame(eval_data, labels), student_tokenizer, max_length=max_length) if eval_data is not None else None
+    eval_ds = (to_dataset(_frame(eval_data, labels), student_tokenizer, max_length=max_length)
+               if eval_data is not None else None)
     trainer = DistillTrainer(
-        model=student, args=training_arguments(train_cfg, str(Path(output_dir) / "checkpoints"), evaluate=eval_ds is not None),
+        model=student,
+        args=training_arguments(train_cfg, str(Path(output_dir) / "checkpoints"),
+                                evaluate=eval_ds is not None),
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=DistillCollator(student_tokenizer, ttok),
         distiller=distiller, teacher=None if opened is not None else teacher, store=opened,
     )
@@ -108,9 +116,11 @@ def distill_from_models(
     if eval_ds is not None:
         from distill.evaluation import classification_metrics, predict_logits
 
-        s_logits = predict_logits(student, eval_ds, DistillCollator(student_tokenizer), train_cfg.eval_batch_size)
+        s_logits = predict_logits(student, eval_ds, DistillCollator(student_tokenizer),
+                                  train_cfg.eval_batch_size)
         t_ds = to_dataset(_frame(eval_data, labels), teacher_tokenizer, max_length=max_length)
-        t_logits = predict_logits(teacher, t_ds, DistillCollator(teacher_tokenizer), train_cfg.eval_batch_size)
+        t_logits = predict_logits(teacher, t_ds, DistillCollator(teacher_tokenizer),
+                                  train_cfg.eval_batch_size)
         y = np.asarray(t_ds["labels"])
         metrics = {"teacher": classification_metrics(t_logits, y),
                    "student": classification_metrics(s_logits, y, t_logits.argmax(-1))}

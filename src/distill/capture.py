@@ -2,9 +2,9 @@
 
 :func:`capture_qkv` hooks the query / key / value projections of chosen self-attention layers and hands their
 outputs to the losses (``ModelOutputs.qkv``). Those outputs are the projections themselves: taken before the
-softmax and before attention dropout, which HF's ``output_attentions`` cannot give in training mode (METHODS.md,
-pitfall 12: the returned attention probabilities are post-dropout). MiniLM, MiniLMv2 and the attention-map MSE
-recompute what they need from them.
+softmax and before attention dropout, which HF's ``output_attentions`` cannot give in training mode
+(METHODS.md, pitfall 12: the returned attention probabilities are post-dropout). MiniLM, MiniLMv2 and the
+attention-map MSE recompute what they need from them.
 
 The projections are found by name, not by model class: in each transformer layer, the module whose direct
 children are linear layers called ``query/key/value`` (BERT, RoBERTa, ELECTRA, XLM-R), ``q/k/v`` (MPNet),
@@ -79,9 +79,9 @@ def find_attention_projections(model: nn.Module) -> list[AttentionProjections]:
                 break
     if not found:
         raise ValueError(
-            f"no query/key/value projections found in {type(model).__name__}: capture looks for linear layers "
-            f"named {', '.join('/'.join(n) for n in PROJECTION_NAMES)} inside each attention block; models with a "
-            "fused QKV matrix are not supported"
+            f"no query/key/value projections found in {type(model).__name__}: capture looks for linear "
+            f"layers named {', '.join('/'.join(n) for n in PROJECTION_NAMES)} inside each attention block; "
+            "models with a fused QKV matrix are not supported"
         )
     expected = None
     if config is not None:
@@ -91,9 +91,9 @@ def find_attention_projections(model: nn.Module) -> list[AttentionProjections]:
                 break
     if expected is not None and len(found) != expected:
         raise ValueError(
-            f"found {len(found)} query/key/value blocks in {type(model).__name__} but its config has {expected} "
-            "layers (cross-attention or a decoder?); capture supports encoder models with one self-attention "
-            "per layer"
+            f"found {len(found)} query/key/value blocks in {type(model).__name__} but its config has "
+            f"{expected} layers (cross-attention or a decoder?); capture supports encoder models with one "
+            "self-attention per layer"
         )
     return found
 
@@ -104,7 +104,8 @@ class QKVCapture:
     def __init__(self, blocks: list[AttentionProjections], layers: list[int]):
         self.blocks = blocks
         self.layers = layers
-        self._raw: dict[tuple[int, int], torch.Tensor] = {}  # (layer, 0=q 1=k 2=v) -> (B, L, heads * head_dim)
+        # (layer, 0=q 1=k 2=v) -> (B, L, heads * head_dim)
+        self._raw: dict[tuple[int, int], torch.Tensor] = {}
 
     def _hook(self, layer: int, which: int):
         def hook(module: nn.Module, args, output: torch.Tensor) -> None:
@@ -114,7 +115,8 @@ class QKVCapture:
         return hook
 
     def result(self) -> tuple[QKV | None, ...]:
-        """One entry per layer of the model: ``(q, k, v)`` each (B, heads, L, head_dim), None where not captured."""
+        """One entry per layer of the model: ``(q, k, v)`` each (B, heads, L, head_dim), None where not
+        captured."""
         items: list[QKV | None] = [None] * len(self.blocks)
         for layer in self.layers:
             raw = [self._raw.get((layer, w)) for w in range(3)]
@@ -125,8 +127,10 @@ class QKVCapture:
             for r in raw:
                 b, length, width = r.shape  # (B, L, heads * head_dim)
                 if width % heads:
-                    raise ValueError(f"layer {layer}: projection width {width} is not a multiple of {heads} heads")
-                split.append(r.view(b, length, heads, width // heads).transpose(1, 2))  # (B, heads, L, head_dim)
+                    raise ValueError(f"layer {layer}: projection width {width} is not a multiple of "
+                                     f"{heads} heads")
+                # (B, heads, L, head_dim)
+                split.append(r.view(b, length, heads, width // heads).transpose(1, 2))
             items[layer - 1] = (split[0], split[1], split[2])
         return tuple(items)
 
@@ -161,8 +165,9 @@ def capture_qkv(model: nn.Module, layers: Sequence[int] | str = "all") -> Iterat
 
 
 def use_eager_attention(model: nn.Module) -> bool:
-    """Switch every HF model inside ``model`` to the eager attention kernel, the only one that returns attention
-    probabilities in transformers 5 (``sdpa`` returns none). Returns True when something was switched.
+    """Switch every HF model inside ``model`` to the eager attention kernel, the only one that returns
+    attention probabilities in transformers 5 (``sdpa`` returns none). Returns True when something was
+    switched.
 
     The switch is permanent (it is what the caller asked attentions for) and costs speed: eager attention
     materialises the (B, heads, L, L) matrix. Models with their own attention code (MPNet) return attention

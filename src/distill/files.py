@@ -95,11 +95,12 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int | Non
     return atomic_write(path, write, durable=durable)
 
 
-def atomic_dir(folder: str | os.PathLike[str], fill: Callable[[Path], Any], keep_existing: bool = False) -> Path:
+def atomic_dir(folder: str | os.PathLike[str], fill: Callable[[Path], Any],
+               keep_existing: bool = False) -> Path:
     """Build a folder whole or not at all: ``fill`` writes into a fresh temporary folder beside it (a unique
-    name, so processes building the same folder do not share one), which then replaces ``folder``. A run killed
-    inside ``fill`` leaves only a hidden temporary folder, never a partial one under the final name. With
-    ``keep_existing``, a folder another process finished meanwhile is kept and this one discarded."""
+    name, so processes building the same folder do not share one), which then replaces ``folder``. A run
+    killed inside ``fill`` leaves only a hidden temporary folder, never a partial one under the final name.
+    With ``keep_existing``, a folder another process finished meanwhile is kept and this one discarded."""
     import tempfile
 
     folder = Path(folder)

@@ -13,7 +13,8 @@ def uniform_layer_map(num_student: int, num_teacher: int) -> list[int]:
     if num_student <= 0 or num_teacher <= 0:
         raise ValueError("layer counts must be positive")
     if num_student > num_teacher:
-        raise ValueError(f"a {num_student}-layer student cannot map uniformly onto {num_teacher} teacher layers")
+        raise ValueError(f"a {num_student}-layer student cannot map uniformly onto {num_teacher} "
+                         "teacher layers")
     # round half up (not Python's half-to-even) so the spacing stays even: 4 of 10 -> [3, 5, 8, 10]
     return [(2 * i * num_teacher + num_student) // (2 * num_student) for i in range(1, num_student + 1)]
 
@@ -63,7 +64,8 @@ def resolve_layer_map(
       ending on the last (:func:`uniform_layer_map`);
     - ``last``: last to last;
     - last-k, ``{last: k}`` or ``"lastk"`` (PKD-Last): the student's top k layers to the teacher's top k,
-      in order: student ``S-k+i`` to teacher ``T-k+i`` for i = 1..k (``{last: 3}``, 3 of 12: 1-10, 2-11, 3-12);
+      in order: student ``S-k+i`` to teacher ``T-k+i`` for i = 1..k (``{last: 3}``, 3 of 12: 1-10, 2-11,
+      3-12);
     - a list of ``[student, teacher]`` pairs or a mapping ``{student: teacher}``: explicit.
     """
     if spec is None or spec == "uniform":

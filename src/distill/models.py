@@ -18,18 +18,21 @@ def load_config(name: str, field: str, revision: str | None = None, trust_remote
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve_model(name), revision=revision, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_model(name), revision=revision,
+                                          trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise RecipeError(
             f"{field}: could not load a model config from {name!r} ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0]}); give a hub id, a local directory with config.json, or packaged:NAME"
+            f"{str(exc).splitlines()[0]}); give a hub id, a local directory with config.json, or "
+            "packaged:NAME"
         ) from None
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision,
+                                         trust_remote_code=trust_remote_code)
 
 
 def is_sequence_classifier(config) -> bool:
@@ -91,7 +94,8 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def accepts_position_ids(model: nn.Module) -> bool:
-    """Whether ``model``'s forward takes ``position_ids`` (most causal LMs; not ALiBi models such as Bloom)."""
+    """Whether ``model``'s forward takes ``position_ids`` (most causal LMs; not ALiBi models such as
+    Bloom)."""
     import inspect
 
     try:

@@ -24,7 +24,8 @@ class SparseLogits:
 
     ``values`` are the k largest logits (descending), ``indices`` their class / token ids and ``logsumexp``
     the log-normaliser of the *full* logit vector at temperature 1, so the probability of each kept class is
-    exactly ``exp(values - logsumexp)`` and the mass outside the top-k is ``1 - sum(exp(values - logsumexp))``.
+    exactly ``exp(values - logsumexp)`` and the mass outside the top-k is
+    ``1 - sum(exp(values - logsumexp))``.
     """
 
     values: torch.Tensor  # (..., k) float

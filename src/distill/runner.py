@@ -1,5 +1,5 @@
-"""What the ``distill`` commands do, as functions: each reads the recipe (a :class:`~distill.config.Recipe` or a
-YAML path, with CLI-style overrides), finds the recipe's task in the task registry and asks it. A task that
+"""What the ``distill`` commands do, as functions: each reads the recipe (a :class:`~distill.config.Recipe` or
+a YAML path, with CLI-style overrides), finds the recipe's task in the task registry and asks it. A task that
 has no such step (``finetune`` for a sentence-embedding teacher, ``cache`` for a black-box one) refuses with
 the reason, before anything loads."""
 
@@ -49,7 +49,7 @@ def cache_info(recipe: RecipeLike, overrides: list[str] | None = None, log: Log 
 
 def label(recipe: RecipeLike, overrides: list[str] | None = None, include_test: bool = False,
           log: Log = print_log) -> str:
-    """``distill label``: a black-box teacher labels the training (and unlabelled, and with ``include_test`` the
-    test) text; returns where the labels went."""
+    """``distill label``: a black-box teacher labels the training (and unlabelled, and with ``include_test``
+    the test) text; returns where the labels went."""
     recipe = _recipe(recipe, overrides)
     return TASKS.get(task_name(recipe)).label(recipe, include_test, log)

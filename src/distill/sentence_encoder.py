@@ -116,7 +116,8 @@ class StaticEncoder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding.weight": self.embedding.weight.detach().contiguous()}, str(path / "static.safetensors"))
+        save_file({"embedding.weight": self.embedding.weight.detach().contiguous()},
+                  str(path / "static.safetensors"))
         (path / ENCODER_FILE).write_text(json.dumps({"kind": "static", "normalize": self.normalize,
                                                      "vocab_size": self.embedding.num_embeddings,
                                                      "dim": self.embedding_dim}))
@@ -179,8 +180,10 @@ def _pooling_mode(cfg: dict[str, Any], where: Path) -> str:
     on = [mode for key, mode in modes.items() if cfg.get(key)]
     others = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v and k not in modes]
     if len(on) != 1 or others:
-        raise RecipeError(f"{where}: pooling {sorted(k for k, v in cfg.items() if k.startswith('pooling_mode') and v)}"
-                          " is not supported; distill handles exactly one of mean, cls, max, mean_sqrt_len, lasttoken")
+        raise RecipeError(f"{where}: pooling "
+                          f"{sorted(k for k, v in cfg.items() if k.startswith('pooling_mode') and v)}"
+                          " is not supported; distill handles exactly one of mean, cls, max, mean_sqrt_len, "
+                          "lasttoken")
     return on[0]
 
 
@@ -197,8 +200,9 @@ def resolve_encoder_dir(name: str, revision: str | None = None) -> str:
     try:
         return snapshot_download(local, revision=revision)
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: say which name and what to do
-        raise RecipeError(f"could not fetch {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-                          "give a local sentence-transformers directory, or check the id and your network") from None
+        raise RecipeError(f"could not fetch {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
+                          f"{exc}); give a local sentence-transformers directory, or check the id and your "
+                          "network") from None
 
 
 def load_encoder(path: str | Path) -> SentenceEncoder | StaticEncoder:

@@ -59,7 +59,8 @@ def fingerprint(obj: Any) -> str:
 def hash_files(folder: Path) -> str | None:
     """sha256 over a model folder's weight files and config.json (names and bytes, sorted); None when it holds
     none."""
-    files = sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")) + list(folder.glob("config.json")))
+    files = sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
+                   + list(folder.glob("config.json")))
     if not files:
         return None
     h = hashlib.sha256()
@@ -81,7 +82,8 @@ def model_fingerprint(path: str, model: Any = None, revision: str | None = None,
         try:
             from huggingface_hub import snapshot_download
 
-            p = Path(snapshot_download(path, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+            p = Path(snapshot_download(path, revision=revision,
+                                       allow_patterns=["*.json", "*.safetensors", "*.bin"]))
         except Exception:  # offline, gated, or not a hub repo: fall back to the weights themselves
             p = Path(path)
     digest = hash_files(p) if p.is_dir() else None
@@ -115,9 +117,10 @@ def stage_done(folder: Path, fp: str) -> dict[str, Any] | None:
     return record if record.get("fingerprint") == fp else None
 
 
-def write_stage(folder: Path, fp: str, write: Callable[[Path], Any], training: dict[str, Any] | None = None) -> None:
-    """Write a stage's folder whole or not at all: ``write`` fills it under a temporary name, the record naming
-    its fingerprint goes in last, then the folder is renamed into place."""
+def write_stage(folder: Path, fp: str, write: Callable[[Path], Any],
+                training: dict[str, Any] | None = None) -> None:
+    """Write a stage's folder whole or not at all: ``write`` fills it under a temporary name, the record
+    naming its fingerprint goes in last, then the folder is renamed into place."""
     record: dict[str, Any] = {"fingerprint": fp}
     if training is not None:
         record["training"] = training

@@ -15,7 +15,8 @@ from distill.cli.main import main
 @pytest.fixture(scope="module")
 def other_tokenizer(tmp_path_factory):
     """Same words, different ids and an extra token: a student tokenizer unlike the teacher's."""
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "extra"] + list(reversed(POSITIVE + NEGATIVE + NEUTRAL))
+    words = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "extra"]
+             + list(reversed(POSITIVE + NEGATIVE + NEUTRAL)))
     path = tmp_path_factory.mktemp("tok2")
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     tok.save_pretrained(path)
@@ -55,7 +56,8 @@ def test_api_rejects_label_mismatch(tiny_classifier):
 def test_student_with_its_own_tokenizer(tmp_path, tiny_classifier, sentiment_csv, other_tokenizer, store):
     tok, tok_path = other_tokenizer
     student_dir = make_bert(tmp_path / "student", tok, layers=2, hidden=16, heads=2, seed=2)
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir), "from_teacher": False, "layers": None},
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         student={"model": str(student_dir), "from_teacher": False, "layers": None},
                          store={"enabled": store, "dir": str(tmp_path / "stores")},
                          losses=[{"name": "kd", "weight": 0.5}, {"name": "ce", "weight": 0.5},
                                  {"name": "hidden", "weight": 0.1, "pooling": "mean", "layer_map": "last"}],
@@ -67,11 +69,13 @@ def test_student_with_its_own_tokenizer(tmp_path, tiny_classifier, sentiment_csv
     assert out.get_vocab() == tok.get_vocab()  # the student keeps its own tokenizer
 
 
-def test_token_level_hidden_loss_with_different_tokenizers_fails_early(tmp_path, tiny_classifier, sentiment_csv,
-                                                                      other_tokenizer, capsys):
+def test_token_level_hidden_loss_with_different_tokenizers_fails_early(
+    tmp_path, tiny_classifier, sentiment_csv, other_tokenizer, capsys
+):
     tok, _ = other_tokenizer
     student_dir = make_bert(tmp_path / "student", tok, layers=2, hidden=16, heads=2, seed=2)
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"model": str(student_dir), "from_teacher": False, "layers": None},
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         student={"model": str(student_dir), "from_teacher": False, "layers": None},
                          losses=[{"name": "hidden"}])
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -30,8 +30,8 @@ def write_recipe(tmp_path: Path, url: str, rows: int, **blackbox) -> Path:
     pd.DataFrame(make_sentiment_rows(rows, seed=3)).to_csv(data, index=False)
     recipe = {
         "output_dir": str(tmp_path / "run"),
-        "teacher": {"blackbox": {"base_url": url, "model": "fake-llm", "api_key_env": ENV, "max_concurrency": 2,
-                                 "timeout": 5, "max_retries": 2, **blackbox}},
+        "teacher": {"blackbox": {"base_url": url, "model": "fake-llm", "api_key_env": ENV,
+                                 "max_concurrency": 2, "timeout": 5, "max_retries": 2, **blackbox}},
         "student": {"model": "unused/student"},
         "data": {"train": str(data), "max_length": 32},
         "losses": [{"name": "ce"}],
@@ -57,10 +57,12 @@ def test_distill_label_writes_labels_and_stats(tmp_path, monkeypatch, capsys):
     rows = [json.loads(line) for line in (out / "teacher_labels.jsonl").read_text().splitlines()]
     stats = json.loads((out / "teacher_labels_stats.json").read_text())
     assert {r["split"] for r in rows} == {"train", "test"}
-    assert all(r["status"] == "labelled" and r["label"] == r["data_label"] and len(r["probs"]) == 2 for r in rows)
+    assert all(r["status"] == "labelled" and r["label"] == r["data_label"] and len(r["probs"]) == 2
+               for r in rows)
     train = stats["splits"]["train"]
     assert train["labelled"] == train["texts"] == sum(r["split"] == "train" for r in rows)
-    assert stats["splits"]["test"]["agreement_with_data_labels"]["accuracy"] == 1.0  # the teacher's own accuracy
+    # the teacher's own accuracy
+    assert stats["splits"]["test"]["agreement_with_data_labels"]["accuracy"] == 1.0
     assert train["backend"]["retries"] == 1 and stats["store"]["answers"] == len({r["text"] for r in rows})
 
     printed = "".join(capsys.readouterr())
@@ -81,7 +83,8 @@ def test_distill_label_writes_labels_and_stats(tmp_path, monkeypatch, capsys):
         assert sum(server.requests.values()) == 0
     frame, probs = labels.training_frame(splits)
     assert len(frame) == len(splits.train) == probs.shape[0] and probs.shape[1] == 2
-    assert (frame["label"] == frame["data_label"]).all() and (probs.argmax(1) == frame["label"].to_numpy()).all()
+    assert ((frame["label"] == frame["data_label"]).all()
+            and (probs.argmax(1) == frame["label"].to_numpy()).all())
 
 
 def test_sigkill_mid_run_then_resume_loses_nothing_and_asks_nothing_twice(tmp_path, monkeypatch):
@@ -102,7 +105,8 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_asks_nothing_twice(tmp_pa
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"the labelling child did not get going: {proc.communicate()[0].decode()[-2000:]}")
+                pytest.fail("the labelling child did not get going: "
+                            f"{proc.communicate()[0].decode()[-2000:]}")
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         output = proc.communicate()[0].decode()
@@ -139,14 +143,16 @@ def test_distill_run_with_a_blackbox_teacher(tmp_path, monkeypatch, tiny_student
         r["student"] = {"model": str(tiny_student)}
         r["losses"] = [{"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "ce", "weight": 0.5}]
         r["train"] = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}
-        r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1, "latency_min_seconds": 0, "latency_precision": 0}
+        r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1, "latency_min_seconds": 0,
+                     "latency_precision": 0}
         r["store"] = {"dir": str(tmp_path / "stores")}
         recipe.write_text(yaml.safe_dump(r))
         assert main(["run", str(recipe)]) == 0
         asked = sum(server.requests.values())
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student_kd", "student_no_kd"}
-    assert report["models"]["teacher"]["accuracy"] == 1.0  # the rule-based fake teacher reads the sentiment words
+    # the rule-based fake teacher reads the sentiment words
+    assert report["models"]["teacher"]["accuracy"] == 1.0
     assert report["models"]["teacher"]["answered_fraction"] == 1.0
     assert report["blackbox"]["splits"]["train"]["labelled"] == report["data"]["train"]
     assert report["store"]["key"] and asked > 0

@@ -26,8 +26,8 @@ def _cache(recipe_path, env, nproc):
 
 
 def test_two_process_cache_equals_one_process(tmp_path, tiny_classifier, sentiment_csv):
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, store={"dir": str(tmp_path / "stores"),
-                                                                          "shard_size": 40, "dtype": "float32"})
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         store={"dir": str(tmp_path / "stores"), "shard_size": 40, "dtype": "float32"})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -91,7 +91,8 @@ def _check_model_card(out, report, teacher, data):
         m = models[role]
         row = next(line for line in table.splitlines() if line.startswith(f"| {title} |"))
         assert f"| {m['perplexity']:,.2f} |" in row
-        assert f"| {m['perplexity_by_domain']['film']:,.2f} | {m['perplexity_by_domain']['play']:,.2f} |" in row
+        assert (f"| {m['perplexity_by_domain']['film']:,.2f} | "
+                f"{m['perplexity_by_domain']['play']:,.2f} |") in row
         assert f"| {m['tokens_per_second']:,.0f} |" in row
     assert "AutoModelForCausalLM.from_pretrained(" in card and "pipeline('text-generation'" in card
     # the snippet works: run it on this folder

@@ -81,7 +81,8 @@ def test_rerun_reuses_every_finished_stage(finished_run, capsys):
 
 
 def test_bad_recipe_fails_fast_with_exit_2(tmp_path, tiny_classifier, sentiment_csv, capsys):
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"from_teacher": True, "layers": [0, 9]})
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         student={"from_teacher": True, "layers": [0, 9]})
     assert main(["run", write_recipe(tmp_path / "r.yaml", recipe)]) == 2
     assert "student.layers: [9] out of range; the teacher has 4 layers" in capsys.readouterr().err
 
@@ -155,7 +156,8 @@ def test_training_from_store_never_loads_the_teacher(finished_run, monkeypatch, 
     monkeypatch.setattr(task, "load_classifier", lambda *a, **k: calls.append(a) or real(*a, **k))
     train = task.TextClassificationTask.train
     monkeypatch.setattr(task.TextClassificationTask, "train",
-                        lambda self, *a, **k: held_while_training.append(self.teacher.loaded) or train(self, *a, **k))
+                        lambda self, *a, **k: (held_while_training.append(self.teacher.loaded)
+                                               or train(self, *a, **k)))
     assert main(["run", path]) == 0
     out = capsys.readouterr().out
     assert "teacher outputs found in the store" in out and "student: training" in out
@@ -176,10 +178,12 @@ def test_label_free_distillation_on_unlabelled_text(tmp_path, tiny_classifier, s
                          data={"train": str(sentiment_csv), "unlabeled": str(tmp_path / "unlabelled.csv"),
                                "max_length": 32},
                          losses=[{"name": "kd", "divergence": "symmetric_kl", "temperature": 1.0}],
-                         store={"dir": str(tmp_path / "stores"), "topk": 1, "capture": ["logits", "embeddings"]},
+                         store={"dir": str(tmp_path / "stores"), "topk": 1,
+                                "capture": ["logits", "embeddings"]},
                          eval={"baseline": False, "latency_batch_sizes": [1], "latency_repeats": 1})
     # the output directory moved by a top-level override in the --FIELD VALUE form
-    assert main(["run", write_recipe(tmp_path / "r.yaml", recipe), "--output_dir", str(tmp_path / "moved")]) == 0
+    assert main(["run", write_recipe(tmp_path / "r.yaml", recipe),
+                 "--output_dir", str(tmp_path / "moved")]) == 0
     assert not (tmp_path / "run").exists()
     report = json.loads((tmp_path / "moved" / "report.json").read_text())
     assert report["data"]["unlabeled"] == 60

@@ -20,7 +20,8 @@ pytest.importorskip("sentence_transformers")
 
 @pytest.fixture(scope="session")
 def st_teacher(tiny_dir, tiny_tokenizer):
-    """A 4-layer random BERT saved as a sentence-transformers model (Transformer + mean Pooling + Normalize)."""
+    """A 4-layer random BERT saved as a sentence-transformers model (Transformer + mean Pooling +
+    Normalize)."""
     from transformers import AutoModel
 
     from distill.export.sentence_transformers import save_sentence_transformer
@@ -46,15 +47,15 @@ def embed_recipe(tmp_path, teacher, data, **sections):
         "student": {"from_teacher": True, "layers": [0, 3]},
         "data": {"train": str(data), "max_length": 32},
         "losses": [{"name": "embedding", "loss": "mse"}],
-        "train": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2, "save_steps": 1000,
-                  "eval_batch_size": 32},
+        "train": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2,
+                  "save_steps": 1000, "eval_batch_size": 32},
         "eval": {"probe_sets": ["movie_snippets"], "probe_rows": 60, "agreement_pairs": 500,
                  "throughput_sentences": 64},
         "store": {"dir": str(tmp_path / "stores")},
     }
     for key, value in sections.items():
-        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) \
-            else value
+        recipe[key] = {**recipe[key], **value} \
+            if isinstance(value, dict) and isinstance(recipe.get(key), dict) else value
     return recipe_from_dict(recipe)
 
 
@@ -102,8 +103,8 @@ def test_transformer_student_end_to_end(tmp_path, st_teacher, text_csv):
 def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, text_csv):
     from distill.runner import run
 
-    recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None, "static": True,
-                                                                   "static_dim": 8},
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "static": True, "static_dim": 8},
                           losses=[{"name": "embedding", "loss": "cosine"}, {"name": "affinity"}],
                           train={"learning_rate": 0.05, "epochs": 3})  # static vectors want a large step
     report = run(recipe)
@@ -115,7 +116,8 @@ def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, te
     assert any(m["type"].endswith("StaticEmbedding") for m in modules)
     vecs = _st_encode(out, ["good film", "awful plot"])
     assert vecs.shape == (2, 8)
-    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)  # the teacher normalises: so does it
+    # the teacher normalises: so does it
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
 def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher, text_csv, tiny_student):
@@ -123,7 +125,8 @@ def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher
 
     recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
                                                                    "model": str(tiny_student)},
-                          losses=[{"name": "embedding", "loss": "cosine"}, {"name": "affinity", "weight": 1.0}],
+                          losses=[{"name": "embedding", "loss": "cosine"},
+                                  {"name": "affinity", "weight": 1.0}],
                           train={"epochs": 3})
     report = run(recipe)
     models = report["models"]

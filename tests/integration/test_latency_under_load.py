@@ -21,7 +21,8 @@ from distill.cli.main import main
 BURN = "import time\nwhile True:\n    pass\n"
 
 
-def test_identical_models_time_alike_while_a_core_is_busy(tmp_path, tiny_classifier, sentiment_csv, monkeypatch):
+def test_identical_models_time_alike_while_a_core_is_busy(tmp_path, tiny_classifier, sentiment_csv,
+                                                           monkeypatch):
     from distill.tasks.text_classification import TextClassificationTask
 
     burners: list[subprocess.Popen] = []
@@ -33,9 +34,11 @@ def test_identical_models_time_alike_while_a_core_is_busy(tmp_path, tiny_classif
         return train(self, *args, **kwargs)
 
     monkeypatch.setattr(TextClassificationTask, "train", busy_train)
-    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv, student={"from_teacher": True, "layers": [0, 1, 2, 3]},
-                         eval={"latency_batch_sizes": [1, 32], "latency_repeats": 30, "latency_min_seconds": 3.0,
-                               "latency_precision": 0.02, "latency_max_seconds": 60})
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                         student={"from_teacher": True, "layers": [0, 1, 2, 3]},
+                         eval={"latency_batch_sizes": [1, 32], "latency_repeats": 30,
+                               "latency_min_seconds": 3.0, "latency_precision": 0.02,
+                               "latency_max_seconds": 60})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     try:

@@ -27,8 +27,8 @@ def _rows(n=8, seed=0):
     rows = []
     for i in range(n):  # uneven lengths and prompts: the two ranks hold different token counts
         length = int(torch.randint(4, 14, (1,), generator=g))
-        rows.append({"input_ids": torch.randint(3, 30, (length,), generator=g).tolist(), "prompt_length": i % 3,
-                     "domain": 0, "example_index": i})
+        rows.append({"input_ids": torch.randint(3, 30, (length,), generator=g).tolist(),
+                     "prompt_length": i % 3, "domain": 0, "example_index": i})
     return rows
 
 
@@ -37,7 +37,8 @@ def _launch(tmp_path, teacher, rows_file, name, nproc, batch, accum):
     out.mkdir()
     args = [str(SCRIPT), str(teacher), str(rows_file), str(out), str(batch), str(accum)]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *args]
     else:
         cmd = [sys.executable, *args]
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -86,7 +87,8 @@ def test_two_processes_count_every_token_of_the_step(tmp_path):
     assert {"loss", "loss/kd", "loss/ce"} <= set(single)
     for log in (_logged(r0["log"]), _logged(r1["log"])):
         assert set(log) == set(single)
-        for k, v in single.items():  # the Trainer's loss is accumulated in float32 (lm_helpers.LOGGED_LOSS_RTOL)
+        # the Trainer's loss is accumulated in float32 (lm_helpers.LOGGED_LOSS_RTOL)
+        for k, v in single.items():
             rel = lm_helpers.LOGGED_LOSS_RTOL if k == "loss" else lm_helpers.STEP_RTOL
             assert log[k] == pytest.approx(v, rel=rel), k
         total = sum(w * log[f"loss/{k}"] for k, w in zip(r0["keys"], r0["weights"]))
@@ -94,4 +96,5 @@ def test_two_processes_count_every_token_of_the_step(tmp_path):
 
 
 def _logged(history: list[dict]) -> dict[str, float]:
-    return {k: v for k, v in next(h for h in history if "loss" in h).items() if k == "loss" or k.startswith("loss/")}
+    return {k: v for k, v in next(h for h in history if "loss" in h).items()
+            if k == "loss" or k.startswith("loss/")}

@@ -35,7 +35,8 @@ class Chromium:
     """A headless Chromium driven through the DevTools protocol (one page, events buffered)."""
 
     def __init__(self, exe: str, tmp: Path, timeout: float = 30.0):
-        websocket = pytest.importorskip("websocket", reason="websocket-client (the dev extra) is not installed")
+        websocket = pytest.importorskip("websocket",
+                                        reason="websocket-client (the dev extra) is not installed")
         self.timeout = timeout
         profile = tmp / "chromium-profile"  # a fresh profile: no state from earlier runs
         shutil.rmtree(profile, ignore_errors=True)
@@ -115,7 +116,8 @@ class Chromium:
         for ev in self.events:
             method, p = ev.get("method"), ev.get("params", {})
             if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "warning", "assert"):
-                out.append(f"console.{p['type']}: {[a.get('value', a.get('description')) for a in p.get('args', [])]}")
+                args = [a.get("value", a.get("description")) for a in p.get("args", [])]
+                out.append(f"console.{p['type']}: {args}")
             elif method == "Runtime.exceptionThrown":
                 out.append(f"exception: {p.get('exceptionDetails', {}).get('text')}")
             elif method == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):
@@ -123,13 +125,15 @@ class Chromium:
         return out
 
     def requests(self) -> list[str]:
-        return [ev["params"]["request"]["url"] for ev in self.events if ev.get("method") == "Network.requestWillBeSent"]
+        return [ev["params"]["request"]["url"] for ev in self.events
+                if ev.get("method") == "Network.requestWillBeSent"]
 
     def screenshot(self, path: Path, width: int = 1280) -> None:
         """A full-page PNG: the viewport grows to the page's height for the capture."""
         self.call("Emulation.clearDeviceMetricsOverride")
         height = int(self.call("Page.getLayoutMetrics")["cssContentSize"]["height"])
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
@@ -180,7 +184,8 @@ PAGE_FACTS = """(() => {
     charts: charts.length,
     drawn: charts.filter(s => s.getBoundingClientRect().width > 200 && s.getBoundingClientRect().height > 80
                               && s.querySelectorAll('circle, rect, polyline').length > 0).length,
-    tableRows: [...document.querySelectorAll('table.models tbody tr')].map(r => r.cells[0].textContent.trim()),
+    tableRows: [...document.querySelectorAll('table.models tbody tr')]
+               .map(r => r.cells[0].textContent.trim()),
     confusion: document.querySelectorAll('table.cm').length,
     disagreements: document.querySelectorAll('table.disagreements tbody tr').length,
     recipe: document.querySelector('pre code')?.textContent ?? '',
@@ -230,7 +235,8 @@ def test_report_renders_in_chromium(browser, tiny_run):
 
 def test_hostile_text_stays_text_in_chromium(browser, tiny_run, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
-    evil = '<script>console.error("pwned")</script><img src="http://example.invalid/x.png" onerror="alert(1)">'
+    evil = ('<script>console.error("pwned")</script>'
+            '<img src="http://example.invalid/x.png" onerror="alert(1)">')
     report["analysis"]["disagreements"][0]["text"] = evil
     report["labels"] = report["analysis"]["labels"] = ["<b>neg</b>", "pos&"]
     report["recipe"]["output_dir"] = "</title><script>alert(2)</script>"

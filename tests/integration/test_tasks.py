@@ -19,7 +19,7 @@ from distill.tasks import TASKS, register_task, task_for
 from distill.tasks.base import Plan, Task
 
 
-# -- a toy task: 2-D points, a fixed linear teacher, a linear student -------------------------------------------
+# -- a toy task: 2-D points, a fixed linear teacher, a linear student ----------------------------------------
 class _Linear(torch.nn.Module):
     def __init__(self, seed: int):
         super().__init__()
@@ -136,11 +136,12 @@ def test_a_task_defined_in_one_class_runs_through_the_cli(tmp_path, toy_task):
 
 def test_an_unknown_task_lists_the_valid_ones(tiny_encoder, sentiment_csv, tmp_path):
     data = tiny_recipe(tmp_path, tiny_encoder, sentiment_csv, task="nosuch-task")
-    with pytest.raises(RecipeError, match="task: 'nosuch-task' is not allowed; choose from .*text-classification"):
+    with pytest.raises(RecipeError,
+                       match="task: 'nosuch-task' is not allowed; choose from .*text-classification"):
         recipe_from_dict(data)
 
 
-# -- every command on every task: answer, or refuse with the reason ---------------------------------------------
+# -- every command on every task: answer, or refuse with the reason ------------------------------------------
 def _cli(tmp_path, recipe: dict, *args: str) -> int:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -217,7 +218,8 @@ def test_every_task_builds_from_the_registry():
     from distill.tasks.sentence_embedding import SentenceEmbeddingTask
     from distill.tasks.text_classification import TextClassificationTask
 
-    expected = {"text-classification": TextClassificationTask, "blackbox-classification": BlackBoxClassificationTask,
+    expected = {"text-classification": TextClassificationTask,
+                "blackbox-classification": BlackBoxClassificationTask,
                 "sentence-embedding": SentenceEmbeddingTask, "causal-lm": CausalLMTask,
                 "image-classification": ImageClassificationTask}
     for name, cls in expected.items():

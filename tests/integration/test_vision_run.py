@@ -18,7 +18,8 @@ from distill.tasks.image_classification import ImageClassificationTask
 def _recipe(tmp_path, **over):
     data = {
         "task": "image-classification",
-        "teacher": {"model": "packaged:cnn-small", "finetune": {"epochs": 8, "learning_rate": 0.005, "batch_size": 32}},
+        "teacher": {"model": "packaged:cnn-small",
+                    "finetune": {"epochs": 8, "learning_rate": 0.005, "batch_size": 32}},
         "student": {"model": "packaged:cnn-tiny"},
         "data": {"source": "packaged", "name": "digits", "max_train_examples": 400},
         "losses": [{"name": "kd", "weight": 0.7, "temperature": 4.0}, {"name": "ce", "weight": 0.3}],
@@ -26,7 +27,8 @@ def _recipe(tmp_path, **over):
         "vision": {"augment": {"pad": 1}, "datafree": {"num_images": 64, "batch_size": 32, "steps": 5,
                                                              "epochs": 3}},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005},
-        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0, "latency_precision": 0},
+        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0,
+                 "latency_precision": 0},
         "output_dir": str(tmp_path / "run"),
     }
     data.update(over)
@@ -66,7 +68,8 @@ def test_digits_end_to_end_with_store_and_datafree(tmp_path):
 
 
 def test_feature_losses_run_with_an_online_teacher(tmp_path):
-    report = run(_recipe(tmp_path, losses=[{"name": "fitnet", "layer_map": [["stage2", "stage2"], ["stage3", "stage3"]]},
+    report = run(_recipe(tmp_path, losses=[{"name": "fitnet",
+                                            "layer_map": [["stage2", "stage2"], ["stage3", "stage3"]]},
                                            {"name": "at", "weight": 100.0}, {"name": "dkd"}, {"name": "ce"}],
                          vision={"augment": {"pad": 0}}, eval={"baseline": False, "latency_batch_sizes": [1],
                                                               "latency_repeats": 1}))

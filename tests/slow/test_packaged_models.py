@@ -41,7 +41,8 @@ def test_short_real_distillation(tmp_path, store_root):
 
     recipe = load_recipe(demo_recipe_path(), [
         f"output_dir={tmp_path / 'run'}", "data.max_train_examples=256", "train.epochs=1",
-        "eval.latency_repeats=2", "eval.latency_min_seconds=0", "eval.latency_precision=0", "eval.latency_batch_sizes=[1]",
+        "eval.latency_repeats=2", "eval.latency_min_seconds=0", "eval.latency_precision=0",
+        "eval.latency_batch_sizes=[1]",
     ])
     report = run(recipe)
     assert set(report["models"]) == {"teacher", "student_kd", "student_no_kd"}

@@ -26,8 +26,8 @@ def _bert(layers=2, hidden=16, heads=2, seed=0, vocab=50):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=2 * hidden, max_position_embeddings=32)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=32)
     return BertForSequenceClassification(cfg)
 
 
@@ -37,7 +37,8 @@ def _inputs(vocab=50):
 
 
 def _qkv_hooks(model) -> int:
-    return sum(len(m._forward_hooks) for b in find_attention_projections(model) for m in (b.query, b.key, b.value))
+    return sum(len(m._forward_hooks) for b in find_attention_projections(model)
+               for m in (b.query, b.key, b.value))
 
 
 def test_hooks_are_removed_after_the_block_and_on_error():
@@ -78,7 +79,8 @@ def test_eval_mode_projections_rebuild_the_models_attention():
     torch.testing.assert_close(out.qkv[1][1], k.view(2, 5, 2, 8).transpose(1, 2))
     for layer in range(2):
         q, k, _ = out.qkv[layer]
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(MASK[:, None, None, :] == 0, -1e9)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(MASK[:, None, None, :] == 0,
+                                                                                 -1e9)
         torch.testing.assert_close(out.attentions[layer], scores.softmax(-1), atol=1e-6, rtol=1e-5)
 
 
@@ -120,8 +122,10 @@ def test_models_without_named_projections_are_refused():
 
 
 def test_minilm_v2_trains_a_two_head_student_from_a_four_head_teacher():
-    teacher, student = _bert(layers=3, hidden=32, heads=4, seed=0).eval(), _bert(layers=2, hidden=16, heads=2, seed=1)
-    ctx = LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2, teacher_num_layers=3)
+    teacher = _bert(layers=3, hidden=32, heads=4, seed=0).eval()
+    student = _bert(layers=2, hidden=16, heads=2, seed=1)
+    ctx = LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2,
+                      teacher_num_layers=3)
     loss = LOSSES.get("minilm_v2").build({"relation_heads": 4}, ctx)
     distiller = Distiller([("minilm_v2", 1.0, loss)])
     assert distiller.qkv_layers("student") == [2] and distiller.qkv_layers("teacher") == [3]
@@ -138,7 +142,8 @@ def test_minilm_v2_trains_a_two_head_student_from_a_four_head_teacher():
         history.append(float(total.detach()))
     assert set(parts) == {"minilm_v2", "minilm_v2/qq", "minilm_v2/kk", "minilm_v2/vv"}
     assert history[-1] < 0.5 * history[0], history
-    with pytest.raises(ValueError, match="minilm_v2"):  # v1 refuses different head counts and says what to use
+    # v1 refuses different head counts and says what to use
+    with pytest.raises(ValueError, match="minilm_v2"):
         LOSSES.get("minilm").build({}, ctx)(forward_outputs(student, inputs, qkv_layers=[2]), t_out, inputs)
 
 
@@ -181,12 +186,14 @@ def _train_one_step(tmp_path, tiny_classifier, distiller, monkeypatch):
 
 
 def _ctx():
-    return LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2, teacher_num_layers=4)
+    return LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2,
+                       teacher_num_layers=4)
 
 
 def test_trainer_asks_for_nothing_extra_without_such_losses(tmp_path, tiny_classifier, monkeypatch):
     distiller = Distiller(build_losses([LossConfig(name="kd"), LossConfig(name="ce")], _ctx()))
-    (s_kwargs, s_out), (t_kwargs, t_out), _ = _train_one_step(tmp_path, tiny_classifier, distiller, monkeypatch)
+    (s_kwargs, s_out), (t_kwargs, t_out), _ = _train_one_step(tmp_path, tiny_classifier, distiller,
+                                                              monkeypatch)
     for kwargs, out in ((s_kwargs, s_out), (t_kwargs, t_out)):
         assert kwargs.get("qkv_layers") is None and not kwargs.get("attentions") and not kwargs.get("hidden")
         assert out.qkv is None and out.attentions is None
@@ -208,7 +215,8 @@ def test_trainer_captures_qkv_layers_the_losses_read(tmp_path, tiny_classifier, 
 
 def test_trainer_gets_eager_attentions_when_a_loss_reads_them(tmp_path, tiny_classifier, monkeypatch):
     distiller = Distiller([("attention_probe", 1.0, _AttentionProbe())])
-    (s_kwargs, s_out), (t_kwargs, t_out), _ = _train_one_step(tmp_path, tiny_classifier, distiller, monkeypatch)
+    (s_kwargs, s_out), (t_kwargs, t_out), _ = _train_one_step(tmp_path, tiny_classifier, distiller,
+                                                              monkeypatch)
     assert s_kwargs["attentions"] and t_kwargs["attentions"] and s_kwargs["qkv_layers"] is None
     assert len(s_out.attentions) == 2 and len(t_out.attentions) == 4
     assert s_out.attentions[0].shape[1] == 2 and t_out.attentions[0].shape[1] == 4

@@ -36,7 +36,8 @@ def test_values_that_look_like_flags_are_values():
 
 
 def test_unknown_flags_and_stray_words_are_refused():
-    assert bad_overrides(["--foo", "1", "bar", "-x", "nosuch.field=3"]) == ["--foo", "bar", "-x", "nosuch.field=3"]
+    assert (bad_overrides(["--foo", "1", "bar", "-x", "nosuch.field=3"])
+            == ["--foo", "bar", "-x", "nosuch.field=3"])
 
 
 def _recipe(tmp_path):

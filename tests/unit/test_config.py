@@ -32,7 +32,8 @@ def with_(**sections):
         (with_(losses=[{"name": "kdd"}]), "unknown loss 'kdd'; valid:"),
         (with_(losses=[{"name": "kd", "temprature": 2}]), "losses[0].temprature: loss 'kd' has no parameter"),
         (with_(losses=[{"name": "kd", "temperature": 0}]), "temperature: 0 is not allowed"),
-        (with_(losses=[{"name": "kd", "divergence": "kl"}]), "divergence: 'kl' is not allowed; choose one of"),
+        (with_(losses=[{"name": "kd", "divergence": "kl"}]),
+         "divergence: 'kl' is not allowed; choose one of"),
         (with_(losses=[{"name": "kd", "reduction": "mean"}]), "reduction: 'mean' is not allowed"),
         (with_(losses=[]), "at least one loss"),
         (with_(store={"topk": -2}), "store.topk: -2"),
@@ -64,7 +65,8 @@ def test_overrides(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(BASE))
     r = load_recipe(path, ["--train.epochs", "3", "--losses.1.weight=0.2", "--data.max_length", "16"])
-    assert r.train.epochs == 3.0 and r.data.max_length == 16 and r.losses[1].weight == 0.2 and r.losses[0].name == "kd"
+    assert (r.train.epochs == 3.0 and r.data.max_length == 16 and r.losses[1].weight == 0.2
+            and r.losses[0].name == "kd")
     with pytest.raises(RecipeError, match="has no value"):
         apply_overrides(BASE, ["--train.epochs"])
 
@@ -97,9 +99,9 @@ def test_every_field_has_a_docstring():
     from distill import config
     from distill._dataclass_io import field_docs
 
-    for cls in (config.Recipe, config.TeacherConfig, config.StudentConfig, config.DataConfig, config.LossConfig,
-                config.StoreConfig, config.TrainConfig, config.EvalConfig, config.ExportConfig,
-                config.FinetuneConfig):
+    for cls in (config.Recipe, config.TeacherConfig, config.StudentConfig, config.DataConfig,
+                config.LossConfig, config.StoreConfig, config.TrainConfig, config.EvalConfig,
+                config.ExportConfig, config.FinetuneConfig):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"

@@ -67,7 +67,8 @@ def test_hf_disk_unlabelled_rows_and_splits(tmp_path, sentiment_csv):
 
     df = pd.read_csv(sentiment_csv)
     unsup = df.iloc[:30].assign(label=-1)
-    extra = pd.concat([df.iloc[200:].reset_index(drop=True), df.iloc[30:35].assign(label=None)], ignore_index=True)
+    extra = pd.concat([df.iloc[200:].reset_index(drop=True), df.iloc[30:35].assign(label=None)],
+                      ignore_index=True)
     dd = datasets.DatasetDict({
         "train": datasets.Dataset.from_pandas(extra.astype({"label": object})),
         "unsupervised": datasets.Dataset.from_pandas(unsup[["text", "label"]].reset_index(drop=True)),

@@ -44,14 +44,16 @@ def _st_dir(tmp_path, pooling_cfg, extra_modules=()):
 def test_describe_reads_old_and_new_pooling_configs(tmp_path):
     old = _st_dir(tmp_path / "a", {"word_embedding_dimension": 8, "pooling_mode_cls_token": True,
                                    "pooling_mode_mean_tokens": False},
-                  [{"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}])
+                  [{"idx": 2, "name": "2", "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize"}])
     info = describe(old)
     assert (info["kind"], info["pooling"], info["normalize"]) == ("transformer", "cls", True)
     new = _st_dir(tmp_path / "b", {"embedding_dimension": 8, "pooling_mode": "mean"})
     assert describe(new)["pooling"] == "mean" and describe(new)["normalize"] is False
     (tmp_path / "c").mkdir()
     plain = tmp_path / "c"
-    assert describe(plain) == {"kind": "transformer", "pooling": "mean", "normalize": False, "backbone": str(plain)}
+    assert describe(plain) == {"kind": "transformer", "pooling": "mean", "normalize": False,
+                               "backbone": str(plain)}
 
 
 def test_describe_rejects_modules_it_cannot_reproduce(tmp_path):

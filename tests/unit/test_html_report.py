@@ -45,15 +45,18 @@ def make_report(student_acc=0.80, seed=42, latency=5.0):
                      "student_no_kd": {"seconds": 2.0, "steps": 20, "log_history": [
                          {"loss": 0.8, "loss/ce": 0.8, "epoch": 0.5, "step": 10},
                          {"eval_accuracy": 0.74, "epoch": 1.0, "step": 20}]}},
-        "summary": {"accuracy_retained": student_acc / 0.90, "speedup_b1": 12.0 / latency, "speedup_b32": 200 / 60,
-                    "size_ratio": 4.0, "kd_gain_accuracy": student_acc - 0.75, "kd_gain_macro_f1": 0.05},
+        "summary": {"accuracy_retained": student_acc / 0.90, "speedup_b1": 12.0 / latency,
+                    "speedup_b32": 200 / 60, "size_ratio": 4.0, "kd_gain_accuracy": student_acc - 0.75,
+                    "kd_gain_macro_f1": 0.05},
         "task": "text-classification",
         "labels": ["negative", "positive"],
         "data": {"train": 100, "unlabeled": 0, "validation": 10, "test": 4},
         "store_key": "abc123storekey",
-        "store": {"key": "abc123storekey", "path": "/tmp/stores/abc123storekey", "bytes": 2048, "num_examples": 100},
-        "recipe": {"output_dir": "runs/sst", "teacher": {"model": "my/teacher"}, "student": {"from_teacher": True,
-                   "layers": [0, 3]}, "losses": [{"name": "kd", "weight": 0.5}, {"name": "ce", "weight": 0.5}],
+        "store": {"key": "abc123storekey", "path": "/tmp/stores/abc123storekey", "bytes": 2048,
+                  "num_examples": 100},
+        "recipe": {"output_dir": "runs/sst", "teacher": {"model": "my/teacher"},
+                   "student": {"from_teacher": True, "layers": [0, 3]},
+                   "losses": [{"name": "kd", "weight": 0.5}, {"name": "ce", "weight": 0.5}],
                    "train": {"seed": seed, "epochs": 1}},
         "versions": {"distill": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0"},
         "created": "2026-11-27T12:00:00+0000",
@@ -78,7 +81,8 @@ def make_predictions():
 def test_predictions_and_analysis():
     rows = make_predictions()
     assert rows[1]["text"] == EVIL and rows[3]["label"] is None
-    assert rows[0]["teacher"]["pred"] == "positive" and math.isclose(sum(rows[0]["teacher"]["probs"]), 1, abs_tol=1e-4)
+    assert (rows[0]["teacher"]["pred"] == "positive"
+            and math.isclose(sum(rows[0]["teacher"]["probs"]), 1, abs_tol=1e-4))
     a = analyse(rows, ["negative", "positive"])
     # unlabelled rows count in no confusion matrix; rows = gold, columns = prediction
     assert a["confusion"]["teacher"] == [[2, 0], [0, 1]]
@@ -105,7 +109,8 @@ def test_render_has_table_charts_and_sections():
     assert "The student keeps <b>88.9%</b> of the teacher's accuracy at <b>2.4\u00d7</b> the speed" in html
     assert "+5.00 points</b> over the no-KD student" in html
     assert html.count('<table class="cm">') == 3 and 'class="disagreements"' in html
-    assert "abc123storekey" in html and "2.0 KB" in html and "transformers 5.24.0" in html and "layers:" in html
+    assert ("abc123storekey" in html and "2.0 KB" in html and "transformers 5.24.0" in html
+            and "layers:" in html)
     assert "20.0 MB \u00b7 5.0M params" in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
     assert "<script" not in html
@@ -154,7 +159,8 @@ def test_compare_means_and_std():
     agg = aggregate(reports)
     kd = agg["student_kd"]
     assert kd["accuracy"]["mean"] == pytest.approx(0.82) and kd["accuracy"]["std"] == pytest.approx(0.02)
-    assert kd["latency_ms_b1"]["mean"] == pytest.approx(6.0) and kd["latency_ms_b1"]["std"] == pytest.approx(1.0)
+    assert (kd["latency_ms_b1"]["mean"] == pytest.approx(6.0)
+            and kd["latency_ms_b1"]["std"] == pytest.approx(1.0))
     assert agg["teacher"]["accuracy"] == {"mean": pytest.approx(0.9), "std": 0.0, "n": 3,
                                           "ci95": [pytest.approx(0.9), pytest.approx(0.9)]}
     # t(0.975, 2) = 4.3027: mean ± 4.3027 * 0.02 / sqrt(3)
@@ -165,8 +171,8 @@ def test_compare_means_and_std():
     text = format_comparison(names, reports)
     assert re.search(r"student \(distilled\)\s+3\s+82\.00 ± 2\.00 \[77\.03, 86\.97\]", text)
     assert "s2: student (distilled)" in text and "recipe fields that differ: train.seed" in text
-    assert ("distillation +7.00 points vs the no-KD student over 3 runs (std 2.00; 95% CI of the mean +2.03 to "
-            "+11.97): the interval excludes 0") in text
+    assert ("distillation +7.00 points vs the no-KD student over 3 runs (std 2.00; 95% CI of the mean "
+            "+2.03 to +11.97): the interval excludes 0") in text
     html = render_comparison(names, [dict(r, recipe={**r["recipe"], "output_dir": EVIL}) for r in reports],
                              ["s1/report.html", None, None])
     assert "82.00%" in html and "± 2.00 pts" in html and '<a href="s1/report.html">' in html
@@ -242,7 +248,8 @@ def test_unreliable_latency_is_marked_in_table_verdict_and_page():
     table = format_table(report["models"], report["summary"], report)
     assert "?" in table.splitlines()[2] and "latency unreliable" in table
     html = render_report(report)
-    assert "unreliable: busy machine" in html and "Is the difference real?" in html and "exact McNemar" in html
+    assert ("unreliable: busy machine" in html and "Is the difference real?" in html
+            and "exact McNemar" in html)
     quiet = _significant_report(spread=0.05)
     assert "unreliable" not in format_table(quiet["models"], quiet["summary"], quiet)
     assert "unreliable" not in render_report(quiet)

@@ -122,7 +122,8 @@ def private_imports() -> list[str]:
             if not module.startswith("distill"):
                 continue
             where = f"{MODULES[name].relative_to(ROOT.parent)}:{line}"
-            if attr and attr.startswith("_") and not attr.startswith("__") and f"{module}.{attr}" not in MODULES:
+            if (attr and attr.startswith("_") and not attr.startswith("__")
+                    and f"{module}.{attr}" not in MODULES):
                 bad.append(f"{where} imports the private name {attr} of {module}")
             full = f"{module}.{attr}" if attr and f"{module}.{attr}" in MODULES else module
             owner = _private_module_owner(full)

@@ -13,10 +13,13 @@ def test_layers_and_head_are_copied(tiny_classifier):
     student = student_from_teacher(teacher, [1, 3])
     assert student.config.num_hidden_layers == 2
     t, s = teacher.state_dict(), student.state_dict()
-    assert torch.equal(s["bert.encoder.layer.0.attention.self.query.weight"], t["bert.encoder.layer.1.attention.self.query.weight"])
-    assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
+    assert torch.equal(s["bert.encoder.layer.0.attention.self.query.weight"],
+                       t["bert.encoder.layer.1.attention.self.query.weight"])
+    assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"],
+                       t["bert.encoder.layer.3.output.dense.weight"])
     assert torch.equal(s["classifier.weight"], t["classifier.weight"])
-    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"],
+                       t["bert.embeddings.word_embeddings.weight"])
 
 
 def test_all_layers_reproduce_the_teacher(tiny_classifier):

@@ -110,7 +110,8 @@ def test_layer_map_specs_that_are_accepted_before_the_depths_are_known(spec) -> 
     check_layer_map_spec(spec)
 
 
-@pytest.mark.parametrize("spec", ["every_other", 3, {"last": 0}, "last0", {"first": 2}, [[1, 2, 3]], {1: True}])
+@pytest.mark.parametrize("spec", ["every_other", 3, {"last": 0}, "last0", {"first": 2}, [[1, 2, 3]],
+                                  {1: True}])
 def test_layer_map_specs_that_are_refused(spec) -> None:
     from distill.layer_map import check_layer_map_spec
 

@@ -1,4 +1,5 @@
-"""Paired tests and intervals: golden values worked out by hand, and behaviour on cases with a known answer."""
+"""Paired tests and intervals: golden values worked out by hand, and behaviour on cases with a known
+answer."""
 
 from __future__ import annotations
 
@@ -133,8 +134,8 @@ def test_format_p():
 
 @pytest.mark.parametrize("a_only,b_only", [(600, 560), (1500, 1420), (3000, 2890)])
 def test_mcnemar_with_more_than_a_thousand_discordant_examples(a_only, b_only):
-    """2**n overflows a float past n = 1023 discordant examples (a large test set with weak models): still exact
-    up to 2,000, and scipy's binomial tail beyond."""
+    """2**n overflows a float past n = 1023 discordant examples (a large test set with weak models): still
+    exact up to 2,000, and scipy's binomial tail beyond."""
     from scipy.stats import binom
 
     a = [True] * a_only + [False] * b_only

@@ -53,7 +53,8 @@ def test_report_uses_the_median_and_the_ratio_of_figures():
     assert rep["reliable"] and unreliable_note(rep) is None
     models = {"teacher": {}, "student_kd": {}}
     apply_latency(models, rep)
-    assert models["teacher"]["latency_ms_b1"] == pytest.approx(10.0) and "latency_spread_b1" in models["teacher"]
+    assert (models["teacher"]["latency_ms_b1"] == pytest.approx(10.0)
+            and "latency_spread_b1" in models["teacher"])
 
 
 def test_a_noisy_figure_is_marked_unreliable():

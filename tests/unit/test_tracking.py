@@ -1,4 +1,5 @@
-"""train.report_to: resolved when the TrainingArguments are built, checked against transformers' integrations."""
+"""train.report_to: resolved when the TrainingArguments are built, checked against transformers'
+integrations."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ def _setup(tiny_classifier, losses):
     df = pd.DataFrame(make_sentiment_rows(16, seed=3))
     df["label"] = (df["label"] == "positive").astype(int)
     ds = to_dataset(df, tok, max_length=16)
-    ctx = LossContext(student_hidden_size=32, teacher_hidden_size=32, student_num_layers=2, teacher_num_layers=4)
+    ctx = LossContext(student_hidden_size=32, teacher_hidden_size=32, student_num_layers=2,
+                      teacher_num_layers=4)
     distiller = Distiller(build_losses([LossConfig(**spec) for spec in losses], ctx))
     return tok, teacher, ds, distiller
 
@@ -37,7 +38,8 @@ def _one_step(tmp_path, tiny_classifier, batch, accum, losses):
     before = {k: v.clone() for k, v in student.state_dict().items()}
     cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.1,
                       warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0)
-    args = training_arguments(cfg, str(tmp_path / f"b{batch}"), evaluate=False, optim="sgd", save_strategy="no")
+    args = training_arguments(cfg, str(tmp_path / f"b{batch}"), evaluate=False, optim="sgd",
+                              save_strategy="no")
     trainer = DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
                              distiller=distiller, teacher=teacher)
     trainer.train()
@@ -59,7 +61,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_classifier):
     log_big, log_small = _logged(t_big), _logged(t_small)
     assert {"loss/kd", "loss/ce"} <= set(log_big) == set(log_small)
     for k, v in log_big.items():
-        assert log_small[k] == pytest.approx(v, rel=1e-6 if k == "loss" else 1e-9), k  # loss: float32 in the Trainer
+        # loss: float32 in the Trainer
+        assert log_small[k] == pytest.approx(v, rel=1e-6 if k == "loss" else 1e-9), k
     for t, log in ((t_big, log_big), (t_small, log_small)):
         total = sum(w * log[f"loss/{k}"] for k, w in zip(t.distiller.keys, t.distiller.weights))
         assert total == pytest.approx(log["loss"], rel=1e-6)
@@ -98,7 +101,8 @@ def test_every_loss_part_is_logged(tmp_path, tiny_classifier):
 
 def test_projectors_are_optimised(tmp_path, tiny_classifier):
     tok, teacher, ds, _ = _setup(tiny_classifier, [])
-    ctx = LossContext(student_hidden_size=32, teacher_hidden_size=32, student_num_layers=2, teacher_num_layers=4)
+    ctx = LossContext(student_hidden_size=32, teacher_hidden_size=32, student_num_layers=2,
+                      teacher_num_layers=4)
     distiller = Distiller(build_losses([LossConfig(name="hidden", params={"projector": "linear"})], ctx))
     proj_before = [p.clone() for p in distiller.parameters()]
     assert proj_before

@@ -14,7 +14,8 @@ def demo_recipe_path(name: str = "sentiment") -> str:
     return str(resources.files("distill") / "recipes" / DEMOS[name])
 
 
-def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, name: str = "sentiment") -> dict:
+def run_demo(output_dir: str | None = None, overrides: list[str] | None = None,
+             name: str = "sentiment") -> dict:
     from distill.runner import run
 
     out = output_dir or DEFAULT_OUTPUT[name]

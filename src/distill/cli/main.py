@@ -13,8 +13,10 @@ COMMANDS = {
     "run": "distil a student as the recipe says (teacher outputs from the store), evaluate, export",
     "finetune": "fine-tune the recipe's teacher encoder into a classifier and save it",
     "cache": "run the teacher once over the training data into the teacher-output store",
-    "label": "label the training (and unlabelled) text with the recipe's black-box teacher (teacher.blackbox)",
-    "demo": "run a shipped recipe offline on packaged models and data: sentiment (default, ~10 min on 2 cores) or embeddings",
+    "label": ("label the training (and unlabelled) text with the recipe's black-box teacher "
+              "(teacher.blackbox)"),
+    "demo": ("run a shipped recipe offline on packaged models and data: sentiment (default, ~10 min on "
+             "2 cores) or embeddings"),
     "methods": "list the registered losses, or show one with a YAML snippet",
     "report": "re-render a run's report.html, or compare several runs (seeds, methods) with mean and std",
 }
@@ -59,26 +61,31 @@ def _recipe_parser(sub, name: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: large teacher -> small, fast student.")
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Knowledge distillation: large teacher -> small, fast student.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _recipe_parser(sub, "run")
     _recipe_parser(sub, "finetune")
     cache = _recipe_parser(sub, "cache")
-    cache.add_argument("--info", action="store_true", help="print what is stored (size, bytes per example, key); build nothing")
+    cache.add_argument("--info", action="store_true",
+                       help="print what is stored (size, bytes per example, key); build nothing")
     label = _recipe_parser(sub, "label")
     label.add_argument("--test", action="store_true",
-                       help="also label the test split, to measure the teacher's own accuracy on human labels")
+                       help="also label the test split, to measure the teacher's own accuracy on human "
+                       "labels")
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
     demo.add_argument("name", nargs="?", default="sentiment", choices=["sentiment", "embeddings"],
-                      help="sentiment: distil a fine-tuned classifier (default); embeddings: distil the packaged "
-                      "sentence-embedding teacher into a 3-layer student")
+                      help="sentiment: distil a fine-tuned classifier (default); embeddings: distil the "
+                      "packaged sentence-embedding teacher into a 3-layer student")
     demo.add_argument("--output-dir", default=None,
                       help="where the demo writes (default runs/demo or runs/demo_embeddings)")
     methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
     methods.add_argument("name", nargs="?", help="loss name")
     report = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
-    report.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="output_dir of a finished `distill run`")
-    report.add_argument("--out", metavar="PATH", help="where to write the page (default: OUT_DIR/report.html for "
+    report.add_argument("out_dirs", nargs="+", metavar="OUT_DIR",
+                        help="output_dir of a finished `distill run`")
+    report.add_argument("--out", metavar="PATH",
+                        help="where to write the page (default: OUT_DIR/report.html for "
                         "one run, ./report_compare.html for several)")
     return parser
 
@@ -108,7 +115,8 @@ def cmd_report(out_dirs: list[str], out: str | None) -> int:
 
 
 def recipe_fields() -> list[str]:
-    """The recipe's top-level fields: the first part of every override (``--train.epochs``, ``--output_dir``)."""
+    """The recipe's top-level fields: the first part of every override (``--train.epochs``,
+    ``--output_dir``)."""
     from distill.config import Recipe
 
     return [f.name for f in dataclasses.fields(Recipe)]
@@ -146,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command in ("demo", "methods", "report"):
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if bad := bad_overrides(rest):
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (a recipe override is --FIELD VALUE or FIELD=VALUE, "
-                     f"e.g. --train.epochs 3 or output_dir=runs/x; top-level fields: {', '.join(recipe_fields())})")
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (a recipe override is --FIELD VALUE or "
+                     "FIELD=VALUE, e.g. --train.epochs 3 or output_dir=runs/x; top-level fields: "
+                     f"{', '.join(recipe_fields())})")
     try:
         if args.command == "methods":
             return cmd_methods(args.name)

@@ -24,7 +24,8 @@ def loss_defaults(name: str) -> dict[str, Any]:
 
 
 def yaml_snippet(name: str, weight: float = 1.0) -> str:
-    """``losses:`` with one flow-style entry for ``name`` holding every default, ready to paste in a recipe."""
+    """``losses:`` with one flow-style entry for ``name`` holding every default, ready to paste in a
+    recipe."""
     entry = {"name": name, "weight": weight, **loss_defaults(name)}
     flow = yaml.safe_dump(entry, default_flow_style=True, sort_keys=False, width=10**6).strip()
     return f"losses:\n  - {flow}\n"

@@ -36,7 +36,8 @@ class DataConfig:
     image_column: str = "image"
     """``task: image-classification`` with ``hf_disk``: the column holding the images."""
     labels: list[str] | None = None
-    """Class names in id order. Default: the teacher's ``id2label`` or, when fine-tuning, the sorted labels."""
+    """Class names in id order. Default: the teacher's ``id2label`` or, when fine-tuning, the sorted
+    labels."""
     max_length: int = 128
     """Maximum tokens per example (each model's tokenizer truncates to this)."""
     validation_fraction: float = 0.1
@@ -54,7 +55,8 @@ class DataConfig:
         else:
             check(bool(self.train), "data.train", self.train, "give the train file or folder")
         check(self.max_length > 0, "data.max_length", self.max_length, "use a positive integer")
-        check(0 < self.validation_fraction < 1, "data.validation_fraction", self.validation_fraction, "use (0, 1)")
+        check(0 < self.validation_fraction < 1, "data.validation_fraction", self.validation_fraction,
+               "use (0, 1)")
         check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "use (0, 1)")
         if self.max_train_examples is not None:
             check(self.max_train_examples > 0, "data.max_train_examples", self.max_train_examples, "use > 0")

@@ -59,13 +59,15 @@ class Recipe:
     filled in for image runs when left out)."""
 
     def __post_init__(self) -> None:
-        check(self.task in recipe_task_names(), "task", self.task, f"choose from {', '.join(recipe_task_names())}")
+        check(self.task in recipe_task_names(), "task", self.task,
+               f"choose from {', '.join(recipe_task_names())}")
         check(len(self.losses) > 0, "losses", self.losses, "give at least one loss, e.g. [{name: kd}]")
         if self.teacher.blackbox is not None:
             check(not self.student.from_teacher, "student.from_teacher", self.student.from_teacher,
                    "a black-box teacher has no layers to inherit; give student.model instead")
         if self.task == "sentence-embedding":
-            check(self.teacher.blackbox is None and self.teacher.finetune is None, "teacher", self.teacher.model,
+            check(self.teacher.blackbox is None and self.teacher.finetune is None, "teacher",
+                   self.teacher.model,
                    "a sentence-embedding teacher is used as it is: drop teacher.finetune / teacher.blackbox")
             check(not self.export.onnx, "export.onnx", self.export.onnx,
                    "ONNX export covers text-classification students; the embedding student is saved as a "
@@ -77,7 +79,8 @@ class Recipe:
             validate_causal_lm(self)
         else:
             check(self.store.codec == "topk", "store.codec", self.store.codec,
-                   "the head codec codes a language model's per-token logits (task: causal-lm); use codec: topk")
+                   "the head codec codes a language model's per-token logits (task: causal-lm); "
+                   "use codec: topk")
         validate_vision(self)
         validate_losses(self.losses)
 
@@ -165,7 +168,8 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
             raise RecipeError(f"missing section {section!r}; a recipe needs teacher, student and data")
     if "losses" in data:
         data["losses"] = normalise_losses(data["losses"])
-    elif data.get("task") == "sentence-embedding":  # the classification default (kd + ce) has no labels to use
+    elif data.get("task") == "sentence-embedding":
+        # the classification default (kd + ce) has no labels to use
         data["losses"] = [{"name": "embedding", "weight": 1.0, "params": {"loss": "mse"}}]
     elif data.get("task") == "causal-lm":  # token-level KL to the teacher's next-token distribution
         data["losses"] = [{"name": "kd", "weight": 1.0, "params": {"temperature": 1.0}}]

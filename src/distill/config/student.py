@@ -29,7 +29,8 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.static:
-            check(self.model is None and not self.from_teacher and not self.layers, "student.static", self.static,
+            check(self.model is None and not self.from_teacher and not self.layers, "student.static",
+                   self.static,
                    "a static student is built from the teacher's vocabulary; leave student.model, "
                    "student.from_teacher and student.layers empty")
             check(self.static_dim is None or self.static_dim > 0, "student.static_dim", self.static_dim,

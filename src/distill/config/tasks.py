@@ -39,7 +39,8 @@ class OnPolicyConfig:
     and scored by the online teacher."""
 
     lmbda: float = 0.5
-    """Probability that a batch is replaced by student-generated sequences (GKD's lambda; 1 = fully on-policy)."""
+    """Probability that a batch is replaced by student-generated sequences (GKD's lambda; 1 = fully
+    on-policy)."""
     max_new_tokens: int = 32
     """Tokens the student writes per prompt."""
     temperature: float = 1.0
@@ -134,8 +135,9 @@ class DataFreeConfig:
     them, and report that student beside the one distilled on real data."""
 
     num_images: int = 256
-    """Synthetic images to make. 256 (with the steps and epochs below) keeps the bench's data-free part to a few
-    CPU minutes per seed; the student makes up for the small set by many augmented epochs (``epochs``)."""
+    """Synthetic images to make. 256 (with the steps and epochs below) keeps the bench's data-free part to a
+    few CPU minutes per seed; the student makes up for the small set by many augmented epochs
+    (``epochs``)."""
     batch_size: int = 128
     """Images optimised together (one generator and one latent per image per batch); Genie's 128."""
     steps: int = 150
@@ -146,12 +148,14 @@ class DataFreeConfig:
     """Adam learning rate of the generator; 0.01 is Genie's effective generator rate (METHODS.md Appendix A.8:
     the names of its two rate arguments are swapped in the code)."""
     latent_learning_rate: float | None = 0.1
-    """Adam learning rate of the per-image latents (Genie's effective latent rate, 0.1); empty: ``learning_rate``."""
+    """Adam learning rate of the per-image latents (Genie's effective latent rate, 0.1); empty:
+    ``learning_rate``."""
     latent_dim: int = 64
     """Width of each image's latent vector."""
     generator_width: int = 32
-    """Channels of the generator's first feature map (halved in its last up-sampling stage). 32 rather than 64:
-    with 64 the generator cost as much per step as the teacher at 28x28; 32 did as well on the MNIST bench."""
+    """Channels of the generator's first feature map (halved in its last up-sampling stage). 32 rather than
+    64: with 64 the generator cost as much per step as the teacher at 28x28; 32 did as well on the MNIST
+    bench."""
     first_bn_weight: float = 10.0
     """Multiplier of the first BatchNorm layer's term in the statistics loss: DeepInversion's
     ``first_bn_multiplier`` (10). The first layer sees the pixels, so its statistics pin down stroke contrast
@@ -162,7 +166,8 @@ class DataFreeConfig:
     as in DeepInversion / ZeroQ; 0: Genie's statistics-only objective, which on MNIST gives images of few
     classes). Bench, seed 0, 150 steps, 40 student epochs: 1.0 -> 0.70, 0.3 -> 0.69, 5.0 -> 0.47."""
     tv_weight: float = 1.0
-    """Weight of the total-variation image prior (mean squared difference of neighbouring pixels; DeepInversion)."""
+    """Weight of the total-variation image prior (mean squared difference of neighbouring pixels;
+    DeepInversion)."""
     l2_weight: float = 0.0
     """Weight of the L2 image prior (mean squared pixel value; DeepInversion)."""
     jitter: int = 2
@@ -174,10 +179,12 @@ class DataFreeConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_images", "batch_size", "steps", "latent_dim"):
-            check(getattr(self, name) > 0, f"vision.datafree.{name}", getattr(self, name), "use a positive integer")
+            check(getattr(self, name) > 0, f"vision.datafree.{name}", getattr(self, name),
+                   "use a positive integer")
         check(self.learning_rate > 0, "vision.datafree.learning_rate", self.learning_rate, "use > 0")
         check(self.latent_learning_rate is None or self.latent_learning_rate > 0,
-               "vision.datafree.latent_learning_rate", self.latent_learning_rate, "use > 0, or leave it empty")
+               "vision.datafree.latent_learning_rate", self.latent_learning_rate,
+               "use > 0, or leave it empty")
         check(self.generator_width >= 2, "vision.datafree.generator_width", self.generator_width, "use >= 2")
         check(self.first_bn_weight >= 0, "vision.datafree.first_bn_weight", self.first_bn_weight, "use >= 0")
         check(self.ce_weight >= 0, "vision.datafree.ce_weight", self.ce_weight, "use >= 0")

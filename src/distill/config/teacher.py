@@ -87,7 +87,8 @@ class BlackBoxConfig:
     """Most answers to buy, counted over the whole response store of this output directory (all runs);
     when reached, labelling stops cleanly and the rest is reported as not labelled. Empty: no limit."""
     max_cost: float | None = None
-    """Most estimated spend (in the currency of ``prices``) over the whole response store; as ``max_calls``."""
+    """Most estimated spend (in the currency of ``prices``) over the whole response store; as
+    ``max_calls``."""
     prices: dict[str, float] = field(default_factory=dict)
     """Price per million tokens, ``{input: 0.15, output: 0.60}``, applied to the ``usage`` of each answer
     for the cost estimate and ``max_cost``. Empty: cost is not estimated (counted as 0)."""
@@ -126,21 +127,22 @@ class BlackBoxConfig:
 
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.api_key_env):
                 # it may be the key itself: never echo it
-                raise RecipeError(f"{p}.api_key_env: give the *name* of an environment variable holding the key "
-                                  "(e.g. OPENAI_API_KEY), not the key; the value given is not shown")
+                raise RecipeError(f"{p}.api_key_env: give the *name* of an environment variable holding the "
+                                  "key (e.g. OPENAI_API_KEY), not the key; the value given is not shown")
             if not os.environ.get(self.api_key_env):
                 raise RecipeError(f"{p}.api_key_env: the environment variable {self.api_key_env} is not set; "
                                   f"run `export {self.api_key_env}=...` first (the key is read from the "
                                   "environment only, never from the recipe)")
         if "text" not in _prompt_fields(self.prompt, f"{p}.prompt"):
-            raise RecipeError(f"{p}.prompt: the template has no {{text}} placeholder, so the teacher would never "
-                              "see the input; add {text}")
+            raise RecipeError(f"{p}.prompt: the template has no {{text}} placeholder, so the teacher would "
+                              "never see the input; add {text}")
         if self.system_prompt:
             _prompt_fields(self.system_prompt, f"{p}.system_prompt")
         for label, words in self.label_synonyms.items():
             check(isinstance(words, list) and all(isinstance(w, str) and w.strip() for w in words),
                    f"{p}.label_synonyms.{label}", words, "give a list of non-empty words")
-        check(self.max_concurrency > 0, f"{p}.max_concurrency", self.max_concurrency, "use a positive integer")
+        check(self.max_concurrency > 0, f"{p}.max_concurrency", self.max_concurrency,
+               "use a positive integer")
         if self.max_calls is not None:
             check(self.max_calls >= 0, f"{p}.max_calls", self.max_calls, "use >= 0 (or leave it empty)")
         if self.max_cost is not None:
@@ -168,7 +170,8 @@ class TeacherConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; part of the store key."""
     finetune: FinetuneConfig | None = None
-    """When set, fine-tune ``model`` on the labelled train split first (``distill finetune`` does this alone)."""
+    """When set, fine-tune ``model`` on the labelled train split first (``distill finetune`` does this
+    alone)."""
     trust_remote_code: bool = False
     """Passed to ``from_pretrained``; only enable for code you trust."""
     blackbox: BlackBoxConfig | None = None
@@ -178,9 +181,11 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.blackbox is not None:
             check(not self.model, "teacher.model", self.model,
-                   "leave teacher.model empty with teacher.blackbox (the black-box teacher names its own model)")
+                   "leave teacher.model empty with teacher.blackbox "
+                   "(the black-box teacher names its own model)")
             check(self.finetune is None, "teacher.finetune", self.finetune,
                    "a black-box teacher cannot be fine-tuned; remove teacher.finetune")
             return
         check(bool(self.model), "teacher.model", self.model,
-               "give a hub id or a local directory, or a teacher.blackbox section for an API or generative teacher")
+               "give a hub id or a local directory, or a teacher.blackbox section for an API or "
+               "generative teacher")

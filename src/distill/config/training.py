@@ -119,15 +119,15 @@ class EvalConfig:
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     """Batch sizes at which CPU latency is measured."""
     latency_repeats: int = 20
-    """Rounds of timing (after warm-up): each round runs every model once per batch size, in rotating order, so
-    load from other work lands on all models alike; the lower quartile over the rounds is reported, with the
-    spread."""
+    """Rounds of timing (after warm-up): each round runs every model once per batch size, in rotating order,
+    so load from other work lands on all models alike; the lower quartile over the rounds is reported, with
+    the spread."""
     latency_min_seconds: float = 3.0
     """Keep adding timing rounds until this many seconds have passed (cheap models get more rounds, at most
     1000)."""
     latency_precision: float = 0.025
-    """Then keep adding rounds until every median is known to this relative standard error (a busy machine needs
-    more rounds), unless ``latency_max_seconds`` have passed; 0 turns it off."""
+    """Then keep adding rounds until every median is known to this relative standard error (a busy machine
+    needs more rounds), unless ``latency_max_seconds`` have passed; 0 turns it off."""
     latency_max_seconds: float = 60.0
     """The most time the rounds added for ``latency_precision`` may take."""
     latency_threads: int | None = None
@@ -139,7 +139,8 @@ class EvalConfig:
     probe_rows: int = 1000
     """Rows drawn (stratified, fixed seed) from each probe set; 80% fit the probe, 20% score it."""
     agreement_pairs: int = 20000
-    """Random pairs of held-out sentences whose cosine similarities are compared with the teacher's (Spearman)."""
+    """Random pairs of held-out sentences whose cosine similarities are compared with the teacher's
+    (Spearman)."""
     retrieval_k: int = 10
     """k of the retrieval agreement: recall of the teacher's k nearest held-out neighbours."""
     throughput_sentences: int = 512
@@ -152,7 +153,8 @@ class EvalConfig:
         check(self.probe_rows >= 20, "eval.probe_rows", self.probe_rows, "use at least 20 rows")
         check(self.agreement_pairs > 0, "eval.agreement_pairs", self.agreement_pairs, "use > 0")
         check(self.retrieval_k > 0, "eval.retrieval_k", self.retrieval_k, "use > 0")
-        check(self.throughput_sentences > 0, "eval.throughput_sentences", self.throughput_sentences, "use > 0")
+        check(self.throughput_sentences > 0, "eval.throughput_sentences", self.throughput_sentences,
+               "use > 0")
         check(all(b > 0 for b in self.latency_batch_sizes), "eval.latency_batch_sizes",
                self.latency_batch_sizes, "use positive batch sizes")
         check(self.latency_repeats > 0, "eval.latency_repeats", self.latency_repeats, "use > 0")

@@ -10,7 +10,8 @@ from distill.data.tokenize import MODEL_INPUTS, TEACHER_PREFIX
 
 
 class DistillCollator:
-    """Collate rows into ``{input_ids, attention_mask, [token_type_ids], [teacher_*], labels, example_index}``."""
+    """Collate rows into
+    ``{input_ids, attention_mask, [token_type_ids], [teacher_*], labels, example_index}``."""
 
     def __init__(self, student_tokenizer, teacher_tokenizer=None):
         self.student_tokenizer = student_tokenizer

@@ -75,7 +75,8 @@ def domain_losses(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tens
     total = torch.zeros(num_domains, dtype=torch.float64)
     count = torch.zeros(num_domains, dtype=torch.float64)
     for b in batches:
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+        logits = model(input_ids=b["input_ids"].to(device),
+                       attention_mask=b["attention_mask"].to(device)).logits
         if vocab_size is not None:
             logits = logits[..., :vocab_size]
         labels = b["labels"].to(device)
@@ -99,7 +100,8 @@ class DDKCallback:
         from transformers import TrainerCallback
 
         self.sampler, self.eval_batches, self.teacher_loss = sampler, list(eval_batches), list(teacher_loss)
-        self.names, self.interval, self.alpha, self.vocab_size = list(names), int(interval), float(alpha), vocab_size
+        self.names, self.interval, self.alpha, self.vocab_size = (list(names), int(interval), float(alpha),
+                                                                  vocab_size)
         self.history: list[dict[str, Any]] = [{"step": 0, "weights": list(sampler.weights)}]
         self.log = log
         outer = self

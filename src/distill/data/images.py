@@ -95,7 +95,8 @@ def load_packaged_images(name: str) -> tuple[ImageSet, list[str]]:
         d = load_digits()
         x, y = d.images / 16.0, d.target
     else:
-        raise RecipeError(f"data.name: {name!r} is not a packaged image set; choose {', '.join(PACKAGED_IMAGES)}")
+        raise RecipeError(f"data.name: {name!r} is not a packaged image set; "
+                          f"choose {', '.join(PACKAGED_IMAGES)}")
     labels = [str(i) for i in range(int(np.max(y)) + 1)]
     return ImageSet(_to_nchw(x, f"packaged {name}"), torch.as_tensor(np.asarray(y), dtype=torch.long)), labels
 
@@ -122,7 +123,8 @@ def load_numpy_images(path: str, labels: list[str] | None = None) -> tuple[Image
         xk = next((k for k in ("images", "x", "X") if k in z), None)
         yk = next((k for k in ("labels", "y") if k in z), None)
         if xk is None or yk is None:
-            raise RecipeError(f"data.train: {path} needs arrays 'images' and 'labels' (has {', '.join(z.files)})")
+            raise RecipeError(f"data.train: {path} needs arrays 'images' and 'labels' "
+                              f"(has {', '.join(z.files)})")
         x, y = z[xk], z[yk]
     ids, names = _label_ids(list(y.tolist()), labels)
     return ImageSet(_to_nchw(x, path), ids), names
@@ -143,7 +145,8 @@ def load_image_folder(root: str, labels: list[str] | None = None) -> tuple[Image
     classes = sorted(d.name for d in base.iterdir() if d.is_dir())
     if not classes:
         raise RecipeError(f"data.train: {root} has no class sub-folders (expected e.g. {root}/cat/001.png)")
-    files = [(f, c) for c in classes for f in sorted((base / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [(f, c) for c in classes for f in sorted((base / c).iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise RecipeError(f"data.train: no image files under {root}")
     first = _read_image(files[0][0], None)
@@ -151,8 +154,8 @@ def load_image_folder(root: str, labels: list[str] | None = None) -> tuple[Image
     arrays = [_read_image(f, mode) for f, _ in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise RecipeError(f"data.train: images under {root} have different sizes {sorted(shapes)[:3]}; resize "
-                          "them to one size first")
+        raise RecipeError(f"data.train: images under {root} have different sizes {sorted(shapes)[:3]}; "
+                          "resize them to one size first")
     ids, names = _label_ids([c for _, c in files], labels or classes)
     return ImageSet(_to_nchw(np.stack(arrays), root), ids), names
 
@@ -179,7 +182,8 @@ def load_hf_images(path: str, image_column: str, label_column: str, labels: list
 
 def load_image_splits(cfg: Any) -> ImageSplits:
     """Load ``cfg`` (a :class:`distill.config.DataConfig`) and split it into train / validation / test,
-    stratified by class with ``cfg.split_seed`` (fixed, so every run and the baseline see the same test set)."""
+    stratified by class with ``cfg.split_seed`` (fixed, so every run and the baseline see the same test
+    set)."""
     from sklearn.model_selection import train_test_split
 
     if cfg.source == "packaged":
@@ -201,7 +205,8 @@ def load_image_splits(cfg: Any) -> ImageSplits:
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
         train, _ = train_test_split(train, train_size=cfg.max_train_examples, random_state=cfg.split_seed,
                                     stratify=y[train])
-    return ImageSplits(data.subset(np.sort(train)), data.subset(np.sort(val)), data.subset(np.sort(test)), names)
+    return ImageSplits(data.subset(np.sort(train)), data.subset(np.sort(val)), data.subset(np.sort(test)),
+                       names)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,7 +269,8 @@ class Augment:
         return x.contiguous()
 
     def __call__(self, images: torch.Tensor, seeds: np.ndarray | list[int] | torch.Tensor) -> torch.Tensor:
-        """Augment a batch (B, C, H, W), one seed per image; each image depends only on itself and its seed."""
+        """Augment a batch (B, C, H, W), one seed per image; each image depends only on itself and its
+        seed."""
         if not self.active:
             return images
         return torch.stack([self.one(x, int(s)) for x, s in zip(images, seeds)])

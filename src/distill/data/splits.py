@@ -43,11 +43,13 @@ def _check_columns(df: pd.DataFrame, cfg: DataConfig, field: str, need_label: bo
         if col not in df.columns:
             which = "data.label_column" if col == cfg.label_column else "data.text_column"
             raise RecipeError(
-                f"{field}: column {col!r} not found (set by {which}); columns present: {', '.join(map(str, df.columns))}"
+                f"{field}: column {col!r} not found (set by {which}); "
+                f"columns present: {', '.join(map(str, df.columns))}"
             )
 
 
-def _normalise(df: pd.DataFrame, cfg: DataConfig, label_ids: dict[str, int] | None, field: str) -> pd.DataFrame:
+def _normalise(df: pd.DataFrame, cfg: DataConfig, label_ids: dict[str, int] | None,
+               field: str) -> pd.DataFrame:
     out = pd.DataFrame({"text": df[cfg.text_column].fillna("").astype(str).values})
     if cfg.text_pair_column:
         out["text_pair"] = df[cfg.text_pair_column].fillna("").astype(str).values
@@ -172,7 +174,8 @@ def _text_only_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> TextS
     if len(train) < 4:
         raise RecipeError(f"data.train: only {len(train)} rows; need at least a handful")
     if "test" not in norm:
-        train, norm["test"] = train_test_split(train, test_size=cfg.test_fraction, random_state=cfg.split_seed)
+        train, norm["test"] = train_test_split(train, test_size=cfg.test_fraction,
+                                               random_state=cfg.split_seed)
     if "validation" not in norm:
         train, norm["validation"] = train_test_split(train, test_size=cfg.validation_fraction,
                                                      random_state=cfg.split_seed)
@@ -185,5 +188,6 @@ def _text_only_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> TextS
         unlabeled = _normalise(raw, cfg, None, "data.unlabeled")
         held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
         unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
-    return TextSplits(train=train.reset_index(drop=True), validation=norm["validation"].reset_index(drop=True),
+    return TextSplits(train=train.reset_index(drop=True),
+                      validation=norm["validation"].reset_index(drop=True),
                       test=norm["test"].reset_index(drop=True), unlabeled=unlabeled, labels=[])

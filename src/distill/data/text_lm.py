@@ -71,11 +71,13 @@ def chunk_frame(df: pd.DataFrame, tokenizer, length: int, domain_column: str | N
                 text_column: str = "text") -> tuple[list[dict[str, Any]], list[str]]:
     """Chunk a text table per domain (chunks never mix domains). Returns rows and the domain names."""
     if text_column not in df.columns:
-        raise RecipeError(f"data.text_column: no column {text_column!r} in the data; columns: {list(df.columns)}")
+        raise RecipeError(f"data.text_column: no column {text_column!r} in the data; "
+                          f"columns: {list(df.columns)}")
     if domain_column and domain_column not in df.columns:
         raise RecipeError(f"causal_lm.domain_column: no column {domain_column!r} in the data; "
                           f"columns: {list(df.columns)}")
-    groups = [("all", df)] if not domain_column else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)]
+    groups = ([("all", df)] if not domain_column
+              else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)])
     names = [g for g, _ in groups]
     rows: list[dict[str, Any]] = []
     for d, (_, part) in enumerate(groups):
@@ -95,7 +97,8 @@ def prompt_response_rows(df: pd.DataFrame, tokenizer, max_length: int, prompt_co
     generation prompt appended and the response follows it; otherwise prompt and response are joined with a
     newline. Rows are truncated to ``max_length`` tokens; a row whose prompt fills it is dropped.
     """
-    for col, field in ((prompt_column, "causal_lm.prompt_column"), (response_column, "causal_lm.response_column")):
+    for col, field in ((prompt_column, "causal_lm.prompt_column"),
+                       (response_column, "causal_lm.response_column")):
         if col not in df.columns:
             raise RecipeError(f"{field}: no column {col!r} in the data; columns: {list(df.columns)}")
     domains = sorted(df[domain_column].astype(str).unique()) if domain_column else ["all"]
@@ -152,8 +155,8 @@ class CausalLMCollator:
             mask[i, :n] = 1
         prompt = torch.tensor([int(r.get("prompt_length", 0)) for r in rows], dtype=torch.long)
         labels = next_token_labels(ids, mask, prompt)
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "loss_mask": (labels != IGNORE).long(),
-                 "prompt_length": prompt}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                 "loss_mask": (labels != IGNORE).long(), "prompt_length": prompt}
         if "example_index" in rows[0]:
             batch["example_index"] = torch.tensor([r["example_index"] for r in rows], dtype=torch.long)
         if "domain" in rows[0]:
@@ -191,15 +194,15 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer, teacher_vocab: int,
         if differ:
             raise RecipeError(
                 "student.model: the student's tokenizer differs from the teacher's "
-                f"({len(differ)} of {len(set(tv) | set(sv))} entries differ, e.g. {differ[:3]}); cross-tokenizer "
-                "distillation of language models is not supported yet: use a student that shares the "
-                "teacher's tokenizer (student.from_teacher, or a smaller model of the same family)"
+                f"({len(differ)} of {len(set(tv) | set(sv))} entries differ, e.g. {differ[:3]}); "
+                "cross-tokenizer distillation of language models is not supported yet: use a student that "
+                "shares the teacher's tokenizer (student.from_teacher, or a smaller model of the same family)"
             )
     used = max(len(teacher_tokenizer), len(student_tokenizer))
     shared = min(teacher_vocab, student_vocab)
     if shared < used:
-        raise RecipeError(f"student.model: an output head has {shared} rows but the tokenizer has {used} tokens; "
-                          "the models do not match their tokenizer")
+        raise RecipeError(f"student.model: an output head has {shared} rows but the tokenizer has "
+                          f"{used} tokens; the models do not match their tokenizer")
     if teacher_vocab != student_vocab:
         warnings.warn(
             f"teacher and student output heads differ in size ({teacher_vocab} vs {student_vocab}) but share "

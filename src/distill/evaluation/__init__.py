@@ -7,5 +7,6 @@ from distill.evaluation.speed import count_parameters, cpu_latency_ms, weights_s
 
 __all__ = [
     "classification_metrics", "compute_metrics_fn", "predict_logits", "format_table", "summarise",
-    "write_report", "count_parameters", "cpu_latency_ms", "weights_size_mb", "render_report", "write_html_report",
+    "write_report", "count_parameters", "cpu_latency_ms", "weights_size_mb", "render_report",
+    "write_html_report",
 ]

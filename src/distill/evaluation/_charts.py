@@ -77,7 +77,8 @@ def part_colour(name: str, seen: dict[str, str]) -> str:
 
 
 CSS = """
-:root { --fg: #1f2328; --muted: #59636e; --line: #d9dee3; --panel: #ffffff; --bg: #f5f6f8; --accent: #e8590c; }
+:root { --fg: #1f2328; --muted: #59636e; --line: #d9dee3; --panel: #ffffff; --bg: #f5f6f8;
+        --accent: #e8590c; }
 * { box-sizing: border-box; }
 html { -webkit-text-size-adjust: 100%; }
 body { margin: 0; background: var(--bg); color: var(--fg);
@@ -85,18 +86,21 @@ body { margin: 0; background: var(--bg); color: var(--fg);
              "DejaVu Sans", Arial, sans-serif; }
 main { max-width: 1120px; margin: 0 auto; padding: 36px 28px 56px; }
 header.top { margin-bottom: 22px; }
-.eyebrow { text-transform: uppercase; letter-spacing: .08em; font-size: 12px; color: var(--muted); font-weight: 600; }
+.eyebrow { text-transform: uppercase; letter-spacing: .08em; font-size: 12px; color: var(--muted);
+           font-weight: 600; }
 h1 { font-size: 30px; line-height: 1.2; margin: 4px 0 6px; letter-spacing: -.01em; }
 h2 { font-size: 19px; margin: 38px 0 12px; letter-spacing: -.005em; }
 h3 { font-size: 15px; margin: 0 0 8px; }
 p { margin: 0 0 10px; }
 .muted { color: var(--muted); }
 .small { font-size: 13px; }
-code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", "DejaVu Sans Mono", monospace; }
+code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono",
+                                "DejaVu Sans Mono", monospace; }
 code { font-size: 13px; background: #eef1f4; padding: 1px 5px; border-radius: 4px; word-break: break-all; }
 pre code { background: none; padding: 0; font-size: inherit; word-break: normal; }
-.verdict { font-size: 21px; line-height: 1.45; font-weight: 500; background: var(--panel); border: 1px solid var(--line);
-           border-left: 5px solid var(--accent); border-radius: 10px; padding: 16px 20px; margin: 18px 0; }
+.verdict { font-size: 21px; line-height: 1.45; font-weight: 500; background: var(--panel);
+           border: 1px solid var(--line); border-left: 5px solid var(--accent); border-radius: 10px;
+           padding: 16px 20px; margin: 18px 0; }
 .verdict b { font-weight: 700; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(145px, 1fr)); gap: 12px; }
 .card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 12px 16px; }
@@ -107,7 +111,8 @@ pre code { background: none; padding: 0; font-size: inherit; word-break: normal;
 .stack { display: flex; flex-direction: column; gap: 16px; min-width: 0; }
 .stack figure { flex: 1; }
 .grid3 { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 16px; }
-figure { margin: 0; background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px 10px; min-width: 0; }
+figure { margin: 0; background: var(--panel); border: 1px solid var(--line); border-radius: 10px;
+         padding: 14px 16px 10px; min-width: 0; }
 figcaption { font-weight: 600; margin-bottom: 2px; }
 figcaption .muted { font-weight: 400; }
 svg.chart { width: 100%; height: auto; display: block; overflow: visible; }
@@ -119,7 +124,8 @@ svg.chart .point-label { font-size: 12.5px; font-weight: 600; }
 .legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 13px; margin: 4px 0 6px; color: #3d444d; }
 .legend span { display: inline-flex; align-items: center; gap: 6px; }
 .sw { display: inline-block; width: 11px; height: 11px; border-radius: 3px; flex: none; }
-.table-wrap { overflow-x: auto; background: var(--panel); border: 1px solid var(--line); border-radius: 10px; }
+.table-wrap { overflow-x: auto; background: var(--panel); border: 1px solid var(--line);
+              border-radius: 10px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { padding: 9px 12px; border-bottom: 1px solid #e8ebee; text-align: right; white-space: nowrap; }
 th { font-size: 12.5px; font-weight: 600; color: var(--muted); background: #fafbfc; }
@@ -136,7 +142,8 @@ td.text .pair { display: block; color: var(--muted); margin-top: 2px; }
 .tag.bad { background: #fde8e8; color: #a61b1b; }
 .tag.none { background: #eef1f4; color: #3d444d; }
 .prob { display: block; font-size: 12px; color: var(--muted); }
-.gapbar { display: inline-block; height: 8px; border-radius: 4px; background: var(--accent); vertical-align: middle; margin-right: 6px; }
+.gapbar { display: inline-block; height: 8px; border-radius: 4px; background: var(--accent);
+          vertical-align: middle; margin-right: 6px; }
 table.cm { width: auto; margin: 6px 0 4px; }
 table.cm th, table.cm td { text-align: center; padding: 7px 10px; min-width: 54px; }
 table.cm td { border: 1px solid #fff; font-weight: 600; }
@@ -145,11 +152,13 @@ table.cm th.rowhead { text-align: right; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 6px 18px; margin: 0; }
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
-pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; overflow: auto;
-      font-size: 12.5px; line-height: 1.5; margin: 0; }
-footer { margin-top: 44px; padding-top: 14px; border-top: 1px solid var(--line); font-size: 13px; color: var(--muted); }
+pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px;
+      overflow: auto; font-size: 12.5px; line-height: 1.5; margin: 0; }
+footer { margin-top: 44px; padding-top: 14px; border-top: 1px solid var(--line); font-size: 13px;
+         color: var(--muted); }
 a { color: #1f5fbf; }
-@media print { body { background: #fff; } main { padding: 0; } .panel, figure, .table-wrap, .card, .verdict { break-inside: avoid; } }
+@media print { body { background: #fff; } main { padding: 0; }
+               .panel, figure, .table-wrap, .card, .verdict { break-inside: avoid; } }
 """
 
 
@@ -159,16 +168,18 @@ def page(title: str, body: str) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         # nothing on the page is loaded from anywhere: say so to the browser as well
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
-        "img-src data:\">\n"
-        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">\n"
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
 
 
 def legend(items: Sequence[tuple[str, str]]) -> str:
     """A wrapping HTML legend of (label, colour)."""
     return '<div class="legend">' + "".join(
-        f'<span><i class="sw" style="background:{c}"></i>{esc(label)}</span>' for label, c in items) + "</div>"
+        f'<span><i class="sw" style="background:{c}"></i>{esc(label)}</span>' for label, c in items
+    ) + "</div>"
 
 
 # -- axes -------------------------------------------------------------------------------------------------
@@ -231,7 +242,8 @@ class Frame:
             px = self.sx(x)
             out.append(f'<line class="axis-line" x1="{px:.1f}" x2="{px:.1f}" y1="{base}" y2="{base + 4}"/>')
             out.append(f'<text x="{px:.1f}" y="{base + 18}" text-anchor="middle">{esc(xfmt(x))}</text>')
-        out.append(f'<line class="axis-line" x1="{self.left}" x2="{self.width - self.right}" y1="{base}" y2="{base}"/>')
+        out.append(f'<line class="axis-line" x1="{self.left}" x2="{self.width - self.right}" '
+                   f'y1="{base}" y2="{base}"/>')
         mid_x = (self.left + self.width - self.right) / 2
         out.append(f'<text class="axis-title" x="{mid_x:.1f}" y="{self.height - 6}" text-anchor="middle">'
                    f'{esc(xtitle)}</text>')
@@ -242,8 +254,9 @@ class Frame:
 
 
 def svg(frame: Frame, parts: list[str], label: str) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {frame.width} {frame.height}" role="img" aria-label="{esc(label)}" '
-            f'xmlns="http://www.w3.org/2000/svg"><title>{esc(label)}</title>' + "".join(parts) + "</svg>")
+    return (f'<svg class="chart" viewBox="0 0 {frame.width} {frame.height}" role="img" '
+            f'aria-label="{esc(label)}" xmlns="http://www.w3.org/2000/svg"><title>{esc(label)}</title>'
+            + "".join(parts) + "</svg>")
 
 
 def _spread_labels(ys: list[float], gap: float, lo: float, hi: float) -> list[float]:
@@ -276,12 +289,13 @@ def scatter(points: Sequence[tuple[str, float, float, str, str]], xtitle: str, y
     px = [f.sx(p[1]) for p in points]
     py = [f.sy(p[2]) for p in points]
     label_y = _spread_labels([y + 4 for y in py], 16, f.top + 10, f.height - f.bottom - 4)
-    for (name, x, y, colour, tip), X, Y, LY in zip(points, px, py, label_y):
-        parts.append(f'<circle cx="{X:.1f}" cy="{Y:.1f}" r="7" fill="{colour}" stroke="#fff" stroke-width="2">'
-                     f'<title>{esc(tip)}</title></circle>')
+    for (name, _x, _y, colour, tip), X, Y, LY in zip(points, px, py, label_y):
+        parts.append(f'<circle cx="{X:.1f}" cy="{Y:.1f}" r="7" fill="{colour}" stroke="#fff" '
+                     f'stroke-width="2"><title>{esc(tip)}</title></circle>')
         right_side = X < f.width - f.right - 150  # put the label where there is room for it
         tx = X + 12 if right_side else X - 12
-        parts.append(f'<text class="point-label" x="{tx:.1f}" y="{LY:.1f}" text-anchor="{"start" if right_side else "end"}" '
+        parts.append(f'<text class="point-label" x="{tx:.1f}" y="{LY:.1f}" '
+                     f'text-anchor="{"start" if right_side else "end"}" '
                      f'style="fill:{colour}">{esc(name)}</text>')
     return svg(f, parts, label)
 
@@ -319,8 +333,8 @@ def lines(series: Sequence[tuple[str, list[tuple[float, float]], str]], xtitle: 
     else:
         yt = nice_ticks(min(0.0, min(ys)), max(ys))
     f = Frame(xt[0], xt[-1], yt[0], yt[-1], width=size[0], height=size[1], left=62)
-    parts = f.axes(xt, yt, tick_format(xt), tick_format(yt, 100 if y_as_percent else 1, "%" if y_as_percent else ""),
-                   xtitle, ytitle)
+    parts = f.axes(xt, yt, tick_format(xt),
+                   tick_format(yt, 100 if y_as_percent else 1, "%" if y_as_percent else ""), xtitle, ytitle)
     show = (lambda v: f"{100 * v:.2f}%") if y_as_percent else (lambda v: f"{v:.4g}")
     for name, s, colour in series:
         s = [p for p in s if math.isfinite(p[1])]

@@ -44,7 +44,8 @@ class ReportError(ValueError):
 def load_report(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(out_dir) / REPORT_FILE
     if not path.is_file():
-        raise ReportError(f"{out_dir}: no {REPORT_FILE} here; give the output_dir of a finished `distill run`")
+        raise ReportError(f"{out_dir}: no {REPORT_FILE} here; "
+                          "give the output_dir of a finished `distill run`")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -53,7 +54,8 @@ def load_report(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def metric_keys(reports: Sequence[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     """The quality metrics, then one latency column per batch size measured in any run."""
-    lat = sorted({k for r in reports for m in r.get("models", {}).values() for k in m if k.startswith("latency_ms_b")},
+    lat = sorted({k for r in reports for m in r.get("models", {}).values() for k in m
+                  if k.startswith("latency_ms_b")},
                  key=lambda k: int(k.removeprefix("latency_ms_b")))
     return METRICS + [(k, f"ms@b{k.removeprefix('latency_ms_b')}", False) for k in lat]
 
@@ -68,8 +70,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """role -> metric -> {mean, std, n, ci95} over the runs that measured it (ci95: the t-interval of the mean,
-    None for one run)."""
+    """role -> metric -> {mean, std, n, ci95} over the runs that measured it (ci95: the t-interval of the
+    mean, None for one run)."""
     from distill.evaluation.significance import mean_interval
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -115,8 +117,8 @@ def describe_gain(gain: dict[str, Any]) -> str:
         text += f" (std {100 * gain['std']:.2f}; 95% CI of the mean {100 * lo:+.2f} to {100 * hi:+.2f})"
         text += ": the interval excludes 0" if lo > 0 or hi < 0 else ": the interval includes 0"
     if gain["runs_tested"]:
-        text += (f"; significant in {gain['runs_significantly_better']} of {gain['runs_tested']} runs' own paired "
-                 f"tests" + (f", significantly worse in {gain['runs_significantly_worse']}"
+        text += (f"; significant in {gain['runs_significantly_better']} of {gain['runs_tested']} runs' own "
+                 f"paired tests" + (f", significantly worse in {gain['runs_significantly_worse']}"
                              if gain["runs_significantly_worse"] else ""))
     return text
 
@@ -144,7 +146,8 @@ def recipe_differences(reports: Sequence[dict[str, Any]]) -> dict[str, list[Any]
     """Recipe fields whose value is not the same in every run (output_dir aside)."""
     flat = [_flatten(r.get("recipe") or {}) for r in reports]
     keys = sorted({k for f in flat for k in f} - {"output_dir"})
-    return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1}
+    return {k: [f.get(k) for f in flat] for k in keys
+            if len({json.dumps(f.get(k), default=str) for f in flat}) > 1}
 
 
 # -- text -------------------------------------------------------------------------------------------------
@@ -168,7 +171,8 @@ def format_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]]) -
             if s is None:
                 cells.append("-")
                 continue
-            ci = "" if s["ci95"][0] is None else f" [{_cell(s['ci95'][0], as_pct)}, {_cell(s['ci95'][1], as_pct)}]"
+            ci = ("" if s["ci95"][0] is None
+                  else f" [{_cell(s['ci95'][0], as_pct)}, {_cell(s['ci95'][1], as_pct)}]")
             cells.append(f"{_cell(s['mean'], as_pct)} ± {_cell(s['std'], as_pct)}{ci}")
         rows.append(cells)
     per_run = []
@@ -176,7 +180,8 @@ def format_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]]) -
         for role in ROLES:
             m = report.get("models", {}).get(role)
             if m is not None:
-                per_run.append([f"{name}: {MODEL_TITLES[role]}", ""] + [_cell(m.get(k), p) for k, _, p in keys])
+                per_run.append([f"{name}: {MODEL_TITLES[role]}", ""]
+                               + [_cell(m.get(k), p) for k, _, p in keys])
     table = [header] + rows + [["" for _ in header]] + per_run
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
 
@@ -220,20 +225,22 @@ def _dot_chart(names: Sequence[str], reports: Sequence[dict[str, Any]], key: str
     for i, role in enumerate(roles):
         y = f.top + 14 + i * row + row / 2
         colour = MODEL_COLOURS[role]
-        parts.append(f'<text x="{f.left - 10}" y="{y + 4:.1f}" text-anchor="end">{esc(MODEL_TITLES[role])}</text>')
+        parts.append(f'<text x="{f.left - 10}" y="{y + 4:.1f}" text-anchor="end">'
+                     f'{esc(MODEL_TITLES[role])}</text>')
         vs = [v for _, v in values[role]]
         if not vs:
             continue
         mean, std = mean_std(vs)
         lo, hi = f.sx(max(xt[0], mean - std)), f.sx(min(xt[-1], mean + std))
         parts.append(f'<rect x="{lo:.1f}" y="{y - 11:.1f}" width="{max(hi - lo, 1):.1f}" height="22" rx="4" '
-                     f'fill="{colour}" fill-opacity="0.15"><title>{esc(MODEL_TITLES[role])}: mean {pct(mean, 2)}, '
-                     f'std {100 * std:.2f} points</title></rect>')
+                     f'fill="{colour}" fill-opacity="0.15"><title>{esc(MODEL_TITLES[role])}: '
+                     f'mean {pct(mean, 2)}, std {100 * std:.2f} points</title></rect>')
         parts.append(f'<line x1="{f.sx(mean):.1f}" x2="{f.sx(mean):.1f}" y1="{y - 13:.1f}" y2="{y + 13:.1f}" '
                      f'stroke="{colour}" stroke-width="2.5"/>')
         for name, v in values[role]:
-            parts.append(f'<circle cx="{f.sx(v):.1f}" cy="{y:.1f}" r="5.5" fill="{colour}" fill-opacity="0.8" '
-                         f'stroke="#fff" stroke-width="1.5"><title>{esc(name)}: {pct(v, 2)}</title></circle>')
+            parts.append(f'<circle cx="{f.sx(v):.1f}" cy="{y:.1f}" r="5.5" fill="{colour}" '
+                         f'fill-opacity="0.8" stroke="#fff" stroke-width="1.5">'
+                         f'<title>{esc(name)}: {pct(v, 2)}</title></circle>')
     return svg(f, parts, title)
 
 
@@ -254,19 +261,22 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
                 cells.append("<td>–</td>")
             elif as_pct:
                 ci = ("" if s["ci95"][0] is None
-                      else f'<span class="delta">95% CI {pct(s["ci95"][0], 2)} – {pct(s["ci95"][1], 2)}</span>')
-                cells.append(f'<td>{pct(s["mean"], 2)}<span class="delta">± {100 * s["std"]:.2f} pts</span>{ci}</td>')
+                      else f'<span class="delta">95% CI {pct(s["ci95"][0], 2)} – '
+                           f'{pct(s["ci95"][1], 2)}</span>')
+                cells.append(f'<td>{pct(s["mean"], 2)}<span class="delta">± {100 * s["std"]:.2f} pts</span>'
+                             f'{ci}</td>')
             else:
                 cells.append(f'<td>{num(s["mean"], 1)}<span class="delta">± {s["std"]:.1f} ms</span></td>')
         n = max(int(s["n"]) for s in stats.values())
         rows.append(f'<tr><td class="model"><i class="sw" style="background:{MODEL_COLOURS[role]}"></i>'
                     f'{esc(MODEL_TITLES[role])}</td><td>{n}</td>{"".join(cells)}</tr>')
-    summary_table = (f'<div class="table-wrap"><table><thead><tr><th>model</th><th>runs</th>{head}</tr></thead>'
-                     f'<tbody>{"".join(rows)}</tbody></table></div>')
+    summary_table = (f'<div class="table-wrap"><table><thead><tr><th>model</th><th>runs</th>{head}</tr>'
+                     f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
 
     run_rows = []
     # a column per role some run has (the data-free student only shows up for image runs that made one)
-    run_roles = [r for r in ROLES if r != "student_datafree" or any(r in rep.get("models", {}) for rep in reports)]
+    run_roles = [r for r in ROLES
+                 if r != "student_datafree" or any(r in rep.get("models", {}) for rep in reports)]
     for name, report, link in zip(names, reports, links):
         label = f'<a href="{esc(link)}">{esc(name)}</a>' if link else esc(name)
         summary = report.get("summary", {})
@@ -274,7 +284,8 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
         gain = summary.get("kd_gain_accuracy")
         cells.append(f"<td>{signed_points(gain) if gain is not None else '–'}</td>")
         cells.append(f"<td>{pct(summary.get('accuracy_retained'))}</td>")
-        cells.append(f"<td>{pct(report.get('models', {}).get('student_kd', {}).get('teacher_agreement'))}</td>")
+        cells.append(
+            f"<td>{pct(report.get('models', {}).get('student_kd', {}).get('teacher_agreement'))}</td>")
         run_rows.append(f'<tr><td class="model">{label}</td>{"".join(cells)}</tr>')
     run_head = "".join(f"<th>{esc(MODEL_TITLES[r])} acc</th>" for r in run_roles)
     runs_table = (f'<div class="table-wrap"><table><thead><tr><th>run</th>{run_head}<th>KD gain (pts)</th>'
@@ -291,15 +302,17 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
         body.append(f'<p class="verdict">{esc(describe_gain(gain))}.</p>')
     if charts:
         body += ['<div class="grid" style="margin-top:16px">'] + [
-            f"<figure><figcaption>{t} <span class=\"muted\">· dots: runs, line: mean, band: ± std</span></figcaption>"
-            f"{c}</figure>" for t, c in zip(("Accuracy", "Macro-F1"), charts)] + ["</div>"]
+            f"<figure><figcaption>{t} <span class=\"muted\">· dots: runs, line: mean, band: ± std</span>"
+            f"</figcaption>{c}</figure>" for t, c in zip(("Accuracy", "Macro-F1"), charts)] + ["</div>"]
     body += ["<h2>Runs</h2>", runs_table]
     verdicts = "".join(f"<li><b>{esc(n)}</b>: {verdict(r)}</li>" for n, r in zip(names, reports))
-    body.append(f'<div class="panel" style="margin-top:16px"><ul style="margin:0;padding-left:20px">{verdicts}</ul></div>')
+    body.append(f'<div class="panel" style="margin-top:16px"><ul style="margin:0;padding-left:20px">'
+                f'{verdicts}</ul></div>')
     diffs = recipe_differences(reports)
     if diffs:
         dh = "".join(f"<th>{esc(n)}</th>" for n in names)
-        drows = "".join(f'<tr><td class="mono">{esc(k)}</td>' + "".join(f"<td>{esc(v)}</td>" for v in vs) + "</tr>"
+        drows = "".join(f'<tr><td class="mono">{esc(k)}</td>'
+                        + "".join(f"<td>{esc(v)}</td>" for v in vs) + "</tr>"
                         for k, vs in diffs.items())
         body += ["<h2>What differs between the recipes</h2>",
                  (f'<div class="table-wrap"><table><thead><tr><th>field</th>{dh}</tr></thead><tbody>{drows}'
@@ -309,7 +322,8 @@ def render_comparison(names: Sequence[str], reports: Sequence[dict[str, Any]],
     return page(f"distill comparison · {len(reports)} runs", "\n".join(body))
 
 
-def report(out_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+def report(out_dirs: Sequence[str | os.PathLike[str]],
+           out: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
     """What ``distill report`` does; returns the page written and the text to print."""
     if not out_dirs:
         raise ReportError("give at least one run output directory")
@@ -322,6 +336,7 @@ def report(out_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
         return path, format_table(models, reports[0].get("summary") or summarise(models))
     path = Path(out or "report_compare.html")
     names = run_names(out_dirs)
-    links = [os.path.relpath(Path(d) / HTML_FILE, path.parent.resolve()) if (Path(d) / HTML_FILE).exists() else None
+    links = [os.path.relpath(Path(d) / HTML_FILE, path.parent.resolve())
+             if (Path(d) / HTML_FILE).exists() else None
              for d in (Path(d).resolve() for d in out_dirs)]
     return write_page(path, render_comparison(names, reports, links)), format_comparison(names, reports)

@@ -27,7 +27,8 @@ def encode(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int 
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
                         add_special_tokens=special_tokens, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(device) for k, v in enc.items()
+                  if k in ("input_ids", "attention_mask", "token_type_ids")}
         out.append(model(**inputs).embeddings.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -44,7 +45,8 @@ def random_pairs(n: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return i, j
 
 
-def similarity_agreement(student: np.ndarray, teacher: np.ndarray, pairs: int = 20000, seed: int = 0) -> float:
+def similarity_agreement(student: np.ndarray, teacher: np.ndarray, pairs: int = 20000,
+                         seed: int = 0) -> float:
     """Spearman correlation of pairwise cosine similarities (student vs teacher) over random pairs."""
     from scipy.stats import spearmanr
 
@@ -79,15 +81,16 @@ def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) ->
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
-    x_tr, x_te, y_tr, y_te = train_test_split(embeddings, labels, test_size=0.2, random_state=seed, stratify=labels)
+    x_tr, x_te, y_tr, y_te = train_test_split(embeddings, labels, test_size=0.2, random_state=seed,
+                                              stratify=labels)
     clf = LogisticRegression(max_iter=2000)
     clf.fit(x_tr, y_tr)
     return float(clf.score(x_te, y_te))
 
 
 @torch.no_grad()
-def throughput(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 32,
-               special_tokens: bool = True, threads: int | None = None) -> float:
+def throughput(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int = 128,
+               batch_size: int = 32, special_tokens: bool = True, threads: int | None = None) -> float:
     """Sentences per second on CPU (tokenising included), after one warm-up batch."""
     old = torch.get_num_threads()
     if threads:
@@ -125,7 +128,8 @@ def embedding_significance(errors: dict[str, np.ndarray], seed: int = 0) -> dict
     from distill.evaluation.significance import compare_errors
 
     if "student_kd" in errors and "student_untrained" in errors:
-        return {"student_kd_vs_student_untrained": compare_errors(errors["student_kd"], errors["student_untrained"],
+        return {"student_kd_vs_student_untrained": compare_errors(errors["student_kd"],
+                                                                  errors["student_untrained"],
                                                                   "similarity_error", seed=seed)}
     return {}
 
@@ -137,8 +141,8 @@ def significance_sentence(report: dict[str, Any]) -> str | None:
     cmp = (report.get("significance") or {}).get("student_kd_vs_student_untrained")
     if not cmp:
         return None
-    return "distillation: " + describe(cmp, "the distilled student's mean |cosine error|", "the student before it",
-                                      scale=1.0, unit="", size="held-out pairs")
+    return "distillation: " + describe(cmp, "the distilled student's mean |cosine error|",
+                                      "the student before it", scale=1.0, unit="", size="held-out pairs")
 
 
 EMBED_ROLES = ("teacher", "student_kd", "student_untrained")
@@ -148,7 +152,8 @@ EMBED_TITLES = {"teacher": "teacher", "student_kd": "student (distilled)",
 
 def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str, Any], k: int = 10,
                            report: dict[str, Any] | None = None) -> str:
-    probe_keys = sorted({key for m in models.values() for key in m if key.startswith("probe_") and key != "probe_mean"})
+    probe_keys = sorted({key for m in models.values() for key in m
+                         if key.startswith("probe_") and key != "probe_mean"})
     cols = [("spearman", "spearman", "{:.3f}"), ("recall_at_k", f"recall@{k}", "{:.3f}")]
     cols += [(key, key.removeprefix("probe_").removesuffix("_snippets"), "{:.3f}") for key in probe_keys]
     cols += [("probe_mean", "probe", "{:.3f}"), ("sentences_per_second", "sent/s", "{:.0f}"),
@@ -157,7 +162,10 @@ def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str,
     rows = [[EMBED_TITLES[r]] + [fmt.format(models[r][key]) if models[r].get(key) is not None else "-"
                                  for key, _, fmt in cols] for r in EMBED_ROLES if r in models]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
     extras = []
     if summary.get("speedup"):

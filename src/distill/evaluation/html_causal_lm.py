@@ -45,7 +45,8 @@ def _table(models: dict[str, dict[str, Any]], domains: list[str]) -> str:
         per = m.get("perplexity_by_domain") or {}
         cells = [TITLES[role], num(m.get("perplexity"), 2)] + [num(per.get(d), 2) for d in domains] + [
             num(m.get("tokens_per_second"), 0), f"{m.get('parameters', 0):,}", megabytes(m.get("size_mb"))]
-        rows.append("<tr>" + "".join(f"<td>{esc(c) if i == 0 else c}</td>" for i, c in enumerate(cells)) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{esc(c) if i == 0 else c}</td>" for i, c in enumerate(cells))
+                    + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
 
@@ -86,7 +87,8 @@ def _store(report: dict[str, Any]) -> str:
         return ""
     spec = st.get("spec") or {}
     kind = f"codec {spec['codec']}" if spec.get("codec") else f"top-{spec.get('topk')} logits"
-    parts = [f"{kind}, {st.get('num_tokens') or 0:,} tokens, {st.get('bytes_per_token') or 0:.0f} bytes per token"]
+    parts = [f"{kind}, {st.get('num_tokens') or 0:,} tokens, "
+             f"{st.get('bytes_per_token') or 0:.0f} bytes per token"]
     if st.get("fixed_bytes"):
         parts.append(f"plus {st['fixed_bytes'] / 2**20:.1f} MiB once for the codec")
     if fid:
@@ -105,8 +107,8 @@ def render_causal_lm_report(report: dict[str, Any]) -> str:
         f'<div class="verdict">{_verdict(report)}</div>',
         "<h2>Teacher vs students</h2>",
         _table(models, list(report.get("domains") or [])),
-        ('<p class="muted small" style="margin-top:8px">Perplexity: exp of the mean next-token cross-entropy on '
-         "held-out chunks (prompt tokens excluded); tokens/s: forward passes over the held-out set.</p>"),
+        ('<p class="muted small" style="margin-top:8px">Perplexity: exp of the mean next-token cross-entropy '
+         "on held-out chunks (prompt tokens excluded); tokens/s: forward passes over the held-out set.</p>"),
         _store(report),
         _ddk(report),
         _samples(report),

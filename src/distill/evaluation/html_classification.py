@@ -96,8 +96,8 @@ def significance_table(report: dict[str, Any]) -> str:
                     f"<td>{esc(format_p(cmp['p']))}</td><td>{verdict_word}</td></tr>")
     if not rows:
         return ""
-    return ("<h2>Is the difference real?</h2><p class=\"muted\">Paired comparisons on the same test examples; "
-            "95% interval by paired bootstrap; significant means p &lt; 0.05.</p>"
+    return ("<h2>Is the difference real?</h2><p class=\"muted\">Paired comparisons on the same test "
+            "examples; 95% interval by paired bootstrap; significant means p &lt; 0.05.</p>"
             '<div class="table-wrap"><table><thead><tr><th>comparison</th><th>metric</th><th>difference</th>'
             "<th>95% interval</th><th>test</th><th>p</th><th>reading</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></div>")
@@ -119,14 +119,16 @@ def _cards(report: dict[str, Any]) -> str:
     if s.get("teacher_agreement") is not None:
         cards.append((pct(s["teacher_agreement"]), "agreement with the teacher"))
     return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for v, k in cards
+        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+        for v, k in cards
     ) + "</div>"
 
 
 # -- the table --------------------------------------------------------------------------------------------
 def model_table(models: dict[str, dict[str, Any]]) -> str:
     lat = _latency_keys(models)
-    head = ["model", "accuracy", "macro-F1", "agreement", "parameters", "MB"] + [f"ms @ b{_batch(k)}" for k in lat]
+    head = (["model", "accuracy", "macro-F1", "agreement", "parameters", "MB"]
+            + [f"ms @ b{_batch(k)}" for k in lat])
     teacher = models.get("teacher", {})
     rows = []
     for role in ROLES:
@@ -153,16 +155,19 @@ def model_table(models: dict[str, dict[str, Any]]) -> str:
                     note += '<span class="delta warn">unreliable: busy machine</span>'
             cells.append(f"<td>{num(m.get(k), 1)}{note}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return ('<div class="table-wrap"><table class="models"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
+    return ('<div class="table-wrap"><table class="models"><thead><tr>'
+            + "".join(f"<th>{esc(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 # -- charts -----------------------------------------------------------------------------------------------
 def quality_latency_chart(models: dict[str, dict[str, Any]]) -> str:
-    key = "latency_ms_b1" if any("latency_ms_b1" in m for m in models.values()) else next(iter(_latency_keys(models)), None)
+    key = ("latency_ms_b1" if any("latency_ms_b1" in m for m in models.values())
+           else next(iter(_latency_keys(models)), None))
     points = [(MODEL_TITLES[r], m[key], m["accuracy"], MODEL_COLOURS[r],
                f"{MODEL_TITLES[r]}: {pct(m['accuracy'], 2)} accuracy, {m[key]:.1f} ms")
-              for r in ROLES if (m := models.get(r)) and key and m.get(key) is not None and m.get("accuracy") is not None]
+              for r in ROLES
+              if (m := models.get(r)) and key and m.get(key) is not None and m.get("accuracy") is not None]
     if not points:
         return ""
     chart = scatter(points, f"CPU latency at batch {_batch(key)} (ms) \u2014 left is faster", "test accuracy",
@@ -218,14 +223,15 @@ def confusion_tables(analysis: dict[str, Any]) -> str:
                 alpha = 0.08 + 0.82 * share if hits else 0.03
                 fg = "#fff" if alpha > 0.55 else "#1f2328"
                 cells.append(f'<td style="background:rgba({r},{g},{b},{alpha:.2f});color:{fg}" '
-                             f'title="{esc(labels[i])} predicted as {esc(labels[j])}: {hits} ({share:.0%} of the row)">'
-                             f"{hits}</td>")
+                             f'title="{esc(labels[i])} predicted as {esc(labels[j])}: {hits} '
+                             f'({share:.0%} of the row)">{hits}</td>')
             body.append(f'<tr><th class="rowhead">{esc(labels[i])}</th>{"".join(cells)}</tr>')
         correct = sum(m[i][i] for i in range(len(m)))
         total = sum(map(sum, m)) or 1
         blocks.append(f'<div class="panel"><h3><i class="sw" style="background:{MODEL_COLOURS[role]}"></i> '
                       f'{esc(MODEL_TITLES[role])}</h3><table class="cm">{head}{"".join(body)}</table>'
-                      f'<div class="cm-note">{correct:,} of {total:,} correct; shade = share of the gold row</div></div>')
+                      f'<div class="cm-note">{correct:,} of {total:,} correct; '
+                      "shade = share of the gold row</div></div>")
     return '<div class="grid3">' + "".join(blocks) + "</div>"
 
 
@@ -266,9 +272,10 @@ def disagreement_table(analysis: dict[str, Any]) -> str:
 
 
 # -- the page ---------------------------------------------------------------------------------------------
-def render_classification_report(report: dict[str, Any], predictions: list[dict[str, Any]] | None = None) -> str:
-    """The page of a classification run, text or image (``predictions`` rows, as in predictions.jsonl, are used
-    to compute the analysis when the report does not hold it already)."""
+def render_classification_report(report: dict[str, Any],
+                                 predictions: list[dict[str, Any]] | None = None) -> str:
+    """The page of a classification run, text or image (``predictions`` rows, as in predictions.jsonl, are
+    used to compute the analysis when the report does not hold it already)."""
     models = report.get("models") or {}
     recipe = report.get("recipe") or {}
     analysis = report.get("analysis")
@@ -286,15 +293,16 @@ def render_classification_report(report: dict[str, Any], predictions: list[dict[
         _cards(report),
         "<h2>Teacher vs students</h2>",
         model_table(models),
-        ('<p class="muted small" style="margin-top:8px">Test split; agreement = share of test examples where the '
-        "model predicts the teacher's class; latency is the median CPU forward pass over rounds that time every "
-        "model in turn, in random order, on the same inputs (± half the interquartile range, as a share of the "
-        "median).</p>"),
+        ('<p class="muted small" style="margin-top:8px">Test split; agreement = share of test examples where '
+        "the model predicts the teacher's class; latency is the median CPU forward pass over rounds that "
+        "time every model in turn, in random order, on the same inputs (± half the interquartile range, as a "
+        "share of the median).</p>"),
         significance_table(report),
     ]
     scatter_fig, bars = quality_latency_chart(models), size_chart(models) + latency_chart(models)
     if scatter_fig or bars:
-        body += ['<div class="grid" style="margin-top:16px">', scatter_fig, f'<div class="stack">{bars}</div>', "</div>"]
+        body += ['<div class="grid" style="margin-top:16px">', scatter_fig,
+                 f'<div class="stack">{bars}</div>', "</div>"]
     curves = training_charts(report.get("training") or {})
     if curves:
         body += ["<h2>Training</h2>", curves]
@@ -304,11 +312,13 @@ def render_classification_report(report: dict[str, Any], predictions: list[dict[
             body += ["<h2>Confusion matrices</h2>", cms]
         if "disagreements" in analysis:
             rate = analysis.get("disagreement_rate")
-            note = f" The distilled student predicts another class than the teacher on {pct(rate)} of the test set." \
+            note = (" The distilled student predicts another class than the teacher on "
+                    f"{pct(rate)} of the test set.") \
                 if rate is not None else ""
             body += ["<h2>Where the student departs from the teacher</h2>",
-                     ('<p class="muted">Test examples with the largest drop from the teacher\'s probability of its own '
-                     f"class to the distilled student's probability of that class.{esc(note)}</p>"),
+                     ('<p class="muted">Test examples with the largest drop from the teacher\'s probability '
+                     "of its own class to the distilled student's probability of that class."
+                     f"{esc(note)}</p>"),
                      disagreement_table(analysis)]
     body += ["<h2>Run</h2>", f'<div class="panel">{run_facts(report)}</div>']
     if recipe:

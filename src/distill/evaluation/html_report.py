@@ -1,7 +1,7 @@
 """``report.html``: a run's report.json as a page people would rather look at.
 
-One self-contained file (inline CSS, SVG charts drawn here, no scripts, nothing fetched). Each task has its page
-(:mod:`~distill.evaluation.html_classification`, :mod:`~distill.evaluation.html_embedding`,
+One self-contained file (inline CSS, SVG charts drawn here, no scripts, nothing fetched). Each task has its
+page (:mod:`~distill.evaluation.html_classification`, :mod:`~distill.evaluation.html_embedding`,
 :mod:`~distill.evaluation.html_causal_lm`), built from the shared pieces of
 :mod:`~distill.evaluation.report_parts`; this module picks the page for a report and writes it.
 """

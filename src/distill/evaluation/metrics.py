@@ -30,7 +30,8 @@ def predict_logits(model, dataset, collator, batch_size: int = 64, prefix: str =
     return torch.cat(chunks).numpy()
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray | None = None) -> dict:
+def classification_metrics(logits: np.ndarray, labels: np.ndarray,
+                           teacher_pred: np.ndarray | None = None) -> dict:
     pred = logits.argmax(-1)
     labelled = labels >= 0
     out = {
@@ -39,7 +40,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, teacher_pred:
     }
     if teacher_pred is not None:
         answered = teacher_pred >= 0  # a black-box teacher may leave rows unanswered (-1)
-        out["teacher_agreement"] = float((pred[answered] == teacher_pred[answered]).mean()) if answered.any() else None
+        out["teacher_agreement"] = (float((pred[answered] == teacher_pred[answered]).mean())
+                                    if answered.any() else None)
     return out
 
 

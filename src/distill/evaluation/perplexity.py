@@ -13,8 +13,9 @@ from distill.data.text_lm import CausalLMCollator
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: int, domain_names: Sequence[str],
-               batch_size: int = 16, vocab_size: int | None = None) -> dict[str, Any]:
+def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: int,
+               domain_names: Sequence[str], batch_size: int = 16,
+               vocab_size: int | None = None) -> dict[str, Any]:
     """Token-weighted next-token perplexity over ``rows`` (prompt tokens excluded), overall and per domain,
     plus scoring throughput (tokens per second of the forward passes), and under ``chunk_nll`` /
     ``chunk_tokens`` each row's summed NLL (nats) and scored tokens, in row order, for paired tests between
@@ -31,7 +32,8 @@ def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: i
     for start in range(0, len(rows), batch_size):
         b = collate(list(rows[start:start + batch_size]))
         t0 = time.perf_counter()
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+        logits = model(input_ids=b["input_ids"].to(device),
+                       attention_mask=b["attention_mask"].to(device)).logits
         seconds += time.perf_counter() - t0
         seen_tokens += int(b["attention_mask"].sum())
         if vocab_size is not None:
@@ -45,7 +47,8 @@ def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: i
         count.index_add_(0, b["domain"], row_count)
         chunk_nll += row_nll.tolist()
         chunk_tokens += [int(c) for c in row_count.tolist()]
-    per = {name: (math.exp(float(nll[i] / count[i])) if count[i] > 0 else None) for i, name in enumerate(domain_names)}
+    per = {name: (math.exp(float(nll[i] / count[i])) if count[i] > 0 else None)
+           for i, name in enumerate(domain_names)}
     total = float(count.sum())
     return {
         "perplexity": math.exp(float(nll.sum()) / total) if total else None,

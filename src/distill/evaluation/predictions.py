@@ -14,7 +14,8 @@ import numpy as np
 from distill.files import atomic_write
 
 FILENAME = "predictions.jsonl"
-MAX_CONFUSION_CLASSES = 50  # above this a matrix would dominate report.json; predictions.jsonl still has it all
+# above this a matrix would dominate report.json; predictions.jsonl still has it all
+MAX_CONFUSION_CLASSES = 50
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,7 +44,8 @@ def prediction_rows(frame, labels: list[str], probs: dict[str, np.ndarray]) -> l
 
 def write_predictions(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSON lines, atomically (temp file + rename)."""
-    return atomic_write(path, lambda fh: fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return atomic_write(path, lambda fh: fh.writelines(json.dumps(row, ensure_ascii=False) + "\n"
+                                                       for row in rows))
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

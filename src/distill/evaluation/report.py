@@ -9,7 +9,8 @@ from typing import Any
 
 from distill.files import atomic_write
 
-ROLES = ("teacher", "student_kd", "student_no_kd", "student_datafree")  # the last: image runs, vision.datafree
+# the last: image runs, vision.datafree
+ROLES = ("teacher", "student_kd", "student_no_kd", "student_datafree")
 TITLES = {"teacher": "teacher", "student_kd": "student (distilled)", "student_no_kd": "student (no KD)",
           "student_datafree": "student (data-free)"}
 
@@ -53,7 +54,8 @@ def summarise(models: dict[str, dict[str, Any]], latency: dict[str, Any] | None 
     if s and b:
         out["kd_gain_accuracy"] = s["accuracy"] - b["accuracy"]
         out["kd_gain_macro_f1"] = s["macro_f1"] - b["macro_f1"]
-    for name, a_role, b_role in (("kd_vs_no_kd", "student_kd", "student_no_kd"), ("kd_vs_teacher", "student_kd", "teacher")):
+    for name, a_role, b_role in (("kd_vs_no_kd", "student_kd", "student_no_kd"),
+                                 ("kd_vs_teacher", "student_kd", "teacher")):
         cmp = (significance or {}).get(comparison_key(a_role, b_role))
         if cmp:
             out[f"{name}_p"] = cmp["p"]
@@ -65,7 +67,8 @@ def summarise(models: dict[str, dict[str, Any]], latency: dict[str, Any] | None 
 
 
 def _latency_cell(m: dict[str, Any], key: str) -> str:
-    """``82.2 ±4%``: the median and the interquartile range as a share of it; ``?`` marks an unreliable one."""
+    """``82.2 ±4%``: the median and the interquartile range as a share of it; ``?`` marks an unreliable
+    one."""
     from distill.evaluation.speed import UNRELIABLE_SPREAD
 
     value = m.get(key)
@@ -99,7 +102,8 @@ def verdict_sentences(report: dict[str, Any]) -> list[str]:
         else:
             out.append(f"distillation {'+' if summary['kd_gain_accuracy'] >= 0 else ''}"
                        f"{100 * summary['kd_gain_accuracy']:.2f} points vs the no-KD student")
-    speed = [f"{v:.1f}x at {k.removeprefix('speedup_')}" for k, v in summary.items() if k.startswith("speedup_")]
+    speed = [f"{v:.1f}x at {k.removeprefix('speedup_')}" for k, v in summary.items()
+             if k.startswith("speedup_")]
     if speed:
         note = unreliable_note(report.get("latency"))
         out.append("CPU speed-up " + ", ".join(speed) + (f" [{note}]" if note else ""))
@@ -126,11 +130,15 @@ def format_table(models: dict[str, dict[str, Any]], summary: dict[str, Any],
         rows.append([TITLES[role]] + [fmt.format(m[k]) if m.get(k) is not None else "-" for k, _, fmt in cols]
                     + [_latency_cell(m, k) for k in lat])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    if any(m.get(k.replace("latency_ms_", "latency_spread_")) is not None for m in models.values() for k in lat):
-        out.append("(ms: median over interleaved rounds, ± half the interquartile range as a share of the median; "
-                   "? = too noisy to trust)")
+    if any(m.get(k.replace("latency_ms_", "latency_spread_")) is not None
+           for m in models.values() for k in lat):
+        out.append("(ms: median over interleaved rounds, ± half the interquartile range as a share of the "
+                   "median; ? = too noisy to trust)")
     extras = verdict_sentences({**(report or {}), "models": models, "summary": summary})
     return "\n".join(out + ([""] + ["; ".join(extras)] if extras else []))
 

@@ -41,7 +41,8 @@ def training_charts(training: dict[str, Any]) -> str:
             series.append(("total loss" if name == "loss" else name, pts, part_colour(name, extra_colours)))
         role = STAGE_ROLES.get(stage)
         title = MODEL_TITLES.get(role, stage) if role else stage
-        chart = lines(series, "step", "loss", f"training loss parts: {title}", dashed=["total loss"], size=CURVE_SIZE)
+        chart = lines(series, "step", "loss", f"training loss parts: {title}", dashed=["total loss"],
+                      size=CURVE_SIZE)
         if chart:
             figures.append(f'<figure><figcaption>Training loss <span class="muted">\u00b7 {esc(title)}</span>'
                            f'</figcaption>{legend([(n, c) for n, _, c in series])}{chart}</figure>')
@@ -97,7 +98,8 @@ def run_facts(report: dict[str, Any]) -> str:
         items.append(("student", f"<code>{esc(student['model'])}</code>"))
     losses = recipe.get("losses") or []
     if losses:
-        items.append(("losses", esc(" + ".join(f"{l.get('weight', 1)} \u00d7 {l.get('name')}" for l in losses))))
+        items.append(("losses", esc(" + ".join(f"{loss.get('weight', 1)} \u00d7 {loss.get('name')}"
+                                               for loss in losses))))
     data = report.get("data") or {}
     if data:
         items.append(("examples", esc(", ".join(f"{v:,} {k}" for k, v in data.items() if v))))
@@ -113,7 +115,8 @@ def run_facts(report: dict[str, Any]) -> str:
         if isinstance(info, dict) and info.get("seconds") is not None:
             role = STAGE_ROLES.get(stage)
             title = MODEL_TITLES.get(role, stage) if role else stage
-            items.append((f"training: {title}", esc(f"{info['seconds']:.0f} s, {info.get('steps', '?')} steps")))
+            items.append((f"training: {title}",
+                          esc(f"{info['seconds']:.0f} s, {info.get('steps', '?')} steps")))
     if report.get("store_build_seconds") is not None:
         items.append(("store build", esc(f"{report['store_build_seconds']:.0f} s")))
     return _facts(items)

@@ -43,8 +43,8 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[
     if n == 0:
         p = 1.0
     elif n <= 2000:
-        # P(X <= k) for X ~ Binomial(n, 1/2), doubled for two sides: exact integers, one exact division (a float
-        # division of 2**n would overflow past n = 1023)
+        # P(X <= k) for X ~ Binomial(n, 1/2), doubled for two sides: exact integers, one exact division (a
+        # float division of 2**n would overflow past n = 1023)
         tail = sum(math.comb(n, i) for i in range(k + 1))
         p = min(1.0, float(Fraction(2 * tail, 2**n)))
     else:
@@ -56,9 +56,9 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[
 
 def bootstrap_interval(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
                        weights: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile 95% interval of the mean of ``diffs`` (one value per independent unit), resampling units with
-    replacement. With ``weights`` (e.g. tokens per chunk) the statistic is ``sum(diffs) / sum(weights)``, the
-    ratio estimator of a per-token mean when ``diffs`` holds per-chunk sums."""
+    """Percentile 95% interval of the mean of ``diffs`` (one value per independent unit), resampling units
+    with replacement. With ``weights`` (e.g. tokens per chunk) the statistic is ``sum(diffs) / sum(weights)``,
+    the ratio estimator of a per-token mean when ``diffs`` holds per-chunk sums."""
     diffs = np.asarray(diffs, dtype=np.float64)
     n = diffs.shape[0]
     if n == 0:
@@ -100,8 +100,8 @@ def sign_flip_p(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int =
 
 
 def compare_accuracy(correct_a: Sequence[bool], correct_b: Sequence[bool], seed: int = 0) -> dict[str, Any]:
-    """A vs B on the same examples: accuracy difference (A - B), its paired bootstrap 95% interval, and the exact
-    McNemar p."""
+    """A vs B on the same examples: accuracy difference (A - B), its paired bootstrap 95% interval, and the
+    exact McNemar p."""
     a = np.asarray(correct_a, dtype=np.float64)
     b = np.asarray(correct_b, dtype=np.float64)
     test = mcnemar_exact(a > 0, b > 0)
@@ -112,9 +112,10 @@ def compare_accuracy(correct_a: Sequence[bool], correct_b: Sequence[bool], seed:
             "significant": bool(test["p"] < ALPHA)}
 
 
-def compare_errors(errors_a: Sequence[float], errors_b: Sequence[float], metric: str, seed: int = 0) -> dict[str, Any]:
-    """A vs B from a per-unit error each (lower is better): mean difference (A - B; negative: A is better), its
-    paired bootstrap 95% interval and the sign-flip p."""
+def compare_errors(errors_a: Sequence[float], errors_b: Sequence[float], metric: str,
+                   seed: int = 0) -> dict[str, Any]:
+    """A vs B from a per-unit error each (lower is better): mean difference (A - B; negative: A is better),
+    its paired bootstrap 95% interval and the sign-flip p."""
     a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"the two models were scored on different units ({a.shape[0]} vs {b.shape[0]})")
@@ -125,7 +126,8 @@ def compare_errors(errors_a: Sequence[float], errors_b: Sequence[float], metric:
             "test": "paired sign-flip", "significant": bool(p < ALPHA), "lower_is_better": True}
 
 
-def compare_nll(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int], seed: int = 0) -> dict[str, Any]:
+def compare_nll(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int],
+                seed: int = 0) -> dict[str, Any]:
     """Language models A vs B on the same held-out chunks: ``nll_*`` are each chunk's summed token NLL (nats),
     ``tokens`` the chunk's scored tokens. Returns the per-token NLL difference (A - B; negative: A is better),
     its chunk-bootstrap 95% interval, the perplexity ratio A / B with its interval, and the sign-flip p over
@@ -140,7 +142,8 @@ def compare_nll(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence
     lo, hi = bootstrap_interval(d, seed=seed, weights=w)
     p = sign_flip_p(d, seed=seed)
     return {"metric": "nll_per_token", "n": int(total), "chunks": int(d.shape[0]), "difference": mean,
-            "ci95": [lo, hi], "perplexity_ratio": math.exp(mean), "perplexity_ratio_ci95": [math.exp(lo), math.exp(hi)],
+            "ci95": [lo, hi], "perplexity_ratio": math.exp(mean),
+            "perplexity_ratio_ci95": [math.exp(lo), math.exp(hi)],
             "p": p, "test": "sign-flip over chunks", "significant": bool(p < ALPHA), "lower_is_better": True}
 
 

@@ -30,7 +30,8 @@ from distill.models import model_inputs
 
 UNRELIABLE_SPREAD = 0.25
 """A figure whose interquartile range exceeds this share of its median is marked unreliable (on a quiet
-machine the spread of a CPU forward pass is a few per cent; on a machine shared with other work it is tens)."""
+machine the spread of a CPU forward pass is a few per cent; on a machine shared with other work it is
+tens)."""
 
 Runner = Callable[[], Any]
 """One forward pass of one model on fixed inputs."""
@@ -75,7 +76,8 @@ def speedup_interval(reference: list[float], other: list[float], samples: int = 
 @torch.no_grad()
 def median_rel_error(values: list[float]) -> float:
     """Relative standard error of the median of ``values``, from their interquartile range (for a normal
-    sample SE(median) = 1.2533 sigma / sqrt(n) and sigma = IQR / 1.349; used as a stopping rule, not reported)."""
+    sample SE(median) = 1.2533 sigma / sqrt(n) and sigma = IQR / 1.349; used as a stopping rule, not
+    reported)."""
     n = len(values)
     if n < 8:
         return float("inf")
@@ -86,14 +88,15 @@ def median_rel_error(values: list[float]) -> float:
 @torch.no_grad()
 def interleaved_times(runners: Mapping[str, Runner], rounds: int = 20, warmup: int = 2,
                       threads: int | None = None, min_seconds: float = 0.0, max_rounds: int = 1000,
-                      seed: int = 0, precision: float = 0.0, max_seconds: float = float("inf")) -> dict[str, list[float]]:
-    """Wall times (ms) of repeated calls of every runner, interleaved: each round calls every runner once, in an
-    order drawn afresh for the round (``seed``), so no runner always comes first or right after the same
+                      seed: int = 0, precision: float = 0.0,
+                      max_seconds: float = float("inf")) -> dict[str, list[float]]:
+    """Wall times (ms) of repeated calls of every runner, interleaved: each round calls every runner once, in
+    an order drawn afresh for the round (``seed``), so no runner always comes first or right after the same
     neighbour. ``warmup`` untimed calls of every runner come first (allocator, lazy initialisation, caches).
 
-    How many rounds: at least ``rounds`` and at least ``min_seconds``; then, with ``precision`` > 0, more until
-    every runner's median is known to that relative standard error (a noisy machine needs more rounds for the
-    same precision), unless ``max_seconds`` have passed; never over ``max_rounds``."""
+    How many rounds: at least ``rounds`` and at least ``min_seconds``; then, with ``precision`` > 0, more
+    until every runner's median is known to that relative standard error (a noisy machine needs more rounds
+    for the same precision), unless ``max_seconds`` have passed; never over ``max_rounds``."""
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     rng = np.random.default_rng(seed)
@@ -181,7 +184,8 @@ def time_models(runners: Mapping[str, Mapping[int, Runner]], rounds: int = 20, w
 
 
 def tile_rows(inputs: Mapping[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
-    """The first ``batch_size`` rows of every tensor in ``inputs``, repeating the rows when there are fewer."""
+    """The first ``batch_size`` rows of every tensor in ``inputs``, repeating the rows when there are
+    fewer."""
     n = next(iter(inputs.values())).shape[0]
     reps = -(-batch_size // n)
     return {k: v.repeat(reps, *([1] * (v.dim() - 1)))[:batch_size] for k, v in inputs.items()}
@@ -197,8 +201,8 @@ def forward_runner(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], b
 
 
 def apply_latency(models: dict[str, dict[str, Any]], latency: dict[str, Any]) -> None:
-    """Copy the interleaved figures into the per-model metrics the tables read: ``latency_ms_b<bs>`` (the figure,
-    the median) and ``latency_spread_b<bs>`` (interquartile range / median)."""
+    """Copy the interleaved figures into the per-model metrics the tables read: ``latency_ms_b<bs>`` (the
+    figure, the median) and ``latency_spread_b<bs>`` (interquartile range / median)."""
     for name, by_batch in latency["models"].items():
         if name not in models:
             continue
@@ -222,6 +226,7 @@ def cpu_latency_ms(model, batch: dict[str, torch.Tensor], batch_size: int, repea
     """Wall time (ms, the median of ``repeats`` passes) of one forward pass of a single model at
     ``batch_size`` on CPU, after two warm-up passes. To compare models, use :func:`time_models`, which
     interleaves them."""
-    report = time_models({"model": {batch_size: forward_runner(model, model_inputs(batch, prefix), batch_size)}},
+    report = time_models({"model": {batch_size: forward_runner(model, model_inputs(batch, prefix),
+                                                               batch_size)}},
                          rounds=repeats, threads=threads, reference=None)
     return float(report["models"]["model"][f"b{batch_size}"]["ms"])

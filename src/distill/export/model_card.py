@@ -9,6 +9,8 @@ from distill.losses import LOSSES
 
 
 def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
+    blackbox = recipe.teacher.blackbox
+    teacher = recipe.teacher.model or (blackbox and (blackbox.model or blackbox.local_model))
     lines = [
         "---",
         "library_name: transformers",
@@ -19,7 +21,7 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "# Distilled student",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter text classifier distilled with `distill` from "
-        f"the teacher `{recipe.teacher.model or (recipe.teacher.blackbox and (recipe.teacher.blackbox.model or recipe.teacher.blackbox.local_model))}`.",
+        f"the teacher `{teacher}`.",
         "",
         "```python",
         "from transformers import pipeline",
@@ -50,15 +52,18 @@ def significance_lines(report: dict[str, Any]) -> list[str]:
     if not sig:
         return []
     lines = ["## Is the difference real?", "",
-             "Paired comparisons on the same test examples (95% interval by paired bootstrap; significant: p < 0.05).",
-             "", "| comparison | metric | difference | 95% interval | test | p | reading |", "|---|---|---|---|---|---|---|"]
+             "Paired comparisons on the same test examples (95% interval by paired bootstrap; "
+             "significant: p < 0.05).",
+             "", "| comparison | metric | difference | 95% interval | test | p | reading |",
+             "|---|---|---|---|---|---|---|"]
     for key, cmp in sig.items():
         a, _, b = key.partition("_vs_")
         scale = 100.0 if cmp.get("metric") == "accuracy" else 1.0
         unit = " pts" if scale == 100.0 else ""
         lo, hi = cmp["ci95"]
         lines.append(f"| {a} vs {b} | {cmp.get('metric', '')} | {scale * cmp['difference']:+.2f}{unit} | "
-                     f"{scale * lo:+.2f} to {scale * hi:+.2f} | {cmp.get('test', '')} | {format_p(cmp['p'])} | "
+                     f"{scale * lo:+.2f} to {scale * hi:+.2f} | {cmp.get('test', '')} | "
+                     f"{format_p(cmp['p'])} | "
                      f"{'significant' if cmp['significant'] else 'not distinguishable'} |")
     return lines + [""]
 
@@ -72,8 +77,8 @@ def training_and_citations(recipe: Any, report: dict[str, Any], origin: str, sto
         lines.append(f"- `{spec.name}` (weight {spec.weight}; {params}): {LOSSES.get(spec.name).formula}")
     lines += [
         f"- student initialised from {origin}",
-        f"- {recipe.train.epochs} epoch(s), batch {recipe.train.batch_size}, learning rate {recipe.train.learning_rate}, "
-        f"seed {recipe.train.seed}",
+        f"- {recipe.train.epochs} epoch(s), batch {recipe.train.batch_size}, "
+        f"learning rate {recipe.train.learning_rate}, seed {recipe.train.seed}",
         f"- {stored} from the store: {report.get('store_key') or 'no (online teacher)'}",
         "",
         "The full recipe is in `recipe.yaml` beside this card; `distill run recipe.yaml` reproduces the run.",
@@ -98,7 +103,8 @@ def write_model_card(out_dir: str | Path, recipe: Any, report: dict[str, Any], t
 
 def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
     s = recipe.student
-    origin = ("static token vectors taken from the teacher" + (f", PCA to {s.static_dim}" if s.static_dim else "")
+    origin = ("static token vectors taken from the teacher"
+              + (f", PCA to {s.static_dim}" if s.static_dim else "")
               if s.static else f"layers {s.layers} of the teacher" if s.from_teacher else f"`{s.model}`")
     lines = [
         "---",
@@ -109,8 +115,8 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "",
         "# Distilled sentence encoder",
         "",
-        f"A {report.get('student_parameters', 0):,}-parameter sentence encoder distilled with `distill` from the "
-        f"teacher `{recipe.teacher.model}` on the recipe's own text.",
+        f"A {report.get('student_parameters', 0):,}-parameter sentence encoder distilled with `distill` from "
+        f"the teacher `{recipe.teacher.model}` on the recipe's own text.",
         "",
         "```python",
         "from sentence_transformers import SentenceTransformer",
@@ -121,8 +127,8 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "## Agreement with the teacher on held-out sentences",
         "",
         "Spearman: correlation of pairwise cosine similarities with the teacher's; recall@k: share of the "
-        "teacher's k nearest neighbours the student also ranks in its top k; probe: logistic-regression accuracy "
-        "on frozen embeddings of the packaged labelled sets; sent/s: CPU encode speed at batch 32.",
+        "teacher's k nearest neighbours the student also ranks in its top k; probe: logistic-regression "
+        "accuracy on frozen embeddings of the packaged labelled sets; sent/s: CPU encode speed at batch 32.",
         "",
         "```",
         table,
@@ -162,7 +168,8 @@ def perplexity_table(models: dict[str, dict[str, Any]], domains: list[str]) -> s
     return "\n".join(lines)
 
 
-def render_causal_lm_model_card(recipe: Any, report: dict[str, Any], student_layers: int | None = None) -> str:
+def render_causal_lm_model_card(recipe: Any, report: dict[str, Any],
+                                student_layers: int | None = None) -> str:
     """The README.md of a distilled causal LM: what it is, how to load it, held-out perplexity per domain
     against the teacher and the no-KD student, the data, and how it was trained."""
     s, c, models = recipe.student, recipe.causal_lm, report.get("models") or {}
@@ -181,9 +188,9 @@ def render_causal_lm_model_card(recipe: Any, report: dict[str, Any], student_lay
         "",
         "# Distilled causal language model",
         "",
-        f"A causal language model ({layers}{report.get('student_parameters') or 0:,} parameters) distilled with "
-        f"`distill` from the teacher `{recipe.teacher.model}` ({teacher.get('parameters') or 0:,} parameters); "
-        f"the student started from {origin}.",
+        f"A causal language model ({layers}{report.get('student_parameters') or 0:,} parameters) distilled "
+        f"with `distill` from the teacher `{recipe.teacher.model}` "
+        f"({teacher.get('parameters') or 0:,} parameters); the student started from {origin}.",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
@@ -270,8 +277,9 @@ def render_image_model_card(recipe: Any, report: dict[str, Any], table: str) -> 
         "",
         "# Distilled image classifier",
         "",
-        f"A {report.get('student_parameters', 0):,}-parameter image classifier (`{s.model}`) distilled with `distill` "
-        f"from the teacher `{recipe.teacher.model}`; input {' x '.join(str(d) for d in shape) or 'images'}, "
+        f"A {report.get('student_parameters', 0):,}-parameter image classifier (`{s.model}`) distilled with "
+        f"`distill` from the teacher `{recipe.teacher.model}`; "
+        f"input {' x '.join(str(d) for d in shape) or 'images'}, "
         f"{len(labels)} classes.",
         "",
         "```python",
@@ -289,7 +297,8 @@ def render_image_model_card(recipe: Any, report: dict[str, Any], table: str) -> 
     lines += significance_lines(report)
     lines += ["## How it was trained", ""]
     stored = "teacher top-k probabilities on every augmented view"
-    lines += training_and_citations(recipe, report, f"`{s.model}`, initialised with seed {recipe.train.seed}", stored)
+    lines += training_and_citations(recipe, report, f"`{s.model}`, initialised with seed {recipe.train.seed}",
+                                    stored)
     return "\n".join(lines) + "\n"
 
 

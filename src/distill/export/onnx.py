@@ -25,7 +25,8 @@ def export_onnx(model, tokenizer, out_dir: str | Path, opset: int = 18) -> Path:
         raise RuntimeError("ONNX export needs the onnx extra: pip install 'distill[onnx]'") from None
     out = Path(out_dir) / "model.onnx"
     model = model.eval().to("cpu")
-    sample = tokenizer(["a short example", "and a second, slightly longer example"], padding=True, return_tensors="pt")
+    sample = tokenizer(["a short example", "and a second, slightly longer example"], padding=True,
+                       return_tensors="pt")
     wrapper = _LogitsOnly(model)
     torch.onnx.export(
         wrapper,

@@ -16,7 +16,8 @@ from distill.sentence_encoder import SentenceEncoder, StaticEncoder
 
 _ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
                "lasttoken": "lasttoken"}
-INSTALL_HINT = "the sentence-embedding task saves students with sentence-transformers: pip install 'distill[embeddings]'"
+INSTALL_HINT = ("the sentence-embedding task saves students with sentence-transformers: "
+                "pip install 'distill[embeddings]'")
 
 
 def require_sentence_transformers() -> None:
@@ -44,7 +45,8 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sentence-transformers' deprecation chatter about its own layout
         if isinstance(encoder, StaticEncoder):
-            first = StaticEmbedding(tokenizer, embedding_weights=encoder.embedding.weight.detach().cpu().clone())
+            first = StaticEmbedding(tokenizer,
+                                    embedding_weights=encoder.embedding.weight.detach().cpu().clone())
             modules = [first]
         else:
             encoder.backbone.save_pretrained(tmp)

@@ -43,7 +43,8 @@ def layer_qkv(out: ModelOutputs, layer: int | None, loss: str, side: str) -> tup
     if not 1 <= layer <= len(qkv) or qkv[layer - 1] is None:
         have = [i + 1 for i, item in enumerate(qkv) if item is not None]
         raise ValueError(
-            f"loss {loss!r} reads the {side}'s qkv of layer {layer}, which was not captured (captured: {have})"
+            f"loss {loss!r} reads the {side}'s qkv of layer {layer}, which was not captured "
+            f"(captured: {have})"
         )
     q, k, v = qkv[layer - 1]
     if side == "teacher":
@@ -125,8 +126,12 @@ class AttentionMSELoss(DistillLoss):
     name = "attention_mse"
     teacher_needs = ("qkv",)
     student_needs = ("qkv",)
-    formula = "mean_(s,t) mean_(a, real i, j) (M^S_s[a,i,j] - M^T_t[a,i,j])^2, M = QK^T/sqrt(d) or its softmax"
-    citation = "Jiao et al., TinyBERT: Distilling BERT for Natural Language Understanding, Findings of EMNLP 2020"
+    formula = (
+        "mean_(s,t) mean_(a, real i, j) (M^S_s[a,i,j] - M^T_t[a,i,j])^2, M = QK^T/sqrt(d) or its softmax"
+    )
+    citation = (
+        "Jiao et al., TinyBERT: Distilling BERT for Natural Language Understanding, Findings of EMNLP 2020"
+    )
 
     def __init__(
         self,
@@ -157,13 +162,15 @@ class AttentionMSELoss(DistillLoss):
 
     @classmethod
     def build(cls, params: dict[str, Any], ctx) -> AttentionMSELoss:
-        return cls(**params, student_num_layers=ctx.student_num_layers, teacher_num_layers=ctx.teacher_num_layers)
+        return cls(**params, student_num_layers=ctx.student_num_layers,
+                   teacher_num_layers=ctx.teacher_num_layers)
 
     @staticmethod
     def _checked(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         for s, t in pairs:
             if s == 0 or t == 0:
-                raise ValueError("layer_map: layer 0 is the embedding output and has no attention; map layers >= 1")
+                raise ValueError("layer_map: layer 0 is the embedding output and has no attention; "
+                                 "map layers >= 1")
         return pairs
 
     def qkv_layers(self, side: str) -> list[int] | None:
@@ -185,16 +192,16 @@ class AttentionMSELoss(DistillLoss):
             (q_t, k_t, _), _ = layer_qkv(teacher, t, self.name, "teacher")
             if q_s.shape[2] != q_t.shape[2] or q_s.shape[0] != q_t.shape[0]:
                 raise ValueError(
-                    f"attention maps need the same batch and sequence shape, got student {tuple(q_s.shape)} and "
-                    f"teacher {tuple(q_t.shape)} (teacher and student must share the tokenizer)"
+                    f"attention maps need the same batch and sequence shape, got student {tuple(q_s.shape)} "
+                    f"and teacher {tuple(q_t.shape)} (teacher and student must share the tokenizer)"
                 )
             real = token_mask(student, batch, q_s)  # (B, L)
             m_s, m_t = self._maps(q_s, k_s, real), self._maps(q_t, k_t, real)  # (B, A, L, L)
             if m_s.shape[1] != m_t.shape[1]:
                 if self.head_mode != "mean":
                     raise ValueError(
-                        f"attention_mse: the student has {m_s.shape[1]} heads and the teacher {m_t.shape[1]}; "
-                        "set head_mode: mean to compare head-averaged maps, or use minilm_v2"
+                        f"attention_mse: the student has {m_s.shape[1]} heads and the teacher "
+                        f"{m_t.shape[1]}; set head_mode: mean to compare head-averaged maps, or use minilm_v2"
                     )
                 m_s, m_t = m_s.mean(dim=1, keepdim=True), m_t.mean(dim=1, keepdim=True)
             pair = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, L, L)
@@ -208,8 +215,8 @@ class AttentionMSELoss(DistillLoss):
 # ------------------------------------------------------------------------------------------------- minilm
 @register_loss
 class MiniLMLoss(DistillLoss):
-    """MiniLM (v1) deep self-attention distillation: the student's last layer mimics the teacher's last layer's
-    attention distributions and value relations.
+    """MiniLM (v1) deep self-attention distillation: the student's last layer mimics the teacher's last
+    layer's attention distributions and value relations.
 
     With ``A`` heads (equal in both models; head widths may differ), per head ``a``:
     ``AT_a = softmax(Q_a K_a^T / sqrt(d_k))``, ``VR_a = softmax(V_a V_a^T / sqrt(d_v))`` over real keys, and
@@ -230,7 +237,10 @@ class MiniLMLoss(DistillLoss):
     name = "minilm"
     teacher_needs = ("qkv",)
     student_needs = ("qkv",)
-    formula = "mean_b 1/(A|x|) sum_(a,t) [KL(AT^T||AT^S) + KL(VR^T||VR^S)], AT=softmax(QK^T/sqrt d), VR=softmax(VV^T/sqrt d)"
+    formula = (
+        "mean_b 1/(A|x|) sum_(a,t) [KL(AT^T||AT^S) + KL(VR^T||VR^S)], AT=softmax(QK^T/sqrt d), "
+        "VR=softmax(VV^T/sqrt d)"
+    )
     citation = (
         "Wang et al., MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained "
         "Transformers, NeurIPS 2020"
@@ -261,7 +271,8 @@ class MiniLMLoss(DistillLoss):
 
     @classmethod
     def build(cls, params: dict[str, Any], ctx) -> MiniLMLoss:
-        return cls(**params, student_num_layers=ctx.student_num_layers, teacher_num_layers=ctx.teacher_num_layers)
+        return cls(**params, student_num_layers=ctx.student_num_layers,
+                   teacher_num_layers=ctx.teacher_num_layers)
 
     def qkv_layers(self, side: str) -> list[int] | None:
         layer = self.s_layer if side == "student" else self.t_layer
@@ -273,8 +284,8 @@ class MiniLMLoss(DistillLoss):
         (q_t, k_t, v_t), _ = layer_qkv(teacher, self.t_layer, self.name, "teacher")
         if q_s.shape[1] != q_t.shape[1]:
             raise ValueError(
-                f"minilm (v1) needs the same number of attention heads, got student {q_s.shape[1]} and teacher "
-                f"{q_t.shape[1]}; use minilm_v2, whose relation heads work with any head counts"
+                f"minilm (v1) needs the same number of attention heads, got student {q_s.shape[1]} and "
+                f"teacher {q_t.shape[1]}; use minilm_v2, whose relation heads work with any head counts"
             )
         if q_s.shape[0] != q_t.shape[0] or q_s.shape[2] != q_t.shape[2]:
             raise ValueError(

@@ -123,13 +123,14 @@ def reduce_terms(
     raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
 
 
-def sparse_teacher_log_probs(sparse: SparseLogits, mode: str = "spread") -> tuple[torch.Tensor, torch.Tensor | None]:
+def sparse_teacher_log_probs(sparse: SparseLogits,
+                             mode: str = "spread") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Turn stored top-k logits into teacher log-probabilities at temperature 1.
 
     ``spread`` (TinyViT): a dense (..., C) distribution; the kept classes get their exact probability and the
     missing mass ``1 - sum(top-k)`` is shared evenly by the other ``C - k`` classes. Exact when k == C.
-    ``topk``: returns the (..., k) log-probabilities renormalised over the kept classes, and the indices so the
-    caller can gather the student's logits at the same classes.
+    ``topk``: returns the (..., k) log-probabilities renormalised over the kept classes, and the indices so
+    the caller can gather the student's logits at the same classes.
     """
     # the teacher is a fixed target: never back-propagate into it (the dense path detaches too)
     values = upcast(sparse.values.detach())
@@ -181,7 +182,8 @@ def teacher_log_probs(
             f"teacher has {teacher_logits.shape[-1]} classes and the student {student_logits.shape[-1]}; "
             "give the student the teacher's label set (num_labels / id2label)"
         )
-    return torch.log_softmax(upcast(teacher_logits.detach()) / t, dim=-1), student_logits, student_logits.shape[-1]
+    return (torch.log_softmax(upcast(teacher_logits.detach()) / t, dim=-1), student_logits,
+            student_logits.shape[-1])
 
 
 def teacher_student_log_probs(

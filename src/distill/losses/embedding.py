@@ -161,7 +161,8 @@ class EmbeddingLoss(DistillLoss):
         self.validate_params(loss, projector)
         self.loss = loss
         self.pca = projector == "pca"
-        self.projector = None if self.pca else _build_projector(projector, student_hidden_size, teacher_hidden_size)
+        self.projector = (None if self.pca
+                          else _build_projector(projector, student_hidden_size, teacher_hidden_size))
         if self.pca:
             if student_hidden_size is None or teacher_hidden_size is None:
                 raise ValueError("projector: pca needs student_hidden_size and teacher_hidden_size")
@@ -203,8 +204,9 @@ class EmbeddingLoss(DistillLoss):
         e_s, e_t = _embeddings(student, teacher, self.name)  # (B, D_s), (B, D_t)
         if self.pca:
             if not bool(self.basis_fitted):
-                raise ValueError("loss 'embedding' with projector: pca has no basis yet; it is fitted from the "
-                                 "teacher-output store (keep store.enabled: true) or by calling fit_teacher()")
+                raise ValueError("loss 'embedding' with projector: pca has no basis yet; it is fitted from "
+                                 "the teacher-output store (keep store.enabled: true) or by calling "
+                                 "fit_teacher()")
             e_t = e_t @ self.teacher_basis.T  # (B, D_t) -> (B, D_s)
         e_s = _project(self.projector, e_s, e_t, self.name)  # (B, D_t)
         if self.loss == "mse":
@@ -447,7 +449,8 @@ class CRDLoss(DistillLoss):
         logits = s @ k.T / self.temperature  # (B, B)
         if self.queue_size:
             # a copy: backward needs the keys this step saw, and _enqueue overwrites the buffer in place
-            queued = s @ self.queue.clone().T.to(s.dtype) / self.temperature  # (B, K); the buffer has no gradient
+            # (B, K); the buffer has no gradient
+            queued = s @ self.queue.clone().T.to(s.dtype) / self.temperature
             empty = torch.arange(self.queue_size, device=queued.device) >= self.queue_len
             logits = torch.cat([logits, queued.masked_fill(empty, float("-inf"))], dim=1)  # (B, B + K)
         loss = _in_batch_ce(logits)

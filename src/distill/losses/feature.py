@@ -38,7 +38,8 @@ def check_feature_map_spec(layer_map: Any) -> None:
         if all(ok_key(k) and ok_key(v) for k, v in layer_map.items()):
             return
     if isinstance(layer_map, (list, tuple)) and layer_map:
-        if all(isinstance(p, (list, tuple)) and len(p) == 2 and ok_key(p[0]) and ok_key(p[1]) for p in layer_map):
+        if all(isinstance(p, (list, tuple)) and len(p) == 2 and ok_key(p[0]) and ok_key(p[1])
+               for p in layer_map):
             return
     raise ValueError(
         f"layer_map: {layer_map!r} is not allowed; use last, a list of [student_name, teacher_name] pairs "
@@ -126,7 +127,8 @@ class FitNetLoss(_FeatureLoss):
         self.pairs = feature_pairs(layer_map)
         self.projector = projector
         self.loss = loss
-        self.projectors = nn.ModuleDict()  # "pair index" -> 1x1 conv, built on first use (channels known then)
+        # "pair index" -> 1x1 conv, built on first use (channels known then)
+        self.projectors = nn.ModuleDict()
 
     @staticmethod
     def validate_params(layer_map: Any = "last", projector: str = "auto", loss: str = "mse") -> None:
@@ -159,8 +161,8 @@ class FitNetLoss(_FeatureLoss):
             h_t = upcast(_pick(ft, t, "teacher", self.name).detach())
             h_s = self._project(i, h_s, h_t.shape[1])
             if h_s.shape[1] != h_t.shape[1]:
-                raise ValueError(f"loss 'fitnet': student map {s!r} has {h_s.shape[1]} channels and teacher map "
-                                 f"{t!r} {h_t.shape[1]}; set projector: auto or conv")
+                raise ValueError(f"loss 'fitnet': student map {s!r} has {h_s.shape[1]} channels and "
+                                 f"teacher map {t!r} {h_t.shape[1]}; set projector: auto or conv")
             h_s, h_t = _same_size(h_s, h_t)
             diff = h_s - h_t
             value = diff.pow(2).mean() if self.loss == "mse" else diff.abs().mean()
@@ -196,8 +198,8 @@ class AttentionTransferLoss(_FeatureLoss):
     student_needs = ("feature_maps",)
     formula = "mean_(s,t) mean_(b,hw) (a(F_S[s]) - a(F_T[t]))^2, a(F) = normalize(mean_c |F_c|^p)"
     citation = (
-        "Zagoruyko, Komodakis. Paying More Attention to Attention: Improving the Performance of Convolutional "
-        "Neural Networks via Attention Transfer, ICLR 2017"
+        "Zagoruyko, Komodakis. Paying More Attention to Attention: Improving the Performance of "
+        "Convolutional Neural Networks via Attention Transfer, ICLR 2017"
     )
 
     def __init__(self, layer_map: Any = "last", p: float = 2.0):
@@ -267,18 +269,21 @@ class DKDLoss(DistillLoss):
             return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
 
         if not number(temperature) or temperature <= 0:
-            raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (4 in the paper)")
+            raise ValueError(f"temperature: {temperature!r} is not allowed; "
+                             "use a number > 0 (4 in the paper)")
         if not number(alpha) or alpha < 0:
             raise ValueError(f"alpha: {alpha!r} is not allowed; use a number >= 0 (1 in the paper)")
         if not number(beta) or beta < 0:
             raise ValueError(f"beta: {beta!r} is not allowed; use a number >= 0 (1-8 in the paper)")
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs,
+                batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         z_s = student.require("logits", self.name)
         z_t = teacher.require("logits", self.name)
         labels = batch.get("labels")
         if labels is None:
-            raise ValueError("loss 'dkd' needs labels in the batch (the target class splits the distribution)")
+            raise ValueError("loss 'dkd' needs labels in the batch "
+                             "(the target class splits the distribution)")
         log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)  # (..., C) at temperature T
         log_p, log_q = log_p.reshape(-1, c), log_q.reshape(-1, c)
         labels = labels.reshape(-1)

@@ -15,7 +15,8 @@ from distill.outputs import ModelOutputs, upcast
 
 
 def _first_token(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    # h (B, L, H) -> (B, H): the first real token of each row ([CLS] for BERT-style inputs, also when padded left)
+    # h (B, L, H) -> (B, H): the first real token of each row ([CLS] for BERT-style inputs, also when
+    # padded left)
     if mask is None:
         return h[:, 0]
     first = (mask != 0).int().argmax(dim=1)  # (B,)
@@ -37,9 +38,9 @@ class HiddenStateLoss(DistillLoss):
     (:func:`distill.layer_map.resolve_layer_map`).
 
     PKD (Sun et al. 2019), "patient" distillation: ``pooling: cls, normalize: true, loss: mse`` is
-    ``mean_(s,t) mean_(b, h) (h_S/||h_S|| - h_T/||h_T||)^2`` over the [CLS] vectors, the element-wise mean that
-    PKD's released code takes with ``F.mse_loss`` (the paper writes the squared L2 distance, larger by the
-    width H). PKD leaves the student's last layer to the logit loss; drop that pair with an explicit map.
+    ``mean_(s,t) mean_(b, h) (h_S/||h_S|| - h_T/||h_T||)^2`` over the [CLS] vectors, the element-wise mean
+    that PKD's released code takes with ``F.mse_loss`` (the paper writes the squared L2 distance, larger by
+    the width H). PKD leaves the student's last layer to the logit loss; drop that pair with an explicit map.
 
     Recipe::
 
@@ -53,8 +54,8 @@ class HiddenStateLoss(DistillLoss):
     student_needs = ("hidden_states",)
     formula = "mean_(s,t) dist(W h_S[s], h_T[t]), dist in {mse, cosine}, W learned when widths differ"
     citation = (
-        "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015; Jiao et al., TinyBERT, EMNLP Findings 2020; "
-        "Sun et al., Patient Knowledge Distillation for BERT Model Compression, EMNLP 2019"
+        "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015; Jiao et al., TinyBERT, EMNLP Findings "
+        "2020; Sun et al., Patient Knowledge Distillation for BERT Model Compression, EMNLP 2019"
     )
 
     def __init__(
@@ -115,9 +116,9 @@ class HiddenStateLoss(DistillLoss):
     def build(cls, params: dict[str, Any], ctx: LossContext) -> "HiddenStateLoss":
         if params.get("pooling", "none") in ("none", "cls") and not ctx.same_tokenizer:
             raise ValueError(
-                f"loss 'hidden' with pooling: {params.get('pooling', 'none')} compares tokens one to one, but "
-                "teacher and student use different tokenizers; set pooling: mean (sentence vectors) or use the "
-                "same tokenizer"
+                f"loss 'hidden' with pooling: {params.get('pooling', 'none')} compares tokens one to one, "
+                "but teacher and student use different tokenizers; set pooling: mean (sentence vectors) or "
+                "use the same tokenizer"
             )
         return cls(
             **params,
@@ -143,8 +144,8 @@ class HiddenStateLoss(DistillLoss):
                 h_s = project(self.projectors[i % len(self.projectors)], h_s)
             if h_s.shape[-1] != h_t.shape[-1]:
                 raise ValueError(
-                    f"hidden widths differ (student {h_s.shape[-1]}, teacher {h_t.shape[-1]}) and no projector "
-                    "was built; set projector: auto or linear"
+                    f"hidden widths differ (student {h_s.shape[-1]}, teacher {h_t.shape[-1]}) and no "
+                    "projector was built; set projector: auto or linear"
                 )
             if self.pooling == "mean":
                 h_s, h_t = mean_pool(h_s, s_mask), mean_pool(h_t, t_mask)  # (B, H)
@@ -155,8 +156,8 @@ class HiddenStateLoss(DistillLoss):
             else:
                 if h_s.shape[:2] != h_t.shape[:2]:
                     raise ValueError(
-                        f"token-level hidden loss needs equal sequence shapes, got {tuple(h_s.shape[:2])} and "
-                        f"{tuple(h_t.shape[:2])}; use pooling: mean"
+                        f"token-level hidden loss needs equal sequence shapes, got {tuple(h_s.shape[:2])} "
+                        f"and {tuple(h_t.shape[:2])}; use pooling: mean"
                     )
                 mask = s_mask
             if self.normalize:

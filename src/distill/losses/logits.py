@@ -62,7 +62,9 @@ class KDLoss(DistillLoss):
     name = "kd"
     teacher_needs = ("logits",)
     student_needs = ("logits",)
-    formula = "T^2 * D(softmax(z_T/T) || softmax(z_S/T)), D in {forward_kl, reverse_kl, symmetric_kl, jsd, soft_ce}"
+    formula = (
+        "T^2 * D(softmax(z_T/T) || softmax(z_S/T)), D in {forward_kl, reverse_kl, symmetric_kl, jsd, soft_ce}"
+    )
     citation = (
         "Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. arXiv:1503.02531 (2015); "
         "symmetric_kl: Cui et al., Beyond Self-Supervision (SSLD), PaddleClas (2021); "
@@ -100,15 +102,18 @@ class KDLoss(DistillLoss):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (1-4 is usual)")
         if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence: {divergence!r} is not allowed; choose one of {', '.join(DIVERGENCES)}")
+            raise ValueError(f"divergence: {divergence!r} is not allowed; "
+                             f"choose one of {', '.join(DIVERGENCES)}")
         if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: {reduction!r} is not allowed; choose one of {', '.join(REDUCTIONS)}")
+            raise ValueError(f"reduction: {reduction!r} is not allowed; "
+                             f"choose one of {', '.join(REDUCTIONS)}")
         if not isinstance(scale_by_t2, bool):
             raise ValueError(f"scale_by_t2: {scale_by_t2!r} is not allowed; use true or false")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
             raise ValueError(f"beta: {beta!r} is not allowed; use 0 < beta < 1 (0.5 is the symmetric JSD)")
         if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0 <= skew < 1:
-            raise ValueError(f"skew: {skew!r} is not allowed; use 0 <= skew < 1 (0 = plain KL, 0.1 in DistiLLM)")
+            raise ValueError(f"skew: {skew!r} is not allowed; "
+                             "use 0 <= skew < 1 (0 = plain KL, 0.1 in DistiLLM)")
         if skew and divergence not in ("forward_kl", "reverse_kl"):
             raise ValueError(f"skew: {skew!r} applies to forward_kl and reverse_kl only, not {divergence!r}; "
                              "set skew: 0 or choose one of those divergences")
@@ -199,7 +204,8 @@ class HardKDLoss(DistillLoss):
         else:
             target = z_t.argmax(dim=-1)
         mask = _row_mask(z_s, batch, student)
-        per_row = F.cross_entropy(upcast(z_s).reshape(-1, z_s.shape[-1]), target.reshape(-1), reduction="none")
+        per_row = F.cross_entropy(upcast(z_s).reshape(-1, z_s.shape[-1]), target.reshape(-1),
+                                  reduction="none")
         if mask is None:
             return per_row.mean()
         m = mask.reshape(-1).to(per_row.dtype)

@@ -46,8 +46,8 @@ class MiniLMv2Loss(DistillLoss):
 
     The queries (keys, values) of all attention heads of a layer are concatenated and re-split into
     ``relation_heads`` heads of width ``d_r`` (per model: d_r = width / relation_heads), so the student's head
-    count and width may differ from the teacher's. For each relation ``xy`` in ``relations`` (default Q-Q, K-K,
-    V-V): ``R_xy = softmax(X Y^T / sqrt(d_r))`` over real keys, and
+    count and width may differ from the teacher's. For each relation ``xy`` in ``relations`` (default Q-Q,
+    K-K, V-V): ``R_xy = softmax(X Y^T / sqrt(d_r))`` over real keys, and
     ``L_xy = mean_b 1/(A_r |x_b|) sum_r sum_t KL(R^T_{xy,r,t} || R^S_{xy,r,t})``. The loss is
     ``sum_xy L_xy / len(relations)``, returned as parts named by relation (each already divided by the number
     of relations, so the parts add up to the loss).
@@ -69,7 +69,8 @@ class MiniLMv2Loss(DistillLoss):
     name = "minilm_v2"
     teacher_needs = ("qkv",)
     student_needs = ("qkv",)
-    formula = "1/|rel| sum_xy mean_b 1/(A_r|x|) sum_(r,t) KL(R^T_xy || R^S_xy), R_xy = softmax(X_r Y_r^T/sqrt(d_r))"
+    formula = ("1/|rel| sum_xy mean_b 1/(A_r|x|) sum_(r,t) KL(R^T_xy || R^S_xy), "
+               "R_xy = softmax(X_r Y_r^T/sqrt(d_r))")
     citation = (
         "Wang et al., MiniLMv2: Multi-Head Self-Attention Relation Distillation for Compressing Pretrained "
         "Transformers, Findings of ACL 2021"
@@ -91,8 +92,8 @@ class MiniLMv2Loss(DistillLoss):
         for side, width in (("student", student_hidden_size), ("teacher", teacher_hidden_size)):
             if width is not None and width % relation_heads:
                 raise ValueError(
-                    f"relation_heads: {relation_heads} does not divide the {side}'s width {width}; choose a common "
-                    "divisor of both models' widths"
+                    f"relation_heads: {relation_heads} does not divide the {side}'s width {width}; choose a "
+                    "common divisor of both models' widths"
                 )
         self.relation_heads = int(relation_heads)
         self.relations = tuple(relations)
@@ -100,12 +101,12 @@ class MiniLMv2Loss(DistillLoss):
         self.s_layer = resolve_layer(student_layer, student_num_layers, "student_layer")
 
     @staticmethod
-    def validate_params(relation_heads: int = 48, relations: Any = ("qq", "kk", "vv"), teacher_layer: Any = "last",
-                        student_layer: Any = "last", **context: Any) -> None:
+    def validate_params(relation_heads: int = 48, relations: Any = ("qq", "kk", "vv"),
+                        teacher_layer: Any = "last", student_layer: Any = "last", **context: Any) -> None:
         reject_context(context)
         if isinstance(relation_heads, bool) or not isinstance(relation_heads, int) or relation_heads < 1:
-            raise ValueError(f"relation_heads: {relation_heads!r} is not allowed; use a positive integer (48 for "
-                             "base-size teachers)")
+            raise ValueError(f"relation_heads: {relation_heads!r} is not allowed; use a positive integer "
+                             "(48 for base-size teachers)")
         if (not isinstance(relations, (list, tuple)) or not relations
                 or any(r not in RELATIONS for r in relations) or len(set(relations)) != len(relations)):
             raise ValueError(f"relations: {relations!r} is not allowed; list distinct pairs from "
@@ -115,7 +116,8 @@ class MiniLMv2Loss(DistillLoss):
 
     @classmethod
     def build(cls, params: dict[str, Any], ctx) -> MiniLMv2Loss:
-        return cls(**params, student_hidden_size=ctx.student_hidden_size, teacher_hidden_size=ctx.teacher_hidden_size,
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size,
                    student_num_layers=ctx.student_num_layers, teacher_num_layers=ctx.teacher_num_layers)
 
     def qkv_layers(self, side: str) -> list[int] | None:
@@ -163,12 +165,12 @@ class TRGLoss(DistillLoss):
     ``hidden_states`` index). Three terms, returned as parts ``inner``, ``local`` and ``global`` (already
     weighted, so they add up to the loss):
 
-    - ``inner`` (contextual similarity, per example): ``CS = softmax(F F^T / sqrt(D))`` over the example's real
-      tokens; ``L_inner = mean_b mean_{real i, j} (CS^S[i, j] - CS^T[i, j])^2``.
+    - ``inner`` (contextual similarity, per example): ``CS = softmax(F F^T / sqrt(D))`` over the example's
+      real tokens; ``L_inner = mean_b mean_{real i, j} (CS^S[i, j] - CS^T[i, j])^2``.
     - ``local`` (graph edges): all real tokens of the batch (or ``tokens_per_example`` sampled per example)
       become graph nodes, L2-normalised. Node i's neighbours N(i) are its ``k`` nearest other nodes in the
-      *teacher* space; over N(i) both models give the edge distribution ``softmax_j(-||f_i - f_j||^2 / (2 sigma))``
-      and ``L_local = mean_i KL(P^T_i || P^S_i)``.
+      *teacher* space; over N(i) both models give the edge distribution
+      ``softmax_j(-||f_i - f_j||^2 / (2 sigma))`` and ``L_local = mean_i KL(P^T_i || P^S_i)``.
     - ``global`` (token-level contrast): ``L_global = mean_i -log softmax_j(cos(W s_i, t_j) / tau)[i]``: the
       same node of the teacher is the positive, the other nodes the negatives; ``W`` a learned projector when
       widths differ. ``tau`` falls linearly from ``tau_start`` to ``tau`` over ``anneal_steps`` training calls
@@ -179,10 +181,10 @@ class TRGLoss(DistillLoss):
 
     **[unverified]** No official TRG code was found (METHODS.md 3.8): the structure follows a third-party
     summary of Zhang, Liu, He, "Knowledge Distillation via Token-level Relationship Graph" (arXiv 2306.12442),
-    written for vision tokens. The choices made here are ours: teacher-space neighbours for both graphs (so the
-    two edge distributions share a support), L2-normalised nodes, and the defaults ``k: 8``, ``sigma: 1.0``,
-    ``tau: 0.1``, weights 1.0, which were not recovered from the paper. Check them against the paper before
-    reporting TRG numbers.
+    written for vision tokens. The choices made here are ours: teacher-space neighbours for both graphs (so
+    the two edge distributions share a support), L2-normalised nodes, and the defaults ``k: 8``,
+    ``sigma: 1.0``, ``tau: 0.1``, weights 1.0, which were not recovered from the paper. Check them against the
+    paper before reporting TRG numbers.
 
     Recipe::
 
@@ -195,7 +197,8 @@ class TRGLoss(DistillLoss):
     student_needs = ("hidden_states",)
     formula = ("a*MSE(softmax(FF^T/sqrt D)) + b*mean_i KL(P^T_i||P^S_i) over teacher kNN edges "
                "+ c*InfoNCE(W s_i, t_i; tau)  [unverified]")
-    citation = "Zhang, Liu, He, Knowledge Distillation via Token-level Relationship Graph, arXiv:2306.12442 (2023)"
+    citation = ("Zhang, Liu, He, Knowledge Distillation via Token-level Relationship Graph, "
+                "arXiv:2306.12442 (2023)")
 
     def __init__(
         self,
@@ -233,7 +236,8 @@ class TRGLoss(DistillLoss):
         self.tau_start = None if tau_start is None else float(tau_start)
         self.anneal_steps = int(anneal_steps)
         self.tokens_per_example = int(tokens_per_example)
-        self.weights = {"inner": float(inner_weight), "local": float(local_weight), "global": float(global_weight)}
+        self.weights = {"inner": float(inner_weight), "local": float(local_weight),
+                        "global": float(global_weight)}
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.projector: nn.Module | None = None
         if self.weights["global"] > 0:
@@ -243,13 +247,15 @@ class TRGLoss(DistillLoss):
                 if not widths_known:
                     raise ValueError("a projector needs student_hidden_size and teacher_hidden_size")
                 self.projector = nn.Linear(student_hidden_size, teacher_hidden_size)
-                if student_hidden_size == teacher_hidden_size:  # a forced square projector starts as the identity
+                # a forced square projector starts as the identity
+                if student_hidden_size == teacher_hidden_size:
                     nn.init.eye_(self.projector.weight)
                     nn.init.zeros_(self.projector.bias)
 
     @staticmethod
-    def validate_params(teacher_layer: Any = "last", student_layer: Any = "last", k: int = 8, sigma: float = 1.0,
-                        tau: float = 0.1, tau_start: float | None = None, anneal_steps: int = 0,
+    def validate_params(teacher_layer: Any = "last", student_layer: Any = "last", k: int = 8,
+                        sigma: float = 1.0, tau: float = 0.1, tau_start: float | None = None,
+                        anneal_steps: int = 0,
                         tokens_per_example: int = 0, inner_weight: float = 1.0, local_weight: float = 1.0,
                         global_weight: float = 1.0, projector: str = "auto", **context: Any) -> None:
         reject_context(context)
@@ -269,7 +275,8 @@ class TRGLoss(DistillLoss):
             raise ValueError(f"tau_start: {tau_start!r} is not allowed; use a number > 0, or leave it empty")
         for name, value in (("anneal_steps", anneal_steps), ("tokens_per_example", tokens_per_example)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: {value!r} is not allowed; use an integer >= 0 (0: off / all tokens)")
+                raise ValueError(f"{name}: {value!r} is not allowed; "
+                                 "use an integer >= 0 (0: off / all tokens)")
         for name, value in (("inner_weight", inner_weight), ("local_weight", local_weight),
                             ("global_weight", global_weight)):
             if not number(value) or value < 0:
@@ -284,7 +291,8 @@ class TRGLoss(DistillLoss):
         if not ctx.same_tokenizer:
             raise ValueError("loss 'trg' compares tokens one to one, but teacher and student use different "
                              "tokenizers; use the same tokenizer")
-        return cls(**params, student_hidden_size=ctx.student_hidden_size, teacher_hidden_size=ctx.teacher_hidden_size,
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size,
                    student_num_layers=ctx.student_num_layers, teacher_num_layers=ctx.teacher_num_layers)
 
     @property
@@ -304,8 +312,10 @@ class TRGLoss(DistillLoss):
     @staticmethod
     def _inner(h_s: torch.Tensor, h_t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         # (B, 1, L, L) contextual similarity maps over each example's real tokens
-        cs_s = masked_log_softmax((h_s @ h_s.transpose(-1, -2) / math.sqrt(h_s.shape[-1]))[:, None], real).exp()
-        cs_t = masked_log_softmax((h_t @ h_t.transpose(-1, -2) / math.sqrt(h_t.shape[-1]))[:, None], real).exp()
+        cs_s = masked_log_softmax((h_s @ h_s.transpose(-1, -2) / math.sqrt(h_s.shape[-1]))[:, None],
+                                  real).exp()
+        cs_t = masked_log_softmax((h_t @ h_t.transpose(-1, -2) / math.sqrt(h_t.shape[-1]))[:, None],
+                                  real).exp()
         pair = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, L, L)
         sq = torch.where(pair, (cs_s - cs_t).pow(2), torch.zeros((), device=cs_s.device))
         per_example = sq.sum(dim=(1, 2, 3)) / pair.sum(dim=(1, 2, 3)).clamp_min(1)  # (B,)
@@ -350,8 +360,9 @@ class TRGLoss(DistillLoss):
         h_s = _hidden(student, self.s_layer, self.name, "student")  # (B, L, D_S)
         h_t = _hidden(teacher, self.t_layer, self.name, "teacher")  # (B, L, D_T)
         if h_s.shape[:2] != h_t.shape[:2]:
-            raise ValueError(f"trg needs the same batch and sequence shape, got student {tuple(h_s.shape[:2])} "
-                             f"and teacher {tuple(h_t.shape[:2])} (teacher and student must share the tokenizer)")
+            raise ValueError(f"trg needs the same batch and sequence shape, got student "
+                             f"{tuple(h_s.shape[:2])} and teacher {tuple(h_t.shape[:2])} "
+                             "(teacher and student must share the tokenizer)")
         real = token_mask(student, batch, h_s)  # (B, L)
         parts: dict[str, torch.Tensor] = {}
         if self.weights["inner"] > 0:
@@ -366,10 +377,11 @@ class TRGLoss(DistillLoss):
                 projected = project(self.projector, s_nodes) if self.projector is not None else s_nodes
                 if projected.shape[-1] != t_nodes.shape[-1]:
                     raise ValueError(
-                        f"trg: widths differ (student {projected.shape[-1]}, teacher {t_nodes.shape[-1]}) and no "
-                        "projector was built; set projector: auto or linear"
+                        f"trg: widths differ (student {projected.shape[-1]}, teacher {t_nodes.shape[-1]}) "
+                        "and no projector was built; set projector: auto or linear"
                     )
-                parts["global"] = self.weights["global"] * self._global(F.normalize(projected, dim=-1), t_nodes)
+                parts["global"] = self.weights["global"] * self._global(F.normalize(projected, dim=-1),
+                                                                        t_nodes)
         if self.training and torch.is_grad_enabled():
             self.step += 1
         return parts

@@ -149,7 +149,8 @@ class ShardAccumulator:
             for layer in spec.qkv_layers:
                 for name, x in zip("qkv", qkv[layer - 1]):
                     if x.dim() != 4 or x.shape[0] != n:
-                        raise ValueError(f"qkv layer {layer} {name} must be (B, heads, L, head_dim) for {n} examples")
+                        raise ValueError(f"qkv layer {layer} {name} must be (B, heads, L, head_dim) "
+                                         f"for {n} examples")
                     if shape is None:
                         shape = (x.shape[1], x.shape[3])
                     elif (x.shape[1], x.shape[3]) != shape:

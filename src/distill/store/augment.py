@@ -47,7 +47,8 @@ def _sha256(data: bytes) -> str:
 
 
 def augmented_store_key(**parts: Any) -> str:
-    """A key naming everything that changes the store's bytes (teacher, data, augmentation, epochs, k, seed)."""
+    """A key naming everything that changes the store's bytes (teacher, data, augmentation, epochs, k,
+    seed)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -57,7 +58,8 @@ def _epoch_ok(path: Path, e: int, n: int, k: int) -> bool:
         return False
     try:
         meta = json.loads(side.read_text())
-        return meta.get("rows") == n and meta.get("k") == k and meta.get("sha256") == _sha256(npz.read_bytes())
+        return (meta.get("rows") == n and meta.get("k") == k
+                and meta.get("sha256") == _sha256(npz.read_bytes()))
     except (OSError, ValueError):
         return False
 
@@ -113,8 +115,9 @@ def build_augmented_store(
         atomic_write_bytes(path / f"{_epoch_stem(e)}.json",
                       json.dumps({"rows": n, "k": k, "sha256": _sha256(data)}).encode())
         log(f"store {key}: epoch {e + 1}/{epochs} of teacher views written")
-    manifest = {"format": FORMAT, "key": key, "epochs": epochs, "examples": n, "k": k, "num_classes": num_classes,
-                "augment": dataclasses.asdict(augment), "base_seed": base_seed, "meta": dict(meta or {})}
+    manifest = {"format": FORMAT, "key": key, "epochs": epochs, "examples": n, "k": k,
+                "num_classes": num_classes, "augment": dataclasses.asdict(augment), "base_seed": base_seed,
+                "meta": dict(meta or {})}
     atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2).encode())
     return path
 
@@ -168,8 +171,8 @@ class AugmentedStore:
         probs = torch.from_numpy(rec["probs"][idx].astype(np.float32))
         values = torch.log(probs.clamp_min(1e-12))
         logits = SparseLogits(values=values, indices=torch.from_numpy(rec["classes"][idx].astype(np.int64)),
-                              logsumexp=torch.zeros(values.shape[0]), num_classes=int(self.manifest["num_classes"]),
-                              mode=self.mode)
+                              logsumexp=torch.zeros(values.shape[0]),
+                              num_classes=int(self.manifest["num_classes"]), mode=self.mode)
         return rec["seeds"][idx].astype(np.int64), ModelOutputs(logits=logits)
 
     def views(self, images: torch.Tensor, epoch: int, indices: np.ndarray | list[int]) -> torch.Tensor:
@@ -184,7 +187,8 @@ class AugmentedStore:
     def info(self) -> dict[str, Any]:
         files = sum(f.stat().st_size for f in self.path.glob("epoch-*.npz"))
         n, e = len(self), self.epochs
-        return {"epochs": e, "examples": n, "k": self.manifest["k"], "num_classes": self.manifest["num_classes"],
+        return {"epochs": e, "examples": n, "k": self.manifest["k"],
+                "num_classes": self.manifest["num_classes"],
                 "payload_bytes_per_image_per_epoch": self.bytes_per_image_per_epoch(),
                 "disk_bytes_per_image_per_epoch": files / max(n * e, 1), "disk_bytes": files}
 
@@ -196,7 +200,8 @@ def describe_augmented_store(store: AugmentedStore) -> str:
         f"key       {store.key}",
         f"path      {store.path}",
         f"images    {info['examples']:,} x {info['epochs']} epoch(s) of augmented views",
-        f"kept      per view: its seed and the teacher's top-{info['k']} of {info['num_classes']} probabilities",
-        f"size      {info['disk_bytes'] / 2**20:.2f} MiB ({info['disk_bytes_per_image_per_epoch']:.1f} bytes per image "
-        "per epoch on disk)",
+        f"kept      per view: its seed and the teacher's top-{info['k']} of {info['num_classes']} "
+        "probabilities",
+        f"size      {info['disk_bytes'] / 2**20:.2f} MiB "
+        f"({info['disk_bytes_per_image_per_epoch']:.1f} bytes per image per epoch on disk)",
     ])

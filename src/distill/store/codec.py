@@ -13,7 +13,8 @@ fitted once on calibration rows of the same store, then frozen:
 
 1. a metric: for a small error ``e`` in ``h``, the KL is about ``e^T F e / 2`` with ``F`` the Fisher
    information of the softmax through ``W``; averaged over the calibration tokens, ``F`` turns "which
-   directions of ``h`` matter to the distribution" into a matrix (some matter a thousand times more than others);
+   directions of ``h`` matter to the distribution" into a matrix (some matter a thousand times more than
+   others);
 2. centre ``h`` and rotate it onto the principal axes of the calibration rows *in that metric*: coordinates
    that are uncorrelated and whose variances say how much KL each one's error costs;
 3. share the bit budget (``bits * H`` per row) out greedily: each next bit goes to the coordinate whose
@@ -98,7 +99,8 @@ def allocate_widths(variances: torch.Tensor, budget: int, max_width: int = MAX_W
     mse = torch.tensor(_GAUSSIAN_MSE[:max_width + 1], dtype=torch.float64)
     gains = variances.double().clamp_min(0).unsqueeze(1) * (mse[:-1] - mse[1:]).unsqueeze(0)  # (H, max_width)
     if not 0 <= budget <= gains.numel():
-        raise ValueError(f"a budget of {budget} bits does not fit {variances.numel()} coordinates x {max_width}")
+        raise ValueError(f"a budget of {budget} bits does not fit {variances.numel()} coordinates "
+                         f"x {max_width}")
     order = torch.sort(gains.flatten(), descending=True, stable=True).indices[:budget]
     return torch.bincount(order // max_width, minlength=variances.numel())
 
@@ -110,7 +112,8 @@ def _check_bits(bits: int) -> None:
 
 def _width_groups(widths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     """(width, the coordinates of that width) for every width 1..8 some coordinate has."""
-    return [(w, cols) for w in range(1, MAX_WIDTH + 1) if (cols := (widths == w).nonzero().squeeze(1)).numel()]
+    return [(w, cols) for w in range(1, MAX_WIDTH + 1)
+            if (cols := (widths == w).nonzero().squeeze(1)).numel()]
 
 
 class HeadCodec:
@@ -167,7 +170,8 @@ class HeadCodec:
         if h.shape[0] < 2:
             raise ValueError("the head codec needs at least two calibration tokens")
         if h.shape[1] != weight.shape[1]:
-            raise ValueError(f"hidden states have {h.shape[1]} features but the output layer takes {weight.shape[1]}")
+            raise ValueError(f"hidden states have {h.shape[1]} features but the output layer takes "
+                             f"{weight.shape[1]}")
         _check_bits(bits)
         if metric not in ("fisher", "euclidean"):
             raise ValueError(f"codec metric: {metric!r}; use 'fisher' or 'euclidean'")
@@ -197,17 +201,19 @@ class HeadCodec:
         g = torch.Generator().manual_seed(seed)
         for w, cols in _width_groups(widths):
             flat = z[:, cols].flatten()
-            if flat.numel() > max_values:  # a seeded subsample: the quantiser needs the shape, not every value
+            # a seeded subsample: the quantiser needs the shape, not every value
+            if flat.numel() > max_values:
                 flat = flat[torch.randperm(flat.numel(), generator=g)[:max_values]]
             levels[w, :2 ** w] = _lloyd_max(flat, 2 ** w)
-        return cls(weight.detach().cpu(), None if bias is None else bias.detach().cpu(), mean, transform.float(),
-                   inverse.float(), std.float(), widths, levels, bits)
+        return cls(weight.detach().cpu(), None if bias is None else bias.detach().cpu(), mean,
+                   transform.float(), inverse.float(), std.float(), widths, levels, bits)
 
     # ---------------------------------------------------------------------------------------- coding
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, H) hidden states -> (codes (T, ceil(H*bits/8)) uint8, row scales (T,) float16)."""
         z = ((hidden.detach().float().to(self.mean.device) - self.mean) @ self.transform) / self.std
-        rms = z.pow(2).mean(-1).sqrt().half()  # rounded first, so the codes are taken against the stored scale
+        # rounded first, so the codes are taken against the stored scale
+        rms = z.pow(2).mean(-1).sqrt().half()
         z = z / rms.float().clamp_min(1e-12).unsqueeze(-1)
         codes = torch.zeros(z.shape, dtype=torch.long, device=z.device)
         for w, cols in self._groups:
@@ -259,8 +265,8 @@ class HeadCodec:
         t = load_file(str(path))
         if "format" not in t or int(t["format"]) != FORMAT:
             found = int(t["format"]) if "format" in t else 1
-            raise CodecFormatError(f"{path} is a format-{found} head codec; this distill reads format {FORMAT}: "
-                                   "rebuild the store (the next run re-codes it)")
+            raise CodecFormatError(f"{path} is a format-{found} head codec; this distill reads format "
+                                   f"{FORMAT}: rebuild the store (the next run re-codes it)")
         return cls(t["weight"], t.get("bias"), t["mean"], t["transform"], t["inverse"], t["std"], t["widths"],
                    t["levels"], int(t["bits"]))
 
@@ -274,12 +280,13 @@ def output_layer(model: torch.nn.Module, vocab_size: int) -> tuple[torch.Tensor,
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     if cap:
         raise ValueError(
-            f"the teacher caps its logits after the output layer (final_logit_softcapping={cap}); the head codec "
-            "cannot rebuild them: use store.codec: topk"
+            f"the teacher caps its logits after the output layer (final_logit_softcapping={cap}); the head "
+            "codec cannot rebuild them: use store.codec: topk"
         )
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"the teacher's output layer is a {type(head).__name__}, not a Linear; use store.codec: topk")
+        raise ValueError(f"the teacher's output layer is a {type(head).__name__}, not a Linear; "
+                         "use store.codec: topk")
     bias = None if head.bias is None else head.bias.detach()[:vocab_size]
     return head.weight.detach()[:vocab_size], bias
 

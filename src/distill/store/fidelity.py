@@ -50,11 +50,13 @@ def measure_fidelity(
         if isinstance(rec, SparseLogits):
             sub = SparseLogits(rec.values[valid], rec.indices[valid], rec.logsumexp[valid], rec.num_classes)
             lph, _ = sparse_teacher_log_probs(sub, "spread")
-            missing += float((1 - (sub.values - sub.logsumexp.unsqueeze(-1)).exp().sum(-1)).clamp_min(0).sum())
+            missing += float((1 - (sub.values - sub.logsumexp.unsqueeze(-1)).exp().sum(-1))
+                             .clamp_min(0).sum())
         else:
             lph = torch.log_softmax(rec[valid].float(), dim=-1)
         if lph.shape != lp.shape:
-            raise ValueError(f"store rows give {tuple(lph.shape)} token distributions, the teacher {tuple(lp.shape)}")
+            raise ValueError(f"store rows give {tuple(lph.shape)} token distributions, "
+                             f"the teacher {tuple(lp.shape)}")
         p = lp.exp()
         kl += float((p * (lp - lph)).sum())
         ent += float(-(p * lp).sum())
@@ -78,8 +80,9 @@ def load_fidelity(store_path: str | Path) -> dict[str, Any] | None:
 
 
 def describe_fidelity(f: dict[str, Any]) -> str:
-    text = (f"KL(teacher || store) {f['kl_nats_per_token']:.4f} nats/token = {100 * f['kl_error']:.2f}% of the "
-            f"teacher's entropy ({f['teacher_entropy']:.3f}); top-1 agreement {100 * f['top1_agreement']:.1f}%")
+    text = (f"KL(teacher || store) {f['kl_nats_per_token']:.4f} nats/token = {100 * f['kl_error']:.2f}% "
+            f"of the teacher's entropy ({f['teacher_entropy']:.3f}); "
+            f"top-1 agreement {100 * f['top1_agreement']:.1f}%")
     if "missing_mass" in f:
         text += f"; mass outside the top-k {100 * f['missing_mass']:.1f}%"
     where = ""

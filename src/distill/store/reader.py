@@ -392,7 +392,8 @@ def format_info(info: dict[str, Any]) -> str:
         lg = layout["logits"]
         kept = f"top-{lg['k']} of {lg['num_classes']}" if lg["sparse"] else f"all {lg['num_classes']}"
         if lg.get("codec"):
-            kept += f", rebuilt from the output layer's {lg['hidden_size']} inputs at {lg['codec'][4:]} bits each on average"
+            kept += (f", rebuilt from the output layer's {lg['hidden_size']} inputs at {lg['codec'][4:]} "
+                     "bits each on average")
         captured.append(f"logits ({kept}, per {'token' if lg['per_token'] else 'example'})")
     if "embeddings" in layout:
         captured.append(f"embeddings (dim {layout['embeddings']['dim']})")

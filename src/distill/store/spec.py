@@ -120,8 +120,8 @@ class StoreSpec:
                 raise ValueError(f"store codec {self.codec!r} codes logits, but 'logits' is not in capture")
             if self.topk:
                 raise ValueError(
-                    f"store topk: {self.topk} has no meaning with codec {self.codec!r} (it keeps every logit); "
-                    "set topk to 0, or use codec 'topk'"
+                    f"store topk: {self.topk} has no meaning with codec {self.codec!r} "
+                    "(it keeps every logit); set topk to 0, or use codec 'topk'"
                 )
         if self.reconstruct not in RECONSTRUCTIONS:
             raise ValueError(
@@ -175,9 +175,10 @@ def check_storable(distiller: Any) -> None:
     if distiller.needs("attentions", "teacher"):
         names = [n for n, m in zip(distiller.names, distiller.losses) if "attentions" in m.teacher_needs]
         raise RecipeError(
-            f"losses: {', '.join(names)} read the teacher's attention matrices, which the teacher-output store does "
-            "not keep (O(L^2) per example; it keeps the Q/K/V projections that attention_mse, minilm and "
-            "minilm_v2 rebuild the maps from); set store.enabled: false to run the teacher every step"
+            f"losses: {', '.join(names)} read the teacher's attention matrices, which the teacher-output "
+            "store does not keep (O(L^2) per example; it keeps the Q/K/V projections that attention_mse, "
+            "minilm and minilm_v2 rebuild the maps from); set store.enabled: false to run the teacher every "
+            "step"
         )
 
 
@@ -197,4 +198,5 @@ def spec_for_losses(cfg: Any, distiller: Any) -> StoreSpec:
         raise RecipeError("losses: a loss reads the teacher's qkv but could not tell which layers; the store "
                           "cannot keep them (set store.enabled: false)")
     return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=cfg.topk, dtype=cfg.dtype,
-                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct, qkv_layers=tuple(qkv_layers or ()))
+                     shard_size=cfg.shard_size, reconstruct=cfg.reconstruct,
+                     qkv_layers=tuple(qkv_layers or ()))

@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 
 from distill.files import atomic_save, atomic_write_json, read_json, sha256_file
 from distill.outputs import ModelOutputs
+from distill.store.accumulate import ShardAccumulator
 from distill.store.codec import CODEC_BITS, CODEC_FILE, CodecFormatError, HeadCodec
 from distill.store.fingerprint import FORMAT_VERSION
-from distill.store.accumulate import ShardAccumulator
 from distill.store.spec import MANIFEST_NAME, StoreError, StoreSpec, shard_stem
 
 

@@ -16,7 +16,8 @@ from distill.models import num_layers
 
 
 def _layer_list_name(model: nn.Module, n: int) -> str:
-    candidates = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == n]
+    candidates = [name for name, mod in model.named_modules()
+                  if isinstance(mod, nn.ModuleList) and len(mod) == n]
     if not candidates:
         raise RecipeError(f"could not find the {n} transformer layers of {type(model).__name__}")
     # the shortest name is the main stack (e.g. 'bert.encoder.layer', not a per-layer sub-list)
@@ -40,7 +41,8 @@ def check_layers(layers: list[int], source_layers: int, source: str = "the teach
     bad = [i for i in layers if not 0 <= i < source_layers]
     if bad:
         raise RecipeError(
-            f"student.layers: {bad} out of range; {source} has {source_layers} layers (valid 0..{source_layers - 1})"
+            f"student.layers: {bad} out of range; {source} has {source_layers} layers "
+            f"(valid 0..{source_layers - 1})"
         )
 
 

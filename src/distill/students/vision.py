@@ -115,7 +115,8 @@ def _build_net(source: str, num_classes: int, in_channels: int) -> nn.Module:
     if source.startswith("packaged:"):
         name = source.split(":", 1)[1]
         if name not in PACKAGED_IMAGE_MODELS:
-            raise RecipeError(f"model: unknown packaged image model {name!r}; choose {', '.join(PACKAGED_IMAGE_MODELS)}")
+            raise RecipeError(f"model: unknown packaged image model {name!r}; "
+                              f"choose {', '.join(PACKAGED_IMAGE_MODELS)}")
         return SmallCNN(num_classes, in_channels, PACKAGED_IMAGE_MODELS[name])
     if source.startswith("hf:"):
         from transformers import AutoModelForImageClassification
@@ -126,8 +127,8 @@ def _build_net(source: str, num_classes: int, in_channels: int) -> nn.Module:
         try:
             import timm
         except ImportError:
-            raise RecipeError("model: timm models need the optional extra: `pip install timm` (not part of the "
-                              "default install)") from None
+            raise RecipeError("model: timm models need the optional extra: `pip install timm` "
+                              "(not part of the default install)") from None
         return timm.create_model(source[5:], num_classes=num_classes, in_chans=in_channels)
     if ":" in source and not Path(source).exists():
         module, _, attr = source.partition(":")

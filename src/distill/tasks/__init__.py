@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # the annotation only: importing base would load torch
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register_lazy("text-classification", "distill.tasks.text_classification:TextClassificationTask")
-TASKS.register_lazy("blackbox-classification", "distill.tasks.blackbox_classification:BlackBoxClassificationTask")
+TASKS.register_lazy("blackbox-classification",
+                    "distill.tasks.blackbox_classification:BlackBoxClassificationTask")
 TASKS.register_lazy("sentence-embedding", "distill.tasks.sentence_embedding:SentenceEmbeddingTask")
 TASKS.register_lazy("causal-lm", "distill.tasks.causal_lm:CausalLMTask")
 TASKS.register_lazy("image-classification", "distill.tasks.image_classification:ImageClassificationTask")

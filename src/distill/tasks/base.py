@@ -90,7 +90,8 @@ class Task(ABC):
         self.out.mkdir(parents=True, exist_ok=True)
         self.report: dict[str, Any] = {"models": {}, "training": {}}
         self.teacher: TeacherSource | None = None
-        self.latency_inputs: dict[str, dict[str, torch.Tensor]] = {}  # role -> the keyword inputs it is timed on
+        # role -> the keyword inputs it is timed on
+        self.latency_inputs: dict[str, dict[str, torch.Tensor]] = {}
         self.plan = self.make_plan()
 
     # -- the steps ----------------------------------------------------------------------------------------
@@ -100,7 +101,8 @@ class Task(ABC):
 
     @abstractmethod
     def prepare_teacher(self) -> None:
-        """Set ``self.teacher``; fine-tune or train it first when the recipe asks (a finished one is reused)."""
+        """Set ``self.teacher``; fine-tune or train it first when the recipe asks (a finished one is
+        reused)."""
 
     def teacher_store(self, distiller: Distiller, build: bool = True) -> Any:
         """Open the teacher-output store for ``distiller``'s losses, running the teacher into it first when it
@@ -140,7 +142,7 @@ class Task(ABC):
     def evaluate_teacher(self) -> Any:
         return self.evaluate("teacher", self.teacher_model())
 
-    def export_student(self, student: torch.nn.Module) -> None:
+    def export_student(self, student: torch.nn.Module) -> None:  # noqa: B027 - optional hook, a no-op here
         """Write the distilled student to ``<output_dir>/student`` (when its training stage has not)."""
 
     def baseline_steps(self) -> int | None:
@@ -154,7 +156,7 @@ class Task(ABC):
         base = self.train("student_no_kd", distiller, self.labelled_data(), max_steps=self.baseline_steps())
         self.evaluate("student_no_kd", base)
 
-    def more_students(self) -> None:
+    def more_students(self) -> None:  # noqa: B027 - optional hook, a no-op here
         """Students beyond the distilled one and the baseline (none by default)."""
 
     @abstractmethod
@@ -202,8 +204,8 @@ class Task(ABC):
         can do the commands it implements."""
         if getattr(cls, command) is not getattr(Task, command):
             return None
-        what = {"finetune": f"distill finetune: task {cls.name} has no teacher fine-tuning; its teacher is used "
-                            "as it is (teacher.model)",
+        what = {"finetune": f"distill finetune: task {cls.name} has no teacher fine-tuning; its teacher is "
+                            "used as it is (teacher.model)",
                 "cache": f"distill cache: task {cls.name} keeps no teacher-output store",
                 "cache_info": f"distill cache --info: task {cls.name} keeps no teacher-output store"}
         return what[command]
@@ -222,10 +224,11 @@ class Task(ABC):
 
     @classmethod
     def label(cls, recipe: Recipe, include_test: bool = False, log: Log = print_log) -> str:
-        """``distill label``: have a black-box teacher label the text. A class method: labelling needs the data
-        and the teacher's endpoint, not the students (nothing else of the recipe is checked or loaded)."""
-        raise RecipeError("distill label: only for black-box teachers (teacher.blackbox); this recipe's teacher "
-                          "has weights, and `distill cache` runs it into the store")
+        """``distill label``: have a black-box teacher label the text. A class method: labelling needs the
+        data and the teacher's endpoint, not the students (nothing else of the recipe is checked or
+        loaded)."""
+        raise RecipeError("distill label: only for black-box teachers (teacher.blackbox); this recipe's "
+                          "teacher has weights, and `distill cache` runs it into the store")
 
     # -- what every task's finish shares --------------------------------------------------------------------
     def latency_models(self) -> dict[str, torch.nn.Module]:
@@ -242,7 +245,8 @@ class Task(ABC):
         models = self.latency_models()
         if not models:
             return
-        runners = {role: {bs: forward_runner(m, self.latency_inputs[role], bs) for bs in r.eval.latency_batch_sizes}
+        runners = {role: {bs: forward_runner(m, self.latency_inputs[role], bs)
+                          for bs in r.eval.latency_batch_sizes}
                    for role, m in models.items()}
         self.log(f"timing {', '.join(models)} interleaved (at least {r.eval.latency_repeats} rounds and "
                  f"{r.eval.latency_min_seconds:g} s)")

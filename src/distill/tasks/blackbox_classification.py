@@ -37,8 +37,8 @@ def plan_blackbox(recipe: Recipe) -> Plan:
     for spec in recipe.losses:
         needs = set(LOSSES.get(spec.name).teacher_needs) - {"logits"}
         if needs:
-            raise RecipeError(f"losses: {spec.name!r} needs the teacher's {sorted(needs)}, which a black-box teacher "
-                              "does not expose; use kd, hard_kd and ce")
+            raise RecipeError(f"losses: {spec.name!r} needs the teacher's {sorted(needs)}, which a black-box "
+                              "teacher does not expose; use kd, hard_kd and ce")
     splits = load_splits(recipe.data)
     sconf = load_config(recipe.student.model or "", "student.model")
     s_layers = len(recipe.student.layers) if recipe.student.layers else num_layers(sconf)
@@ -70,7 +70,8 @@ class BlackBoxClassificationTask(TextClassificationTask):
         if not len(self.frame):
             raise RecipeError("teacher.blackbox: the teacher labelled none of the training texts; see "
                               "teacher_labels_stats.json for parse failures and errors")
-        self.frame = self.frame[["text", "label"] + (["text_pair"] if "text_pair" in self.frame.columns else [])]
+        self.frame = self.frame[["text", "label"]
+                                + (["text_pair"] if "text_pair" in self.frame.columns else [])]
         self.report["blackbox"] = {k: v for k, v in self.answers.stats.items() if k != "config"}
 
     @classmethod
@@ -88,8 +89,8 @@ class BlackBoxClassificationTask(TextClassificationTask):
         return {
             "finetune": "distill finetune: a black-box teacher (teacher.blackbox) cannot be fine-tuned here; "
                         "`distill label` collects its answers",
-            "cache": "distill cache: a black-box teacher's outputs are its answers; `distill label RECIPE` collects "
-                     "them into the response store (and `distill run` keeps them in the store)",
+            "cache": "distill cache: a black-box teacher's outputs are its answers; `distill label RECIPE` "
+                     "collects them into the response store (and `distill run` keeps them in the store)",
             "cache_info": "distill cache --info: a black-box teacher has no teacher-output store of its own; "
                           "`distill label RECIPE` reports how many texts it answered",
         }.get(command)
@@ -103,12 +104,13 @@ class BlackBoxClassificationTask(TextClassificationTask):
         r = self.recipe
         spec = StoreSpec(capture=("logits",), topk=0, dtype="float32", shard_size=r.store.shard_size)
         key = store_key(teacher=self.teacher.path,
-                        data=fingerprint_rows(list(zip(self.frame["text"], self.frame["label"].astype(int).tolist()))),
+                        data=fingerprint_rows(list(zip(self.frame["text"],
+                                                       self.frame["label"].astype(int).tolist()))),
                         probs=hashlib.sha256(self.probs.tobytes()).hexdigest(), task=r.task, spec=spec)
         root = store_root(r.store)
         log_probs = torch.from_numpy(np.log(np.clip(self.probs, 1e-8, 1.0)))  # (N, C)
-        build_store(root, key, spec, lambda idx: ModelOutputs(logits=log_probs[idx]), num_examples=len(self.frame),
-                    progress=False, log=self.log)
+        build_store(root, key, spec, lambda idx: ModelOutputs(logits=log_probs[idx]),
+                    num_examples=len(self.frame), progress=False, log=self.log)
         return TeacherStore.open(root / key), None
 
     def evaluate_teacher(self) -> np.ndarray:
@@ -125,7 +127,8 @@ class BlackBoxClassificationTask(TextClassificationTask):
             "macro_f1": float(f1_score(gold, np.where(answered, pred, (gold + 1) % len(self.plan.labels)),
                                        average="macro")),
             "answered_fraction": float(answered.mean()),
-            "accuracy_on_answered": float((pred[answered] == gold[answered]).mean()) if answered.any() else None,
+            "accuracy_on_answered": (float((pred[answered] == gold[answered]).mean())
+                                     if answered.any() else None),
         }
         self.teacher_pred = pred
         return pred

@@ -68,8 +68,8 @@ def plan_causal_lm(recipe: Recipe) -> Plan:
         cls = LOSSES.get(spec.name)
         missing = (set(cls.teacher_needs) | set(cls.student_needs)) - LM_SIGNALS
         if missing:
-            raise RecipeError(f"losses[{i}].name: {spec.name!r} needs {sorted(missing)}, which a causal-LM run "
-                              "does not provide; use kd (any divergence, skew), ce and hard_kd")
+            raise RecipeError(f"losses[{i}].name: {spec.name!r} needs {sorted(missing)}, which a causal-LM "
+                              "run does not provide; use kd (any divergence, skew), ce and hard_kd")
     t, s = recipe.teacher, recipe.student
     tdir = resolve_model(t.model)
     tconf = load_config(tdir, "teacher.model", t.revision, t.trust_remote_code)
@@ -86,8 +86,8 @@ def plan_causal_lm(recipe: Recipe) -> Plan:
             check_layers(list(s.layers), s_layers, "the student model")
             s_layers = len(s.layers)
         s_vocab = int(sconf.vocab_size)
-        shared = check_vocabularies(load_tokenizer(tdir, t.revision), load_tokenizer(sdir), int(tconf.vocab_size),
-                                    s_vocab)
+        shared = check_vocabularies(load_tokenizer(tdir, t.revision), load_tokenizer(sdir),
+                                    int(tconf.vocab_size), s_vocab)
     ctx = LossContext(student_hidden_size=hidden_size(sconf or tconf), teacher_hidden_size=hidden_size(tconf),
                       student_num_layers=s_layers, teacher_num_layers=t_layers, num_classes=shared,
                       same_tokenizer=True)
@@ -130,8 +130,8 @@ class CausalLMTask(Task):
 
     # -- teacher and data ---------------------------------------------------------------------------------
     def resolve_teacher(self) -> None:
-        self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_causal_lm, self.recipe.teacher.revision,
-                                         log=self.log)
+        self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_causal_lm,
+                                         self.recipe.teacher.revision, log=self.log)
         self.teacher_tokenizer = load_tokenizer(self.teacher.path, self.recipe.teacher.revision)
         self.pad_id = pad_token_id(self.teacher_tokenizer)
         self.vocab_size = self.plan.info["vocab_size"]
@@ -146,7 +146,8 @@ class CausalLMTask(Task):
         r, c = self.recipe, self.recipe.causal_lm
         d = r.data
         if d.source != "files":
-            raise RecipeError("data.source: a causal-LM run reads files (data.train: .txt, .csv, .jsonl, ...)")
+            raise RecipeError("data.source: a causal-LM run reads files "
+                              "(data.train: .txt, .csv, .jsonl, ...)")
         df = read_text_table(d.train or "")
         if d.text_column != "text" and d.text_column in df.columns:
             df = df.rename(columns={d.text_column: "text"})
@@ -163,8 +164,8 @@ class CausalLMTask(Task):
                                                                     d.validation_fraction, d.split_seed)
         if d.max_train_examples:
             self.train_rows = self.train_rows[: d.max_train_examples]
-        self.log(f"data: {len(self.train_rows)} train / {len(self.val_rows)} validation / {len(self.test_rows)} "
-                 f"held-out rows over domains {names}")
+        self.log(f"data: {len(self.train_rows)} train / {len(self.val_rows)} validation / "
+                 f"{len(self.test_rows)} held-out rows over domains {names}")
 
     def add_teacher_continuations(self, generate: bool = True) -> Path | None:
         """Sequence-level KD: the teacher continues each training row's prefix (once, cached). Returns the
@@ -191,7 +192,8 @@ class CausalLMTask(Task):
         generated = [{"input_ids": list(p) + list(cont), "prompt_length": len(p), "domain": row["domain"]}
                      for p, cont, row in zip(prompts, conts, self.train_rows) if cont]
         self.report["sequence_kd"] = {"file": str(path), "rows": len(generated),
-                                      "mean_new_tokens": float(np.mean([len(x) for x in conts])) if conts else 0}
+                                      "mean_new_tokens": (float(np.mean([len(x) for x in conts]))
+                                                          if conts else 0)}
         self.kd_rows = (list(self.train_rows) if sk.keep_original else []) + generated
         for i, row in enumerate(self.kd_rows):
             self.kd_rows[i] = {**row, "example_index": i}
@@ -199,7 +201,8 @@ class CausalLMTask(Task):
 
     def teacher_rows(self, generate: bool = True) -> list[dict[str, Any]] | None:
         """The rows the teacher is run over: the training chunks, plus its own continuations when
-        sequence-level KD is on. With ``generate=False``, None when those continuations are not on disk yet."""
+        sequence-level KD is on. With ``generate=False``, None when those continuations are not on disk
+        yet."""
         self.load_rows()
         self.kd_rows = list(self.train_rows)
         if self.recipe.causal_lm.sequence_kd is not None and self.add_teacher_continuations(generate) is None:
@@ -250,7 +253,8 @@ class CausalLMTask(Task):
         """The key covers teacher, tokenizer, every token, what is kept and the vocabulary width."""
         from distill.store import fingerprint_rows, fingerprint_tokenizer, store_key
 
-        return store_key(teacher=self.teacher.fingerprint(), tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
+        return store_key(teacher=self.teacher.fingerprint(),
+                         tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
                          data=fingerprint_rows([tuple(x["input_ids"]) for x in rows]), task=self.recipe.task,
                          spec=self.store_spec(distiller), vocab=self.vocab_size)
 
@@ -258,9 +262,9 @@ class CausalLMTask(Task):
         r = self.recipe
         rows = self.kd_rows
         store, seconds, fidelity = open_lm_store(
-            store_root(r.store), self.store_key(distiller, rows), self.store_spec(distiller), rows, self.teacher,
-            pad_id=self.pad_id, vocab_size=self.vocab_size, batch_size=r.train.eval_batch_size, seed=r.train.seed,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task}, log=self.log)
+            store_root(r.store), self.store_key(distiller, rows), self.store_spec(distiller), rows,
+            self.teacher, pad_id=self.pad_id, vocab_size=self.vocab_size, batch_size=r.train.eval_batch_size,
+            seed=r.train.seed, meta={"teacher": self.teacher.path, "recipe_task": r.task}, log=self.log)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         self.report["store_fidelity"] = fidelity
@@ -272,12 +276,14 @@ class CausalLMTask(Task):
         self.prepare_teacher()
         distiller = self.distiller()
         if not distiller.needs_teacher:
-            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
+            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is "
+                              "nothing to cache")
         return format_info(self.teacher_store(distiller).info())
 
     def cache_info(self) -> str:
-        """The store's key (and contents) without running the teacher. With sequence-level KD the key covers the
-        teacher's continuations: when they are not on disk yet, it says so (generating them would run it)."""
+        """The store's key (and contents) without running the teacher. With sequence-level KD the key covers
+        the teacher's continuations: when they are not on disk yet, it says so (generating them would run
+        it)."""
         from distill.store import TeacherStore
         from distill.store.reader import format_info
 
@@ -338,7 +344,8 @@ class CausalLMTask(Task):
         kwargs: dict[str, Any] = {}
         if on_policy is not None:
             kwargs = dict(lmbda=on_policy.lmbda, max_new_tokens=on_policy.max_new_tokens,
-                          temperature=on_policy.temperature, prompt_tokens=on_policy.prompt_tokens, seed=r.train.seed)
+                          temperature=on_policy.temperature, prompt_tokens=on_policy.prompt_tokens,
+                          seed=r.train.seed)
         trainer = cls(
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False, **overrides),
             train_dataset=RowDataset(rows), data_collator=CausalLMCollator(self.pad_id),
@@ -346,7 +353,8 @@ class CausalLMTask(Task):
             token_level=True, vocab_size=self.vocab_size, **kwargs,
         )
         ddk_cb = self._ddk(trainer, rows, ddk) if ddk is not None else None
-        mode = "teacher from the store" if store is not None else "online teacher" if teacher is not None else "text only"
+        mode = ("teacher from the store" if store is not None
+                else "online teacher" if teacher is not None else "text only")
         self.log(f"{name}: training on {len(rows)} rows ({mode}{', on-policy' if on_policy else ''}"
                  f"{', DDK' if ddk_cb else ''})")
         info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
@@ -358,8 +366,8 @@ class CausalLMTask(Task):
             info["on_policy_batches"] = trainer.on_policy_batches
         state = process_state()
         if state.is_main_process:
-            write_stage(final, fp, lambda d: (model.save_pretrained(d), self.student_tokenizer.save_pretrained(d)),
-                        info)
+            write_stage(final, fp,
+                        lambda d: (model.save_pretrained(d), self.student_tokenizer.save_pretrained(d)), info)
             shutil.rmtree(ckpt, ignore_errors=True)
         state.wait_for_everyone()
         self.report["training"][name] = info
@@ -374,7 +382,8 @@ class CausalLMTask(Task):
             per_domain.setdefault(x["domain"], []).append(x)
         picked = [x for d in range(n) for x in per_domain.get(d, [])[: cfg.eval_chunks]]
         if {x["domain"] for x in picked} != set(range(n)):
-            raise RecipeError("causal_lm.ddk: every domain needs validation rows; raise data.validation_fraction")
+            raise RecipeError("causal_lm.ddk: every domain needs validation rows; "
+                              "raise data.validation_fraction")
         collate = CausalLMCollator(self.pad_id)
         return [collate(picked[i:i + 16]) for i in range(0, len(picked), 16)]
 
@@ -382,7 +391,8 @@ class CausalLMTask(Task):
         from distill.data.ddk import DDKCallback, DomainSampler, domain_losses
 
         n = len(self.domains)
-        sampler = DomainSampler([x["domain"] for x in rows], n, seed=self.recipe.train.seed, num_samples=len(rows))
+        sampler = DomainSampler([x["domain"] for x in rows], n, seed=self.recipe.train.seed,
+                                num_samples=len(rows))
         batches = self._ddk_batches(cfg)
         if self._teacher_domain_loss is None:
             self._teacher_domain_loss = domain_losses(self.teacher_model(), batches, n, self.vocab_size)
@@ -447,11 +457,13 @@ class CausalLMTask(Task):
         if c.sample_prompts and process_state().is_main_process:
             for role, where in saved.items():
                 if role in models and where.is_dir():
-                    samples[role] = sample_generations(str(where), c.sample_prompts, c.sample_tokens, r.train.seed)
+                    samples[role] = sample_generations(str(where), c.sample_prompts, c.sample_tokens,
+                                                       r.train.seed)
         self.report.update({
             **self.common_report(), "summary": summary, "domains": self.domains, "samples": samples,
-            "data": {"train": len(self.train_rows), "kd_rows": len(self.kd_rows), "validation": len(self.val_rows),
-                     "test": len(self.test_rows), "chunk_length": c.chunk_length},
+            "data": {"train": len(self.train_rows), "kd_rows": len(self.kd_rows),
+                     "validation": len(self.val_rows), "test": len(self.test_rows),
+                     "chunk_length": c.chunk_length},
             "student_parameters": s.get("parameters"),
         })
         if not process_state().is_main_process:
@@ -462,6 +474,6 @@ class CausalLMTask(Task):
 
             layers = num_layers(load_config(str(self.out / "student"), "student"))
             write_causal_lm_model_card(self.out / "student", r, self.report, layers)
-        self.write_outputs(None, f"student saved to {self.out / 'student'} (pipeline('text-generation', model=...) "
-                                 "loads it); ")
+        self.write_outputs(None, f"student saved to {self.out / 'student'} "
+                                 "(pipeline('text-generation', model=...) loads it); ")
         return self.report

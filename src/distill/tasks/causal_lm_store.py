@@ -68,9 +68,9 @@ def open_lm_store(root: Path, key: str, spec: Any, rows: list[dict[str, Any]], t
         log(f"running the teacher once over {len(rows)} rows into the store {root / key}")
     t0 = time.perf_counter()
     state = process_state()
-    build_store(root, key, spec, compute, num_examples=len(rows), batch_size=batch_size, progress=False, meta=meta,
-                rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone, log=log,
-                head_codec=fit_codec if coded else None)
+    build_store(root, key, spec, compute, num_examples=len(rows), batch_size=batch_size, progress=False,
+                meta=meta, rank=state.process_index, world_size=state.num_processes,
+                barrier=state.wait_for_everyone, log=log, head_codec=fit_codec if coded else None)
     seconds = None if exists else time.perf_counter() - t0
     store = TeacherStore.open(root / key)
     return store, seconds, store_fidelity(store, rows, teacher_batch, vocab_size, log)

@@ -1,5 +1,6 @@
-"""``task: image-classification``: recipe -> images -> teacher (trained by the toolkit or given) -> augmented-view
-store -> student(s) -> three-way report (teacher / distilled / no-KD), plus an optional data-free student.
+"""``task: image-classification``: recipe -> images -> teacher (trained by the toolkit or given) ->
+augmented-view store -> student(s) -> three-way report (teacher / distilled / no-KD), plus an optional
+data-free student.
 
 How it differs from a text run:
 
@@ -48,7 +49,8 @@ def plan_image_classification(recipe: Recipe) -> Plan:
 def losses_fingerprint(distiller: Distiller) -> list[Any]:
     """Names, weights and the plain settings (temperature, ...) of a distiller's losses."""
     plain = (int, float, str, bool, list, tuple, type(None))
-    return [(n, w, {k: v for k, v in sorted(vars(m).items()) if not k.startswith("_") and isinstance(v, plain)})
+    return [(n, w, {k: v for k, v in sorted(vars(m).items())
+                    if not k.startswith("_") and isinstance(v, plain)})
             for n, w, m in zip(distiller.names, distiller.weights, distiller.losses)]
 
 
@@ -84,8 +86,8 @@ class ImageClassificationTask(Task):
         return max(1, math.ceil(self.recipe.train.epochs))
 
     def checkpoint_path(self, stage: str, fp: str) -> Path | None:
-        """Where ``stage`` keeps its end-of-epoch checkpoint (None with ``train.resume: false``); checkpoints of
-        the same stage under another fingerprint (a changed recipe) are removed."""
+        """Where ``stage`` keeps its end-of-epoch checkpoint (None with ``train.resume: false``); checkpoints
+        of the same stage under another fingerprint (a changed recipe) are removed."""
         folder = self.out / "checkpoints" / stage
         path = folder / f"{fp}.pt"
         if folder.exists():
@@ -123,17 +125,19 @@ class ImageClassificationTask(Task):
         ckpt = self.checkpoint_path("teacher", fp)
         info = train_image_model(model, ce, self.splits.train, epochs=max(1, math.ceil(ft.epochs)),
                                  batch_size=ft.batch_size, learning_rate=ft.learning_rate,
-                                 weight_decay=ft.weight_decay, seed=ft.seed, augment=self.augment, log=self.log,
-                                 checkpoint=ckpt, checkpoint_key=fp)
+                                 weight_decay=ft.weight_decay, seed=ft.seed, augment=self.augment,
+                                 log=self.log, checkpoint=ckpt, checkpoint_key=fp)
         write_stage(folder, fp, lambda d: save_image_model(model, d, self.splits.labels), info)
         remove_checkpoint(ckpt)
         self.report["training"]["teacher"] = info
-        self.teacher = ImageTeacher(str(folder), model=model, loader=load_image_model, skip=(DONE,), log=self.log)
+        self.teacher = ImageTeacher(str(folder), model=model, loader=load_image_model, skip=(DONE,),
+                                    log=self.log)
 
     @classmethod
     def refusal(cls, command: str, recipe: Recipe) -> str | None:
         if command == "finetune" and recipe.teacher.finetune is None:
-            return "teacher.finetune: not set; add `teacher.finetune: {epochs: 4}` to train the image teacher here"
+            return ("teacher.finetune: not set; add `teacher.finetune: {epochs: 4}` to train the image "
+                    "teacher here")
         return super().refusal(command, recipe)
 
     def finetune(self) -> str:
@@ -148,7 +152,8 @@ class ImageClassificationTask(Task):
         from distill.store.augment import augmented_store_key
 
         r = self.recipe
-        return augmented_store_key(teacher=self.teacher.fingerprint(), data=tensor_digest(self.splits.train.images),
+        return augmented_store_key(teacher=self.teacher.fingerprint(),
+                                   data=tensor_digest(self.splits.train.images),
                                    augment=self.augment.__dict__, epochs=r.vision.store_epochs or self.epochs,
                                    topk=r.store.topk, seed=r.train.seed, task=r.task)
 
@@ -209,7 +214,8 @@ class ImageClassificationTask(Task):
         if ft is not None:
             folder = Path(ft.output_dir) if ft.output_dir else self.out / "teacher"
             if not (folder / DONE).exists():
-                return "the teacher has not been trained yet, so nothing is stored; `distill cache RECIPE` does both"
+                return ("the teacher has not been trained yet, so nothing is stored; "
+                        "`distill cache RECIPE` does both")
             self.teacher = ImageTeacher(str(folder), loader=load_image_model, skip=(DONE,), log=self.log)
         else:
             self.prepare_teacher()  # built in code: a random or given model, no training
@@ -277,15 +283,17 @@ class ImageClassificationTask(Task):
                                      learning_rate=cfg.learning_rate,
                                      latent_learning_rate=cfg.latent_learning_rate, latent_dim=cfg.latent_dim,
                                      generator_width=cfg.generator_width, first_bn_weight=cfg.first_bn_weight,
-                                     ce_weight=cfg.ce_weight, tv_weight=cfg.tv_weight, l2_weight=cfg.l2_weight,
-                                     jitter=cfg.jitter, seed=r.train.seed)
+                                     ce_weight=cfg.ce_weight, tv_weight=cfg.tv_weight,
+                                     l2_weight=cfg.l2_weight, jitter=cfg.jitter, seed=r.train.seed)
         self.log(f"data-free: synthesising {cfg.num_images} images from the teacher's BatchNorm statistics")
-        syn = synthesize(self.teacher_model(), self.splits.shape, self.splits.num_labels, settings, log=self.log)
-        kd_specs = [s for s in r.losses if s.name == "kd"] or [LossConfig(name="kd", params={"temperature": 4.0})]
+        syn = synthesize(self.teacher_model(), self.splits.shape, self.splits.num_labels, settings,
+                         log=self.log)
+        kd_specs = ([s for s in r.losses if s.name == "kd"]
+                    or [LossConfig(name="kd", params={"temperature": 4.0})])
         distiller = Distiller(build_losses(kd_specs, self.plan.loss_context))
         data = ImageSet(syn["images"], torch.full((syn["images"].shape[0],), -100, dtype=torch.long))
-        student = self.train("student_datafree", distiller, data, teacher=self.teacher_model(), labels_known=False,
-                             epochs=cfg.epochs)
+        student = self.train("student_datafree", distiller, data, teacher=self.teacher_model(),
+                             labels_known=False, epochs=cfg.epochs)
         self.evaluate("student_datafree", student)
         self.report["datafree"] = {"images": int(data.images.shape[0]), "synthesis_seconds": syn["seconds"],
                                    "final_bns_loss": float(np.mean(syn["bns_loss"])),
@@ -330,11 +338,13 @@ class ImageClassificationTask(Task):
         self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
         summary = summarise(models, self.report.get("latency"), self.report["significance"])
         if "student_datafree" in models and "student_kd" in models:
-            summary["datafree_gap_accuracy"] = models["student_datafree"]["accuracy"] - models["student_kd"]["accuracy"]
+            summary["datafree_gap_accuracy"] = (models["student_datafree"]["accuracy"]
+                                                - models["student_kd"]["accuracy"])
         table = format_table(models, summary, self.report)
         self.report.update({
             **self.common_report(), "labels": sp.labels, "summary": summary,
-            "data": {"train": len(sp.train), "unlabeled": 0, "validation": len(sp.validation), "test": len(sp.test)},
+            "data": {"train": len(sp.train), "unlabeled": 0, "validation": len(sp.validation),
+                     "test": len(sp.test)},
             "image_shape": list(sp.shape),
             "student_parameters": models.get("student_kd", {}).get("parameters"),
         })

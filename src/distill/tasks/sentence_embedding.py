@@ -66,16 +66,17 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
         if missing or cls.needs_labels:
             what = sorted(missing) or ["labels"]
             raise RecipeError(
-                f"losses[{i}].name: {spec.name!r} needs {what}, which a sentence-embedding run does not have; "
-                "use embedding, affinity, contrastive, crd or hidden"
+                f"losses[{i}].name: {spec.name!r} needs {what}, which a sentence-embedding run does not "
+                "have; use embedding, affinity, contrastive, crd or hidden"
             )
         if s.static and set(cls.student_needs) - {"embeddings"}:
-            raise RecipeError(f"losses[{i}].name: {spec.name!r} reads the student's hidden states, but a static "
-                              "student has none; use embedding, affinity, contrastive or crd")
+            raise RecipeError(f"losses[{i}].name: {spec.name!r} reads the student's hidden states, but a "
+                              "static student has none; use embedding, affinity, contrastive or crd")
     tdir = resolve_encoder_dir(t.model, t.revision)
     tinfo = describe(tdir)
     if tinfo["kind"] != "transformer":
-        raise RecipeError(f"teacher.model: {t.model!r} is a static embedding model; the teacher must be a transformer")
+        raise RecipeError(f"teacher.model: {t.model!r} is a static embedding model; "
+                          "the teacher must be a transformer")
     tconf = AutoConfig.from_pretrained(tinfo["backbone"])
     t_dim, t_layers = hidden_size(tconf), num_layers(tconf)
     info: dict[str, Any] = {"teacher_dir": tdir, "teacher": tinfo}
@@ -83,8 +84,8 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
     if s.static:
         s_dim, s_layers, same_tok = s.static_dim or t_dim, 0, True
         if s.static_dim and s.static_dim > t_dim:
-            raise RecipeError(f"student.static_dim: {s.static_dim} is wider than the teacher's {t_dim}; PCA can only "
-                              "reduce it (use <= the teacher's width, or leave it empty)")
+            raise RecipeError(f"student.static_dim: {s.static_dim} is wider than the teacher's {t_dim}; "
+                              "PCA can only reduce it (use <= the teacher's width, or leave it empty)")
     elif s.from_teacher:
         check_layers(list(s.layers or []), t_layers)
         s_dim, s_layers, same_tok = t_dim, len(s.layers or []), True
@@ -103,8 +104,8 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
         same_tok = same_tokenizer(load_tokenizer(sinfo["backbone"]), load_tokenizer(tinfo["backbone"]))
     for i, spec in enumerate(recipe.losses):
         if spec.params.get("projector") == "pca" and not recipe.store.enabled:
-            raise RecipeError(f"losses[{i}].projector: pca fits the teacher's basis from the teacher-output store; "
-                              "set store.enabled: true (or use projector: auto)")
+            raise RecipeError(f"losses[{i}].projector: pca fits the teacher's basis from the teacher-output "
+                              "store; set store.enabled: true (or use projector: auto)")
     splits = load_splits(recipe.data, require_labels=False)
     ctx = LossContext(student_hidden_size=s_dim, teacher_hidden_size=t_dim, student_num_layers=s_layers,
                       teacher_num_layers=t_layers, num_classes=None, same_tokenizer=same_tok)
@@ -114,8 +115,8 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
 
 @register_task("sentence-embedding")
 class SentenceEmbeddingTask(Task):
-    """Sentence encoders: teacher -> store of its sentence vectors -> distilled student, compared with the same
-    student before distillation on agreement with the teacher, probes and encode speed."""
+    """Sentence encoders: teacher -> store of its sentence vectors -> distilled student, compared with the
+    same student before distillation on agreement with the teacher, probes and encode speed."""
 
     name = "sentence-embedding"
     kd_stage = "student_trained"  # out/student is the exported sentence-transformers directory
@@ -123,7 +124,8 @@ class SentenceEmbeddingTask(Task):
     def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
         self.teacher_tokenizer: Any = None
         self.student_tokenizer: Any = None
-        self.pair_errors: dict[str, np.ndarray] = {}  # role -> |cosine error| per held-out pair, for the tests
+        # role -> |cosine error| per held-out pair, for the tests
+        self.pair_errors: dict[str, np.ndarray] = {}
         self._teacher_basis: torch.Tensor | None = None
         self._teacher_test: np.ndarray | None = None
         self._probes: dict[str, tuple[list[str], np.ndarray]] | None = None
@@ -146,8 +148,8 @@ class SentenceEmbeddingTask(Task):
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
-        self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_encoder, self.recipe.teacher.revision,
-                                         log=self.log)
+        self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_encoder,
+                                         self.recipe.teacher.revision, log=self.log)
         self.teacher_tokenizer = load_tokenizer(self.plan.info["teacher"]["backbone"])
 
     # -- student start ------------------------------------------------------------------------------------
@@ -162,8 +164,8 @@ class SentenceEmbeddingTask(Task):
         init = self.out / "student_init"
         basis = self._teacher_basis
         fp = fingerprint({"student": r.student.__dict__, "seed": r.train.seed, "task": r.task,
-                          "teacher": self.teacher.fingerprint() if (r.student.from_teacher or r.student.static)
-                          else None,
+                          "teacher": self.teacher.fingerprint()
+                          if (r.student.from_teacher or r.student.static) else None,
                           "basis": None if basis is None or not r.student.static
                           else hashlib.sha256(basis.numpy().tobytes()).hexdigest()})
         if stage_done(init, fp):
@@ -201,7 +203,8 @@ class SentenceEmbeddingTask(Task):
         from distill.store import StoreSpec
 
         # only what the losses read: the classification default ("logits") does not exist here
-        capture = {f for f in ("embeddings", "hidden_states") if distiller.needs(f, "teacher")} or {"embeddings"}
+        capture = ({f for f in ("embeddings", "hidden_states") if distiller.needs(f, "teacher")}
+                   or {"embeddings"})
         cfg = self.recipe.store
         layers = tuple(distiller.teacher_layers()) if "hidden_states" in capture else ()
         return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=0, dtype=cfg.dtype,
@@ -222,10 +225,11 @@ class SentenceEmbeddingTask(Task):
     def teacher_store(self, distiller: Distiller, build: bool = True):
         r = self.recipe
         store, seconds = open_text_store(
-            store_root(r.store), self.store_key(distiller), self.store_spec(distiller), self.kd_data(), self.teacher,
-            self.teacher_tokenizer, max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels}, log=self.log,
-            build=build)
+            store_root(r.store), self.store_key(distiller), self.store_spec(distiller), self.kd_data(),
+            self.teacher, self.teacher_tokenizer, max_length=r.data.max_length,
+            batch_size=r.train.eval_batch_size,
+            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
+            log=self.log, build=build)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         return store
@@ -239,7 +243,8 @@ class SentenceEmbeddingTask(Task):
         emb = store.fetch(torch.arange(n)).embeddings.float()  # (N, D_T)
         for loss in fitting:
             self._teacher_basis = loss.fit_teacher(emb).detach().cpu().clone()  # (D_S, D_T)
-        self.log(f"fitted the teacher's {tuple(self._teacher_basis.shape)} PCA basis on {n} stored embeddings")
+        self.log(f"fitted the teacher's {tuple(self._teacher_basis.shape)} PCA basis on {n} stored "
+                 "embeddings")
 
     def cache(self) -> str:
         from distill.store.reader import format_info
@@ -281,7 +286,8 @@ class SentenceEmbeddingTask(Task):
         init = self.student_init()
         final = self.out / name
         fp = fingerprint({
-            "train": r.train.__dict__, "losses": [spec.__dict__ for spec in r.losses], "init": hash_files(init),
+            "train": r.train.__dict__, "losses": [spec.__dict__ for spec in r.losses],
+            "init": hash_files(init),
             "max_length": r.data.max_length, "data": fingerprint_rows(list(data["text"])),
             "store": getattr(store, "key", None),
             "teacher": self.teacher.fingerprint() if teacher is not None else None,
@@ -292,13 +298,15 @@ class SentenceEmbeddingTask(Task):
             return load_encoder(final)
         set_seed(r.train.seed)
         model = load_encoder(init)
-        # the online teacher needs its own inputs when the tokenizers differ or the student drops special tokens
+        # the online teacher needs its own inputs when the tokenizers differ or the student drops special
+        # tokens
         teacher_inputs = teacher is not None and (not self.plan.same_tokenizer or self.static)
         train_ds = self._dataset(data, teacher_inputs)
         ckpt = stage_checkpoints(self.out, name, fp, self.log)
         trainer = DistillTrainer(
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False), train_dataset=train_ds,
-            data_collator=DistillCollator(self.student_tokenizer, self.teacher_tokenizer if teacher_inputs else None),
+            data_collator=DistillCollator(self.student_tokenizer,
+                                          self.teacher_tokenizer if teacher_inputs else None),
             distiller=distiller, teacher=teacher, store=store,
         )
         self.log(f"{name}: training on {len(train_ds)} sentences "
@@ -316,7 +324,8 @@ class SentenceEmbeddingTask(Task):
         from distill.export.sentence_transformers import save_sentence_transformer
 
         if process_state().is_main_process:
-            save_sentence_transformer(student, self.student_tokenizer, self.out / "student", self.recipe.data.max_length)
+            save_sentence_transformer(student, self.student_tokenizer, self.out / "student",
+                                      self.recipe.data.max_length)
 
     def baseline(self) -> None:
         """The student before distillation: the same start, untouched."""
@@ -357,8 +366,8 @@ class SentenceEmbeddingTask(Task):
 
         return cached_teacher_outputs(
             store_root(r.store),
-            {"what": "sentence-embeddings", "teacher": self.teacher.fingerprint(), "texts": fingerprint_rows(texts),
-             "max_length": r.data.max_length},
+            {"what": "sentence-embeddings", "teacher": self.teacher.fingerprint(),
+             "texts": fingerprint_rows(texts), "max_length": r.data.max_length},
             lambda: encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special),
             write=process_state().is_main_process)
 
@@ -431,5 +440,6 @@ class SentenceEmbeddingTask(Task):
             from distill.export.model_card import write_embedding_model_card
 
             write_embedding_model_card(student_dir, r, self.report, table)
-        self.write_outputs(table, f"student saved to {student_dir} (SentenceTransformer('{student_dir}') loads it); ")
+        self.write_outputs(table, f"student saved to {student_dir} "
+                                  f"(SentenceTransformer('{student_dir}') loads it); ")
         return self.report

@@ -62,7 +62,8 @@ def plan_text_classification(recipe: Recipe) -> Plan:
             archs = ", ".join(getattr(tconf, "architectures", None) or [type(tconf).__name__])
             raise RecipeError(
                 f"teacher.model: {t.model!r} is a {archs}, not a sequence classifier; add "
-                "`teacher.finetune: {epochs: 1}` to fine-tune it on your labels first (or run `distill finetune`)"
+                "`teacher.finetune: {epochs: 1}` to fine-tune it on your labels first "
+                "(or run `distill finetune`)"
             )
         teacher_labels = config_labels(tconf)
         if recipe.data.labels and teacher_labels and list(recipe.data.labels) != teacher_labels:
@@ -137,7 +138,8 @@ class TextClassificationTask(Task):
             from distill.packaged import resolve_model
 
             path, revision = resolve_model(r.teacher.model), r.teacher.revision
-        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision, log=self.log)
+        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision,
+                                         log=self.log)
         self.teacher_tokenizer = load_tokenizer(path, revision)
 
     @classmethod
@@ -152,7 +154,8 @@ class TextClassificationTask(Task):
 
     # -- student start ------------------------------------------------------------------------------------
     def student_init(self) -> Path:
-        """The student's starting weights, saved once so the distilled and the baseline students start alike."""
+        """The student's starting weights, saved once so the distilled and the baseline students start
+        alike."""
         with process_state().main_process_first():  # rank 0 builds and saves it; the others then reuse it
             return self._build_student_init()
 
@@ -179,7 +182,8 @@ class TextClassificationTask(Task):
             from distill.packaged import resolve_model
 
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model(r.student.model or ""), ignore_mismatched_sizes=True, **label_maps(self.plan.labels)
+                resolve_model(r.student.model or ""), ignore_mismatched_sizes=True,
+                **label_maps(self.plan.labels)
             )
             if r.student.layers:  # a shallower copy of the pre-trained student
                 model = student_from_teacher(model, list(r.student.layers))
@@ -197,10 +201,11 @@ class TextClassificationTask(Task):
     def teacher_store(self, distiller: Distiller, build: bool = True):
         r = self.recipe
         store, seconds = open_text_store(
-            store_root(r.store), self.store_key(distiller), spec_for_losses(r.store, distiller), self.kd_data(),
-            self.teacher, self.teacher_tokenizer, max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels}, log=self.log,
-            build=build)
+            store_root(r.store), self.store_key(distiller), spec_for_losses(r.store, distiller),
+            self.kd_data(), self.teacher, self.teacher_tokenizer, max_length=r.data.max_length,
+            batch_size=r.train.eval_batch_size,
+            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
+            log=self.log, build=build)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         return store
@@ -211,7 +216,8 @@ class TextClassificationTask(Task):
         self.prepare_teacher()
         distiller = self.distiller()
         if not distiller.needs_teacher:
-            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is nothing to cache")
+            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is "
+                              "nothing to cache")
         return format_info(self.teacher_store(distiller).info())
 
     def store_location(self, distiller: Distiller) -> tuple[Path, str]:
@@ -230,7 +236,8 @@ class TextClassificationTask(Task):
             from distill.packaged import resolve_model
 
             path, revision = resolve_model(r.teacher.model), r.teacher.revision
-        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision, log=self.log)
+        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision,
+                                         log=self.log)
         self.teacher_tokenizer = load_tokenizer(path, revision)
         return store_root(r.store), self.store_key(distiller)
 
@@ -295,12 +302,14 @@ class TextClassificationTask(Task):
             eval_dataset=val_ds, data_collator=DistillCollator(self.student_tokenizer, ttok),
             compute_metrics=compute_metrics_fn, distiller=distiller, teacher=teacher, store=store,
         )
-        source = "teacher from the store" if store is not None else "online teacher" if teacher is not None else "labels only"
+        source = ("teacher from the store" if store is not None
+                  else "online teacher" if teacher is not None else "labels only")
         self.log(f"{name}: training on {len(train_ds)} examples ({source})")
         info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         state = process_state()
         if state.is_main_process:
-            write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels), info)
+            write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels),
+                        info)
             shutil.rmtree(ckpt, ignore_errors=True)
         state.wait_for_everyone()
         self.report["training"][name] = info
@@ -318,7 +327,8 @@ class TextClassificationTask(Task):
         collate = DistillCollator(tokenizer)
 
         def predict() -> np.ndarray:
-            return predict_logits(model, test, collate, batch_size=r.train.eval_batch_size, desc=f"evaluating {role}")
+            return predict_logits(model, test, collate, batch_size=r.train.eval_batch_size,
+                                  desc=f"evaluating {role}")
 
         if role == "teacher":  # every run of this recipe scores the same teacher on the same text: once
             from distill.store import fingerprint_rows
@@ -327,8 +337,10 @@ class TextClassificationTask(Task):
             sp = self.plan.splits
             logits = cached_teacher_outputs(
                 store_root(r.store),
-                {"what": "test-logits", "teacher": self.teacher.fingerprint(), "max_length": r.data.max_length,
-                 "texts": fingerprint_rows(list(zip(sp.test["text"], sp.test.get("text_pair", sp.test["text"]))))},
+                {"what": "test-logits", "teacher": self.teacher.fingerprint(),
+                 "max_length": r.data.max_length,
+                 "texts": fingerprint_rows(list(zip(sp.test["text"],
+                                                    sp.test.get("text_pair", sp.test["text"]))))},
                 predict, write=process_state().is_main_process)
         else:
             logits = predict()

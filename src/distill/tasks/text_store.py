@@ -28,12 +28,12 @@ def text_store_key(teacher: TeacherSource, tokenizer: Any, frame: pd.DataFrame, 
                      data=fingerprint_rows(rows), max_length=max_length, task=task, spec=spec)
 
 
-def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teacher: TeacherSource, tokenizer: Any,
-                    *, max_length: int, batch_size: int, meta: dict[str, Any], log: Log,
+def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teacher: TeacherSource,
+                    tokenizer: Any, *, max_length: int, batch_size: int, meta: dict[str, Any], log: Log,
                     build: bool = True) -> tuple[Any, float | None]:
-    """Open the store ``root/key``, running the teacher over ``frame`` first where shards are missing or damaged
-    (every existing shard's checksum is verified). Returns the store and the build time in seconds (None when
-    everything was already on disk and the teacher never loaded)."""
+    """Open the store ``root/key``, running the teacher over ``frame`` first where shards are missing or
+    damaged (every existing shard's checksum is verified). Returns the store and the build time in seconds
+    (None when everything was already on disk and the teacher never loaded)."""
     from distill.store import TeacherStore, build_store
     from distill.training.args import progress_enabled
 
@@ -61,9 +61,9 @@ def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teache
     t0 = time.perf_counter()
     # under `accelerate launch` every process runs the teacher on its own shards; rank 0 writes the manifest
     state = process_state()
-    build_store(root, key, spec, compute, num_examples=len(frame), batch_size=batch_size, progress=progress_enabled(),
-                meta=meta, rank=state.process_index, world_size=state.num_processes,
-                barrier=state.wait_for_everyone, log=log)
+    build_store(root, key, spec, compute, num_examples=len(frame), batch_size=batch_size,
+                progress=progress_enabled(), meta=meta, rank=state.process_index,
+                world_size=state.num_processes, barrier=state.wait_for_everyone, log=log)
     if exists and not lazy:
         log(f"teacher outputs found in the store {path}: the teacher is not needed for training")
         return TeacherStore.open(path), None

@@ -29,8 +29,8 @@ sigmoid. Added to the statistics term:
 
 Each BatchNorm2d layer of the teacher contributes to ``L_BNS`` (they are all hooked). After ``steps``
 updates the batch is frozen; the student then learns with ``kd`` from the (online) teacher on seeded
-augmented views of the images, for many epochs (``vision.datafree.epochs``, default 160): the set is small, and
-on the MNIST bench the student's epochs mattered more than anything in the synthesis (bench/RESULTS.md).
+augmented views of the images, for many epochs (``vision.datafree.epochs``, default 160): the set is small,
+and on the MNIST bench the student's epochs mattered more than anything in the synthesis (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def synthesize(teacher: nn.Module, shape: tuple[int, int, int], num_classes: int
                 x = g(z)
                 seen = x
                 if settings.jitter:
-                    dy, dx = torch.randint(-settings.jitter, settings.jitter + 1, (2,), generator=gen).tolist()
+                    dy, dx = torch.randint(-settings.jitter, settings.jitter + 1, (2,),
+                                           generator=gen).tolist()
                     seen = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
                 logits = teacher(pixel_values=seen).logits
                 loss = stats.pop()
@@ -174,7 +175,8 @@ def synthesize(teacher: nn.Module, shape: tuple[int, int, int], num_classes: int
             images.append(x.detach())
             labels.append(y)
             if log:
-                log(f"data-free: batch {b + 1}, {start + n}/{settings.num_images} images, BNS loss {finals[-1]:.3f}")
+                log(f"data-free: batch {b + 1}, {start + n}/{settings.num_images} images, "
+                    f"BNS loss {finals[-1]:.3f}")
     finally:
         stats.remove()
         for p in teacher.parameters():

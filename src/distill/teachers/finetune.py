@@ -29,7 +29,8 @@ def finetune_fingerprint(recipe: Recipe, splits: TextSplits) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"model": recipe.teacher.model, "revision": recipe.teacher.revision,
                          "finetune": {k: v for k, v in vars(ft).items() if k != "output_dir"},
-                         "labels": splits.labels, "max_length": recipe.data.max_length}, sort_keys=True).encode())
+                         "labels": splits.labels, "max_length": recipe.data.max_length},
+                        sort_keys=True).encode())
     for text, label in zip(splits.train["text"], splits.train["label"]):
         h.update(text.encode("utf-8", "replace"))
         h.update(str(label).encode())
@@ -44,7 +45,8 @@ def teacher_dir(recipe: Recipe) -> Path:
 def finished_teacher(recipe: Recipe, splits: TextSplits) -> Path | None:
     out = teacher_dir(recipe)
     marker = out / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == finetune_fingerprint(recipe, splits):
+    if (marker.exists()
+            and json.loads(marker.read_text()).get("fingerprint") == finetune_fingerprint(recipe, splits)):
         return out
     return None
 
@@ -59,7 +61,8 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
         return done
     out = teacher_dir(recipe)
     ckpt_dir = Path(str(out) + ".checkpoints")
-    tokenizer = load_tokenizer(recipe.teacher.model, recipe.teacher.revision, recipe.teacher.trust_remote_code)
+    tokenizer = load_tokenizer(recipe.teacher.model, recipe.teacher.revision,
+                               recipe.teacher.trust_remote_code)
     model = load_classifier(recipe.teacher.model, splits.labels, recipe.teacher.revision,
                             recipe.teacher.trust_remote_code)
     train = to_dataset(splits.train, tokenizer, max_length=recipe.data.max_length)
@@ -92,7 +95,8 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / MARKER).write_text(json.dumps({"fingerprint": finetune_fingerprint(recipe, splits),
-                                              "base_model": recipe.teacher.model, "validation": metrics}, indent=2))
+                                              "base_model": recipe.teacher.model, "validation": metrics},
+                                             indent=2))
 
     atomic_dir(out, fill)  # a killed save never looks like a finished teacher
     shutil.rmtree(ckpt_dir, ignore_errors=True)

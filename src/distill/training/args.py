@@ -60,7 +60,8 @@ def _point_tensorboard_at(path: Path) -> None:
         _TB_DIRS_SET.add(str(path))
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True, **overrides: Any) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
+                       **overrides: Any) -> TrainingArguments:
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         num_train_epochs=cfg.epochs,

@@ -25,7 +25,8 @@ class Distiller(nn.Module):
         self.weights = [float(w) for _, w, _ in losses]
         self.losses = nn.ModuleList(m for _, _, m in losses)
         self.keys = self._unique_keys(self.names)
-        """The name each loss is logged under (``kd``; ``kd1``, ``kd2`` when a recipe names one loss twice)."""
+        """The name each loss is logged under (``kd``; ``kd1``, ``kd2`` when a recipe names one loss
+        twice)."""
 
     @staticmethod
     def _unique_keys(names: list[str]) -> list[str]:

@@ -26,13 +26,15 @@ class OnPolicyTrainer(DistillTrainer):
         super().__init__(*args, **kwargs)
         if self.store is not None or self.teacher is None:
             raise ValueError("on-policy distillation needs the online teacher (store.enabled: false)")
-        self.lmbda, self.max_new_tokens, self.temperature = float(lmbda), int(max_new_tokens), float(temperature)
+        self.lmbda, self.max_new_tokens, self.temperature = (float(lmbda), int(max_new_tokens),
+                                                             float(temperature))
         self.prompt_tokens = int(prompt_tokens)
         self._rng = random.Random(seed)
         self.on_policy_batches = 0
 
     @torch.no_grad()
-    def student_batch(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def student_batch(self, model: torch.nn.Module,
+                      inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Prompts of ``inputs`` + the student's sampled continuations, as a batch with a loss mask over the
         generated tokens."""
         tok = self.processing_class
@@ -54,8 +56,8 @@ class OnPolicyTrainer(DistillTrainer):
         else:
             kwargs.update(do_sample=False)
         device = inputs["input_ids"].device
-        # generate() counts position ids from the attention mask itself, so the left padding shifts nothing; the
-        # scoring forwards get the same positions from DistillTrainer._model_inputs
+        # generate() counts position ids from the attention mask itself, so the left padding shifts nothing;
+        # the scoring forwards get the same positions from DistillTrainer._model_inputs
         seq = unwrapped.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         unwrapped.train(was_training)
         new = seq[:, ids.shape[1]:]

@@ -65,7 +65,8 @@ class DistillTrainer(Trainer):
             teacher.eval().requires_grad_(False)  # frozen: never gets optimizer state or gradients
             teacher.to(self.args.device)
         if distiller.needs_teacher and teacher is None and store is None:
-            raise ValueError("the recipe's losses read teacher outputs, but neither a teacher nor a store was given")
+            raise ValueError("the recipe's losses read teacher outputs, but neither a teacher nor a store "
+                             "was given")
         # Our losses are means over each micro-batch, so the Trainer must divide by the accumulation steps
         # (it skips that when it believes the model normalised by num_items_in_batch itself).
         self.model_accepts_loss_kwargs = False
@@ -138,7 +139,8 @@ class DistillTrainer(Trainer):
         # what this micro-batch's loss counts for in the step's optimised loss (times the number of processes,
         # which the mean over processes takes out again): its token share under token-level normalisation,
         # else 1 / micro-batches, the Trainer's own division
-        share: torch.Tensor | float = 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1)), 1)
+        share: torch.Tensor | float = 1.0 / max(
+            int(getattr(self, "current_gradient_accumulation_steps", 1)), 1)
         if self.token_level and model.training and num_items_in_batch is not None:
             from distill.losses.logits import LOSS_MASK
 
@@ -223,7 +225,8 @@ class DistillTrainer(Trainer):
         super()._save(output_dir, state_dict)
         # projectors, and state such as CRD's queue or TRG's annealing step, so a resumed run continues them
         if any(True for _ in self.distiller.parameters()) or any(True for _ in self.distiller.buffers()):
-            torch.save(self.distiller.state_dict(), os.path.join(output_dir or self.args.output_dir, DISTILLER_STATE))
+            torch.save(self.distiller.state_dict(),
+                       os.path.join(output_dir or self.args.output_dir, DISTILLER_STATE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -67,6 +67,10 @@ def remove_checkpoint(path: Path | None) -> None:
         Path(path).unlink()
 
 
+# the default view settings; Augment is a frozen dataclass, so one shared instance is safe
+_DEFAULT_AUGMENT = Augment()
+
+
 def train_image_model(
     model: torch.nn.Module,
     distiller: Distiller,
@@ -77,7 +81,7 @@ def train_image_model(
     learning_rate: float,
     weight_decay: float = 0.0,
     seed: int = 0,
-    augment: Augment = Augment(),
+    augment: Augment = _DEFAULT_AUGMENT,
     teacher: torch.nn.Module | None = None,
     store: Any | None = None,
     labels_known: bool = True,
@@ -98,12 +102,14 @@ def train_image_model(
         raise ValueError("the losses read teacher outputs: give a store or an online teacher")
     s_feats, t_feats = _feature_side(distiller, "student"), _feature_side(distiller, "teacher")
     if store is not None and t_feats:
-        raise ValueError("the augmented-view store keeps probabilities only; feature losses need an online teacher")
+        raise ValueError("the augmented-view store keeps probabilities only; "
+                         "feature losses need an online teacher")
     labels = data.labels if labels_known else torch.full_like(data.labels, -100)
     if teacher is not None:
         teacher.eval()
 
-    def step_outputs(idx: np.ndarray, epoch: int) -> tuple[ModelOutputs, ModelOutputs, dict[str, torch.Tensor]]:
+    def step_outputs(idx: np.ndarray,
+                     epoch: int) -> tuple[ModelOutputs, ModelOutputs, dict[str, torch.Tensor]]:
         if store is not None and need_teacher:
             seeds, t_out = store.fetch(epoch, idx)
         else:
@@ -124,7 +130,8 @@ def train_image_model(
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(epochs * steps_per_epoch, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     start_epoch, parts, epoch_times, history = 0, {}, [], []
     state = load_checkpoint(ckpt_path, checkpoint_key)
@@ -153,7 +160,8 @@ def train_image_model(
             loss.backward()
             opt.step()
             sched.step()
-            for k, v in [("loss", float(loss.detach()))] + [(f"loss/{k}", float(v)) for k, v in parts.items()]:
+            for k, v in ([("loss", float(loss.detach()))]
+                         + [(f"loss/{k}", float(v)) for k, v in parts.items()]):
                 sums[k] = sums.get(k, 0.0) + v
         epoch_times.append(time.perf_counter() - te)
         parts = {k: float(v) for k, v in parts.items()}

@@ -42,12 +42,15 @@ losses = [LossConfig(name="kd", params={"temperature": 2.0}), LossConfig(name="c
 distiller = Distiller(build_losses(losses, LossContext()))
 cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5,
                   warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0, report_to=[])
-args = training_arguments(cfg, str(out / "ckpt"), evaluate=False, optim="sgd", save_strategy="no", data_seed=None)
-trainer = CountingTrainer(model=student, args=args, train_dataset=RowDataset(rows), data_collator=CausalLMCollator(0),
-                          distiller=distiller, teacher=teacher, token_level=True)
+args = training_arguments(cfg, str(out / "ckpt"), evaluate=False, optim="sgd", save_strategy="no",
+                          data_seed=None)
+trainer = CountingTrainer(model=student, args=args, train_dataset=RowDataset(rows),
+                          data_collator=CausalLMCollator(0), distiller=distiller, teacher=teacher,
+                          token_level=True)
 # in order: over the step the processes together see exactly the rows of the one-process batch
 trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
 trainer.train()
 rank = int(os.environ.get("RANK", "0"))
 torch.save({"world": args.world_size, "calls": trainer.calls, "student": student.state_dict(),
-            "log": trainer.state.log_history, "keys": distiller.keys, "weights": distiller.weights}, out / f"rank{rank}.pt")
+            "log": trainer.state.log_history, "keys": distiller.keys, "weights": distiller.weights},
+           out / f"rank{rank}.pt")

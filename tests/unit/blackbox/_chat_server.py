@@ -37,7 +37,8 @@ def rule_answer(prompt: str) -> str:
     return "Positive." if score >= 0 else "negative"
 
 
-def chat_body(content: str, logprobs: bool, prompt_tokens: int = 10, completion_tokens: int = 2) -> dict[str, Any]:
+def chat_body(content: str, logprobs: bool, prompt_tokens: int = 10,
+              completion_tokens: int = 2) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                               "finish_reason": "stop"}
     if logprobs:
@@ -50,8 +51,8 @@ def chat_body(content: str, logprobs: bool, prompt_tokens: int = 10, completion_
                               {"token": "The", "logprob": -3.0}]},
             {"token": ".", "logprob": -0.01, "top_logprobs": [{"token": ".", "logprob": -0.01}]},
         ]}
-    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": "fake-llm",
-            "choices": [choice],
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+            "model": "fake-llm", "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -62,7 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output clean
         pass
 
-    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, length: int | None = None) -> None:
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None,
+              length: int | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -89,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "500":
             return self._send(500, b'{"error": {"message": "internal error"}}')
         if fault == "429":
-            return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": fake.retry_after})
+            return self._send(429, b'{"error": {"message": "rate limited"}}',
+                              {"Retry-After": fake.retry_after})
         if fault == "503-echo":
             return self._send(503, json.dumps({"error": f"overloaded; your header was {auth}"}).encode())
         if fault == "timeout":
@@ -116,8 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeChatServer:
     """``with FakeChatServer() as server: ChatClient(server.url, "fake-llm")``."""
 
-    def __init__(self, answer: Callable[[str], str] = rule_answer, api_key: str | None = None, delay: float = 0.0,
-                 hang: float = 1.0, retry_after: str = "1"):
+    def __init__(self, answer: Callable[[str], str] = rule_answer, api_key: str | None = None,
+                 delay: float = 0.0, hang: float = 1.0, retry_after: str = "1"):
         self.answer = answer
         self.api_key = api_key
         self.delay = delay

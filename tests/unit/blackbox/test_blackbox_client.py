@@ -20,7 +20,7 @@ def client(url, **kw):
     return c, sleeps
 
 
-def test_request_and_answer_follow_the_wire_format(keyed_server):
+def test_request_and_answer_follow_the_wire_format(keyed_server):  # noqa: F811 (fixture imported from _chat_server)
     c, _ = client(keyed_server.url, api_key=SECRET, logprobs=True, top_logprobs=3, max_tokens=7)
     response = c.complete(MESSAGES)
     body = keyed_server.bodies[0]
@@ -33,11 +33,12 @@ def test_request_and_answer_follow_the_wire_format(keyed_server):
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_each_fault_is_retried_then_answered(server, fault):
+def test_each_fault_is_retried_then_answered(server, fault):  # noqa: F811 (fixture imported from _chat_server)
     server.hang = 0.6
     server.faults.append(fault)
     c, sleeps = client(server.url, timeout=0.3 if fault == "timeout" else 2.0)
-    assert c.complete(MESSAGES).text == "Positive."  # the real answer, never something read from the broken one
+    # the real answer, never something read from the broken one
+    assert c.complete(MESSAGES).text == "Positive."
     assert sum(server.requests.values()) == 2 and c.retries == 1
     if fault == "429":
         assert sleeps == [pytest.approx(1.0, abs=0.05)]  # Retry-After: 1 honoured
@@ -45,7 +46,7 @@ def test_each_fault_is_retried_then_answered(server, fault):
         assert len(sleeps) == 1 and 0.005 <= sleeps[0] <= 0.01  # backoff 0.01 * 2**0, jittered down to 50 %
 
 
-def test_backoff_grows_exponentially_with_jitter(server):
+def test_backoff_grows_exponentially_with_jitter(server):  # noqa: F811 (fixture imported from _chat_server)
     server.faults.extend(["500"] * 4)
     c, sleeps = client(server.url, backoff=0.1, max_backoff=0.5)
     assert c.complete(MESSAGES).text == "Positive."
@@ -54,7 +55,7 @@ def test_backoff_grows_exponentially_with_jitter(server):
         assert cap / 2 <= delay <= cap
 
 
-def test_gives_up_after_max_retries_and_says_why(server):
+def test_gives_up_after_max_retries_and_says_why(server):  # noqa: F811 (fixture imported from _chat_server)
     server.faults.extend(["malformed"] * 3)
     c, _ = client(server.url, max_retries=2)
     with pytest.raises(BackendError, match="gave up after 3 attempts; last: malformed JSON") as info:
@@ -63,7 +64,7 @@ def test_gives_up_after_max_retries_and_says_why(server):
     assert sum(server.requests.values()) == 3  # bounded
 
 
-def test_refused_key_fails_at_once_and_is_redacted(keyed_server):
+def test_refused_key_fails_at_once_and_is_redacted(keyed_server):  # noqa: F811 (fixture imported from _chat_server)
     c, sleeps = client(keyed_server.url, api_key=SECRET + "-wrong", api_key_source="the key in $MY_KEY")
     with pytest.raises(FatalBackendError) as info:
         c.complete(MESSAGES)
@@ -73,7 +74,7 @@ def test_refused_key_fails_at_once_and_is_redacted(keyed_server):
     assert sum(keyed_server.requests.values()) == 1 and sleeps == []
 
 
-def test_key_echoed_in_a_retried_error_is_redacted(keyed_server):
+def test_key_echoed_in_a_retried_error_is_redacted(keyed_server):  # noqa: F811 (fixture imported from _chat_server)
     keyed_server.faults.extend(["503-echo"] * 2)
     c, _ = client(keyed_server.url, api_key=SECRET, max_retries=1)
     with pytest.raises(BackendError) as info:
@@ -97,5 +98,6 @@ def test_connection_refused_is_retried_then_reported():
 def test_url_and_retry_after_helpers():
     assert chat_url("http://h/v1/") == "http://h/v1/chat/completions"
     assert chat_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
-    assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert (parse_retry_after("2") == 2.0 and parse_retry_after(None) is None
+            and parse_retry_after("soon") is None)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait

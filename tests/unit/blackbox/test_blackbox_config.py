@@ -18,12 +18,14 @@ def recipe(blackbox=None, **teacher):
 def test_a_valid_section_loads(monkeypatch):
     monkeypatch.setenv(ENV, "x")
     r = recipe_from_dict(recipe({"base_url": "https://api.example.com/v1", "model": "m", "api_key_env": ENV,
-                                 "label_synonyms": {"positive": ["pos"]}, "prices": {"input": 0.1, "output": 0.4},
+                                 "label_synonyms": {"positive": ["pos"]},
+                                 "prices": {"input": 0.1, "output": 0.4},
                                  "max_cost": 2, "soft_labels": True}))
     bb = r.teacher.blackbox
     assert r.teacher.model == "" and bb.max_cost == 2.0 and bb.label_synonyms == {"positive": ["pos"]}
     assert r.to_dict()["teacher"]["blackbox"]["api_key_env"] == ENV
-    assert recipe_from_dict(recipe({"local_model": "path/to/lm"})).teacher.blackbox.local_model == "path/to/lm"
+    assert (recipe_from_dict(recipe({"local_model": "path/to/lm"})).teacher.blackbox.local_model
+            == "path/to/lm")
 
 
 @pytest.mark.parametrize("section, match", [

@@ -13,9 +13,9 @@ from distill.teachers.blackbox import Labeler, LabelParser, ResponseStore
 from distill.teachers.blackbox.local import LocalGenerativeTeacher
 
 LABELS = ["positive", "negative"]
-WORDS = ["[UNK]", "[PAD]", "[EOS]", "classify", "the", "text", "into", "exactly", "one", "of", "these", "labels",
-         ":", ",", ".", "answer", "with", "label", "only", "positive", "negative", "banana", "film", "good", "bad",
-         "user", "assistant"]
+WORDS = ["[UNK]", "[PAD]", "[EOS]", "classify", "the", "text", "into", "exactly", "one", "of", "these",
+         "labels", ":", ",", ".", "answer", "with", "label", "only", "positive", "negative", "banana", "film",
+         "good", "bad", "user", "assistant"]
 TEXTS = ["the film good", "the film bad", "good good film"]
 
 
@@ -28,7 +28,8 @@ def tiny_lm():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                  eos_token="[EOS]")
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(WORDS), n_positions=128, n_embd=16, n_layer=1, n_head=2,
                      eos_token_id=vocab["[EOS]"], bos_token_id=vocab["[EOS]"], pad_token_id=vocab["[PAD]"])
@@ -45,7 +46,8 @@ def rigged(model, scores: dict[str, float]):
 
 def labeler(model, tok, tmp_path, **kw):
     teacher = LocalGenerativeTeacher(model, tok, max_new_tokens=3, logprobs=True, top_logprobs=4)
-    return Labeler(teacher, LABELS, ResponseStore(tmp_path / "local.sqlite"), soft_labels=True, progress=False, **kw)
+    return Labeler(teacher, LABELS, ResponseStore(tmp_path / "local.sqlite"), soft_labels=True,
+                   progress=False, **kw)
 
 
 def test_answers_parse_and_soft_labels_come_from_the_logits(tiny_lm, tmp_path):

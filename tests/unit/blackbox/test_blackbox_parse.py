@@ -66,7 +66,8 @@ def tok(token, logprob, *top):
 
 
 def test_soft_labels_renormalise_over_label_tokens(parser):
-    tokens = [tok("\n", -0.01), tok("Pos", -0.2, ("Pos", -0.2), (" Negative", -1.8), ("neg", -2.5), ("The", -3.0)),
+    tokens = [tok("\n", -0.01),
+              tok("Pos", -0.2, ("Pos", -0.2), (" Negative", -1.8), ("neg", -2.5), ("The", -3.0)),
               tok("itive", -0.01)]
     probs = parser.soft_labels(tokens, label=0)
     pos, neg = math.exp(-0.2), math.exp(-1.8) + math.exp(-2.5)

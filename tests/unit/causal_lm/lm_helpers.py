@@ -15,7 +15,8 @@ def make_lm_tokenizer(path, extra: tuple[str, ...] = ()):
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>"] + list(WORDS) + list(extra))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                  eos_token="<eos>")
     path.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(path)
     return tok
@@ -29,7 +30,8 @@ def make_llama(path, tokenizer, layers=4, hidden=16, vocab=None, seed=0):
     cfg = LlamaConfig(vocab_size=vocab or len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
                       max_position_embeddings=128, tie_word_embeddings=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=None)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # a peaked, non-uniform teacher so distillation has something to learn
         model.model.embed_tokens.weight.mul_(8.0)
@@ -44,7 +46,8 @@ def make_corpus(n=60, seed=0):
     for i in range(n):
         domain = "play" if i % 2 else "film"
         words = WORDS[:12] if domain == "play" else WORDS[12:24]
-        rows.append({"text": " ".join(rng.choices(words + WORDS[24:], k=rng.randint(10, 30))), "domain": domain})
+        rows.append({"text": " ".join(rng.choices(words + WORDS[24:], k=rng.randint(10, 30))),
+                     "domain": domain})
     return rows
 
 
@@ -55,13 +58,15 @@ def make_corpus(n=60, seed=0):
 # SIMD width). In float64 that noise is ~1e-13 relative, so these tight bounds test the normalisation itself:
 # a wrong token weighting moves the loss and the weights by ~1e-3.
 STEP_RTOL, STEP_ATOL = 1e-9, 1e-12
-# The Trainer keeps the logged ``loss`` in a float32 accumulator whatever the model's dtype: each micro-batch's
-# loss is rounded once on the way in (relative error <= 2**-24 each, so <= 4 * 6e-8 for 4 micro-batches of
-# positive terms); 1e-6 bounds that with margin and is still 1000x tighter than a wrong token weighting.
+# The Trainer keeps the logged ``loss`` in a float32 accumulator whatever the model's dtype: each
+# micro-batch's loss is rounded once on the way in (relative error <= 2**-24 each, so <= 4 * 6e-8 for 4
+# micro-batches of positive terms); 1e-6 bounds that with margin and is still 1000x tighter than a wrong token
+# weighting.
 LOGGED_LOSS_RTOL = 1e-6
 
 
-def one_lm_step(tmp_path, teacher_dir, tokenizer, rows, batch, accum, losses, trainer_cls=None, **trainer_kwargs):
+def one_lm_step(tmp_path, teacher_dir, tokenizer, rows, batch, accum, losses, trainer_cls=None,
+                **trainer_kwargs):
     """One SGD step (lr 0.5, in float64, rows in order) of a student made of the teacher's layers [0, 3].
     Returns the weight deltas and the trainer (its ``state.log_history`` holds the logged loss and parts)."""
     import torch
@@ -100,7 +105,8 @@ def logged_step(trainer) -> dict[str, float]:
 
 
 def assert_logged_parts_make_the_loss(trainer):
-    """The logged parts are weighted like the optimised loss, so the recipe's weights recombine them into it."""
+    """The logged parts are weighted like the optimised loss, so the recipe's weights recombine them into
+    it."""
     import pytest
 
     log = logged_step(trainer)

@@ -117,7 +117,8 @@ def test_output_fisher_is_the_mean_per_token_fisher():
 
 
 def test_fisher_metric_spends_no_bits_where_the_head_does_not_look():
-    # channels 0-7 vary a lot but the output layer ignores them: a Euclidean PCA codes them, the Fisher one not
+    # channels 0-7 vary a lot but the output layer ignores them: a Euclidean PCA codes them, the Fisher one
+    # not
     g = torch.Generator().manual_seed(2)
     h = torch.randn(2000, 32, generator=g)
     h[:, :8] *= 20.0
@@ -237,8 +238,8 @@ def coded_store(tmp_path, tiny_llama):
         return model(input_ids=x, attention_mask=m).logits, m
 
     spec = StoreSpec(codec="head8", shard_size=3)
-    path = build_store(tmp_path, "k", spec, compute, num_examples=8, batch_size=2, head_codec=fit, progress=False,
-                       log=lambda *_: None)
+    path = build_store(tmp_path, "k", spec, compute, num_examples=8, batch_size=2, head_codec=fit,
+                       progress=False, log=lambda *_: None)
     return path, spec, compute, fit, full, calls
 
 
@@ -295,7 +296,8 @@ def test_coded_store_needs_head_inputs(tmp_path):
     h, (w, b) = _hidden(), _head()
 
     def compute(indices):
-        return ModelOutputs(logits=torch.randn(len(indices), 4, 200), attention_mask=torch.ones(len(indices), 4))
+        return ModelOutputs(logits=torch.randn(len(indices), 4, 200),
+                            attention_mask=torch.ones(len(indices), 4))
 
     with pytest.raises(ValueError, match="head_input"):
         build_store(tmp_path, "k", StoreSpec(codec="head4"), compute, num_examples=2,

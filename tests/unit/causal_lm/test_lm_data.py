@@ -20,7 +20,8 @@ def test_chunks_have_the_length_and_never_mix_domains(lm_tokenizer):
     rows, names = chunk_frame(df, lm_tokenizer, 16, "domain")
     assert names == ["film", "play"]
     assert all(len(r["input_ids"]) <= 16 for r in rows) and sum(len(r["input_ids"]) == 16 for r in rows) > 10
-    play_ids = set(lm_tokenizer(" ".join(df[df.domain == "film"].text), add_special_tokens=False)["input_ids"])
+    play_ids = set(lm_tokenizer(" ".join(df[df.domain == "film"].text),
+                                add_special_tokens=False)["input_ids"])
     assert {r["domain"] for r in rows} == {0, 1}
     assert all(set(r["input_ids"]) - {2} <= play_ids for r in rows if r["domain"] == 0)
     ids = chunk_texts(["the king", "the queen"], lm_tokenizer, 4)
@@ -90,14 +91,16 @@ def test_topk_store_bytes_and_kl_fidelity(tmp_path, tiny_llama):
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     student = student_from_teacher(teacher, [0])
     g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(3, 33, (12,), generator=g).tolist(), "prompt_length": 0} for _ in range(6)]
+    rows = [{"input_ids": torch.randint(3, 33, (12,), generator=g).tolist(), "prompt_length": 0}
+            for _ in range(6)]
     batch = CausalLMCollator(0)(rows)
     with torch.no_grad():
         zt = teacher(input_ids=batch["input_ids"]).logits
         zs = student(input_ids=batch["input_ids"]).logits
     zs = zs + 2.0 * torch.randn(zs.shape, generator=g)  # a student that is still far from the teacher
     spec = StoreSpec(capture=("logits",), topk=16, dtype="float16", shard_size=4)
-    build_store(tmp_path, "k", spec, lambda idx: ModelOutputs(logits=zt[idx], attention_mask=batch["attention_mask"][idx]),
+    build_store(tmp_path, "k", spec,
+                lambda idx: ModelOutputs(logits=zt[idx], attention_mask=batch["attention_mask"][idx]),
                 num_examples=6, progress=False, log=lambda *_: None)
     store = TeacherStore.open(tmp_path / "k")
     info = store.info()

@@ -53,7 +53,8 @@ def test_skew_kl_golden(divergence, direction, skew, t):
 def test_skew_is_zero_at_identity_and_rejected_elsewhere():
     # at identity the KL is a difference of equal entropy-sized sums: ~1e-16 in float64 (float32 gave 5.8e-8)
     z = torch.tensor(Z_T, dtype=torch.float64)
-    assert float(KDLoss(skew=0.3)(ModelOutputs(logits=z), ModelOutputs(logits=z), {})) == pytest.approx(0, abs=1e-12)
+    assert (float(KDLoss(skew=0.3)(ModelOutputs(logits=z), ModelOutputs(logits=z), {}))
+            == pytest.approx(0, abs=1e-12))
     for bad in (-0.1, 1.0, "0.1", True):
         with pytest.raises(RecipeError, match="skew"):
             check_params("kd", {"skew": bad}, "losses[0]")
@@ -76,7 +77,8 @@ def test_lm_kd_uses_the_next_token_mask():
     assert torch.allclose(loss(ModelOutputs(logits=zs2), ModelOutputs(logits=zt), batch), base)
     # equals the mean of per-position KLs at the trained positions
     m = batch["loss_mask"].bool()
-    per = torch.nn.functional.kl_div(zs.log_softmax(-1), zt.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    per = torch.nn.functional.kl_div(zs.log_softmax(-1), zt.log_softmax(-1), log_target=True,
+                                     reduction="none").sum(-1)
     assert torch.allclose(base, per[m].mean(), atol=1e-6)
 
 

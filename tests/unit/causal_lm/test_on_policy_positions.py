@@ -51,8 +51,8 @@ def _trainer(tmp_path, teacher, student, tokenizer):
     # temperature 0: greedy continuations, comparable with generating each prompt alone
     return OnPolicyTrainer(model=student, args=args, train_dataset=RowDataset(rows),
                            data_collator=CausalLMCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                           distiller=distiller, teacher=teacher, token_level=True, lmbda=1.0, max_new_tokens=6,
-                           temperature=0.0), rows
+                           distiller=distiller, teacher=teacher, token_level=True, lmbda=1.0,
+                           max_new_tokens=6, temperature=0.0), rows
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -69,16 +69,18 @@ def test_left_padded_on_policy_rows_score_as_if_alone(tmp_path, tiny_llama, lm_t
     t_logits = trainer._teacher_outputs(batch).logits
     model.eval()
     with torch.no_grad():
-        for i, prompt in enumerate(PROMPTS):
+        for i in range(len(PROMPTS)):
             keep = mask[i].bool()
             alone = ids[i][keep].unsqueeze(0)
             # generation: the batched continuation is what the student writes for the prompt alone
             solo = trainer.student_batch(model, trainer._prepare_inputs(trainer.data_collator([rows[i]])))
             solo_mask = solo["attention_mask"][0].bool()
-            assert solo["input_ids"][0][solo_mask].tolist() == alone[0].tolist(), f"row {i}: other continuation"
+            assert solo["input_ids"][0][solo_mask].tolist() == alone[0].tolist(), \
+                f"row {i}: other continuation"
             # scoring: student and teacher logits of the real tokens equal those of the row alone
             torch.testing.assert_close(s_logits[i][keep], model(input_ids=alone).logits[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(t_logits[i][keep], teacher(input_ids=alone).logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(t_logits[i][keep], teacher(input_ids=alone).logits[0], atol=1e-5,
+                                       rtol=0)
             if kind == "gpt2" and i > 0:
                 # the check is sensitive: without position ids the padded row is scored at shifted positions
                 shifted = model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits[0][keep]

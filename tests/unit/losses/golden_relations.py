@@ -73,7 +73,8 @@ def minilm_relation(xt, yt, xs, ys, mask) -> float:
 
 def minilm_v1(s_qkv, t_qkv, mask) -> dict[str, float]:
     (qs, ks, vs), (qt, kt, vt) = s_qkv, t_qkv
-    return {"attention": minilm_relation(qt, kt, qs, ks, mask), "value": minilm_relation(vt, vt, vs, vs, mask)}
+    return {"attention": minilm_relation(qt, kt, qs, ks, mask),
+            "value": minilm_relation(vt, vt, vs, vs, mask)}
 
 
 def to_relation_heads(x, heads: int):
@@ -114,7 +115,8 @@ def attention_mse(s_pairs, t_pairs, mask, on: str = "scores", head_mean: bool = 
                         rows = {i: softmax(r) for i, r in rows.items()}
                     out.append(rows)
                 if head_mean:
-                    out = [{i: [sum(h[i][j] for h in out) / len(out) for j in range(len(real))] for i in real}]
+                    out = [{i: [sum(h[i][j] for h in out) / len(out) for j in range(len(real))]
+                            for i in real}]
                 return out
 
             ms, mt = maps(qs, ks), maps(qt, kt)

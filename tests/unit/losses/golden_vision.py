@@ -100,7 +100,8 @@ T2: Map = [[[[0.0, -0.5], [1.0, 1.0]], [[2.0, 0.5], [0.5, -1.0]]]]  # (1, 2, 2, 
 S1: Map = [[[[1.0, -2.0], [0.5, 3.0]]], [[[0.0, 1.0], [-1.0, 2.0]]]]  # (2, 1, 2, 2)
 T2B: Map = [[[[1.0, 0.0], [0.5, 2.0]], [[-1.0, 1.0], [0.0, 0.5]]],
             [[[0.5, 0.5], [1.0, -1.0]], [[2.0, 0.0], [1.5, 1.0]]]]  # (2, 2, 2, 2)
-T4: Map = [[[[1.0, 2.0, 0.0, -1.0], [3.0, 0.0, 1.0, 1.0], [0.5, 0.5, 2.0, -2.0], [1.0, 1.5, 0.0, 4.0]]]]  # (1,1,4,4)
+T4: Map = [[[[1.0, 2.0, 0.0, -1.0], [3.0, 0.0, 1.0, 1.0], [0.5, 0.5, 2.0, -2.0],
+             [1.0, 1.5, 0.0, 4.0]]]]  # (1,1,4,4)
 S1X: Map = [[[[0.5, 1.0], [-1.0, 2.0]]]]  # (1, 1, 2, 2)
 W = [[0.5], [-1.0]]  # 1x1 conv weight (out 2, in 1)
 BIAS = [0.1, -0.2]
@@ -120,7 +121,8 @@ def cases() -> list[dict[str, Any]]:
          "expected": fitnet_pair(conv1x1(S1, W, BIAS), T2B, "l1")},
         {"id": "fitnet-pooled-two-pairs", "loss": "fitnet",
          "params": {"layer_map": {"s1": "t1", "s2": "t2"}, "projector": "none"},
-         "student": {"feature_maps": {"s1": S1X, "s2": S2}}, "teacher": {"feature_maps": {"t1": T4, "t2": T2}},
+         "student": {"feature_maps": {"s1": S1X, "s2": S2}},
+         "teacher": {"feature_maps": {"t1": T4, "t2": T2}},
          "expected": (fitnet_pair(S1X, avg_pool_half(T4)) + fitnet_pair(S2, T2)) / 2},
         {"id": "at-p2", "loss": "at", "params": {},
          "student": {"feature_maps": {"a": S2}}, "teacher": {"feature_maps": {"b": T2}},

@@ -82,7 +82,8 @@ EXAMPLES: dict[str, Example] = {
     ),
     "dkd": Example(
         variants={"paper": {}, "T1-alpha0.5-beta2": {"temperature": 1.0, "alpha": 0.5, "beta": 2.0}},
-        bad_params={"temperature": [0, -1.0, "4", True], "alpha": [-1.0, "1", None], "beta": [-0.1, "8", False]},
+        bad_params={"temperature": [0, -1.0, "4", True], "alpha": [-1.0, "1", None],
+                    "beta": [-0.1, "8", False]},
     ),
     "kd": Example(
         variants={
@@ -232,7 +233,8 @@ EXAMPLES: dict[str, Example] = {
         variants={
             "qq-kk-vv": {"relation_heads": 2},
             "one-head-qk-vv": {"relation_heads": 1, "relations": ["qk", "vv"]},
-            "layer-numbers": {"relation_heads": 2, "teacher_layer": 1, "student_layer": 1, "relations": ["vv"]},
+            "layer-numbers": {"relation_heads": 2, "teacher_layer": 1, "student_layer": 1,
+                              "relations": ["vv"]},
         },
         bad_params={
             "relation_heads": [0, -2, 2.0, "48", True],
@@ -252,8 +254,10 @@ EXAMPLES: dict[str, Example] = {
         variants={
             "default": {},
             "inner-local-only": {"global_weight": 0.0},
-            # tau annealing and token sampling change the value from call to call: see test_attention_relations.py
-            "k2-layers-linear": {"k": 2, "tau": 0.2, "teacher_layer": 1, "student_layer": 1, "projector": "linear"},
+            # tau annealing and token sampling change the value from call to call: see
+            # test_attention_relations.py
+            "k2-layers-linear": {"k": 2, "tau": 0.2, "teacher_layer": 1, "student_layer": 1,
+                                 "projector": "linear"},
             "global-only-sigma": {"inner_weight": 0.0, "local_weight": 0.0, "sigma": 0.5},
         },
         bad_params={
@@ -551,7 +555,8 @@ def _perturb_padding(out: ModelOutputs, seed: int) -> ModelOutputs:
             where = pad.view(B, L, *([1] * (t.dim() - 2))).expand_as(t)
         elif t.dim() == 4 and t.shape[-2:] == (L, L):  # attentions (B, heads, L, L): padded keys and queries
             where = (pad[:, None, :, None] | pad[:, None, None, :]).expand_as(t)
-        elif t.dim() == 4 and t.shape[0] == B and t.shape[2] == L:  # qkv (B, heads, L, head_dim): padded tokens
+        elif t.dim() == 4 and t.shape[0] == B and t.shape[2] == L:
+            # qkv (B, heads, L, head_dim): padded tokens
             where = pad[:, None, :, None].expand_as(t)
         else:
             return t.requires_grad_(True)
@@ -570,7 +575,8 @@ def test_padded_positions_do_not_matter(name: str, vid: str, params: dict, shape
         if t.grad is not None and t.dim() == 3:
             assert not t.grad[pad].any(), f"{name}: padded positions of student {k} get a gradient"
         if t.grad is not None and k.startswith("qkv["):  # (B, heads, L, head_dim)
-            assert not t.grad.transpose(1, 2)[pad].any(), f"{name}: padded tokens of student {k} get a gradient"
+            assert not t.grad.transpose(1, 2)[pad].any(), \
+                f"{name}: padded tokens of student {k} get a gradient"
     moved = Setup(s.loss, _perturb_padding(s.student, 1), _perturb_padding(s.teacher, 2), s.batch)
     torch.testing.assert_close(total(run(moved)), base.detach(), atol=1e-6, rtol=1e-6,
                                msg=lambda m: f"{name} ({vid}) changes when padded positions change: {m}")
@@ -732,8 +738,9 @@ def test_sparse_with_k_equal_c_is_the_dense_loss(divergence: str, temperature: f
         dense = loss(s.student, s.teacher, s.batch)
         for mode in ("spread", "topk"):
             sparse = dataclasses.replace(s.teacher, logits=sparse_of(s.teacher.logits, V, mode))
-            torch.testing.assert_close(loss(s.student, sparse, s.batch), dense, atol=1e-12, rtol=1e-12,
-                                       msg=lambda m: f"{reduction}, {mode}: {m}")
+            torch.testing.assert_close(
+                loss(s.student, sparse, s.batch), dense, atol=1e-12, rtol=1e-12,
+                msg=lambda m, reduction=reduction, mode=mode: f"{reduction}, {mode}: {m}")
 
 
 @pytest.mark.parametrize("mode", ["spread", "topk"])

@@ -1,4 +1,5 @@
-"""``embedding`` with ``projector: pca``: the teacher reduced to the student's width by a basis fitted once."""
+"""``embedding`` with ``projector: pca``: the teacher reduced to the student's width by a basis fitted
+once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _teacher_of_rank(k: int, n: int = 40) -> torch.Tensor:
 
 def test_basis_is_orthonormal_deterministic_and_keeps_inner_products_of_low_rank_data():
     loss = LOSSES.get("embedding").build({"projector": "pca", "loss": "mse"}, CTX)
-    assert loss.needs_teacher_fit and not list(loss.parameters())  # nothing learned, nothing dropped at export
+    # nothing learned, nothing dropped at export
+    assert loss.needs_teacher_fit and not list(loss.parameters())
     t = _teacher_of_rank(3)
     basis = loss.fit_teacher(t).clone()
     torch.testing.assert_close(basis @ basis.T, torch.eye(3), atol=1e-5, rtol=0)
@@ -45,4 +47,5 @@ def test_unfitted_or_impossible_pca_fails_clearly():
     with pytest.raises(ValueError, match="no basis yet"):
         loss(ModelOutputs(embeddings=torch.zeros(2, 3)), ModelOutputs(embeddings=torch.zeros(2, 6)), {})
     with pytest.raises(ValueError, match="wider"):
-        LOSSES.get("embedding").build({"projector": "pca"}, LossContext(student_hidden_size=8, teacher_hidden_size=6))
+        LOSSES.get("embedding").build({"projector": "pca"},
+                                      LossContext(student_hidden_size=8, teacher_hidden_size=6))

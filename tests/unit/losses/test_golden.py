@@ -124,7 +124,8 @@ def _losses_with_their_own_golden_module() -> set[str]:
     covered: set[str] = set()
     for path in sorted(Path(__file__).parent.glob("golden_*.py")):
         if path.stem != "golden_reference":
-            covered |= set(getattr(importlib.import_module(f"{__package__}.{path.stem}"), "GOLDEN_LOSSES", ()))
+            module = importlib.import_module(f"{__package__}.{path.stem}")
+            covered |= set(getattr(module, "GOLDEN_LOSSES", ()))
     return covered
 
 

@@ -335,8 +335,8 @@ def test_zero_vectors_and_single_rows_give_finite_values_and_gradients(
 @pytest.mark.parametrize(("name", "params"), ALL, ids=[f"{n}-{p}" for n, p in ALL])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_computes_in_at_least_float32(name: str, params: dict, dtype: torch.dtype) -> None:
-    """bfloat16 outputs are upcast to float32 before the sums; float64 ones stay float64 (the exactness tests run
-    models in float64), with the float32 projectors applied in their own dtype."""
+    """bfloat16 outputs are upcast to float32 before the sums; float64 ones stay float64 (the exactness tests
+    run models in float64), with the float32 projectors applied in their own dtype."""
     torch.manual_seed(0)
     loss = LOSSES.get(name).build(dict(params), CTX)
     es = _random(80, 3, 4).to(dtype).requires_grad_(True)

@@ -46,8 +46,8 @@ def values(out) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- minilm
 def test_minilm_closed_form() -> None:
     # one head, d = 1, L = 2. Teacher q = v = 0: uniform attention and value relations. Student k = [1, 0] and
-    # q = ln 2 give scores [ln 2, 0] in both rows: softmax [2/3, 1/3], KL(uniform || it) = 0.5 ln(9/8) per row.
-    # Student v = [sqrt(ln 2), 0]: row 1 is [ln 2, 0] again, row 2 all zeros (uniform, KL 0).
+    # q = ln 2 give scores [ln 2, 0] in both rows: softmax [2/3, 1/3], KL(uniform || it) = 0.5 ln(9/8) per
+    # row. Student v = [sqrt(ln 2), 0]: row 1 is [ln 2, 0] again, row 2 all zeros (uniform, KL 0).
     ln2 = math.log(2.0)
     zero = [[[[0.0], [0.0]]]]
     student = qkv_outputs([([[[[ln2], [ln2]]]], [[[[1.0], [0.0]]]], [[[[math.sqrt(ln2)], [0.0]]]])], [[1, 1]])
@@ -100,7 +100,8 @@ def test_minilm_v2_cross_relations_match_reference() -> None:
 def test_minilm_v2_with_one_relation_head_per_attention_head_is_minilm_attention_on_qk() -> None:
     # relation_heads = heads and relation qk: R_qk is exactly MiniLM v1's attention distribution
     s, tq = random_qkv(11, 2, 2), random_qkv(12, 2, 2)
-    v2 = values(LOSSES.get("minilm_v2")(relation_heads=2, relations=["qk"])(qkv_outputs([s]), qkv_outputs([tq]), {}))
+    v2 = values(LOSSES.get("minilm_v2")(relation_heads=2, relations=["qk"])(qkv_outputs([s]),
+                                                                            qkv_outputs([tq]), {}))
     v1 = values(LOSSES.get("minilm")()(qkv_outputs([s]), qkv_outputs([tq]), {}))
     assert v2["qk"] == pytest.approx(v1["attention"], abs=ATOL)
 
@@ -119,7 +120,8 @@ def test_minilm_v2_rejects_relation_heads_that_do_not_divide() -> None:
 def test_attention_mse_matches_reference(on: str) -> None:
     s1, s2 = random_qkv(13, 2, 2), random_qkv(14, 2, 2)
     t1, t2, t3 = random_qkv(15, 2, 3), random_qkv(16, 2, 3), random_qkv(17, 2, 3)
-    loss = LOSSES.get("attention_mse").build({"on": on}, LossContext(student_num_layers=2, teacher_num_layers=3))
+    loss = LOSSES.get("attention_mse").build({"on": on},
+                                             LossContext(student_num_layers=2, teacher_num_layers=3))
     assert loss.pairs == [(1, 2), (2, 3)]  # uniform map, 2 of 3
     got = float(loss(qkv_outputs([s1, s2]), qkv_outputs([t1, t2, t3]), {}))
     want = ref.attention_mse([s1[:2], s2[:2]], [t2[:2], t3[:2]], MASK, on=on)
@@ -130,7 +132,8 @@ def test_attention_mse_head_mean_matches_reference() -> None:
     s, tq = random_qkv(18, 1, 4), random_qkv(19, 2, 2)
     loss = LOSSES.get("attention_mse")(layer_map="last", on="probs", head_mode="mean")
     got = float(loss(qkv_outputs([s]), qkv_outputs([tq]), {}))
-    assert got == pytest.approx(ref.attention_mse([s[:2]], [tq[:2]], MASK, on="probs", head_mean=True), abs=ATOL)
+    assert got == pytest.approx(ref.attention_mse([s[:2]], [tq[:2]], MASK, on="probs", head_mean=True),
+                                abs=ATOL)
     with pytest.raises(ValueError, match="head_mode: mean"):
         LOSSES.get("attention_mse")(layer_map="last")(qkv_outputs([s]), qkv_outputs([tq]), {})
 
@@ -186,7 +189,8 @@ def trg_inputs(seed: int, width_s: int = 2, width_t: int = 2):
 @pytest.mark.parametrize(("k", "sigma", "tau"), [(2, 1.0, 0.1), (1, 0.5, 0.5), (8, 2.0, 1.0)])
 def test_trg_parts_match_reference(k: int, sigma: float, tau: float) -> None:
     hs, ht, student, teacher = trg_inputs(21)
-    loss = LOSSES.get("trg")(k=k, sigma=sigma, tau=tau, inner_weight=0.5, local_weight=2.0, global_weight=0.25)
+    loss = LOSSES.get("trg")(k=k, sigma=sigma, tau=tau, inner_weight=0.5, local_weight=2.0,
+                             global_weight=0.25)
     got = values(loss(student, teacher, {}))
     assert got["inner"] == pytest.approx(0.5 * ref.trg_inner(hs, ht, MASK), abs=ATOL)
     assert got["local"] == pytest.approx(2.0 * ref.trg_local(hs, ht, MASK, k, sigma), abs=ATOL)

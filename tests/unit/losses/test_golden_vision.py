@@ -61,8 +61,8 @@ def test_dkd_with_beta_one_minus_target_prob_is_classic_kd() -> None:
     z_t, y = torch.tensor([[1.0, 0.5, -1.0, 0.0]], dtype=torch.float64), torch.tensor([2])
     for t in (1.0, 3.0):
         p_y = float(torch.softmax(z_t / t, -1)[0, 2])
-        parts = DKDLoss(temperature=t, alpha=1.0, beta=1.0 - p_y)(ModelOutputs(logits=z_s), ModelOutputs(logits=z_t),
-                                                                 {"labels": y})
+        parts = DKDLoss(temperature=t, alpha=1.0, beta=1.0 - p_y)(ModelOutputs(logits=z_s),
+                                                                 ModelOutputs(logits=z_t), {"labels": y})
         kd = KDLoss(temperature=t)(ModelOutputs(logits=z_s), ModelOutputs(logits=z_t), {})
         assert float(parts["tckd"] + parts["nckd"]) == pytest.approx(float(kd), abs=TOL, rel=TOL)
 

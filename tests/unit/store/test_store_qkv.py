@@ -1,5 +1,5 @@
-"""The store keeps a teacher's query/key/value projections per token, so MiniLM-style losses can train from it:
-round trip, equality with the online loss, spec and key compatibility, and what the store refuses."""
+"""The store keeps a teacher's query/key/value projections per token, so MiniLM-style losses can train from
+it: round trip, equality with the online loss, spec and key compatibility, and what the store refuses."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def _bert(layers: int, hidden: int, heads: int, seed: int):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=3,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=32,
+                        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return BertForSequenceClassification(config).eval()
 
 
@@ -78,7 +78,8 @@ def test_loss_from_the_store_equals_the_online_loss(tmp_path, name, params):
     # teacher 3 layers x 4 heads x 32, student 2 layers x 2 heads x 16: head counts and widths differ
     teacher, student = _bert(3, 32, 4, seed=0), _bert(2, 16, 2, seed=1)
     ids, mask, _ = _data()
-    ctx = LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2, teacher_num_layers=3)
+    ctx = LossContext(student_hidden_size=16, teacher_hidden_size=32, student_num_layers=2,
+                      teacher_num_layers=3)
     loss = LOSSES.get(name).build(params, ctx)
     distiller = Distiller([(name, 1.0, loss)])
     layers = distiller.qkv_layers("teacher")
@@ -126,7 +127,8 @@ def test_store_spec_of_a_recipe_keeps_the_layers_the_losses_read():
     from distill.config import StoreConfig
     from distill.store.spec import spec_for_losses
 
-    ctx = LossContext(student_hidden_size=384, teacher_hidden_size=384, student_num_layers=3, teacher_num_layers=6)
+    ctx = LossContext(student_hidden_size=384, teacher_hidden_size=384, student_num_layers=3,
+                      teacher_num_layers=6)
     losses = [("kd", 0.5, LOSSES.get("kd")()), ("minilm", 1.0, LOSSES.get("minilm").build({}, ctx)),
               ("attention_mse", 1.0, LOSSES.get("attention_mse").build({"layer_map": "last2"}, ctx))]
     spec = spec_for_losses(StoreConfig(), Distiller(losses))

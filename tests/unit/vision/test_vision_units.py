@@ -22,7 +22,8 @@ def _images(n=12, size=8, seed=0):
 def test_view_seed_is_a_fixed_function_of_base_epoch_index():
     a = view_seed(7, 3, np.arange(5))
     assert np.array_equal(a, view_seed(7, 3, np.arange(5)))
-    assert not np.array_equal(a, view_seed(7, 4, np.arange(5))) and not np.array_equal(a, view_seed(8, 3, np.arange(5)))
+    assert (not np.array_equal(a, view_seed(7, 4, np.arange(5)))
+            and not np.array_equal(a, view_seed(8, 3, np.arange(5))))
     assert a.min() >= 0 and a.max() < 2**31
     assert int(view_seed(0, 0, 1)) == int(view_seed(0, 0, np.array([0, 1]))[1])  # scalar == vector
 
@@ -49,8 +50,8 @@ def test_store_keeps_seeds_and_topk_and_replays_identical_views(tmp_path):
         seen.append(view.clone())
         return teacher(view)
 
-    path = build_augmented_store(tmp_path, "k1", x, run_teacher, aug, epochs=2, topk=2, base_seed=3, batch_size=8,
-                                 log=lambda m: None)
+    path = build_augmented_store(tmp_path, "k1", x, run_teacher, aug, epochs=2, topk=2, base_seed=3,
+                                 batch_size=8, log=lambda m: None)
     store = AugmentedStore.open(path)
     views_epoch1 = torch.cat(seen[3:6])  # 20 images in batches of 8 -> 3 teacher calls per epoch
     idx = np.array([17, 2, 9])
@@ -72,8 +73,13 @@ def test_store_resumes_and_repairs_epoch_files(tmp_path):
     x = _images(6)
     teacher = SmallCNN(3, 1, (4, 4, 4)).eval()
     calls = []
-    fn = lambda v: (calls.append(1), teacher(v))[1]
-    path = build_augmented_store(tmp_path, "k", x, fn, Augment(), epochs=2, topk=0, base_seed=0, log=lambda m: None)
+
+    def fn(v):
+        calls.append(1)
+        return teacher(v)
+
+    path = build_augmented_store(tmp_path, "k", x, fn, Augment(), epochs=2, topk=0, base_seed=0,
+                                 log=lambda m: None)
     n = len(calls)
     build_augmented_store(tmp_path, "k", x, fn, Augment(), epochs=2, topk=0, base_seed=0, log=lambda m: None)
     assert len(calls) == n  # complete: nothing recomputed
@@ -105,7 +111,8 @@ def test_image_folder_source(tmp_path):
     from distill.data.images import load_image_folder
 
     data, labels = load_image_folder(str(tmp_path))
-    assert labels == ["cat", "dog"] and data.images.shape == (6, 1, 5, 5) and data.labels.tolist() == [0] * 3 + [1] * 3
+    assert (labels == ["cat", "dog"] and data.images.shape == (6, 1, 5, 5)
+            and data.labels.tolist() == [0] * 3 + [1] * 3)
 
 
 def test_wrapper_feature_maps_hooks_and_save_load(tmp_path):
@@ -167,12 +174,14 @@ def test_datafree_hooks_every_batchnorm_layer_and_the_class_term_steers_labels()
         opt.step()
     teacher.eval()
     assert (teacher(pixel_values=x).logits.argmax(-1) == y).float().mean() > 0.9
-    base = {"num_images": 32, "batch_size": 32, "steps": 30, "learning_rate": 0.05, "tv_weight": 0.0, "jitter": 0}
+    base = {"num_images": 32, "batch_size": 32, "steps": 30, "learning_rate": 0.05, "tv_weight": 0.0,
+            "jitter": 0}
     plain = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(ce_weight=0.0, **base))
     steered = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(ce_weight=10.0, **base))
     assert torch.equal(plain["labels"], steered["labels"])  # the drawn labels depend on the seed only
     assert steered["label_hit_rate"] > plain["label_hit_rate"]
-    smooth = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(ce_weight=0.0, **{**base, "tv_weight": 50.0}))
+    smooth = synthesize(teacher, (1, 8, 8), 4,
+                        SynthesisSettings(ce_weight=0.0, **{**base, "tv_weight": 50.0}))
     assert total_variation(smooth["images"]) < total_variation(plain["images"])
     jittered = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(**{**base, "jitter": 1, "steps": 3}))
     assert jittered["images"].shape == (32, 1, 8, 8)

@@ -38,32 +38,37 @@ def build_backend(cfg: BlackBoxConfig) -> Backend:
         from distill.packaged import resolve_model
         from distill.teachers.blackbox.local import LocalGenerativeTeacher
 
-        return LocalGenerativeTeacher.from_pretrained(resolve_model(cfg.local_model), max_new_tokens=cfg.max_tokens,
+        return LocalGenerativeTeacher.from_pretrained(resolve_model(cfg.local_model),
+                                                      max_new_tokens=cfg.max_tokens,
                                                       logprobs=cfg.soft_labels, top_logprobs=cfg.top_logprobs)
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if cfg.api_key_env and not key:  # checked when the recipe loaded; the environment may have changed since
-        raise RecipeError(f"teacher.blackbox.api_key_env: the environment variable {cfg.api_key_env} is not set; "
-                          f"run `export {cfg.api_key_env}=...` first")
+        raise RecipeError(f"teacher.blackbox.api_key_env: the environment variable {cfg.api_key_env} is not "
+                          f"set; run `export {cfg.api_key_env}=...` first")
     return ChatClient(cfg.base_url, cfg.model, api_key=key,
-                      api_key_source=f"the key in ${cfg.api_key_env}" if cfg.api_key_env else "the request (no key sent)",
+                      api_key_source=(f"the key in ${cfg.api_key_env}" if cfg.api_key_env
+                                      else "the request (no key sent)"),
                       timeout=cfg.timeout, max_retries=cfg.max_retries, temperature=cfg.temperature,
                       max_tokens=cfg.max_tokens, logprobs=cfg.soft_labels, top_logprobs=cfg.top_logprobs)
 
 
 def _check_labels(labels: list[str], cfg: BlackBoxConfig) -> None:
     if all(name.lstrip("-").isdigit() for name in labels) and not cfg.label_synonyms:
-        raise RecipeError(f"data.labels: the teacher is asked to choose among the label names, and {labels} say "
-                          "nothing about the classes; set data.labels to names in id order, e.g. [negative, positive]")
+        raise RecipeError(f"data.labels: the teacher is asked to choose among the label names, and {labels} "
+                          "say nothing about the classes; set data.labels to names in id order, "
+                          "e.g. [negative, positive]")
     try:
         LabelParser(labels, cfg.label_synonyms)
     except ValueError as exc:
         raise RecipeError(f"teacher.blackbox.label_synonyms: {exc}") from None
 
 
-def build_labeler(cfg: BlackBoxConfig, labels: list[str], output_dir: str | Path, *, backend: Backend | None = None,
-                  log: Log | None = None, progress: bool | None = None) -> Labeler:
-    """A :class:`Labeler` over ``OUTPUT_DIR/teacher_responses.sqlite``; close it with ``labeler.store.close()``.
-    Everything cheap is checked before the backend is built (a local model loads here)."""
+def build_labeler(cfg: BlackBoxConfig, labels: list[str], output_dir: str | Path, *,
+                  backend: Backend | None = None, log: Log | None = None,
+                  progress: bool | None = None) -> Labeler:
+    """A :class:`Labeler` over ``OUTPUT_DIR/teacher_responses.sqlite``; close it with
+    ``labeler.store.close()``. Everything cheap is checked before the backend is built (a local model loads
+    here)."""
     _check_labels(labels, cfg)
     template = PromptTemplate(cfg.prompt, cfg.system_prompt)
     backend = backend or build_backend(cfg)
@@ -106,7 +111,8 @@ class BlackBoxLabels:
                 else:
                     row[item.label] = 1.0
                 probs.append(row)
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "label", "data_label"])
+        frame = (pd.concat(frames, ignore_index=True) if frames
+                 else pd.DataFrame(columns=["text", "label", "data_label"]))
         return frame, np.stack(probs) if probs else np.zeros((0, len(self.labels)), dtype=np.float32)
 
 
@@ -128,7 +134,8 @@ def write_outputs(out: Path, result: BlackBoxLabels, splits: Any) -> None:
             if pairs is not None:
                 row["text_pair"] = pairs[i]
             row.update({"data_label": result.labels[y] if y >= 0 else None, "status": item.status,
-                        "label": None if item.label is None else result.labels[item.label], "probs": item.probs,
+                        "label": None if item.label is None else result.labels[item.label],
+                        "probs": item.probs,
                         "answer": item.answer, "reason": item.reason, "cached": item.cached})
             lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(out / LABELS_FILE, "\n".join(lines) + ("\n" if lines else ""))
@@ -150,12 +157,13 @@ def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include
                           "local_model) in teacher.blackbox")
     uses_pair = "{text_pair}" in cfg.prompt or "{text_pair}" in (cfg.system_prompt or "")
     if "text_pair" in splits.train.columns and not uses_pair:
-        raise RecipeError("teacher.blackbox.prompt: the data has a second text (data.text_pair_column) that the "
-                          "prompt never shows; add {text_pair} to the prompt")
+        raise RecipeError("teacher.blackbox.prompt: the data has a second text (data.text_pair_column) that "
+                          "the prompt never shows; add {text_pair} to the prompt")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     labeler = build_labeler(cfg, list(splits.labels), out, backend=backend, log=log, progress=progress)
-    parts = [("train", splits.train), ("unlabeled", splits.unlabeled)] + ([("test", splits.test)] if include_test else [])
+    parts = ([("train", splits.train), ("unlabeled", splits.unlabeled)]
+             + ([("test", splits.test)] if include_test else []))
     runs: dict[str, LabelRun] = {}
     try:
         for name, frame in parts:

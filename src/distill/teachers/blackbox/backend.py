@@ -16,7 +16,8 @@ class BackendError(RuntimeError):
 
 
 class FatalBackendError(BackendError):
-    """Every request would fail the same way (refused key, unknown model, rejected request): labelling stops."""
+    """Every request would fail the same way (refused key, unknown model, rejected request): labelling
+    stops."""
 
 
 @dataclass(frozen=True)

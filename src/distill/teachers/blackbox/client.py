@@ -71,7 +71,8 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None when absent or invalid."""
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None when absent or
+    invalid."""
     if not value:
         return None
     value = value.strip()
@@ -89,7 +90,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _tokens(logprobs: Any) -> tuple[TokenChoice, ...] | None:
-    """Read ``choices[0].logprobs.content``; anything malformed means 'no log-probabilities', never a guess."""
+    """Read ``choices[0].logprobs.content``; anything malformed means 'no log-probabilities', never a
+    guess."""
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return None
@@ -138,7 +140,8 @@ def parse_response(raw: bytes) -> ChatResponse:
 
 
 class ChatClient(Backend):
-    """POST ``{model, messages, temperature, max_tokens[, logprobs, top_logprobs]}`` to ``<base_url>/chat/completions``.
+    """POST ``{model, messages, temperature, max_tokens[, logprobs, top_logprobs]}`` to
+    ``<base_url>/chat/completions``.
 
     ``api_key_source`` only words error messages ("the key from $OPENAI_API_KEY"); ``sleep`` and ``rng`` are
     injectable so tests need not wait.
@@ -225,7 +228,8 @@ class ChatClient(Backend):
         except urllib.error.HTTPError as exc:  # before URLError: it is a subclass
             detail = self._error_body(exc)
             if exc.code in (408, 429) or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
+                raise _Retryable(f"HTTP {exc.code}{detail}",
+                                 parse_retry_after(exc.headers.get("Retry-After"))) from None
             raise FatalBackendError(self.redact(self._explain(exc.code, detail))) from None
         except TimeoutError:
             raise _Retryable(f"no answer within {self.timeout:g} s") from None
@@ -249,8 +253,8 @@ class ChatClient(Backend):
             return (f"HTTP {code}: the endpoint {self.url} refused {self._key_source}{detail}; check the key "
                     "and that it may use this model")
         if code == 404:
-            return (f"HTTP 404 from {self.url}{detail}; check teacher.blackbox.base_url (usually ends in /v1) "
-                    f"and teacher.blackbox.model ({self.model!r})")
+            return (f"HTTP 404 from {self.url}{detail}; check teacher.blackbox.base_url "
+                    f"(usually ends in /v1) and teacher.blackbox.model ({self.model!r})")
         hint = "; if it is about logprobs, set teacher.blackbox.soft_labels: false" if self.logprobs else ""
         return f"HTTP {code}: the endpoint rejected the request{detail}{hint}"
 

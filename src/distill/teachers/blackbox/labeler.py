@@ -148,7 +148,8 @@ class Labeler:
         self.progress = progress
         self.log = log or (lambda msg: None)
 
-    def label(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, desc: str = "teacher") -> LabelRun:
+    def label(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+              desc: str = "teacher") -> LabelRun:
         t0 = time.perf_counter()
         identity, params, template_id = self.backend.identity, self.backend.params, self.template.fingerprint
         messages = [self.template.render(t, self.labels, None if text_pairs is None else text_pairs[i])
@@ -158,7 +159,8 @@ class Labeler:
         stored = self.store.get_many(keys)
         todo = [k for k in dict.fromkeys(keys) if k not in stored]
         if stored:
-            self.log(f"{desc}: {len(set(keys)) - len(todo)} answers found in the response store {self.store.path}")
+            self.log(f"{desc}: {len(set(keys)) - len(todo)} answers found in the response store "
+                     f"{self.store.path}")
 
         calls, cost = self.store.totals()
         budget = _Budget(self.max_calls, self.max_cost, calls, cost)
@@ -176,7 +178,8 @@ class Labeler:
 
     # -- the requests -----------------------------------------------------------------------------------
     def _ask(self, todo: list[str], messages: dict[str, Any], budget: _Budget, identity: str,
-             params: dict[str, Any], template_id: str, desc: str) -> tuple[dict[str, StoredAnswer], dict[str, str]]:
+             params: dict[str, Any], template_id: str,
+             desc: str) -> tuple[dict[str, StoredAnswer], dict[str, str]]:
         new: dict[str, StoredAnswer] = {}
         errors: dict[str, str] = {}
         if not todo:
@@ -265,7 +268,8 @@ class Labeler:
         return TeacherLabel("labelled", parsed.label, probs, text, cached=key in stored)
 
     def _stats(self, run: LabelRun, texts: Sequence[str], keys: list[str], stored: dict[str, StoredAnswer],
-               new: dict[str, StoredAnswer], errors: dict[str, str], budget: _Budget, seconds: float) -> dict[str, Any]:
+               new: dict[str, StoredAnswer], errors: dict[str, str], budget: _Budget,
+               seconds: float) -> dict[str, Any]:
         counts = collections.Counter(item.status for item in run.items)
         new_costs = [a.cost for a in new.values()]
         answers, total_cost = self.store.totals()
@@ -285,8 +289,10 @@ class Labeler:
             "store": {"path": str(self.store.path), "answers": answers, "cost": total_cost},
             "budget": {"max_calls": self.max_calls, "max_cost": self.max_cost,
                        "stopped": budget.stopped if counts["not_labelled"] else None},
-            "label_counts": {name: sum(item.label == i for item in run.items) for i, name in enumerate(self.labels)},
-            "parse_failures": [{"index": i, "text": texts[i][:_EXCERPT], "answer": (item.answer or "")[:_EXCERPT],
+            "label_counts": {name: sum(item.label == i for item in run.items)
+                             for i, name in enumerate(self.labels)},
+            "parse_failures": [{"index": i, "text": texts[i][:_EXCERPT],
+                                "answer": (item.answer or "")[:_EXCERPT],
                                 "reason": item.reason} for i, item in enumerate(run.items)
                                if item.status == "unparseable"],
             "failures": [{"index": i, "error": item.reason} for i, item in enumerate(run.items)

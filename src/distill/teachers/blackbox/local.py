@@ -61,7 +61,8 @@ class LocalGenerativeTeacher(Backend):
     def _encode(self, messages: list[Message]):
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)  # the template adds them
+            # the template adds them
+            return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         return self.tokenizer(plain_prompt(messages), return_tensors="pt")
 
     def _piece(self, token_id: int) -> str:

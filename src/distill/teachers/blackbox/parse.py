@@ -25,12 +25,15 @@ _NEGATED = re.compile(
     r"strictly|clearly|necessarily)\W+)?$"
 )
 # what may stand between two labels offered as alternatives: separators and "or"/"and"/"vs"
-_ALTERNATION = re.compile(r"[\s,/|&;+()\[\]\"'*]*(?:(?:or|and|and/or|vs\.?|versus|nor)\b[\s,/|&;+()\[\]\"'*.]*)?")
-_MARKER = re.compile(r"\b(?:answer|label|category|class|classification|sentiment|topic)[\"']?\s*(?:is\s*)?[:=]")
+_ALTERNATION = re.compile(r"[\s,/|&;+()\[\]\"'*]*"
+                          r"(?:(?:or|and|and/or|vs\.?|versus|nor)\b[\s,/|&;+()\[\]\"'*.]*)?")
+_MARKER = re.compile(r"\b(?:answer|label|category|class|classification|sentiment|topic)"
+                     r"[\"']?\s*(?:is\s*)?[:=]")
 
 
 def normalise(text: str) -> str:
-    """Case-folded, NFKC, typographic apostrophes made plain, hyphens/underscores as spaces, spaces collapsed."""
+    """Case-folded, NFKC, typographic apostrophes made plain, hyphens/underscores as spaces, spaces
+    collapsed."""
     text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
     text = re.sub(r"[_\-\u2010\u2013\u2014]+", " ", text)
     return re.sub(r"\s+", " ", text).strip()
@@ -73,7 +76,8 @@ class LabelParser:
         if not name.strip(_STRIP):
             raise ValueError(f"{what} is empty once punctuation and case are ignored")
         if owner.get(name, idx) != idx:
-            raise ValueError(f"{what} also names the label {self.labels[owner[name]]!r}; a word may name one label")
+            raise ValueError(f"{what} also names the label {self.labels[owner[name]]!r}; "
+                             "a word may name one label")
         owner[name] = idx
 
     # -- hard labels ------------------------------------------------------------------------------------
@@ -101,7 +105,8 @@ class LabelParser:
 
     # -- soft labels ------------------------------------------------------------------------------------
     def token_label(self, token: str) -> int | None:
-        """The label a single answer token starts: an exact name, else the one label whose name begins with it."""
+        """The label a single answer token starts: an exact name, else the one label whose name begins with
+        it."""
         piece = normalise(token).strip(_STRIP)
         if not piece:
             return None

@@ -79,7 +79,8 @@ class ResponseStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # one connection shared by the labeler's threads, serialised by our own lock; autocommit
         # (isolation_level=None) makes every INSERT a transaction of its own
-        self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                     check_same_thread=False)
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -89,8 +90,8 @@ class ResponseStore:
             found = self._conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0]
         if found != str(FORMAT):
             self.close()
-            raise RuntimeError(f"{self.path} holds answers in store format {found}, this distill reads {FORMAT}; "
-                               "move the file away to start a new store")
+            raise RuntimeError(f"{self.path} holds answers in store format {found}, this distill reads "
+                               f"{FORMAT}; move the file away to start a new store")
 
     def __enter__(self):
         return self
@@ -119,12 +120,14 @@ class ResponseStore:
             response: ChatResponse, cost: float | None) -> None:
         """Commit one answer now (a second answer for the same key is ignored: the first was paid for)."""
         row = (key, model, template, _canonical(messages), _canonical(params), response.text,
-               _tokens_json(response.tokens), response.prompt_tokens, response.completion_tokens, cost, time.time())
+               _tokens_json(response.tokens), response.prompt_tokens, response.completion_tokens, cost,
+               time.time())
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
 
     def totals(self) -> tuple[int, float]:
         """(answers, estimated cost) over the whole store: what every run so far has bought."""
         with self._lock:
-            count, cost = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM answers").fetchone()
+            count, cost = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM answers").fetchone()
         return int(count), float(cost)
