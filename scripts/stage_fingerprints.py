@@ -63,7 +63,10 @@ def record_recipe(name: str, work: Path) -> dict[str, object]:
     from importlib import resources
 
     from distill.config import load_recipe
-    from distill.pipeline import run
+    try:
+        from distill.runner import run
+    except ImportError:  # the code before the task layer (to record the fingerprints a change must keep)
+        from distill.pipeline import run
 
     out, stores = work / name / "run", work / name / "stores"
     overrides = [f"output_dir={out}", f"store.dir={stores}", *SMALL, *OVERRIDES[name]]

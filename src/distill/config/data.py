@@ -48,6 +48,11 @@ class DataConfig:
     """Seed of the held-out splits (fixed, so every run and the baseline see the same test set)."""
     max_train_examples: int | None = None
     """Cap on training examples (after splitting), for quick runs."""
+    labeled_fraction: float | None = None
+    """Keep the labels of only this share of the training rows (stratified, ``split_seed``); the other rows
+    become unlabelled text, which the teacher labels for the distilled student and the no-KD baseline never
+    sees. What a team with a few labels and plenty of text has; also how the benchmarks measure that
+    regime."""
 
     def __post_init__(self) -> None:
         if self.source == "packaged":
@@ -60,3 +65,6 @@ class DataConfig:
         check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "use (0, 1)")
         if self.max_train_examples is not None:
             check(self.max_train_examples > 0, "data.max_train_examples", self.max_train_examples, "use > 0")
+        if self.labeled_fraction is not None:
+            check(0 < self.labeled_fraction <= 1, "data.labeled_fraction", self.labeled_fraction,
+                  "use a share in (0, 1], e.g. 0.1 to keep the labels of 10% of the training rows")

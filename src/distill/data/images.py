@@ -205,8 +205,20 @@ def load_image_splits(cfg: Any) -> ImageSplits:
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
         train, _ = train_test_split(train, train_size=cfg.max_train_examples, random_state=cfg.split_seed,
                                     stratify=y[train])
-    return ImageSplits(data.subset(np.sort(train)), data.subset(np.sort(val)), data.subset(np.sort(test)),
-                       names)
+    train_set = data.subset(np.sort(train))
+    if cfg.labeled_fraction is not None and cfg.labeled_fraction < 1:
+        # the rest of the training images keep their place but lose their labels (-100): the teacher labels
+        # them for the distilled student, the no-KD baseline never sees them
+        n_keep = max(int(round(cfg.labeled_fraction * len(train_set))), len(names))
+        if n_keep < len(train_set):
+            rows = np.arange(len(train_set))
+            keep, _ = train_test_split(rows, train_size=n_keep, random_state=cfg.split_seed,
+                                       stratify=train_set.labels.numpy())
+            hidden = np.setdiff1d(rows, keep)
+            labels = train_set.labels.clone()
+            labels[torch.as_tensor(hidden)] = -100
+            train_set = ImageSet(train_set.images, labels)
+    return ImageSplits(train_set, data.subset(np.sort(val)), data.subset(np.sort(test)), names)
 
 
 # ----------------------------------------------------------------------------------------------------------

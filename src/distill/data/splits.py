@@ -74,6 +74,16 @@ def _normalise(df: pd.DataFrame, cfg: DataConfig, label_ids: dict[str, int] | No
     return out
 
 
+def _hide_labels(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``train`` into the rows that keep their labels (a stratified ``fraction``, at least one per
+    class) and the rest, whose labels are dropped (-1)."""
+    n_keep = max(int(round(fraction * len(train))), train["label"].nunique())
+    if n_keep >= len(train):
+        return train, train.iloc[:0].assign(label=-1)
+    keep, hidden = train_test_split(train, train_size=n_keep, random_state=seed, stratify=train["label"])
+    return keep, hidden.assign(label=-1)
+
+
 def _label_names(values: pd.Series) -> list[str]:
     uniq = sorted({str(v) for v in values.dropna()})
     if all(u.lstrip("-").isdigit() for u in uniq):
@@ -146,6 +156,9 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None, require_labels
         train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
 
     unlabeled_parts = [_normalise(df, cfg, None, "data.train (unlabelled rows)") for df in extra_unlabeled]
+    if cfg.labeled_fraction is not None and cfg.labeled_fraction < 1:
+        train, hidden = _hide_labels(train, cfg.labeled_fraction, cfg.split_seed)
+        unlabeled_parts.insert(0, hidden)
     if cfg.unlabeled:
         raw = read_table(cfg.unlabeled, "data.unlabeled")
         _check_columns(raw, cfg, "data.unlabeled", need_label=False)

@@ -135,6 +135,7 @@ td.model { font-weight: 600; }
 td.model .sw { margin-right: 8px; vertical-align: -1px; }
 .delta { display: block; font-size: 12px; color: var(--muted); font-weight: 400; }
 .warn { color: #b45309; font-weight: 600; }
+.warn-box { border-left: 4px solid #b45309; margin: 12px 0; }
 td.text { white-space: normal; text-align: left; min-width: 260px; max-width: 460px; }
 td.text .pair { display: block; color: var(--muted); margin-top: 2px; }
 .tag { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12.5px; font-weight: 600; }

@@ -80,6 +80,33 @@ def verdict(report: dict[str, Any]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def warnings_box(report: dict[str, Any]) -> str:
+    """What must not be missed before shipping the student (distill.evaluation.report.class_warnings)."""
+    warnings = report.get("warnings") or []
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{esc(w[0].upper() + w[1:])}.</li>" for w in warnings)
+    return f'<div class="panel warn-box"><b class="warn">Before shipping</b><ul>{items}</ul></div>'
+
+
+def per_class_section(report: dict[str, Any]) -> str:
+    """Recall and F1 of every model on every class, with the support."""
+    models, labels = report.get("models") or {}, report.get("labels") or []
+    roles = [r for r in ROLES if (models.get(r) or {}).get("per_class_f1")]
+    if not roles or not labels:
+        return ""
+    support = models[roles[0]].get("per_class_support") or []
+    head = "".join(f"<th>{esc(MODEL_TITLES[r])}<br>recall / F1</th>" for r in roles)
+    rows = []
+    for c, name in enumerate(labels):
+        cells = "".join(f"<td>{pct(models[r]['per_class_recall'][c], 1)} / "
+                        f"{pct(models[r]['per_class_f1'][c], 1)}</td>" for r in roles)
+        n = support[c] if c < len(support) else "–"
+        rows.append(f"<tr><td>{esc(name)}</td>{cells}<td>{n}</td></tr>")
+    return ('<h2>Per class</h2><div class="table-wrap"><table><thead><tr><th>class</th>' + head
+            + "<th>test rows</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
 def significance_table(report: dict[str, Any]) -> str:
     """Every paired comparison of the run: difference, 95% interval, test and p."""
     from distill.evaluation.significance import format_p
@@ -289,6 +316,7 @@ def render_classification_report(report: dict[str, Any],
     body = [
         (f'<header class="top"><div class="eyebrow">distill report</div><h1>{esc(name)}</h1>'
         f'<div class="muted">{sub}</div></header>'),
+        warnings_box(report),
         f'<div class="verdict">{verdict(report)}</div>',
         _cards(report),
         "<h2>Teacher vs students</h2>",
@@ -298,6 +326,7 @@ def render_classification_report(report: dict[str, Any],
         "time every model in turn, in random order, on the same inputs (± half the interquartile range, as a "
         "share of the median).</p>"),
         significance_table(report),
+        per_class_section(report),
     ]
     scatter_fig, bars = quality_latency_chart(models), size_chart(models) + latency_chart(models)
     if scatter_fig or bars:

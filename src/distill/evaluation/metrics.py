@@ -32,11 +32,21 @@ def predict_logits(model, dataset, collator, batch_size: int = 64, prefix: str =
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray,
                            teacher_pred: np.ndarray | None = None) -> dict:
+    """Accuracy, macro-F1 and, per class (in class-id order), recall, F1 and support over the labelled rows;
+    agreement with the teacher's predictions when given."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     pred = logits.argmax(-1)
     labelled = labels >= 0
+    y, p = labels[labelled], pred[labelled]
+    classes = list(range(logits.shape[-1]))
+    _, recall, f1, support = precision_recall_fscore_support(y, p, labels=classes, zero_division=0)
     out = {
-        "accuracy": float(accuracy_score(labels[labelled], pred[labelled])),
-        "macro_f1": float(f1_score(labels[labelled], pred[labelled], average="macro")),
+        "accuracy": float(accuracy_score(y, p)),
+        "macro_f1": float(f1_score(y, p, average="macro")),
+        "per_class_recall": [float(v) for v in recall],
+        "per_class_f1": [float(v) for v in f1],
+        "per_class_support": [int(v) for v in support],
     }
     if teacher_pred is not None:
         answered = teacher_pred >= 0  # a black-box teacher may leave rows unanswered (-1)
@@ -48,4 +58,5 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
 def compute_metrics_fn(eval_pred) -> dict:
     """For ``Trainer(compute_metrics=...)`` on the validation split."""
     logits, labels = eval_pred.predictions, eval_pred.label_ids
-    return classification_metrics(np.asarray(logits), np.asarray(labels))
+    metrics = classification_metrics(np.asarray(logits), np.asarray(labels))
+    return {k: v for k, v in metrics.items() if not isinstance(v, list)}  # trackers take scalars

@@ -80,6 +80,67 @@ def _latency_cell(m: dict[str, Any], key: str) -> str:
     return f"{value:.1f} ±{100 * spread / 2:.0f}%" + ("?" if spread > UNRELIABLE_SPREAD else "")
 
 
+CLASS_GAP = 0.02
+"""A class is named in a warning when a model's F1 on it trails the other model's by more than this."""
+
+
+def class_warnings(models: dict[str, dict[str, Any]], labels: list[str],
+                   significance: dict[str, Any] | None = None) -> list[str]:
+    """What a user must not miss before shipping the distilled student: every class on which the teacher is
+    worse than the no-KD student (distillation can copy that blind spot), every class on which the distilled
+    student is worse than the no-KD student, and a distilled student significantly worse overall."""
+    out = []
+    t, s, b = models.get("teacher", {}), models.get("student_kd", {}), models.get("student_no_kd", {})
+    support = b.get("per_class_support") or s.get("per_class_support") or []
+
+    def gaps(worse: dict[str, Any], better: dict[str, Any]) -> list[str]:
+        f_w, f_b = worse.get("per_class_f1"), better.get("per_class_f1")
+        r_w, r_b = worse.get("per_class_recall"), better.get("per_class_recall")
+        if not f_w or not f_b:
+            return []
+        named = []
+        for c, name in enumerate(labels):
+            if c < len(f_w) and f_w[c] < f_b[c] - CLASS_GAP:
+                n = support[c] if c < len(support) else 0
+                named.append(f"{name!r} (F1 {f_w[c]:.2f} vs {f_b[c]:.2f}; recall {round(r_w[c] * n)}/{n} vs "
+                             f"{round(r_b[c] * n)}/{n})")
+        return named
+
+    if t and b and (named := gaps(t, b)):
+        out.append("the teacher is worse than the no-KD student on " + ", ".join(named)
+                   + ": distillation can pass that blind spot on")
+    if s and b and (named := gaps(s, b)):
+        out.append("the distilled student is worse than the no-KD student on " + ", ".join(named))
+    cmp = (significance or {}).get(comparison_key("student_kd", "student_no_kd"))
+    if cmp and cmp["significant"] and cmp["difference"] < 0:
+        out.append(f"the distilled student is significantly less accurate than the no-KD student "
+                   f"({100 * cmp['difference']:+.2f} points, p = {cmp['p']:.2g}): ship the no-KD student, or "
+                   "change the recipe (see the per-class table)")
+    return out
+
+
+def per_class_table(models: dict[str, dict[str, Any]], labels: list[str]) -> str:
+    """Recall and F1 of every model on every class (text), support last."""
+    roles = [r for r in ROLES if models.get(r, {}).get("per_class_f1")]
+    if not roles or not labels:
+        return ""
+    header = ["class"] + [f"{TITLES[r]} R/F1" for r in roles] + ["n"]
+    support = models[roles[0]].get("per_class_support") or []
+    rows = []
+    for c, name in enumerate(labels):
+        cells = [str(name)]
+        for r in roles:
+            m = models[r]
+            cells.append(f"{m['per_class_recall'][c]:.2f}/{m['per_class_f1'][c]:.2f}")
+        rows.append(cells + [str(support[c]) if c < len(support) else "-"])
+    widths = [max(len(x[i]) for x in [header] + rows) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
 def verdict_sentences(report: dict[str, Any]) -> list[str]:
     """The verdict of a classification run in plain sentences: retention, what distillation added (with its
     interval and p, worded by what the test can tell), speed and size."""
@@ -139,7 +200,11 @@ def format_table(models: dict[str, dict[str, Any]], summary: dict[str, Any],
            for m in models.values() for k in lat):
         out.append("(ms: median over interleaved rounds, ± half the interquartile range as a share of the "
                    "median; ? = too noisy to trust)")
-    extras = verdict_sentences({**(report or {}), "models": models, "summary": summary})
+    report = {**(report or {}), "models": models, "summary": summary}
+    if report.get("labels") and (classes := per_class_table(models, list(report["labels"]))):
+        out += ["", "per class (recall/F1):", classes]
+    out += [""] + [f"WARNING: {w}" for w in report.get("warnings") or []] if report.get("warnings") else []
+    extras = verdict_sentences(report)
     return "\n".join(out + ([""] + ["; ".join(extras)] if extras else []))
 
 

@@ -19,6 +19,7 @@ from distill.losses.divergence import (
 )
 from distill.outputs import ModelOutputs, SparseLogits, upcast
 
+LABEL_AWARE: tuple[str, ...] = ("none", "shift", "trust")
 LOSS_MASK = "loss_mask"
 """Batch key of a (B, L) mask naming the positions whose next-token prediction is trained (causal LMs: the
 logits at position t predict token t+1, so the mask is 1 where that next token is a real, non-prompt token).
@@ -48,6 +49,11 @@ class KDLoss(DistillLoss):
     with the teacher's soft targets; equals forward KL plus the constant teacher entropy).
     ``skew`` = a > 0 turns ``forward_kl`` into the skew KL ``KL(P || a P + (1-a) Q)`` and ``reverse_kl`` into
     the skew reverse KL ``KL(Q || a Q + (1-a) P)`` (DistiLLM; a = 0.1 there).
+    ``label_aware`` uses the gold label of labelled rows (classifiers; unlabelled rows, label -100, are
+    untouched) where the teacher gets it wrong: ``shift`` swaps the teacher's logits of its arg-max class and
+    the gold class, so the target ranks the gold class first and keeps the rest of the teacher's knowledge
+    (TextBrewer's probability shift); ``trust`` leaves those rows out of this loss (the CE term still sees
+    them). Either way a teacher's blind spot on the labelled rows is not taught.
     Works with dense teacher logits or top-k logits from the store, for classifiers (B, C) and language
     models (B, L, V): with a ``loss_mask`` in the batch (the causal-LM collator's next-token mask; prompt
     and padding positions 0) the mean runs over those positions, otherwise over the attention mask.
@@ -80,15 +86,17 @@ class KDLoss(DistillLoss):
         scale_by_t2: bool = True,
         beta: float = 0.5,
         skew: float = 0.0,
+        label_aware: str = "none",
     ):
         super().__init__()
-        self.validate_params(temperature, divergence, reduction, scale_by_t2, beta, skew)
+        self.validate_params(temperature, divergence, reduction, scale_by_t2, beta, skew, label_aware)
         self.temperature = float(temperature)
         self.divergence = divergence
         self.reduction = reduction
         self.scale_by_t2 = scale_by_t2
         self.beta = float(beta)
         self.skew = float(skew)
+        self.label_aware = label_aware
 
     @staticmethod
     def validate_params(
@@ -98,7 +106,11 @@ class KDLoss(DistillLoss):
         scale_by_t2: bool = True,
         beta: float = 0.5,
         skew: float = 0.0,
+        label_aware: str = "none",
     ) -> None:
+        if label_aware not in LABEL_AWARE:
+            raise ValueError(f"label_aware: {label_aware!r} is not allowed; choose one of "
+                             f"{', '.join(LABEL_AWARE)}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"temperature: {temperature!r} is not allowed; use a number > 0 (1-4 is usual)")
         if divergence not in DIVERGENCES:
@@ -125,6 +137,9 @@ class KDLoss(DistillLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
         z_s = student.require("logits", self.name)
         z_t = teacher.require("logits", self.name)
+        mask = _row_mask(z_s, batch, student)
+        if self.label_aware != "none":
+            z_t, mask = self._use_labels(z_t, z_s, batch.get("labels"))
         if self.divergence == "forward_kl" and not self.skew:
             # the common case, with a hand-written gradient: fewer vocabulary-sized tensors for LMs
             log_p, z_aligned, c = teacher_log_probs(z_t, z_s, self.temperature)
@@ -132,10 +147,37 @@ class KDLoss(DistillLoss):
         else:
             log_p, log_q, c = teacher_student_log_probs(z_t, z_s, self.temperature)
             terms = divergence_terms(log_p, log_q, self.divergence, self.beta, self.skew)
-        loss = reduce_terms(terms, self.reduction, _row_mask(z_s, batch, student), num_classes=c)
+        loss = reduce_terms(terms, self.reduction, mask, num_classes=c)
         if self.scale_by_t2:
             loss = loss * self.temperature**2
         return loss
+
+    def _use_labels(self, z_t: torch.Tensor | SparseLogits, z_s: torch.Tensor,
+                    labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher logits (B, C) with ``shift`` applied, and the row mask (``trust``), for the rows whose
+        gold label (``labels``, -100 = unlabelled) the teacher's arg-max misses."""
+        if z_s.dim() != 2:
+            raise ValueError("kd: label_aware works on classifier logits (batch, classes), not per-token "
+                             "logits")
+        if isinstance(z_t, SparseLogits):
+            raise ValueError("kd: label_aware needs the teacher's full class distribution; keep every logit in "
+                             "the store (store.topk: 0)")
+        if labels is None:
+            return z_t, None
+        labels = labels.to(z_t.device).long()
+        wrong = (labels >= 0) & (z_t.argmax(-1) != labels)  # (B,)
+        if self.label_aware == "trust":
+            return z_t, (~wrong).to(z_s.dtype)
+        rows = wrong.nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            return z_t, None
+        z_t = z_t.detach().clone()
+        top = z_t[rows].argmax(-1)
+        gold = labels[rows]
+        top_val, gold_val = z_t[rows, top].clone(), z_t[rows, gold].clone()
+        # swap: the gold class gets the teacher's top logit, its arg-max class the gold class's logit
+        z_t[rows, top], z_t[rows, gold] = gold_val, top_val
+        return z_t, None
 
 
 @register_loss

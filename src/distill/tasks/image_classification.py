@@ -111,8 +111,9 @@ class ImageClassificationTask(Task):
             self.teacher = ImageTeacher(r.teacher.model, model=model, skip=(DONE,), log=self.log)
             return
         folder = Path(ft.output_dir) if ft.output_dir else self.out / "teacher"
+        labelled = self.labelled_data()  # the teacher learns from the labels only
         fp = fingerprint({"model": r.teacher.model, "finetune": ft.__dict__, "augment": self.augment.__dict__,
-                          "data": tensor_digest(self.splits.train.images, self.splits.train.labels)})
+                          "data": tensor_digest(labelled.images, labelled.labels)})
         if (done := stage_done(folder, fp)) is not None:
             self.log(f"teacher: already trained, reusing {folder}")
             self.report["training"]["teacher"] = done.get("training", {})
@@ -121,9 +122,9 @@ class ImageClassificationTask(Task):
             return
         model = self._new_model(r.teacher.model, ft.seed)
         ce = Distiller(build_losses([LossConfig(name="ce")], self.plan.loss_context))
-        self.log(f"teacher: training {r.teacher.model} on {len(self.splits.train)} images")
+        self.log(f"teacher: training {r.teacher.model} on {len(labelled)} images")
         ckpt = self.checkpoint_path("teacher", fp)
-        info = train_image_model(model, ce, self.splits.train, epochs=max(1, math.ceil(ft.epochs)),
+        info = train_image_model(model, ce, labelled, epochs=max(1, math.ceil(ft.epochs)),
                                  batch_size=ft.batch_size, learning_rate=ft.learning_rate,
                                  weight_decay=ft.weight_decay, seed=ft.seed, augment=self.augment,
                                  log=self.log, checkpoint=ckpt, checkpoint_key=fp)
@@ -238,6 +239,12 @@ class ImageClassificationTask(Task):
     def kd_data(self) -> ImageSet:
         return self.splits.train
 
+    def labelled_data(self) -> ImageSet:
+        """The training images that keep their labels (all of them unless ``data.labeled_fraction``)."""
+        train = self.splits.train
+        known = train.labels >= 0
+        return train if bool(known.all()) else train.subset(np.flatnonzero(known.numpy()))
+
     def train(self, name: str, distiller: Distiller, data: ImageSet, *, store: Any = None,
               teacher: torch.nn.Module | None = None, max_steps: int | None = None, labels_known: bool = True,
               epochs: int | None = None) -> torch.nn.Module:
@@ -261,6 +268,7 @@ class ImageClassificationTask(Task):
                                  learning_rate=r.train.learning_rate, weight_decay=r.train.weight_decay,
                                  seed=r.train.seed, augment=self.augment, teacher=teacher, store=store,
                                  labels_known=labels_known, log=self.log, checkpoint=ckpt, checkpoint_key=fp)
+        info["rows"] = len(data)
         self.report["training"][name] = info
         self._finished_checkpoints.append(ckpt)
         return model
@@ -329,13 +337,15 @@ class ImageClassificationTask(Task):
     # -- report -------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         from distill.evaluation import format_table, summarise
-        from distill.evaluation.report import classification_significance
+        from distill.evaluation.report import class_warnings, classification_significance
 
         r, sp = self.recipe, self.splits
         models = self.report["models"]
         if process_state().is_main_process:
             self.time_latency()
         self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
+        self.report["warnings"] = class_warnings(models, sp.labels, self.report["significance"])
+        self.report["labels"] = sp.labels
         summary = summarise(models, self.report.get("latency"), self.report["significance"])
         if "student_datafree" in models and "student_kd" in models:
             summary["datafree_gap_accuracy"] = (models["student_datafree"]["accuracy"]
@@ -343,8 +353,9 @@ class ImageClassificationTask(Task):
         table = format_table(models, summary, self.report)
         self.report.update({
             **self.common_report(), "labels": sp.labels, "summary": summary,
-            "data": {"train": len(sp.train), "unlabeled": 0, "validation": len(sp.validation),
-                     "test": len(sp.test)},
+            "data": {"train": len(self.labelled_data()),
+                     "unlabeled": len(sp.train) - len(self.labelled_data()),
+                     "validation": len(sp.validation), "test": len(sp.test)},
             "image_shape": list(sp.shape),
             "student_parameters": models.get("student_kd", {}).get("parameters"),
         })

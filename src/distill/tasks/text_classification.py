@@ -306,6 +306,7 @@ class TextClassificationTask(Task):
                   else "online teacher" if teacher is not None else "labels only")
         self.log(f"{name}: training on {len(train_ds)} examples ({source})")
         info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+        info["rows"] = len(data)
         state = process_state()
         if state.is_main_process:
             write_stage(final, fp, lambda d: save_student(model, self.student_tokenizer, d, self.plan.labels),
@@ -373,7 +374,7 @@ class TextClassificationTask(Task):
     # -- report -------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         from distill.evaluation import format_table, summarise
-        from distill.evaluation.report import classification_significance
+        from distill.evaluation.report import class_warnings, classification_significance
         from distill.export import write_model_card
 
         r = self.recipe
@@ -383,7 +384,11 @@ class TextClassificationTask(Task):
         if process_state().is_main_process:  # one process times the models; the others write nothing
             self.time_latency()
         self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)
+        self.report["warnings"] = class_warnings(models, self.plan.labels, self.report["significance"])
+        for warning in self.report["warnings"]:
+            self.log(f"WARNING: {warning}")
         summary = summarise(models, self.report.get("latency"), self.report["significance"])
+        self.report["labels"] = self.plan.labels
         table = format_table(models, summary, self.report)
         sp = self.plan.splits
         self.report.update({

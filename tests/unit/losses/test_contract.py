@@ -103,6 +103,7 @@ EXAMPLES: dict[str, Example] = {
             "scale_by_t2": ["yes", 1],
             "beta": [0, 1, 1.5, "0.5"],
             "skew": [-0.1, 1.0, "0.1", True],
+            "label_aware": ["swap", None, True],
         },
     ),
     "ce": Example(
