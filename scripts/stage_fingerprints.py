@@ -8,7 +8,7 @@ by name. The names and fingerprints depend only on the recipe, the data and the 
 timing, so two versions of the code that key stages alike give the same JSON.
 
     python scripts/stage_fingerprints.py OUT.json [--only demo_sentiment ...]
-    python scripts/stage_fingerprints.py OUT.json --compare tests/data/stage_fingerprints.json
+    python scripts/stage_fingerprints.py OUT.json --compare tests/data/stage_fingerprints.json --teachers DIR
 
 Needs the packaged assets (``bash scripts/setup.sh``); about 15 minutes on 2 CPU cores.
 """
@@ -59,7 +59,10 @@ def records(root: Path) -> dict[str, str]:
     return out
 
 
-def record_recipe(name: str, work: Path) -> dict[str, object]:
+FINE_TUNED = ("demo_sentiment", "ssld_label_free", "well_read_students", "vision_mnist")
+
+
+def record_recipe(name: str, work: Path, teachers: Path) -> dict[str, object]:
     from importlib import resources
 
     from distill.config import load_recipe
@@ -70,6 +73,10 @@ def record_recipe(name: str, work: Path) -> dict[str, object]:
 
     out, stores = work / name / "run", work / name / "stores"
     overrides = [f"output_dir={out}", f"store.dir={stores}", *SMALL, *OVERRIDES[name]]
+    if name in FINE_TUNED:
+        # training on CPU threads is not bit-reproducible: a teacher fine-tuned once is shared by the runs that
+        # are compared (its record's fingerprint is checked when it is reused)
+        overrides.append(f"teacher.finetune.output_dir={teachers / name}")
     if name == "causal_lm_smollm2":
         corpus = work / name / "corpus.csv"
         corpus.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,7 @@ def record_recipe(name: str, work: Path) -> dict[str, object]:
     report = run(recipe)
     return {
         "stages": records(out),
+        "teacher_stages": records(teachers / name) if (teachers / name).exists() else {},
         "store_stages": records(stores),
         "store_entries": sorted(p.name for p in stores.iterdir()) if stores.exists() else [],
         "store_key": report.get("store_key"),
@@ -90,12 +98,15 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--only", nargs="*", default=None, help="recipe names (default: all shipped)")
     parser.add_argument("--compare", default=None, help="a JSON written earlier: exit 1 when they differ")
+    parser.add_argument("--teachers", default=None,
+                        help="folder of the fine-tuned teachers, shared by the runs compared (default: fresh)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # the fine-tuned teachers and evaluation caches must not come from the user's cache
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DISTILL_CACHE"] = str(Path(tmp) / "cache")
-        got = {name: record_recipe(name, Path(tmp)) for name in (args.only or list(OVERRIDES))}
+        teachers = Path(args.teachers) if args.teachers else Path(tmp) / "teachers"
+        got = {name: record_recipe(name, Path(tmp), teachers) for name in (args.only or list(OVERRIDES))}
     Path(args.out).write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     if args.compare:
         want = json.loads(Path(args.compare).read_text())

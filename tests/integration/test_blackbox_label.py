@@ -146,6 +146,7 @@ def test_distill_run_with_a_blackbox_teacher(tmp_path, monkeypatch, tiny_student
         r["eval"] = {"latency_batch_sizes": [1], "latency_repeats": 1, "latency_min_seconds": 0,
                      "latency_precision": 0}
         r["store"] = {"dir": str(tmp_path / "stores")}
+        r["select"] = {"enabled": False}
         recipe.write_text(yaml.safe_dump(r))
         assert main(["run", str(recipe)]) == 0
         asked = sum(server.requests.values())

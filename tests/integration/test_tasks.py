@@ -231,3 +231,20 @@ def test_task_for_picks_black_box_classification(tmp_path, sentiment_csv, tiny_s
                                "teacher": {"blackbox": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}},
                                "student": {"model": str(tiny_student)}})
     assert task_for(recipe).name == "blackbox-classification"
+
+
+def test_augmented_variants_go_to_the_distilled_student_only(tmp_path, tiny_classifier, sentiment_csv):
+    """data.augment: variants of the labelled sentences are labelled by the teacher through the store; the
+    no-KD student never sees them; the report counts them."""
+    from distill.runner import run
+
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_classifier, sentiment_csv,
+                                          data={"train": str(sentiment_csv), "max_length": 32,
+                                                "augment": {"variants": 2, "rate": 0.5}}))
+    report = run(recipe)
+    n_aug = report["data"]["augmented"]
+    assert 0 < n_aug <= 2 * report["data"]["train"]
+    assert report["training"]["student"]["rows"] == report["data"]["train"] + n_aug
+    assert report["training"]["student_no_kd"]["rows"] == report["data"]["train"]
+    assert report["store"]["num_examples"] == report["data"]["train"] + n_aug
+    assert list((tmp_path / "stores" / "augmented-text").glob("*.jsonl"))

@@ -6,7 +6,7 @@ store, train, eval, export), ``tasks`` (causal_lm, vision), and ``recipe`` (the 
 """
 
 from distill._dataclass_io import RecipeError
-from distill.config.data import DataConfig
+from distill.config.data import DataConfig, TextAugmentConfig
 from distill.config.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict, section_fields
 from distill.config.student import StudentConfig
 from distill.config.tasks import (
@@ -19,7 +19,14 @@ from distill.config.tasks import (
     VisionConfig,
 )
 from distill.config.teacher import DEFAULT_BLACKBOX_PROMPT, BlackBoxConfig, FinetuneConfig, TeacherConfig
-from distill.config.training import EvalConfig, ExportConfig, LossConfig, StoreConfig, TrainConfig
+from distill.config.training import (
+    EvalConfig,
+    ExportConfig,
+    LossConfig,
+    SelectConfig,
+    StoreConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "DEFAULT_BLACKBOX_PROMPT",
@@ -36,10 +43,12 @@ __all__ = [
     "OnPolicyConfig",
     "Recipe",
     "RecipeError",
+    "SelectConfig",
     "SequenceKDConfig",
     "StoreConfig",
     "StudentConfig",
     "TeacherConfig",
+    "TextAugmentConfig",
     "TrainConfig",
     "VisionConfig",
     "apply_overrides",

@@ -9,6 +9,34 @@ from distill.config.checks import check
 
 
 @dataclass
+class TextAugmentConfig:
+    """Word-level augmentation of the labelled training text (TinyBERT-style): every variant replaces each
+    word with probability ``rate`` by one of its nearest words; the teacher labels the variants for the
+    distilled student (they go through the store with the rest); the no-KD baseline never sees them."""
+
+    variants: int = 10
+    """Variants per training sentence (TinyBERT: 20; duplicates are dropped)."""
+    rate: float = 0.4
+    """Probability that a word is replaced (TinyBERT's p_t)."""
+    source: Literal["embedding", "mlm"] = "embedding"
+    """``embedding``: nearest words in an encoder's input embedding table (offline on any packaged encoder);
+    ``mlm``: top predictions of a masked language model at the word's position (``model`` must have an MLM
+    head, e.g. ``bert-base-uncased``)."""
+    model: str | None = None
+    """The model proposing words; default: the teacher (its input embeddings)."""
+    candidates: int = 15
+    """Nearest words (or MLM predictions) a replacement is drawn from (TinyBERT's K)."""
+    seed: int = 0
+    """Seed of the replacements (each sentence and variant draws from its own seeded generator)."""
+
+    def __post_init__(self) -> None:
+        check(self.variants > 0, "data.augment.variants", self.variants, "use a positive integer, e.g. 10")
+        check(0 < self.rate <= 1, "data.augment.rate", self.rate, "use a probability in (0, 1], e.g. 0.4")
+        check(self.candidates > 0, "data.augment.candidates", self.candidates,
+              "use a positive integer, e.g. 15")
+
+
+@dataclass
 class DataConfig:
     """Where the text and labels come from, and how they are split."""
 
@@ -48,6 +76,8 @@ class DataConfig:
     """Seed of the held-out splits (fixed, so every run and the baseline see the same test set)."""
     max_train_examples: int | None = None
     """Cap on training examples (after splitting), for quick runs."""
+    augment: TextAugmentConfig | None = None
+    """Text runs: add word-level variants of the labelled training sentences, labelled by the teacher."""
     labeled_fraction: float | None = None
     """Keep the labels of only this share of the training rows (stratified, ``split_seed``); the other rows
     become unlabelled text, which the teacher labels for the distilled student and the no-KD baseline never

@@ -17,7 +17,14 @@ from distill.config.data import DataConfig
 from distill.config.student import StudentConfig
 from distill.config.tasks import CausalLMConfig, VisionConfig
 from distill.config.teacher import TeacherConfig
-from distill.config.training import EvalConfig, ExportConfig, LossConfig, StoreConfig, TrainConfig
+from distill.config.training import (
+    EvalConfig,
+    ExportConfig,
+    LossConfig,
+    SelectConfig,
+    StoreConfig,
+    TrainConfig,
+)
 from distill.tasks import recipe_task_names  # the registry alone: no task module is imported
 
 
@@ -52,6 +59,8 @@ class Recipe:
     """Evaluation settings."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """Export settings."""
+    select: SelectConfig = field(default_factory=SelectConfig)
+    """Classification: the kd weight and temperature chosen on the validation split (weight 0 included)."""
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     """``task: causal-lm`` only: chunking, chat prompt masks, domains, sequence-level / on-policy KD, DDK."""
     vision: VisionConfig | None = None

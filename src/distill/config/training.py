@@ -165,6 +165,46 @@ class EvalConfig:
 
 
 @dataclass
+class SelectConfig:
+    """Choose the distillation weight and temperature on the validation split before the final training.
+
+    Each candidate (a kd weight w, the ce term getting 1 - w, and a temperature) trains the student for a
+    share of the full budget from the same start, reading the teacher from the store; the best on the
+    validation split (``metric``) is then trained in full. Weight 0 (labels alone) is always a candidate, so a
+    teacher that would make the student worse is not followed blindly. Applies to classification recipes whose
+    losses are one ``kd`` and one ``ce``."""
+
+    enabled: bool = True
+    """Run the selection (when the recipe's losses are kd + ce and a validation split exists)."""
+    kd_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
+    """Weights of the kd term tried (ce gets 1 - w); 0 is added when missing."""
+    temperatures: list[float] = field(default_factory=lambda: [2.0])
+    """Temperatures tried for every weight > 0."""
+    fraction: float = 0.25
+    """Share of the full training budget each candidate trains for."""
+    metric: str = "macro_f1"
+    """Validation metric to maximise: ``macro_f1`` (weighs every class alike, so a class the teacher misses
+    counts) or ``accuracy``."""
+
+    def __post_init__(self) -> None:
+        check(len(self.kd_weights) > 0 and all(0 <= w <= 1 for w in self.kd_weights), "select.kd_weights",
+              self.kd_weights, "give weights in [0, 1], e.g. [0.0, 0.5, 0.9]")
+        check(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), "select.temperatures",
+              self.temperatures, "give temperatures > 0, e.g. [1.0, 2.0, 4.0]")
+        check(0 < self.fraction <= 1, "select.fraction", self.fraction, "use a share in (0, 1]")
+        check(self.metric in ("macro_f1", "accuracy"), "select.metric", self.metric,
+              "use macro_f1 or accuracy")
+
+    def candidates(self) -> list[tuple[float, float | None]]:
+        """(kd weight, temperature) pairs, labels alone (0, None) first."""
+        out: list[tuple[float, float | None]] = [(0.0, None)]
+        for w in self.kd_weights:
+            if w > 0:
+                out += [(float(w), float(t)) for t in self.temperatures]
+        return out
+
+
+@dataclass
 class ExportConfig:
     """What is written for the student."""
 

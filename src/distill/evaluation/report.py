@@ -141,6 +141,17 @@ def per_class_table(models: dict[str, dict[str, Any]], labels: list[str]) -> str
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def describe_choice(section: dict[str, Any] | None) -> str | None:
+    """One sentence on what the selection chose, for verdicts and cards."""
+    if not section or "chosen" not in section:
+        return None
+    c = section["chosen"]
+    what = ("labels alone (kd weight 0)" if not c["kd_weight"]
+            else f"kd weight {c['kd_weight']:g}, temperature {c['temperature']:g}")
+    n = len(section.get("candidates", []))
+    return f"chosen on the validation split ({section['metric']}, {n} candidates): {what}"
+
+
 def verdict_sentences(report: dict[str, Any]) -> list[str]:
     """The verdict of a classification run in plain sentences: retention, what distillation added (with its
     interval and p, worded by what the test can tell), speed and size."""
@@ -170,6 +181,8 @@ def verdict_sentences(report: dict[str, Any]) -> list[str]:
         out.append("CPU speed-up " + ", ".join(speed) + (f" [{note}]" if note else ""))
     if summary.get("size_ratio"):
         out.append(f"{summary['size_ratio']:.1f}x fewer parameters")
+    if choice := describe_choice(report.get("select")):
+        out.append(f"distillation settings {choice}")
     return out
 
 

@@ -72,9 +72,18 @@ def training_and_citations(recipe: Any, report: dict[str, Any], origin: str, sto
     """The card's shared tail: each loss with its formula, the student's start, the schedule, whether the
     teacher came from the store, how to reproduce the run, and the papers to cite."""
     lines = []
-    for spec in recipe.losses:
-        params = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "defaults"
-        lines.append(f"- `{spec.name}` (weight {spec.weight}; {params}): {LOSSES.get(spec.name).formula}")
+    chosen = (report.get("select") or {}).get("chosen_losses")
+    if chosen:
+        specs = [(c["name"], c["weight"], {k: v for k, v in c.items() if k not in ("name", "weight")})
+                 for c in chosen]
+    else:
+        specs = [(spec.name, spec.weight, spec.params) for spec in recipe.losses]
+    for name, weight, params in specs:
+        shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+        lines.append(f"- `{name}` (weight {weight}; {shown}): {LOSSES.get(name).formula}")
+    if chosen:
+        lines.append("- these weights and temperature were chosen on the validation split among "
+                     f"{len(report['select']['candidates'])} candidates (report.json `select`)")
     lines += [
         f"- student initialised from {origin}",
         f"- {recipe.train.epochs} epoch(s), batch {recipe.train.batch_size}, "

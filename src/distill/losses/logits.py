@@ -160,8 +160,8 @@ class KDLoss(DistillLoss):
             raise ValueError("kd: label_aware works on classifier logits (batch, classes), not per-token "
                              "logits")
         if isinstance(z_t, SparseLogits):
-            raise ValueError("kd: label_aware needs the teacher's full class distribution; keep every logit in "
-                             "the store (store.topk: 0)")
+            raise ValueError("kd: label_aware needs the teacher's full class distribution; keep every logit "
+                             "in the store (store.topk: 0)")
         if labels is None:
             return z_t, None
         labels = labels.to(z_t.device).long()

@@ -66,6 +66,8 @@ class Task(ABC):
         the student's starting weights, shared by the distilled and the baseline students.
     ``evaluate_teacher()`` / ``evaluate(role, model)``
         score a model on the held-out data into ``self.report["models"][role]``.
+    ``select_distiller(distiller, store, teacher)``
+        the losses the distilled student trains with (classification: chosen on the validation split).
     ``train(name, distiller, data, store=..., teacher=..., max_steps=...)``
         train one student stage from the student's start (resumable; reused when finished).
     ``export_student(student)``
@@ -142,6 +144,12 @@ class Task(ABC):
     def evaluate_teacher(self) -> Any:
         return self.evaluate("teacher", self.teacher_model())
 
+    def select_distiller(self, distiller: Distiller, store: Any,
+                         teacher: torch.nn.Module | None) -> Distiller:
+        """The losses the distilled student trains with: the recipe's, or ones chosen on the validation split
+        (classification: ``select``)."""
+        return distiller
+
     def export_student(self, student: torch.nn.Module) -> None:  # noqa: B027 - optional hook, a no-op here
         """Write the distilled student to ``<output_dir>/student`` (when its training stage has not)."""
 
@@ -186,6 +194,7 @@ class Task(ABC):
         self.evaluate_teacher()
         if online is None:
             self.release_teacher()  # the students train from the store (or labels): no teacher in memory
+        distiller = self.select_distiller(distiller, store, online)
         student = self.train(self.kd_stage, distiller, self.kd_data(), store=store, teacher=online)
         self.release_teacher()
         self.evaluate("student_kd", student)

@@ -117,6 +117,8 @@ class TextClassificationTask(Task):
     name = "text-classification"
 
     def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
+        self.kd_specs = list(recipe.losses)  # the distilled student's losses (changed by ``select``)
+        self._kd_frame: pd.DataFrame | None = None
         self.teacher_tokenizer: Any = None
         self.student_tokenizer: Any = None
         self.teacher_pred: np.ndarray | None = None
@@ -255,7 +257,26 @@ class TextClassificationTask(Task):
 
     # -- students -----------------------------------------------------------------------------------------
     def kd_data(self) -> pd.DataFrame:
-        return self.plan.splits.with_unlabeled()
+        """The labelled rows, the unlabelled ones, and (``data.augment``) variants of the labelled ones."""
+        if self._kd_frame is None:
+            frame = self.plan.splits.with_unlabeled()
+            if (augmented := self.augmented_rows()) is not None:
+                frame = pd.concat([frame, augmented], ignore_index=True)
+            self._kd_frame = frame
+        return self._kd_frame
+
+    def augmented_rows(self) -> pd.DataFrame | None:
+        """``data.augment``: word-level variants of the labelled training sentences (label -1: the teacher
+        labels them), made once and cached under the store root."""
+        from distill.data.text_augment import augmented_frame
+
+        cfg = self.recipe.data.augment
+        if cfg is None:
+            return None
+        frame, self.report["augmentation"] = augmented_frame(
+            cfg, self.plan.splits.train, cfg.model or self.teacher.path, store_root(self.recipe.store),
+            self.log)
+        return frame
 
     def labelled_data(self) -> pd.DataFrame:
         return self.plan.splits.train
@@ -265,8 +286,43 @@ class TextClassificationTask(Task):
         kd_steps = self.report["training"].get("student", {}).get("steps")
         return kd_steps if self.plan.splits.unlabeled is not None and kd_steps else None
 
+    def select_distiller(self, distiller: Distiller, store: Any,
+                         teacher: torch.nn.Module | None) -> Distiller:
+        """``select``: the kd weight and temperature chosen on the validation split (labels alone
+        included)."""
+        from distill.tasks.selection import select_losses, why_not
+
+        if (reason := why_not(self.recipe)) is not None:
+            self.report["select"] = {"skipped": reason}
+            return distiller
+        specs, self.report["select"] = select_losses(self, self.plan.loss_context, store, teacher)
+        self.kd_specs = specs
+        return Distiller(build_losses(specs, self.plan.loss_context))
+
+    def full_steps(self, data: pd.DataFrame) -> int:
+        """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
+        import math
+
+        t = self.recipe.train
+        if t.max_steps > 0:
+            return t.max_steps
+        per_epoch = math.ceil(len(data) / (t.batch_size * t.gradient_accumulation_steps))
+        return max(1, per_epoch * math.ceil(t.epochs))
+
+    def validation_scores(self, model: torch.nn.Module) -> dict[str, float]:
+        """Accuracy and macro-F1 of ``model`` on the validation split."""
+        from distill.evaluation import classification_metrics, predict_logits
+
+        r = self.recipe
+        val = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
+        logits = predict_logits(model, val, DistillCollator(self.student_tokenizer),
+                                batch_size=r.train.eval_batch_size, desc="validating")
+        m = classification_metrics(logits, np.asarray(self.plan.splits.validation["label"]))
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
     def train(self, name: str, distiller: Distiller, data: pd.DataFrame, *, store: Any = None,
-              teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
+              teacher: torch.nn.Module | None = None, max_steps: int | None = None,
+              specs: list[Any] | None = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, set_seed
 
         from distill.evaluation.metrics import compute_metrics_fn
@@ -279,7 +335,7 @@ class TextClassificationTask(Task):
         final = self.out / name
         fp = fingerprint({
             "train": r.train.__dict__, "max_steps": max_steps,
-            "losses": [spec.__dict__ for spec in r.losses] if name == "student" else "ce",
+            "losses": self._losses_key(name, specs),
             "init": hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
             "data": fingerprint_rows(list(zip(data["text"], data["label"].astype(int).tolist()))),
             "validation": fingerprint_rows(list(self.plan.splits.validation["text"])),
@@ -315,6 +371,13 @@ class TextClassificationTask(Task):
         state.wait_for_everyone()
         self.report["training"][name] = info
         return model
+
+    def _losses_key(self, name: str, specs: list[Any] | None) -> Any:
+        """What a training stage's fingerprint records of its losses: the given ones, the distilled student's,
+        or "ce" for the baseline (the formats finished runs were keyed with)."""
+        if specs is not None:
+            return [spec.__dict__ for spec in specs]
+        return [spec.__dict__ for spec in self.kd_specs] if name == "student" else "ce"
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module) -> np.ndarray:
@@ -395,6 +458,7 @@ class TextClassificationTask(Task):
             **self.common_report(),
             "labels": self.plan.labels,
             "data": {"train": len(sp.train), "unlabeled": 0 if sp.unlabeled is None else len(sp.unlabeled),
+                     "augmented": self.report.get("augmentation", {}).get("rows", 0),
                      "validation": len(sp.validation), "test": len(sp.test)},
             "summary": summary,
             "student_parameters": models.get("student_kd", {}).get("parameters"),

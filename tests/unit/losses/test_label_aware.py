@@ -1,6 +1,6 @@
-"""kd with ``label_aware``: on labelled rows where the teacher's arg-max misses the gold class, ``shift`` swaps
-the two logits (the target then ranks the gold class first), ``trust`` leaves the row out; unlabelled rows
-(-100) and rows the teacher gets right are untouched. Golden values in plain math, float64."""
+"""kd with ``label_aware``: on labelled rows where the teacher's arg-max misses the gold class, ``shift``
+swaps the two logits (the target then ranks the gold class first), ``trust`` leaves the row out; unlabelled
+rows (-100) and rows the teacher gets right are untouched. Golden values in plain math, float64."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def test_none_and_missing_labels_are_plain_kd():
     plain = _kd(Z_T, Z_S, 2.0)
     assert float(_run("none")[0]) == pytest.approx(plain, rel=1e-12)
     assert float(_run("shift", labels=None)[0]) == pytest.approx(plain, rel=1e-12)
-    assert float(_run("shift", labels=[0, 1, 2])[0]) == pytest.approx(plain, rel=1e-12)  # teacher right everywhere
+    # the teacher right everywhere: nothing to change
+    assert float(_run("shift", labels=[0, 1, 2])[0]) == pytest.approx(plain, rel=1e-12)
 
 
 def test_gradients_reach_only_the_student_and_the_teacher_is_not_modified():
@@ -78,4 +79,5 @@ def test_refuses_token_logits_and_sparse_teachers():
     sparse = SparseLogits(values=torch.zeros(2, 1), indices=torch.zeros(2, 1, dtype=torch.int32),
                           logsumexp=torch.zeros(2), num_classes=3)
     with pytest.raises(ValueError, match="store.topk: 0"):
-        loss(ModelOutputs(logits=torch.zeros(2, 3)), ModelOutputs(logits=sparse), {"labels": torch.tensor([0, 1])})
+        loss(ModelOutputs(logits=torch.zeros(2, 3)), ModelOutputs(logits=sparse),
+             {"labels": torch.tensor([0, 1])})
