@@ -62,10 +62,59 @@ def records(root: Path) -> dict[str, str]:
 FINE_TUNED = ("demo_sentiment", "ssld_label_free", "well_read_students", "vision_mnist")
 
 
+def stable_weights() -> None:
+    """Replace every digest of trained or loaded *weights* by a digest of the weight files' names and sizes,
+    in whichever version of the code is loaded. Training on CPU threads is not bit-reproducible (and differs
+    between CPUs), so the keys downstream of a fine-tuned teacher only compare across runs this way; what is
+    still checked is everything else that goes into them: recipe, data, settings, and how keys are built."""
+    import hashlib
+    import importlib
+
+    def names_and_sizes(folder) -> str | None:
+        folder = Path(folder)
+        files = sorted(f for f in folder.glob("*") if f.is_file() and not f.name.startswith("distill_")
+                       and f.suffix in (".safetensors", ".bin", ".json"))
+        if not files:
+            return None
+        return hashlib.sha256(json.dumps([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()
+
+    def model_digest(path, *args, **kwargs) -> str:
+        from distill.packaged import resolve_model
+
+        return names_and_sizes(Path(resolve_model(str(path)))) or f"unhashable:{path}"
+
+    patches = {  # module -> {name: replacement}; modules of the current code and of the code before tasks/
+        "distill.stages": {"hash_files": names_and_sizes, "model_fingerprint": model_digest},
+        "distill.teachers.sources": {"model_fingerprint": model_digest,
+                                     "weights_digest": lambda f, *a: model_digest(f)},
+        "distill.pipeline": {"_hash_files": names_and_sizes, "_teacher_fingerprint": model_digest},
+        "distill.pipelines.embedding": {"_hash_files": names_and_sizes},
+        "distill.pipelines.causal_lm": {"_hash_files": names_and_sizes},
+        "distill.pipelines.vision": {"_weights_digest": lambda f: model_digest(f)},
+    }
+    for module, names in patches.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for attr, fn in names.items():
+            if hasattr(mod, attr):
+                setattr(mod, attr, fn)
+    for module in ("distill.tasks.text_classification", "distill.tasks.sentence_embedding",
+                   "distill.tasks.causal_lm", "distill.tasks.image_classification"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "hash_files"):
+            mod.hash_files = names_and_sizes
+
+
 def record_recipe(name: str, work: Path, teachers: Path) -> dict[str, object]:
+    import dataclasses
     from importlib import resources
 
-    from distill.config import load_recipe
+    from distill.config import Recipe, load_recipe
     try:
         from distill.runner import run
     except ImportError:  # the code before the task layer (to record the fingerprints a change must keep)
@@ -73,9 +122,12 @@ def record_recipe(name: str, work: Path, teachers: Path) -> dict[str, object]:
 
     out, stores = work / name / "run", work / name / "stores"
     overrides = [f"output_dir={out}", f"store.dir={stores}", *SMALL, *OVERRIDES[name]]
+    if "select" in {f.name for f in dataclasses.fields(Recipe)}:
+        # the recipe's losses as written, as before the selection existed
+        overrides.append("select.enabled=false")
     if name in FINE_TUNED:
-        # training on CPU threads is not bit-reproducible: a teacher fine-tuned once is shared by the runs that
-        # are compared (its record's fingerprint is checked when it is reused)
+        # training on CPU threads is not bit-reproducible: a teacher fine-tuned once is shared by the runs
+        # that are compared (its record's fingerprint is checked when it is reused)
         overrides.append(f"teacher.finetune.output_dir={teachers / name}")
     if name == "causal_lm_smollm2":
         corpus = work / name / "corpus.csv"
@@ -99,9 +151,13 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="recipe names (default: all shipped)")
     parser.add_argument("--compare", default=None, help="a JSON written earlier: exit 1 when they differ")
     parser.add_argument("--teachers", default=None,
-                        help="folder of the fine-tuned teachers, shared by the runs compared (default: fresh)")
+                        help="folder of the fine-tuned teachers shared by the runs compared (default: fresh)")
+    parser.add_argument("--stable-weights", action="store_true",
+                        help="digest weights by file names and sizes (comparable across runs and machines)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.stable_weights:
+        stable_weights()
     # the fine-tuned teachers and evaluation caches must not come from the user's cache
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DISTILL_CACHE"] = str(Path(tmp) / "cache")

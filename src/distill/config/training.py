@@ -119,9 +119,9 @@ class EvalConfig:
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     """Batch sizes at which CPU latency is measured."""
     latency_repeats: int = 20
-    """Rounds of timing (after warm-up): each round runs every model once per batch size, in rotating order,
-    so load from other work lands on all models alike; the lower quartile over the rounds is reported, with
-    the spread."""
+    """Rounds of timing (after warm-up): each round runs every model once per batch size, in random order,
+    so load from other work lands on all models alike; the median over the rounds is reported, with the
+    spread."""
     latency_min_seconds: float = 3.0
     """Keep adding timing rounds until this many seconds have passed (cheap models get more rounds, at most
     1000)."""
