@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -161,8 +162,17 @@ def main() -> int:
     # the fine-tuned teachers and evaluation caches must not come from the user's cache
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DISTILL_CACHE"] = str(Path(tmp) / "cache")
-        teachers = Path(args.teachers) if args.teachers else Path(tmp) / "teachers"
+        if args.teachers:
+            teachers = Path(args.teachers)
+        elif args.stable_weights:
+            # the image teacher's stage fingerprint includes its folder: the same path in every run compared
+            teachers = Path(tempfile.gettempdir()) / "distill-stage-fingerprints-teachers"
+            shutil.rmtree(teachers, ignore_errors=True)
+        else:
+            teachers = Path(tmp) / "teachers"
         got = {name: record_recipe(name, Path(tmp), teachers) for name in (args.only or list(OVERRIDES))}
+    if args.stable_weights and not args.teachers:
+        shutil.rmtree(teachers, ignore_errors=True)
     Path(args.out).write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     if args.compare:
         want = json.loads(Path(args.compare).read_text())
