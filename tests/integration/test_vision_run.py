@@ -120,3 +120,20 @@ def test_student_stage_resumes_after_an_interruption_to_identical_weights(tmp_pa
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
     assert not list((tmp_path / "resumed").glob("checkpoints/*/*.pt"))
+
+
+def test_few_labels_teacher_and_baseline_see_the_labelled_images_with_the_same_step_budget(tmp_path):
+    recipe = _recipe(tmp_path, data={"source": "packaged", "name": "digits", "max_train_examples": 400,
+                                     "labeled_fraction": 0.25},
+                     vision={"augment": {"pad": 1}})
+    report = run(recipe)
+    data, training = report["data"], report["training"]
+    labelled = data["train"]
+    assert data["train"] + data["unlabeled"] == 400 and 90 <= labelled <= 110  # stratified 25% keep labels
+    assert training["student"]["rows"] == 400  # the teacher labels every training image for the student
+    assert training["student_no_kd"]["rows"] == labelled  # the baseline: the labelled images only
+    # same budget: the student's 3 epochs x 13 batches; the baseline gets the whole epochs over its images
+    # that reach as many steps (about 10 epochs of 4 batches), not 3 epochs of 4 batches
+    assert training["student"]["steps"] == 3 * 13
+    per_epoch = -(-labelled // 32)
+    assert training["student_no_kd"]["steps"] == -(-39 // per_epoch) * per_epoch >= 39

@@ -245,6 +245,14 @@ class ImageClassificationTask(Task):
         known = train.labels >= 0
         return train if bool(known.all()) else train.subset(np.flatnonzero(known.numpy()))
 
+    def baseline_steps(self) -> int | None:
+        """Same budget as the distilled student: as many optimisation steps, i.e. more epochs over the
+        labelled images when the distilled student also saw unlabelled ones (None: same epochs)."""
+        labelled, seen = len(self.labelled_data()), len(self.kd_data())
+        if labelled >= seen:
+            return None
+        return self.epochs * math.ceil(seen / self.recipe.train.batch_size)
+
     def train(self, name: str, distiller: Distiller, data: ImageSet, *, store: Any = None,
               teacher: torch.nn.Module | None = None, max_steps: int | None = None, labels_known: bool = True,
               epochs: int | None = None) -> torch.nn.Module:
@@ -256,6 +264,8 @@ class ImageClassificationTask(Task):
         source = "store" if store is not None else "online teacher" if teacher is not None else "labels only"
         self.log(f"{name}: training on {len(data)} images ({source})")
         epochs = epochs or self.epochs
+        if max_steps:  # a step budget (the baseline's): whole epochs over ``data`` that reach it
+            epochs = max(1, math.ceil(max_steps / math.ceil(len(data) / r.train.batch_size)))
         fp = fingerprint({
             "stage": name, "student": r.student.model, "train": r.train.__dict__, "epochs": epochs,
             "losses": losses_fingerprint(distiller),

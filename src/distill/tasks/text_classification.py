@@ -9,6 +9,7 @@ paired test for every difference.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -352,7 +353,12 @@ class TextClassificationTask(Task):
         train_ds = to_dataset(data, self.student_tokenizer, ttok, max_length=r.data.max_length)
         val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
         ckpt = stage_checkpoints(self.out, name, fp, self.log)
-        overrides = {"max_steps": max_steps} if max_steps else {}
+        overrides: dict[str, Any] = {}
+        if max_steps:
+            # a step budget (the baseline's, matching the distilled student): validate as many times as the
+            # distilled student does (once per its epoch), not once per pass over the smaller labelled set
+            every = max(1, max_steps // max(1, math.ceil(r.train.epochs)))
+            overrides = {"max_steps": max_steps, "eval_strategy": "steps", "eval_steps": every}
         trainer = DistillTrainer(
             model=model, args=training_arguments(r.train, str(ckpt), **overrides), train_dataset=train_ds,
             eval_dataset=val_ds, data_collator=DistillCollator(self.student_tokenizer, ttok),
