@@ -126,6 +126,11 @@ def record_recipe(name: str, work: Path, teachers: Path) -> dict[str, object]:
     if "select" in {f.name for f in dataclasses.fields(Recipe)}:
         # the recipe's losses as written, as before the selection existed
         overrides.append("select.enabled=false")
+    from distill.config import DataConfig
+
+    if "labeled_fraction" in {f.name for f in dataclasses.fields(DataConfig)}:
+        # every training row labelled, as the recipes were recorded (the demo now keeps 10% of the labels)
+        overrides.append("data.labeled_fraction=null")
     if name in FINE_TUNED:
         # training on CPU threads is not bit-reproducible: a teacher fine-tuned once is shared by the runs
         # that are compared (its record's fingerprint is checked when it is reused)

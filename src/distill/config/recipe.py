@@ -42,7 +42,10 @@ class Recipe:
         LossConfig(name="kd", weight=0.5, params={"temperature": 2.0}),
         LossConfig(name="ce", weight=0.5),
     ])
-    """Distillation signals and their weights; the total loss is their weighted sum."""
+    """Distillation signals and their weights; the total loss is their weighted sum. Default kd 0.5 (T = 2) +
+    ce 0.5; for classification ``select`` (on by default) then picks the kd weight per run on the validation
+    split. Measured on the demo (movie snippets, 2-layer student, 2026-11-30): the validation choice was 0.9
+    at 10% and 15% of the labels and 0.5 at 5% (a weaker teacher); labels alone never won."""
     task: str = "text-classification"
     """What the models do, one of the registered tasks (``distill.tasks.TASKS``): ``text-classification`` (a
     classifier teacher, an encoder fine-tuned first, or a black-box teacher: ``teacher.blackbox``) or

@@ -215,9 +215,10 @@ def unreliable_note(latency: dict[str, Any] | None) -> str | None:
     """One sentence for tables and verdicts when the timing is not to be trusted, else None."""
     if not latency or latency.get("reliable", True):
         return None
-    return ("latency unreliable: the machine was busy while timing (interquartile range over "
+    # a busy machine is the usual cause, but millisecond models jitter on a quiet one too: say what was seen
+    return ("latency unreliable: the round times varied widely (interquartile range over "
             f"{int(100 * UNRELIABLE_SPREAD)}% of the median for {', '.join(latency.get('noisy', []))}); "
-            "re-time on a quiet machine")
+            "re-time on a quiet machine or with more rounds (eval.latency_min_seconds)")
 
 
 @torch.no_grad()
