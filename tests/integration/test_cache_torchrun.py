@@ -44,3 +44,20 @@ def test_two_process_cache_equals_one_process(tmp_path, tiny_classifier, sentime
         assert one.keys() == two[s.name].keys()
         for k in one:
             assert (one[k] == two[s.name][k]).all()
+
+
+def test_a_cpu_torchrun_launch_is_seen_as_two_processes(tmp_path):
+    """The store build takes its rank and world size from ``process_state()``: under a CPU-only torchrun
+    launch both processes used to see themselves as rank 0 of 1 and each built the whole store (the manifest
+    count above only caught it when the two writes raced)."""
+    script = tmp_path / "ranks.py"
+    script.write_text("from distill.stages import process_state\n"
+                      "s = process_state()\n"
+                      "print(f'rank {s.process_index} of {s.num_processes}', flush=True)\n"
+                      "s.wait_for_everyone()\n")
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 of 2", "rank 1 of 2"]
