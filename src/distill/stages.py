@@ -102,13 +102,13 @@ def model_fingerprint(path: str, model: Any = None, revision: str | None = None,
 def process_state():
     """The accelerate process state: one process normally, several under `accelerate launch` / torchrun.
     Shared files are written by the main process only; the others wait for it."""
-    import torch
     from accelerate import PartialState
 
+    from distill.training.args import cpu_only
+
     # without cpu=True accelerate leaves a CPU-only torchrun launch undistributed: every process would see
-    # itself as rank 0 of 1 and build the whole store (as TrainingArguments' use_cpu does for training)
-    cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    return PartialState(cpu=cpu)
+    # itself as rank 0 of 1 and build the whole store (the same choice as TrainingArguments' use_cpu)
+    return PartialState(cpu=cpu_only())
 
 
 # -- stage records -----------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ from distill._dataclass_io import RecipeError
 from distill.config import TrainConfig
 
 
+def cpu_only() -> bool:
+    """No CUDA or MPS device: the CPU backend (gloo under torchrun / accelerate launch) is the one to use."""
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
 def progress_enabled() -> bool:
     # progress bars on a terminal, quiet in CI logs
     return os.isatty(2) and not os.environ.get("CI")
@@ -87,7 +92,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
         disable_tqdm=not progress_enabled(),
         dataloader_num_workers=0,
         # with no accelerator, use_cpu=True is what lets torchrun / accelerate launch run DDP over gloo
-        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        use_cpu=cpu_only(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     kwargs.update(overrides)
