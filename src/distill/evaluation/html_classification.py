@@ -27,7 +27,7 @@ from distill.evaluation._charts import (
     signed_points,
     speed,
 )
-from distill.evaluation.report_parts import run_facts, training_charts, versions_line
+from distill.evaluation.report_parts import run_facts, selection_table, training_charts, versions_line
 from distill.evaluation.speed import UNRELIABLE_SPREAD
 
 
@@ -105,27 +105,6 @@ def per_class_section(report: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{esc(name)}</td>{cells}<td>{n}</td></tr>")
     return ('<h2>Per class</h2><div class="table-wrap"><table><thead><tr><th>class</th>' + head
             + "<th>test rows</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
-
-
-def selection_table(report: dict[str, Any]) -> str:
-    """The candidates ``select`` tried on the validation split, their scores, and the one chosen."""
-    section = report.get("select") or {}
-    if not section.get("candidates"):
-        return ""
-    chosen = section["chosen"]
-    rows = []
-    for c in section["candidates"]:
-        what = "labels alone" if not c["kd_weight"] else f"kd {c['kd_weight']:g} + ce {1 - c['kd_weight']:g}"
-        picked = (c["kd_weight"], c["temperature"]) == (chosen["kd_weight"], chosen["temperature"])
-        mark = " <b>(chosen)</b>" if picked else ""
-        t = "–" if c["temperature"] is None else f"{c['temperature']:g}"
-        rows.append(f"<tr><td>{esc(what)}{mark}</td><td>{t}</td><td>{pct(c['accuracy'], 2)}</td>"
-                    f"<td>{pct(c['macro_f1'], 2)}</td></tr>")
-    return (f"<h2>Distillation settings chosen on the validation split</h2><p class=\"muted\">Each candidate "
-            f"trained {section['steps']} steps from the same start; the best validation "
-            f"{esc(section['metric'])} was trained in full.</p><div class=\"table-wrap\"><table><thead><tr>"
-            "<th>losses</th><th>T</th><th>validation accuracy</th><th>validation macro-F1</th></tr></thead>"
-            "<tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 def significance_table(report: dict[str, Any]) -> str:

@@ -137,3 +137,32 @@ def write_page(path: str | os.PathLike[str], text: str) -> Path:
             fh.write(text)
         return path
     return atomic_write_text(path, text, durable=False)
+
+
+def selection_table(report: dict[str, Any]) -> str:
+    """The candidates ``select`` tried on the validation split, their scores, and the one chosen (the
+    classification metrics, or validation perplexity for a causal LM)."""
+    from distill.evaluation._charts import esc, num, pct
+
+    section = report.get("select") or {}
+    if not section.get("candidates"):
+        return ""
+    chosen = section["chosen"]
+    lm = section.get("metric") == "perplexity"
+    cols = (["validation perplexity"] if lm else ["validation accuracy", "validation macro-F1"])
+    rows = []
+    for c in section["candidates"]:
+        alone = "the text alone" if lm else "labels alone"
+        what = alone if not c["kd_weight"] else f"kd {c['kd_weight']:g} + ce {1 - c['kd_weight']:g}"
+        picked = (c["kd_weight"], c["temperature"]) == (chosen["kd_weight"], chosen["temperature"])
+        mark = " <b>(chosen)</b>" if picked else ""
+        t = "–" if c["temperature"] is None else f"{c['temperature']:g}"
+        scores = ([num(c["perplexity"], 2)] if lm else [pct(c["accuracy"], 2), pct(c["macro_f1"], 2)])
+        rows.append(f"<tr><td>{esc(what)}{mark}</td><td>{t}</td>"
+                    + "".join(f"<td>{x}</td>" for x in scores) + "</tr>")
+    best = "lowest" if section.get("lower_is_better") else "best"
+    return (f"<h2>Distillation settings chosen on the validation split</h2><p class=\"muted\">Each candidate "
+            f"trained {section['steps']} steps from the same start; the {best} validation "
+            f"{esc(section['metric'])} was trained in full.</p><div class=\"table-wrap\"><table><thead><tr>"
+            "<th>losses</th><th>T</th>" + "".join(f"<th>{esc(x)}</th>" for x in cols) + "</tr></thead>"
+            "<tbody>" + "".join(rows) + "</tbody></table></div>")

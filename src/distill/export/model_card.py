@@ -164,14 +164,15 @@ def perplexity_table(models: dict[str, dict[str, Any]], domains: list[str]) -> s
     def cell(v: Any, digits: int) -> str:
         return "-" if v is None else f"{v:,.{digits}f}"
 
-    head = ["model", "perplexity"] + [f"ppl {d}" for d in domains] + ["tokens/s", "parameters"]
+    head = ["model", "perplexity", "bits/byte"] + [f"ppl {d}" for d in domains] + ["tokens/s", "parameters"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for role, title in LM_TITLES.items():
         m = models.get(role)
         if not m:
             continue
         per = m.get("perplexity_by_domain") or {}
-        cells = [title, cell(m.get("perplexity"), 2)] + [cell(per.get(d), 2) for d in domains] + [
+        cells = [title, cell(m.get("perplexity"), 2), cell(m.get("bits_per_byte"), 4)] + [
+            cell(per.get(d), 2) for d in domains] + [
             cell(m.get("tokens_per_second"), 0), f"{m.get('parameters') or 0:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -219,17 +220,12 @@ def render_causal_lm_model_card(recipe: Any, report: dict[str, Any],
         perplexity_table(models, domains),
         "",
     ]
-    summary = report.get("summary") or {}
-    facts = []
-    if summary.get("kd_vs_no_kd_perplexity") is not None:
-        text = (f"distillation changed held-out perplexity by {summary['kd_vs_no_kd_perplexity']:+.2f} "
-                "against the no-KD student")
-        cmp = (report.get("significance") or {}).get("student_kd_vs_student_no_kd")
-        if cmp:
-            from distill.evaluation.perplexity import describe_lm_comparison
+    from distill.evaluation.perplexity import lm_verdict
 
-            text += f" ({describe_lm_comparison(cmp, 'the distilled student', 'the no-KD student')})"
-        facts.append(text)
+    summary = report.get("summary") or {}
+    if student.get("perplexity") is not None:
+        lines += [" ".join(lm_verdict(report)), ""]
+    facts = []
     if summary.get("speedup"):
         facts.append(f"the student scores {summary['speedup']:.1f}x the teacher's tokens/s")
     if summary.get("size_ratio"):
@@ -240,10 +236,12 @@ def render_causal_lm_model_card(recipe: Any, report: dict[str, Any],
     if student.get("perplexity") is None:
         lines += ["The distilled student was not evaluated.", ""]
     data = report.get("data") or {}
+    source = (f"the packaged corpus `{recipe.data.name}`" if recipe.data.source == "packaged"
+              else f"`{recipe.data.train}`")
     lines += [
         "## Data",
         "",
-        f"- `{recipe.data.train}` ({c.format} format), cut into chunks of {c.chunk_length} tokens: "
+        f"- {source} ({c.format} format), cut into chunks of {c.chunk_length} tokens: "
         f"{data.get('train', 0)} training / {data.get('validation', 0)} validation / {data.get('test', 0)} "
         "held-out rows",
         "- domains: " + (", ".join(f"`{d}`" for d in domains) if domains else "one"),

@@ -48,6 +48,7 @@ from distill.students.inherit import check_layers
 from distill.tasks import register_task
 from distill.tasks.base import Plan, Task
 from distill.tasks.causal_lm_store import open_lm_store
+from distill.tasks.selection import SelectsLosses
 from distill.teachers.sources import PretrainedTeacher
 from distill.training import Distiller
 
@@ -113,7 +114,7 @@ class _DomainTrainerMixin:
 
 
 @register_task("causal-lm")
-class CausalLMTask(Task):
+class CausalLMTask(SelectsLosses, Task):
     """Causal LMs: teacher -> rows (+ its continuations) -> store -> distilled and text-only students ->
     perplexity per domain with a chunk-level paired test."""
 
@@ -121,6 +122,7 @@ class CausalLMTask(Task):
 
     def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
         self.chunk_nll: dict[str, tuple[list[float], list[int]]] = {}  # role -> held-out NLL per chunk
+        self.kd_specs = list(recipe.losses)  # the distilled student's losses (changed by ``select``)
         self.pending_continuations: Path | None = None
         self._teacher_domain_loss: Any = None
         super().__init__(recipe, *args, **kwargs)
@@ -145,10 +147,12 @@ class CausalLMTask(Task):
     def load_rows(self) -> None:
         r, c = self.recipe, self.recipe.causal_lm
         d = r.data
-        if d.source != "files":
-            raise RecipeError("data.source: a causal-LM run reads files "
-                              "(data.train: .txt, .csv, .jsonl, ...)")
-        df = read_text_table(d.train or "")
+        if d.source == "packaged":
+            from distill.packaged import load_packaged_corpus
+
+            df = load_packaged_corpus(d.name or "")
+        else:
+            df = read_text_table(d.train or "")
         if d.text_column != "text" and d.text_column in df.columns:
             df = df.rename(columns={d.text_column: "text"})
         tok = self.teacher_tokenizer
@@ -156,7 +160,9 @@ class CausalLMTask(Task):
             rows, names = prompt_response_rows(df, tok, c.chunk_length, c.prompt_column, c.response_column,
                                                c.domain_column, c.chat_template)
         else:
-            rows, names = chunk_frame(df, tok, c.chunk_length, c.domain_column)
+            # a packaged corpus has a domain column: used unless the recipe names another one
+            domains = c.domain_column or ("domain" if d.source == "packaged" else None)
+            rows, names = chunk_frame(df, tok, c.chunk_length, domains)
         if not rows:
             raise RecipeError("data.train: no training chunks came out of the data (empty text?)")
         self.domains = names
@@ -309,9 +315,31 @@ class CausalLMTask(Task):
     def baseline_steps(self) -> int | None:
         return self.report["training"]["student"].get("steps")
 
+    def full_steps(self, data: list[dict[str, Any]]) -> int:
+        """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
+        import math
+
+        t = self.recipe.train
+        if t.max_steps > 0:
+            return t.max_steps
+        per_epoch = math.ceil(len(data) / (t.batch_size * t.gradient_accumulation_steps))
+        return max(1, per_epoch * math.ceil(t.epochs))
+
+    def validation_scores(self, model: torch.nn.Module) -> dict[str, float]:
+        """Perplexity of ``model`` on the validation chunks (what ``select`` minimises)."""
+        from distill.evaluation.perplexity import perplexity
+
+        if not self.val_rows:
+            raise RecipeError("select: no validation chunks to choose on; raise data.validation_fraction or "
+                              "set select.enabled: false")
+        m = perplexity(model, self.val_rows, self.pad_id, self.domains, self.recipe.train.eval_batch_size,
+                       self.vocab_size)
+        return {"perplexity": float(m["perplexity"])}
+
     def train(self, name: str, distiller: Distiller, data: list[dict[str, Any]], *, store: Any = None,
-              teacher: torch.nn.Module | None = None, max_steps: int | None = None) -> torch.nn.Module:
-        """``data`` is the list of training rows."""
+              teacher: torch.nn.Module | None = None, max_steps: int | None = None,
+              specs: list[Any] | None = None) -> torch.nn.Module:
+        """``data`` is the list of training rows; ``specs`` the losses of a ``select`` candidate."""
         from transformers import set_seed
 
         from distill.training import DistillTrainer
@@ -326,7 +354,7 @@ class CausalLMTask(Task):
         ddk = c.ddk if (name == "student" and distiller.needs_teacher) else None
         fp = fingerprint({
             "train": r.train.__dict__, "max_steps": max_steps, "init": hash_files(init),
-            "losses": [spec.__dict__ for spec in r.losses] if name == "student" else "ce",
+            "losses": self.losses_key(name, specs),
             # every token of every row: changed text must never reuse a student trained on other text
             "rows": hash_token_rows(rows), "n": len(rows),
             "store": getattr(store, "key", None), "on_policy": str(on_policy), "ddk": str(ddk),
@@ -353,6 +381,8 @@ class CausalLMTask(Task):
             token_level=True, vocab_size=self.vocab_size, **kwargs,
         )
         ddk_cb = self._ddk(trainer, rows, ddk) if ddk is not None else None
+        curve = (self._curve(trainer, model) if name in ("student", "student_no_kd") and c.curve_steps
+                 else None)
         mode = ("teacher from the store" if store is not None
                 else "online teacher" if teacher is not None else "text only")
         self.log(f"{name}: training on {len(rows)} rows ({mode}{', on-policy' if on_policy else ''}"
@@ -364,6 +394,8 @@ class CausalLMTask(Task):
             self.report["ddk"] = {"domains": self.domains, "history": ddk_cb.history}
         if on_policy is not None:
             info["on_policy_batches"] = trainer.on_policy_batches
+        if curve is not None:
+            info["curve"] = curve
         state = process_state()
         if state.is_main_process:
             write_stage(final, fp,
@@ -372,6 +404,35 @@ class CausalLMTask(Task):
         state.wait_for_everyone()
         self.report["training"][name] = info
         return model
+
+    def _curve(self, trainer: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """Score ``model`` on the held-out rows at each of ``causal_lm.curve_steps`` while it trains; returns
+        the list the points are appended to (step, perplexity, bits per byte, per-row NLL for the paired
+        tests)."""
+        from transformers import TrainerCallback
+
+        from distill.evaluation.perplexity import perplexity
+
+        steps, points = {int(s) for s in self.recipe.causal_lm.curve_steps}, []
+        task = self
+
+        class Curve(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step in steps and state.is_world_process_zero:
+                    was_training = model.training
+                    m = perplexity(model, task.test_rows, task.pad_id, task.domains,
+                                   task.recipe.train.eval_batch_size, task.vocab_size,
+                                   row_bytes=task.test_bytes())
+                    model.train(was_training)
+                    points.append({"step": state.global_step, "perplexity": m["perplexity"],
+                                   "bits_per_byte": m.get("bits_per_byte"),
+                                   "perplexity_by_domain": m["perplexity_by_domain"],
+                                   "bits_per_byte_by_domain": m.get("bits_per_byte_by_domain"),
+                                   "chunk_nll": m["chunk_nll"], "chunk_tokens": m["chunk_tokens"]})
+                    trainer.log({"heldout_perplexity": m["perplexity"]})
+
+        trainer.add_callback(Curve())
+        return points
 
     def _ddk_batches(self, cfg: Any) -> list[dict[str, torch.Tensor]]:
         """The validation batches DDK measures the per-domain loss gap on (the first ``eval_chunks`` rows of
@@ -409,7 +470,7 @@ class CausalLMTask(Task):
         from distill.evaluation.speed import weights_size_mb
 
         m = perplexity(model, self.test_rows, self.pad_id, self.domains, self.recipe.train.eval_batch_size,
-                       self.vocab_size)
+                       self.vocab_size, row_bytes=self.test_bytes())
         # per-chunk NLL stays out of report.json's metrics; finish compares the models with it
         self.chunk_nll[role] = (m.pop("chunk_nll"), m.pop("chunk_tokens"))
         m["parameters"] = count_parameters(model)
@@ -418,6 +479,14 @@ class CausalLMTask(Task):
         self.log(f"{role}: held-out perplexity {m['perplexity']:.3f} "
                  f"({', '.join(f'{k} {v:.2f}' for k, v in m['perplexity_by_domain'].items() if v)})")
         return m
+
+    def test_bytes(self) -> list[int]:
+        """UTF-8 bytes of each held-out row's scored text (for bits per byte), counted once."""
+        from distill.evaluation.perplexity import scored_bytes
+
+        if getattr(self, "_test_bytes", None) is None:
+            self._test_bytes = scored_bytes(self.test_rows, self.teacher_tokenizer)
+        return self._test_bytes
 
     def evaluate_teacher(self) -> dict[str, Any]:
         """The teacher's perplexity; with DDK also its per-domain validation loss, measured now so the teacher
@@ -448,11 +517,23 @@ class CausalLMTask(Task):
             summary["speedup"] = s["tokens_per_second"] / t["tokens_per_second"]
         if s.get("parameters") and t.get("parameters"):
             summary["size_ratio"] = s["parameters"] / t["parameters"]
-        self.report["significance"] = lm_significance(self.chunk_nll, seed=r.train.seed)
+        self.report["significance"] = lm_significance(self.chunk_nll, seed=r.train.seed,
+                                                      n_bytes=sum(self.test_bytes()))
         cmp = self.report["significance"].get("student_kd_vs_student_no_kd")
         if cmp:
             summary.update(kd_vs_no_kd_p=cmp["p"], kd_vs_no_kd_perplexity_ratio=cmp["perplexity_ratio"],
-                           kd_vs_no_kd_perplexity_ratio_ci95=cmp["perplexity_ratio_ci95"])
+                           kd_vs_no_kd_perplexity_ratio_ci95=cmp["perplexity_ratio_ci95"],
+                           kd_vs_no_kd_bits_per_byte=cmp.get("bits_per_byte_difference"),
+                           kd_vs_no_kd_bits_per_byte_ci95=cmp.get("bits_per_byte_ci95"),
+                           kd_worse_than_no_kd=bool(cmp["difference"] > 0 and cmp["significant"]))
+        from distill.evaluation.perplexity import curve_comparison
+
+        training = self.report.get("training") or {}
+        curve = curve_comparison((training.get("student") or {}).get("curve"),
+                                 (training.get("student_no_kd") or {}).get("curve"),
+                                 n_bytes=sum(self.test_bytes()), seed=r.train.seed)
+        if curve:
+            self.report["curve"] = curve
         samples: dict[str, Any] = {}
         if c.sample_prompts and process_state().is_main_process:
             for role, where in saved.items():
@@ -474,6 +555,10 @@ class CausalLMTask(Task):
 
             layers = num_layers(load_config(str(self.out / "student"), "student"))
             write_causal_lm_model_card(self.out / "student", r, self.report, layers)
-        self.write_outputs(None, f"student saved to {self.out / 'student'} "
-                                 "(pipeline('text-generation', model=...) loads it); ")
+        from distill.evaluation.perplexity import lm_verdict
+
+        self.report["verdict"] = lm_verdict(self.report)
+        self.write_outputs("\n".join(self.report["verdict"]),
+                           f"student saved to {self.out / 'student'} "
+                           "(pipeline('text-generation', model=...) loads it); ")
         return self.report

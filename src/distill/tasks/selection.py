@@ -61,10 +61,12 @@ def select_losses(task: Selectable, ctx: LossContext, store: Any,
     cfg = r.select
     data = task.kd_data()
     steps = max(1, round(cfg.fraction * task.full_steps(data)))
-    task.log(f"choosing the kd weight and temperature on the validation split: {len(cfg.candidates())} "
+    task.log(f"choosing the kd weight and temperature on the validation split: {len(cfg.candidates(r.task))} "
              f"candidates, {steps} steps each")
     rows = []
-    for weight, temperature in cfg.candidates():
+    metric = cfg.metric_for(r.task)
+    lower_is_better = metric == "perplexity"
+    for weight, temperature in cfg.candidates(r.task):
         specs = candidate_specs(r, weight, temperature)
         distiller = Distiller(build_losses(specs, ctx))
         name = f"select/w{weight:g}" + (f"-T{temperature:g}" if temperature is not None else "")
@@ -73,11 +75,40 @@ def select_losses(task: Selectable, ctx: LossContext, store: Any,
                            teacher=teacher if reads else None, max_steps=steps, specs=specs)
         scores = task.validation_scores(model)
         rows.append({"kd_weight": weight, "temperature": temperature, **scores, "steps": steps})
-        task.log(f"  kd weight {weight:g}" + (f", T {temperature:g}" if temperature else " (labels alone)")
-                 + f": validation {cfg.metric} {scores[cfg.metric]:.4f}")
-    best = max(rows, key=lambda row: row[cfg.metric])  # the first of equals: labels alone wins a tie
+        task.log(f"  kd weight {weight:g}" + (f", T {temperature:g}" if temperature else " (no teacher)")
+                 + f": validation {metric} {scores[metric]:.4f}")
+    sign = -1.0 if lower_is_better else 1.0
+    best = max(rows, key=lambda row: sign * row[metric])  # the first of equals: labels alone wins a tie
     chosen = candidate_specs(r, best["kd_weight"], best["temperature"])
-    report = {"metric": cfg.metric, "fraction": cfg.fraction, "steps": steps, "candidates": rows,
+    report = {"metric": metric, "lower_is_better": lower_is_better, "fraction": cfg.fraction, "steps": steps,
+              "candidates": rows,
               "chosen": {"kd_weight": best["kd_weight"], "temperature": best["temperature"]},
               "chosen_losses": [{"name": s.name, "weight": s.weight, **s.params} for s in chosen]}
     return chosen, report
+
+
+class SelectsLosses:
+    """For a task: ``select_distiller`` runs the selection (when it applies) and keeps the chosen losses in
+    ``kd_specs``, which the distilled student's training stage is keyed by; ``losses_key`` is what a
+    training stage's fingerprint records of its losses."""
+
+    kd_specs: list[LossConfig]
+    report: dict[str, Any]
+    plan: Any
+
+    def select_distiller(self, distiller: Distiller, store: Any, teacher: Any) -> Distiller:
+        """``select``: the kd weight and temperature chosen on the validation split (weight 0 included)."""
+        if (reason := why_not(self.recipe)) is not None:  # type: ignore[attr-defined]
+            self.report["select"] = {"skipped": reason}
+            return distiller
+        specs, self.report["select"] = select_losses(self, self.plan.loss_context, store,  # type: ignore[arg-type]
+                                                     teacher)
+        self.kd_specs = specs
+        return Distiller(build_losses(specs, self.plan.loss_context))
+
+    def losses_key(self, name: str, specs: list[LossConfig] | None) -> Any:
+        """The given losses, the distilled student's, or "ce" for the baseline (the formats finished runs
+        were keyed with)."""
+        if specs is not None:
+            return [spec.__dict__ for spec in specs]
+        return [spec.__dict__ for spec in self.kd_specs] if name == "student" else "ce"

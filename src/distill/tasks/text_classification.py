@@ -47,6 +47,7 @@ from distill.store.spec import check_storable, spec_for_losses
 from distill.students import check_layers, student_from_teacher
 from distill.tasks import register_task
 from distill.tasks.base import Plan, Task
+from distill.tasks.selection import SelectsLosses
 from distill.tasks.text_store import open_text_store, text_store_key
 from distill.teachers.sources import PretrainedTeacher
 from distill.training import Distiller, DistillTrainer
@@ -111,7 +112,7 @@ def plan_text_classification(recipe: Recipe) -> Plan:
 
 
 @register_task("text-classification")
-class TextClassificationTask(Task):
+class TextClassificationTask(SelectsLosses, Task):
     """Sequence classifiers: teacher (fine-tuned here when asked) -> store -> distilled and baseline
     students -> report with paired tests."""
 
@@ -287,19 +288,6 @@ class TextClassificationTask(Task):
         kd_steps = self.report["training"].get("student", {}).get("steps")
         return kd_steps if self.plan.splits.unlabeled is not None and kd_steps else None
 
-    def select_distiller(self, distiller: Distiller, store: Any,
-                         teacher: torch.nn.Module | None) -> Distiller:
-        """``select``: the kd weight and temperature chosen on the validation split (labels alone
-        included)."""
-        from distill.tasks.selection import select_losses, why_not
-
-        if (reason := why_not(self.recipe)) is not None:
-            self.report["select"] = {"skipped": reason}
-            return distiller
-        specs, self.report["select"] = select_losses(self, self.plan.loss_context, store, teacher)
-        self.kd_specs = specs
-        return Distiller(build_losses(specs, self.plan.loss_context))
-
     def full_steps(self, data: pd.DataFrame) -> int:
         """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
         import math
@@ -336,7 +324,7 @@ class TextClassificationTask(Task):
         final = self.out / name
         fp = fingerprint({
             "train": r.train.__dict__, "max_steps": max_steps,
-            "losses": self._losses_key(name, specs),
+            "losses": self.losses_key(name, specs),
             "init": hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
             "data": fingerprint_rows(list(zip(data["text"], data["label"].astype(int).tolist()))),
             "validation": fingerprint_rows(list(self.plan.splits.validation["text"])),
@@ -377,13 +365,6 @@ class TextClassificationTask(Task):
         state.wait_for_everyone()
         self.report["training"][name] = info
         return model
-
-    def _losses_key(self, name: str, specs: list[Any] | None) -> Any:
-        """What a training stage's fingerprint records of its losses: the given ones, the distilled student's,
-        or "ce" for the baseline (the formats finished runs were keyed with)."""
-        if specs is not None:
-            return [spec.__dict__ for spec in specs]
-        return [spec.__dict__ for spec in self.kd_specs] if name == "student" else "ce"
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module) -> np.ndarray:
