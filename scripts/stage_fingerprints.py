@@ -31,7 +31,12 @@ OVERRIDES = {
                            "data.max_length=32"],
     "demo_embeddings": ["data.max_train_examples=64", "train.max_steps=2", "eval.probe_sets=[]",
                         "eval.agreement_pairs=500", "eval.throughput_sentences=32", "data.max_length=32"],
-    "causal_lm_smollm2": ["train.max_steps=2", "train.batch_size=2", "causal_lm.chunk_length=32",
+    # the shipped LM recipe as it was recorded (a CSV, kd alone, DDK, linear schedule), then made small
+    "causal_lm_smollm2": ["data.source=files", "data.name=null",
+                          "losses=[{name: kd, weight: 1.0, temperature: 1.0, divergence: forward_kl}]",
+                          "causal_lm.ddk={interval: 25, alpha: 0.5, eval_chunks: 4}", "causal_lm.curve_steps=[]",
+                          "train.lr_scheduler=linear", "train.warmup_ratio=0.05", "train.extra_args={}",
+                          "train.max_steps=2", "train.batch_size=2", "causal_lm.chunk_length=32",
                           "causal_lm.ddk.interval=1", "causal_lm.ddk.eval_chunks=1",
                           "train.eval_batch_size=4"],
     "vision_mnist": ["teacher.finetune.epochs=1", "train.epochs=1", "vision.datafree=null"],
