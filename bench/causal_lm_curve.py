@@ -128,8 +128,8 @@ def main() -> int:
 
     domains = list(summary_rows[0]["kd_ppl_by_domain"])
     lines = [
-        f"Recipe: `{RECIPE.relative_to(ROOT)}` as shipped (packaged three-domain corpus, SmolLM2-135M-Instruct "
-        f"-> layers {reports[0]['recipe']['student']['layers']}), losses {losses}, select off, "
+        f"Recipe: `{RECIPE.relative_to(ROOT)}` as shipped (packaged three-domain corpus, "
+        f"SmolLM2-135M-Instruct -> layers {reports[0]['recipe']['student']['layers']}), losses {losses}, select off, "
         f"{max(budgets)} steps per seed with held-out scoring at {budgets} (constant learning rate after the "
         f"warm-up: each point is what a run of that many steps gives). Seeds {args.seeds}. Held-out: "
         f"{reports[0]['data']['test']} chunks; teacher perplexity {teacher['perplexity']:.2f} "
@@ -137,8 +137,8 @@ def main() -> int:
         f"{100 * (fid.get('kl_error') or float('nan')):.2f}% of the teacher's entropy, top-1 agreement "
         f"{100 * (fid.get('top1_agreement') or float('nan')):.1f}%.",
         "",
-        "| steps | KD ppl (mean ± sd) | no-KD ppl (mean ± sd) | KD bits/byte | no-KD bits/byte | ratio KD/no-KD "
-        "(95% CI) | p | KD better in seeds |",
+        "| steps | KD ppl (mean ± sd) | no-KD ppl (mean ± sd) | KD bits/byte | no-KD bits/byte | "
+        "ratio KD/no-KD (95% CI) | p | KD better in seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for b in summary_rows:

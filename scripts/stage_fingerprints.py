@@ -34,7 +34,8 @@ OVERRIDES = {
     # the shipped LM recipe as it was recorded (a CSV, kd alone, DDK, linear schedule), then made small
     "causal_lm_smollm2": ["data.source=files", "data.name=null",
                           "losses=[{name: kd, weight: 1.0, temperature: 1.0, divergence: forward_kl}]",
-                          "causal_lm.ddk={interval: 25, alpha: 0.5, eval_chunks: 4}", "causal_lm.curve_steps=[]",
+                          "causal_lm.ddk={interval: 25, alpha: 0.5, eval_chunks: 4}",
+                          "causal_lm.curve_steps=[]",
                           "train.lr_scheduler=linear", "train.warmup_ratio=0.05", "train.extra_args={}",
                           "train.max_steps=2", "train.batch_size=2", "causal_lm.chunk_length=32",
                           "causal_lm.ddk.interval=1", "causal_lm.ddk.eval_chunks=1",
