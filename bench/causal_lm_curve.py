@@ -129,7 +129,8 @@ def main() -> int:
     domains = list(summary_rows[0]["kd_ppl_by_domain"])
     lines = [
         f"Recipe: `{RECIPE.relative_to(ROOT)}` as shipped (packaged three-domain corpus, "
-        f"SmolLM2-135M-Instruct -> layers {reports[0]['recipe']['student']['layers']}), losses {losses}, select off, "
+        f"SmolLM2-135M-Instruct -> layers {reports[0]['recipe']['student']['layers']}), losses {losses}, "
+        "select off, "
         f"{max(budgets)} steps per seed with held-out scoring at {budgets} (constant learning rate after the "
         f"warm-up: each point is what a run of that many steps gives). Seeds {args.seeds}. Held-out: "
         f"{reports[0]['data']['test']} chunks; teacher perplexity {teacher['perplexity']:.2f} "

@@ -48,8 +48,8 @@ def _report(kd_ppl, no_kd_ppl, diff, p, significant, **extra):
 def test_verdict_says_plainly_when_distillation_made_the_student_worse():
     v = lm_verdict(_report(443.7, 375.4, 0.17, 0.001, True))
     assert v[0] == ("Held-out perplexity 443.70 (1.5000 bits per byte) for the distilled student, "
-                    "perplexity 375.40 (1.4000 bits per byte) for the same student trained on the text alone, "
-                    "perplexity 90.00 (1.2000 bits per byte) for the teacher.")
+                    "perplexity 375.40 (1.4000 bits per byte) for the same student trained on the text "
+                    "alone, perplexity 90.00 (1.2000 bits per byte) for the teacher.")
     assert "significantly higher" in v[1] and "bits per byte +0.1000 (95% CI +0.0500 to +0.1500)" in v[1]
     assert "made this student WORSE" in v[1] and "runs/lm/student_no_kd" in v[1]
 
