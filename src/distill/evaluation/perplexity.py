@@ -88,6 +88,21 @@ def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: i
     }
 
 
+def add_intervals(m: dict[str, Any], row_bytes: Sequence[int] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Chunk-bootstrap 95% intervals of a :func:`perplexity` result's perplexity (and bits per byte, with
+    ``row_bytes``): the held-out chunks are resampled, the statistic is summed NLL over summed tokens (bytes).
+    Added to ``m`` as ``perplexity_ci95`` / ``bits_per_byte_ci95``."""
+    from distill.evaluation.significance import bootstrap_interval
+
+    nll = m["chunk_nll"]
+    lo, hi = bootstrap_interval(nll, seed=seed, weights=m["chunk_tokens"])
+    m["perplexity_ci95"] = [math.exp(lo), math.exp(hi)]
+    if row_bytes is not None:
+        lo, hi = bootstrap_interval(nll, seed=seed, weights=list(row_bytes))
+        m["bits_per_byte_ci95"] = [lo / math.log(2), hi / math.log(2)]
+    return m
+
+
 def lm_significance(chunk_nll: dict[str, tuple[list[float], list[int]]], seed: int = 0,
                     n_bytes: int | None = None) -> dict[str, Any]:
     """Paired comparisons of the models' held-out NLL, chunk by chunk (``chunk_nll[role] = (nll per chunk,
@@ -180,8 +195,14 @@ def lm_verdict(report: dict[str, Any]) -> list[str]:
         return ["No student was evaluated."]
 
     def both(x: dict[str, Any]) -> str:
-        bpb = x.get("bits_per_byte")
-        return f"perplexity {x['perplexity']:.2f}" + ("" if bpb is None else f" ({bpb:.4f} bits per byte)")
+        text = f"perplexity {x['perplexity']:.2f}"
+        if x.get("perplexity_ci95"):
+            text += " (95% CI {:.2f}-{:.2f})".format(*x["perplexity_ci95"])
+        if x.get("bits_per_byte") is not None:
+            text += f", {x['bits_per_byte']:.4f} bits per byte"
+            if x.get("bits_per_byte_ci95"):
+                text += " ({:.4f}-{:.4f})".format(*x["bits_per_byte_ci95"])
+        return text
 
     out = [f"Held-out {both(s)} for the distilled student"
            + (f", {both(b)} for the same student trained on the text alone" if b else "")

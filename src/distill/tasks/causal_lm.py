@@ -466,11 +466,12 @@ class CausalLMTask(SelectsLosses, Task):
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module) -> dict[str, Any]:
         from distill.evaluation import count_parameters
-        from distill.evaluation.perplexity import perplexity
+        from distill.evaluation.perplexity import add_intervals, perplexity
         from distill.evaluation.speed import weights_size_mb
 
         m = perplexity(model, self.test_rows, self.pad_id, self.domains, self.recipe.train.eval_batch_size,
                        self.vocab_size, row_bytes=self.test_bytes())
+        add_intervals(m, self.test_bytes(), seed=self.recipe.train.seed)
         # per-chunk NLL stays out of report.json's metrics; finish compares the models with it
         self.chunk_nll[role] = (m.pop("chunk_nll"), m.pop("chunk_tokens"))
         m["parameters"] = count_parameters(model)

@@ -47,9 +47,9 @@ def _report(kd_ppl, no_kd_ppl, diff, p, significant, **extra):
 
 def test_verdict_says_plainly_when_distillation_made_the_student_worse():
     v = lm_verdict(_report(443.7, 375.4, 0.17, 0.001, True))
-    assert v[0] == ("Held-out perplexity 443.70 (1.5000 bits per byte) for the distilled student, "
-                    "perplexity 375.40 (1.4000 bits per byte) for the same student trained on the text "
-                    "alone, perplexity 90.00 (1.2000 bits per byte) for the teacher.")
+    assert v[0] == ("Held-out perplexity 443.70, 1.5000 bits per byte for the distilled student, "
+                    "perplexity 375.40, 1.4000 bits per byte for the same student trained on the text "
+                    "alone, perplexity 90.00, 1.2000 bits per byte for the teacher.")
     assert "significantly higher" in v[1] and "bits per byte +0.1000 (95% CI +0.0500 to +0.1500)" in v[1]
     assert "made this student WORSE" in v[1] and "runs/lm/student_no_kd" in v[1]
 
@@ -135,3 +135,21 @@ def test_packaged_corpus_three_domains():
     assert df.equals(load_packaged_corpus("three_domains"))  # deterministic
     with pytest.raises(RecipeError, match="unknown packaged corpus"):
         load_packaged_corpus("nope")
+
+
+def test_intervals_bracket_the_estimates():
+    from distill.evaluation.perplexity import add_intervals
+
+    nll = [30.0, 45.0, 20.0, 60.0, 38.0, 41.0]
+    tokens = [10, 12, 8, 15, 11, 10]
+    row_bytes = [40, 50, 30, 62, 45, 41]
+    m = add_intervals({"chunk_nll": nll, "chunk_tokens": tokens}, row_bytes, seed=0)
+    ppl = math.exp(sum(nll) / sum(tokens))
+    bpb = sum(nll) / (math.log(2) * sum(row_bytes))
+    lo, hi = m["perplexity_ci95"]
+    assert lo < ppl < hi
+    blo, bhi = m["bits_per_byte_ci95"]
+    assert blo < bpb < bhi
+    # the same resamples: the per-byte interval is the per-token one rescaled when bytes are proportional
+    m2 = add_intervals({"chunk_nll": nll, "chunk_tokens": tokens}, [4 * t for t in tokens], seed=0)
+    assert m2["bits_per_byte_ci95"][0] == pytest.approx(math.log(lo) / (4 * math.log(2)), rel=1e-12)
