@@ -62,8 +62,8 @@ def _train_tokenizers(tmp_path):
     return tok_a, tok_b
 
 
-PIECES = ["the", "fox", " ", "  ", "café", "🙂", "🚀", "👍🏽", "日本", "語", "テキスト", "brûlée", "x", "!", ",",
-          "naïve", "\t", "Zq"]
+PIECES = ["the", "fox", " ", "  ", "café", "🙂", "🚀", "👍🏽", "日本", "語", "テキスト", "brûlée", "x", "!",
+          ",", "naïve", "\t", "Zq"]
 
 
 @pytest.mark.parametrize("seed", range(3))
