@@ -15,7 +15,14 @@ from distill.losses.base import (
     loss_parameters,
     register_loss,
 )
-from distill.losses.embedding import AffinityLoss, ContrastiveLoss, CRDLoss, EmbeddingLoss
+from distill.losses.embedding import (
+    AffinityLoss,
+    ContrastiveLoss,
+    CRDLoss,
+    EmbeddingLoss,
+    SimilarityMatrixLoss,
+    SimilarityRankingLoss,
+)
 from distill.losses.feature import AttentionTransferLoss, DKDLoss, FitNetLoss
 from distill.losses.hidden import HiddenStateLoss
 from distill.losses.logits import CELoss, HardKDLoss, KDLoss
@@ -43,6 +50,8 @@ __all__ = [
     "AffinityLoss",
     "ContrastiveLoss",
     "CRDLoss",
+    "SimilarityMatrixLoss",
+    "SimilarityRankingLoss",
     "build_losses",
 ]
 

@@ -466,3 +466,127 @@ class CRDLoss(DistillLoss):
         self.queue[slots] = keys
         self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
         self.queue_len.copy_((self.queue_len + n).clamp(max=self.queue_size))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# similarity_matrix / similarity_ranking: keep the teacher's similarity structure (Jasper / Stella)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _cosines(e: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, B) cosine similarities between the rows."""
+    u = _unit(e)
+    return u @ u.T
+
+
+def _check_dims(dims: Any) -> None:
+    if dims is None:
+        return
+    if (not isinstance(dims, (list, tuple)) or not dims
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)):
+        raise ValueError(f"dims: {dims!r} is not allowed; use a list of whole numbers >= 1 (the student's "
+                         "leading dimensions, e.g. [64, 128, 384]) or leave it out for the full width")
+
+
+@register_loss
+class SimilarityMatrixLoss(DistillLoss):
+    """The student's in-batch cosine-similarity matrix should equal the teacher's.
+
+    ``L = mean_{i != j} (cos_S(i, j) - cos_T(i, j))^2`` over the batch's pairs (the diagonal is 1 for both
+    and left out). It compares B x B matrices, so the two widths may differ and no projector is needed; it
+    is invariant to each model's scale. With ``dims`` (Matryoshka), the student's similarities are taken on
+    each listed number of its leading dimensions and the errors averaged, so truncated student vectors keep
+    the teacher's structure too. Jasper & Stella's similarity term (there ``MSE`` over the full matrix, with
+    weight 200 beside a cosine term); a batch of one row has no pair and gives 0.
+
+    Recipe::
+
+        losses:
+          - {name: embedding, weight: 1.0, loss: cosine}
+          - {name: similarity_matrix, weight: 1.0}
+    """
+
+    name = "similarity_matrix"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    formula = "mean_{i != j} (cos_S(i,j) - cos_T(i,j))^2 over in-batch pairs; averaged over dims (Matryoshka)"
+    citation = ("Zhang et al., Jasper and Stella: distillation of SOTA embedding models, arXiv 2412.19048; "
+                "Kusupati et al., Matryoshka Representation Learning, NeurIPS 2022 (dims)")
+
+    def __init__(self, dims: list[int] | None = None):
+        super().__init__()
+        self.validate_params(dims)
+        self.dims = list(dims) if dims else None
+        # truncated student vectors do not have the full vectors' cosines: with dims, a student equal to
+        # the teacher is not at 0
+        self.zero_at_identity = self.dims is None
+
+    @staticmethod
+    def validate_params(dims: list[int] | None = None, **context: Any) -> None:
+        reject_context(context)
+        _check_dims(dims)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        b = e_s.shape[0]
+        if b < 2:
+            return e_s.sum() * 0.0  # no pair to compare; keeps the graph (DDP needs every step to backward)
+        off = ~torch.eye(b, dtype=torch.bool, device=e_s.device)
+        c_t = _cosines(e_t)[off]
+        widths = self.dims or [e_s.shape[-1]]
+        if max(widths) > e_s.shape[-1]:
+            raise ValueError(f"loss 'similarity_matrix': dims {widths} go past the student's width "
+                             f"{e_s.shape[-1]}; use dims <= {e_s.shape[-1]}")
+        return torch.stack([((_cosines(e_s[:, :d])[off] - c_t) ** 2).mean() for d in widths]).mean()
+
+
+@register_loss
+class SimilarityRankingLoss(DistillLoss):
+    """For every anchor, the student should order the other rows by similarity as the teacher does.
+
+    For anchor i and two other rows j != k, with ``d_T = cos_T(i, j) - cos_T(i, k)`` and ``d_S`` likewise:
+    ``L = mean over the triples with |d_T| >= margin of relu(margin - sign(d_T) d_S)``: where the teacher
+    finds j closer to i than k by at least the margin, the student must too, by the margin. The per-anchor
+    form of Jasper & Stella's triplet term (theirs compares every pair of in-batch pairs, B^4 terms; this is
+    B^3). Triples the teacher ranks within the margin are ties and are skipped, so the loss is 0 when the
+    student reproduces the teacher's similarities (Jasper's version keeps them and has a floor there).
+    ``margin`` 0.015 as in Jasper. Fewer than three rows, or no triple outside the margin, give 0.
+
+    Recipe::
+
+        losses:
+          - {name: similarity_ranking, weight: 0.1, margin: 0.015}
+    """
+
+    name = "similarity_ranking"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    formula = ("mean_{i; j != k != i, |d_T| >= m} relu(m - sign(d_T) d_S), d = cos(i,j) - cos(i,k); "
+               "teacher ties within m skipped")
+    citation = "Zhang et al., Jasper and Stella: distillation of SOTA embedding models, arXiv 2412.19048"
+
+    def __init__(self, margin: float = 0.015):
+        super().__init__()
+        self.validate_params(margin)
+        self.margin = float(margin)
+
+    @staticmethod
+    def validate_params(margin: float = 0.015, **context: Any) -> None:
+        reject_context(context)
+        _check_positive_number("margin", margin, "0.015 in Jasper; cosine gaps are in [-2, 2]")
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        b = e_s.shape[0]
+        if b < 3:
+            return e_s.sum() * 0.0
+        c_s, c_t = _cosines(e_s), _cosines(e_t)
+        d_s = c_s.unsqueeze(2) - c_s.unsqueeze(1)  # (B, B, B): [i, j, k] = cos(i, j) - cos(i, k)
+        d_t = c_t.unsqueeze(2) - c_t.unsqueeze(1)
+        eye = torch.eye(b, dtype=torch.bool, device=e_s.device)
+        valid = ~(eye.unsqueeze(2) | eye.unsqueeze(1) | eye.unsqueeze(0))  # i, j, k all different
+        valid = valid & (d_t.abs() >= self.margin)
+        if not bool(valid.any()):
+            return e_s.sum() * 0.0
+        hinge = torch.relu(self.margin - torch.sign(d_t) * d_s)
+        return hinge[valid].mean()

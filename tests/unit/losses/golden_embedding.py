@@ -19,7 +19,7 @@ from typing import Any
 Vector = list[float]
 Matrix = list[Vector]
 
-GOLDEN_LOSSES = ("embedding", "affinity", "contrastive", "crd")
+GOLDEN_LOSSES = ("embedding", "affinity", "contrastive", "crd", "similarity_matrix", "similarity_ranking")
 """The registered losses this module holds golden values for (read by test_golden.py's coverage check)."""
 
 
@@ -104,6 +104,43 @@ def contrastive_value(
         es = [linear(row, *projector) for row in es]
     us, ut = [unit(r) for r in es], [unit(r) for r in et]
     return cross_entropy_diagonal([[dot(a, b) / tau for b in ut] for a in us])
+
+
+def cosine_matrix(e: Matrix) -> Matrix:
+    u = [unit(row) for row in e]
+    return [[dot(a, b) for b in u] for a in u]
+
+
+def similarity_matrix_value(es: Matrix, et: Matrix, dims: list[int] | None = None) -> float:
+    """Mean over d of the mean over i != j of (cos_S(i, j) on the first d student dims - cos_T(i, j))^2."""
+    ct = cosine_matrix(et)
+    n = len(es)
+    if n < 2:
+        return 0.0
+    values = []
+    for d in dims or [len(es[0])]:
+        cs = cosine_matrix([row[:d] for row in es])
+        values.append(mean([(cs[i][j] - ct[i][j]) ** 2 for i in range(n) for j in range(n) if i != j]))
+    return mean(values)
+
+
+def similarity_ranking_value(es: Matrix, et: Matrix, margin: float) -> float:
+    """Mean over anchors i and ordered pairs j != k (both != i) whose teacher gap
+    d_T = cos_T(i,j) - cos_T(i,k) is at least ``margin`` in size, of max(0, margin - sign(d_T) * d_S)."""
+    cs, ct = cosine_matrix(es), cosine_matrix(et)
+    n = len(es)
+    terms = []
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                if len({i, j, k}) < 3:
+                    continue
+                d_t = ct[i][j] - ct[i][k]
+                if abs(d_t) < margin:
+                    continue
+                d_s = cs[i][j] - cs[i][k]
+                terms.append(max(0.0, margin - math.copysign(1.0, d_t) * d_s))
+    return mean(terms) if terms else 0.0
 
 
 def crd_keys(et: Matrix, teacher_head: tuple[Matrix, Vector]) -> Matrix:
@@ -305,8 +342,36 @@ def crd_cases() -> list[dict[str, Any]]:
     return cases
 
 
+ES5 = [[0.2, -0.5, 1.0, 0.3], [0.9, 0.3, -0.4, -0.6], [-0.7, 0.8, 0.1, 0.5], [0.4, 0.4, 0.6, -0.2],
+       [-0.1, -0.9, 0.3, 0.8]]  # B=5, D=4 (Matryoshka prefixes 2 and 3)
+ET5 = [[0.5, -0.8, 0.2], [1.0, 0.2, -0.7], [-0.3, 1.1, 0.4], [0.6, 0.9, 0.1], [0.2, -0.6, 0.9]]  # B=5, D=3
+INPUTS.update({"es5": ES5, "et5": ET5})
+
+
+def structure_cases() -> list[dict[str, Any]]:
+    cases = [
+        {"id": "similarity_matrix-full", "loss": "similarity_matrix", "params": {}, "context": {},
+         "student": "es", "teacher": "et", "expected": similarity_matrix_value(ES, ET)},
+        {"id": "similarity_matrix-widths-differ", "loss": "similarity_matrix", "params": {}, "context": {},
+         "student": "es5", "teacher": "et5", "expected": similarity_matrix_value(ES5, ET5)},
+        {"id": "similarity_matrix-matryoshka", "loss": "similarity_matrix", "params": {"dims": [2, 3, 4]},
+         "context": {}, "student": "es5", "teacher": "et5",
+         "expected": similarity_matrix_value(ES5, ET5, [2, 3, 4])},
+        {"id": "similarity_matrix-one-row", "loss": "similarity_matrix", "params": {}, "context": {},
+         "student": "es1", "teacher": "et1", "expected": 0.0},
+    ]
+    for margin in (0.015, 0.2, 5.0):  # 5.0: no teacher gap reaches the margin, every triple is a tie
+        for s, t, es, et in (("es4", "et4", ES4, ET4), ("es5", "et5", ES5, ET5)):
+            cases.append({"id": f"similarity_ranking-m{margin:g}-{s}-{t}", "loss": "similarity_ranking",
+                          "params": {"margin": margin}, "context": {}, "student": s, "teacher": t,
+                          "expected": similarity_ranking_value(es, et, margin)})
+    cases.append({"id": "similarity_ranking-two-rows", "loss": "similarity_ranking", "params": {},
+                  "context": {}, "student": "es1", "teacher": "et1", "expected": 0.0})
+    return cases
+
+
 def cases() -> list[dict[str, Any]]:
-    return embedding_cases() + affinity_cases() + contrastive_cases() + crd_cases()
+    return embedding_cases() + affinity_cases() + contrastive_cases() + crd_cases() + structure_cases()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from distill.losses import (
     CRDLoss,
     EmbeddingLoss,
     LossContext,
+    SimilarityMatrixLoss,
+    SimilarityRankingLoss,
     check_params,
 )
 from distill.outputs import ModelOutputs
@@ -98,6 +100,10 @@ def test_every_option_has_golden_values() -> None:
     assert 0.05 in {p.get("temperature", 0.05) for p in by_loss["affinity"]}  # the default temperature
     assert {p.get("projector", "auto") for p in by_loss["contrastive"]} == {"auto", "linear", "none"}
     assert {p["queue_size"] for p in by_loss["crd"]} >= {0, 2, 4}
+    assert {tuple(p.get("dims") or ()) for p in by_loss["similarity_matrix"]} == {(), (2, 3, 4)}
+    assert 0.015 in {p.get("margin", 0.015) for p in by_loss["similarity_ranking"]}  # the default margin
+    nonzero = [c for c in CASES if c["loss"] == "similarity_ranking" and c["expected"] > 0]
+    assert nonzero, "a ranking case where the student's order disagrees with the teacher's"
 
 
 def test_reference_formulas_agree_with_torch() -> None:
@@ -305,6 +311,7 @@ ALL = [
     ("embedding", {"loss": "mse"}), ("embedding", {"loss": "cosine"}),
     ("affinity", {}), ("affinity", {"include_self": True}),
     ("contrastive", {}), ("crd", {"queue_size": 4, "dim": 8}),
+    ("similarity_matrix", {}), ("similarity_ranking", {}),
 ]
 CTX = LossContext(student_hidden_size=4, teacher_hidden_size=6)
 
@@ -328,7 +335,7 @@ def test_zero_vectors_and_single_rows_give_finite_values_and_gradients(
         assert torch.isfinite(es.grad).all(), f"{name}: non-finite gradient"
         for p in loss.parameters():
             assert p.grad is None or torch.isfinite(p.grad).all()
-    if rows == 1 and name in ("affinity", "contrastive"):
+    if rows == 1 and name in ("affinity", "contrastive", "similarity_matrix", "similarity_ranking"):
         assert float(value.detach()) == 0.0
 
 
@@ -354,7 +361,9 @@ def test_documented_defaults() -> None:
     crd = CRDLoss(student_hidden_size=4, teacher_hidden_size=6)
     assert (crd.dim, crd.temperature, crd.queue_size) == (128, 0.07, 4096)
     assert tuple(crd.queue.shape) == (4096, 128)
-    for cls in (EmbeddingLoss, AffinityLoss, ContrastiveLoss, CRDLoss):
+    assert SimilarityMatrixLoss().dims is None and SimilarityRankingLoss().margin == 0.015
+    for cls in (EmbeddingLoss, AffinityLoss, ContrastiveLoss, CRDLoss, SimilarityMatrixLoss,
+                SimilarityRankingLoss):
         assert cls.teacher_needs == ("embeddings",) and cls.student_needs == ("embeddings",)
 
 
@@ -365,9 +374,47 @@ def test_documented_defaults() -> None:
     ("contrastive", "temperature", True, "number > 0"),
     ("crd", "queue_size", 2.0, "whole number >= 0"),
     ("crd", "dim", 0, "whole number >= 1"),
+    ("similarity_matrix", "dims", [0, 4], "whole numbers >= 1"),
+    ("similarity_matrix", "dims", 64, "whole numbers >= 1"),
+    ("similarity_ranking", "margin", -0.1, "number > 0"),
 ])
 def test_bad_values_name_the_parameter_and_the_allowed_values(name: str, param: str, value: Any,
                                                               allowed: str) -> None:
     with pytest.raises(RecipeError) as err:
         check_params(name, {param: value}, "losses[2]")
     assert str(err.value).startswith(f"losses[2]: {param}:") and allowed in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# similarity_matrix / similarity_ranking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_similarity_losses_are_zero_when_the_student_keeps_the_teachers_structure() -> None:
+    # a rotated and scaled copy of the teacher has the same cosines: both losses vanish, whatever the width
+    et = _random(90, 6, 3).double()
+    q, _ = torch.linalg.qr(_random(91, 5, 5).double())
+    es = 3.0 * torch.cat([et, torch.zeros(6, 2, dtype=torch.float64)], dim=1) @ q
+    for loss in (SimilarityMatrixLoss(), SimilarityRankingLoss()):
+        assert float(loss(_out(es), _out(et), {})) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_similarity_matrix_matryoshka_trains_the_leading_dimensions() -> None:
+    es = _random(92, 5, 6).double().requires_grad_(True)
+    et = _random(93, 5, 4).double()
+    SimilarityMatrixLoss(dims=[2, 4])(_out(es), _out(et), {}).backward()
+    assert float(es.grad[:, 4:].abs().max()) == 0.0 and float(es.grad[:, :4].abs().max()) > 0
+    with pytest.raises(ValueError, match="past the student's width 6"):
+        SimilarityMatrixLoss(dims=[8])(_out(es), _out(et), {})
+
+
+def test_similarity_ranking_pushes_a_misordered_triple_into_the_teachers_order() -> None:
+    # teacher: row 1 closer to anchor 0 than row 2; student: the other way round
+    et = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=torch.float64)
+    es = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]], dtype=torch.float64, requires_grad=True)
+    loss = SimilarityRankingLoss()
+    before = loss(_out(es), _out(et), {})
+    before.backward()
+    with torch.no_grad():
+        moved = es - 0.05 * es.grad
+    assert float(loss(_out(moved), _out(et), {})) < float(before.detach())
