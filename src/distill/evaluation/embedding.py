@@ -155,6 +155,9 @@ def format_embedding_table(models: dict[str, dict[str, Any]], summary: dict[str,
     probe_keys = sorted({key for m in models.values() for key in m
                          if key.startswith("probe_") and key != "probe_mean"})
     cols = [("spearman", "spearman", "{:.3f}"), ("recall_at_k", f"recall@{k}", "{:.3f}")]
+    if any(m.get("spearman_probe_sets_mean") is not None for m in models.values()):
+        # agreement on the probe sets' texts: mostly outside the training text's domain
+        cols.append(("spearman_probe_sets_mean", "spearman(probe texts)", "{:.3f}"))
     cols += [(key, key.removeprefix("probe_").removesuffix("_snippets"), "{:.3f}") for key in probe_keys]
     cols += [("probe_mean", "probe", "{:.3f}"), ("sentences_per_second", "sent/s", "{:.0f}"),
              ("parameters", "params", "{:,}"), ("size_mb", "MB", "{:.1f}"), ("dim", "dim", "{}")]

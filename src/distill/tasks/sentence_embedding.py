@@ -129,6 +129,9 @@ class SentenceEmbeddingTask(Task):
         self._teacher_basis: torch.Tensor | None = None
         self._teacher_test: np.ndarray | None = None
         self._probes: dict[str, tuple[list[str], np.ndarray]] | None = None
+        self._teacher_probe: dict[str, np.ndarray] = {}
+        self._kd_frame: pd.DataFrame | None = None
+        self.dropped_as_probe_text = 0
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -265,7 +268,21 @@ class SentenceEmbeddingTask(Task):
 
     # -- students -----------------------------------------------------------------------------------------
     def kd_data(self) -> pd.DataFrame:
-        return self.plan.splits.with_unlabeled()
+        """The distillation text: the training split and the unlabelled text, without any unlabelled row that
+        is (up to case and punctuation) one of the probe texts the models are scored on."""
+        if getattr(self, "_kd_frame", None) is None:
+            from distill.packaged import normalised_text
+
+            sp = self.plan.splits
+            frame = sp.with_unlabeled()
+            if sp.unlabeled is not None and len(sp.unlabeled):
+                probe = {normalised_text(t) for texts, _ in self._probe_sets().values() for t in texts}
+                extra = frame.iloc[len(sp.train):]
+                keep = ~extra["text"].map(normalised_text).isin(probe)
+                self.dropped_as_probe_text = int((~keep).sum())
+                frame = pd.concat([frame.iloc[: len(sp.train)], extra[keep]], ignore_index=True)
+            self._kd_frame = frame
+        return self._kd_frame
 
     def _dataset(self, frame: pd.DataFrame, teacher_inputs: bool):
         r = self.recipe
@@ -340,7 +357,9 @@ class SentenceEmbeddingTask(Task):
 
             from distill.packaged import load_packaged_data
 
-            seen = set(self.kd_data()["text"])
+            # drawn before the distillation text is chosen (which then leaves them out): only the training
+            # split's own texts are excluded here
+            seen = set(self.plan.splits.train["text"])
             self._probes = {}
             for name in self.recipe.eval.probe_sets:
                 df = load_packaged_data(name)
@@ -396,12 +415,21 @@ class SentenceEmbeddingTask(Task):
             metrics["recall_at_k"] = retrieval_agreement(emb, self._teacher_test, ev.retrieval_k)
         else:
             metrics["spearman"], metrics["recall_at_k"] = 1.0, 1.0
-        probes = []
+        probes, agreements = [], []
         for name, (ptexts, labels) in self._probe_sets().items():
             pemb = self._encode(role, model, ptexts)
             metrics[f"probe_{name}"] = probe_accuracy(pemb, labels)
             probes.append(metrics[f"probe_{name}"])
+            # agreement with the teacher on each probe set's texts too: outside the training text's domain
+            if role == "teacher":
+                self._teacher_probe[name] = pemb
+                metrics[f"spearman_{name}"] = 1.0
+            else:
+                metrics[f"spearman_{name}"] = similarity_agreement(pemb, self._teacher_probe[name],
+                                                                   ev.agreement_pairs)
+            agreements.append(metrics[f"spearman_{name}"])
         metrics["probe_mean"] = float(np.mean(probes)) if probes else None
+        metrics["spearman_probe_sets_mean"] = float(np.mean(agreements)) if agreements else None
         sample = (texts * (ev.throughput_sentences // max(len(texts), 1) + 1))[:ev.throughput_sentences]
         metrics["sentences_per_second"] = throughput(model, tokenizer, sample, r.data.max_length, 32, special,
                                                      ev.latency_threads)
@@ -430,7 +458,11 @@ class SentenceEmbeddingTask(Task):
         self.report.update({
             **self.common_report(), "summary": summary,
             "data": {"train": len(sp.train), "unlabeled": 0 if sp.unlabeled is None else len(sp.unlabeled),
-                     "validation": len(sp.validation), "test": len(sp.test)},
+                     "validation": len(sp.validation), "test": len(sp.test),
+                     # what the distilled student saw: sentences per epoch, epochs, and the unlabelled rows
+                     # left out because they are probe texts
+                     "distillation_sentences": len(self.kd_data()), "epochs": r.train.epochs,
+                     "dropped_as_probe_text": self.dropped_as_probe_text},
             "student_parameters": models.get("student_kd", {}).get("parameters"),
             "student_kind": self.student_kind(),
         })
