@@ -215,8 +215,8 @@ def test_similarity_structure_losses_train_an_embedding_student(tmp_path, st_tea
 
     def error(path):
         vectors = torch.tensor(_st_encode(path, texts))
-        return float(SimilarityMatrixLoss()(ModelOutputs(embeddings=vectors), ModelOutputs(embeddings=teacher),
-                                            {}))
+        student_out, teacher_out = ModelOutputs(embeddings=vectors), ModelOutputs(embeddings=teacher)
+        return float(SimilarityMatrixLoss()(student_out, teacher_out, {}))
 
     out = tmp_path / "alone" / "run"
     assert error(out / "student") < error(out / "student_init")
