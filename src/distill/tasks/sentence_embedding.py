@@ -67,11 +67,13 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
             what = sorted(missing) or ["labels"]
             raise RecipeError(
                 f"losses[{i}].name: {spec.name!r} needs {what}, which a sentence-embedding run does not "
-                "have; use embedding, affinity, contrastive, crd or hidden"
+                "have; use embedding, similarity_matrix, similarity_ranking, affinity, contrastive, crd or "
+                "hidden"
             )
         if s.static and set(cls.student_needs) - {"embeddings"}:
             raise RecipeError(f"losses[{i}].name: {spec.name!r} reads the student's hidden states, but a "
-                              "static student has none; use embedding, affinity, contrastive or crd")
+                              "static student has none; use embedding, similarity_matrix, "
+                              "similarity_ranking, affinity, contrastive or crd")
     tdir = resolve_encoder_dir(t.model, t.revision)
     tinfo = describe(tdir)
     if tinfo["kind"] != "transformer":
