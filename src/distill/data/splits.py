@@ -219,12 +219,15 @@ def read_unlabeled(cfg: DataConfig, held_out: list[pd.DataFrame]) -> pd.DataFram
         if name not in PACKAGED_CORPORA:
             raise RecipeError(f"data.unlabeled: unknown packaged corpus {name!r}; "
                               f"valid: {', '.join('packaged:' + n for n in PACKAGED_CORPORA)}")
-        exclude = {normalised_text(t) for frame in held_out for t in frame["text"]}
-        raw = load_english_text(exclude) if name == "english_text" else load_packaged_corpus(name)
-        raw = raw[~raw["text"].map(normalised_text).isin(exclude)]
         if cfg.text_pair_column:
             raise RecipeError(f"data.unlabeled: {cfg.unlabeled} is single sentences, but "
                               "data.text_pair_column asks for pairs; give a file with both columns")
+        exclude = {normalised_text(t) for frame in held_out for t in frame["text"]}
+        if name == "english_text":
+            raw = load_english_text(exclude)  # leaves the excluded texts out while de-duplicating
+        else:
+            raw = load_packaged_corpus(name)
+            raw = raw[~raw["text"].map(normalised_text).isin(exclude)]
         return pd.DataFrame({"text": raw["text"].astype(str).tolist(), "label": -1})
     raw = read_table(cfg.unlabeled or "", "data.unlabeled")
     _check_columns(raw, cfg, "data.unlabeled", need_label=False)

@@ -123,6 +123,7 @@ class CausalLMTask(SelectsLosses, Task):
     def __init__(self, recipe: Recipe, *args: Any, **kwargs: Any):
         self.chunk_nll: dict[str, tuple[list[float], list[int]]] = {}  # role -> held-out NLL per chunk
         self.kd_specs = list(recipe.losses)  # the distilled student's losses (changed by ``select``)
+        self._test_bytes: list[int] | None = None
         self.pending_continuations: Path | None = None
         self._teacher_domain_loss: Any = None
         super().__init__(recipe, *args, **kwargs)
@@ -315,16 +316,6 @@ class CausalLMTask(SelectsLosses, Task):
     def baseline_steps(self) -> int | None:
         return self.report["training"]["student"].get("steps")
 
-    def full_steps(self, data: list[dict[str, Any]]) -> int:
-        """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
-        import math
-
-        t = self.recipe.train
-        if t.max_steps > 0:
-            return t.max_steps
-        per_epoch = math.ceil(len(data) / (t.batch_size * t.gradient_accumulation_steps))
-        return max(1, per_epoch * math.ceil(t.epochs))
-
     def validation_scores(self, model: torch.nn.Module) -> dict[str, float]:
         """Perplexity of ``model`` on the validation chunks (what ``select`` minimises)."""
         from distill.evaluation.perplexity import perplexity
@@ -485,7 +476,7 @@ class CausalLMTask(SelectsLosses, Task):
         """UTF-8 bytes of each held-out row's scored text (for bits per byte), counted once."""
         from distill.evaluation.perplexity import scored_bytes
 
-        if getattr(self, "_test_bytes", None) is None:
+        if self._test_bytes is None:
             self._test_bytes = scored_bytes(self.test_rows, self.teacher_tokenizer)
         return self._test_bytes
 

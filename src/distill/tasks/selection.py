@@ -106,6 +106,16 @@ class SelectsLosses:
         self.kd_specs = specs
         return Distiller(build_losses(specs, self.plan.loss_context))
 
+    def full_steps(self, data: Any) -> int:
+        """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
+        import math
+
+        t = self.recipe.train  # type: ignore[attr-defined]
+        if t.max_steps > 0:
+            return t.max_steps
+        per_epoch = math.ceil(len(data) / (t.batch_size * t.gradient_accumulation_steps))
+        return max(1, per_epoch * math.ceil(t.epochs))
+
     def losses_key(self, name: str, specs: list[LossConfig] | None) -> Any:
         """The given losses, the distilled student's, or "ce" for the baseline (the formats finished runs
         were keyed with)."""

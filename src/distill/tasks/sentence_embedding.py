@@ -272,7 +272,7 @@ class SentenceEmbeddingTask(Task):
     def kd_data(self) -> pd.DataFrame:
         """The distillation text: the training split and the unlabelled text, without any unlabelled row that
         is (up to case and punctuation) one of the probe texts the models are scored on."""
-        if getattr(self, "_kd_frame", None) is None:
+        if self._kd_frame is None:
             from distill.packaged import normalised_text
 
             sp = self.plan.splits

@@ -288,16 +288,6 @@ class TextClassificationTask(SelectsLosses, Task):
         kd_steps = self.report["training"].get("student", {}).get("steps")
         return kd_steps if self.plan.splits.unlabeled is not None and kd_steps else None
 
-    def full_steps(self, data: pd.DataFrame) -> int:
-        """Optimisation steps of a full training on ``data`` (``train.max_steps`` when set)."""
-        import math
-
-        t = self.recipe.train
-        if t.max_steps > 0:
-            return t.max_steps
-        per_epoch = math.ceil(len(data) / (t.batch_size * t.gradient_accumulation_steps))
-        return max(1, per_epoch * math.ceil(t.epochs))
-
     def validation_scores(self, model: torch.nn.Module) -> dict[str, float]:
         """Accuracy and macro-F1 of ``model`` on the validation split."""
         from distill.evaluation import classification_metrics, predict_logits
