@@ -61,6 +61,29 @@ class StoreConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Fully sharded data parallel (FSDP2) when the run is launched on several processes (``torchrun`` or
+    ``accelerate launch``); a single-process run ignores it, so one recipe serves both. The student's
+    parameters, gradients and optimizer state are sharded over the processes, and an online teacher
+    (``store.enabled: false``) is sharded with the same layer policy, frozen. Works on GPUs (NCCL) and on
+    CPU processes (gloo)."""
+
+    enabled: bool = False
+    """Shard with FSDP2 instead of replicating with DDP."""
+    layer_classes: list[str] = field(default_factory=list)
+    """Module class names that each become one shard unit (e.g. ``[LlamaDecoderLayer]``); default: the
+    model's own ``_no_split_modules``, its transformer block."""
+    reshard_after_forward: bool = True
+    """Free each unit's gathered weights after its forward (ZeRO-3-like memory); false keeps the student's
+    gathered until the backward (ZeRO-2-like: faster, more memory). The teacher always reshards."""
+    cpu_offload: bool = False
+    """Keep the shards (and the optimizer state) in CPU memory between uses."""
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
+    """How checkpoints are written: one gathered file (loads anywhere) or one shard per process (faster,
+    resumes with the same number of processes)."""
+
+
+@dataclass
 class TrainConfig:
     """Student training (passed on to ``transformers.TrainingArguments``)."""
 
@@ -97,6 +120,8 @@ class TrainConfig:
     report_to: list[str] | None = None
     """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
     none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Sharded training over several processes (see :class:`FSDPConfig`); off: DDP."""
     extra_args: dict[str, Any] = field(default_factory=dict)
     """Any other ``TrainingArguments`` field, passed through (e.g. ``gradient_checkpointing: true``)."""
 

@@ -65,6 +65,24 @@ def _point_tensorboard_at(path: Path) -> None:
         _TB_DIRS_SET.add(str(path))
 
 
+def world_size() -> int:
+    """Processes of this launch (torchrun / accelerate launch set WORLD_SIZE; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def fsdp_arguments(cfg: TrainConfig) -> dict[str, Any]:
+    """``train.fsdp`` as TrainingArguments fields (FSDP2 through accelerate's plugin); nothing for a
+    single-process run, which the Trainer would refuse to shard."""
+    f = cfg.fsdp
+    if not f.enabled or world_size() < 2:
+        return {}
+    config: dict[str, Any] = {"version": 2, "reshard_after_forward": f.reshard_after_forward,
+                              "cpu_offload": f.cpu_offload, "state_dict_type": f.state_dict_type}
+    if f.layer_classes:
+        config["transformer_layer_cls_to_wrap"] = list(f.layer_classes)
+    return {"fsdp": True, "fsdp_config": config}
+
+
 def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
                        **overrides: Any) -> TrainingArguments:
     kwargs: dict[str, Any] = dict(
@@ -95,6 +113,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
         use_cpu=cpu_only(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    kwargs.update(fsdp_arguments(cfg))
     kwargs.update(overrides)
     extra = dict(cfg.extra_args)
     unknown = [k for k in extra if k not in TrainingArguments.__dataclass_fields__]

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from distill.data.tokenize import TEACHER_PREFIX
 from distill.models import accepts_position_ids, forward_outputs, model_inputs, positions_from_mask
 from distill.outputs import ModelOutputs, SparseLogits
+from distill.training import fsdp
 from distill.training.distiller import Distiller
 
 DISTILLER_STATE = "distiller.pt"
@@ -40,6 +41,22 @@ def _to_device(out: ModelOutputs, device: torch.device) -> ModelOutputs:
     )
 
 
+class _ClearDistillerGrads(TrainerCallback):
+    """The Trainer clears only the model's gradients after each optimisation step; the distiller's own
+    parameters (learned projectors) live outside the model, and without this their gradients would add up
+    over every step of the run (each update following the sum of all past gradients, and a resumed run, which
+    starts from zero, diverging from the uninterrupted one)."""
+
+    def __init__(self, distiller: Distiller):
+        self.distiller = distiller
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.distiller.zero_grad(set_to_none=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.distiller.zero_grad(set_to_none=True)
+
+
 class DistillTrainer(Trainer):
     """Trains the student on ``distiller``'s weighted losses.
 
@@ -59,11 +76,15 @@ class DistillTrainer(Trainer):
         self.token_level = token_level
         self.vocab_size = vocab_size
         self.distiller = distiller.to(self.args.device)
+        self.add_callback(_ClearDistillerGrads(self.distiller))
         self.teacher = teacher
         self.store = store
         if teacher is not None:
             teacher.eval().requires_grad_(False)  # frozen: never gets optimizer state or gradients
-            teacher.to(self.args.device)
+            if self.is_fsdp_enabled:  # sharded like the student: no process holds the whole teacher
+                self.teacher = fsdp.shard_frozen_teacher(teacher, self.accelerator)
+            else:
+                teacher.to(self.args.device)
         if distiller.needs_teacher and teacher is None and store is None:
             raise ValueError("the recipe's losses read teacher outputs, but neither a teacher nor a store "
                              "was given")
@@ -75,6 +96,10 @@ class DistillTrainer(Trainer):
             self.loss_is_scaled_for_ga = True
         # loss parts since the last log, each micro-batch weighted as the optimised loss weighs it (see log)
         self._parts: dict[str, torch.Tensor] = {}
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        fsdp.enable_on_cpu(self)  # accelerate keeps DDP on CPU processes even when FSDP was asked for
 
     # -- loss ---------------------------------------------------------------------------------------------
     def _model_inputs(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -214,22 +239,55 @@ class DistillTrainer(Trainer):
                         p.grad.div_(world)
         return loss
 
+    def _projector_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.distiller.parameters() if p.requires_grad]
+
+    def _add_projector_group(self, optimizer) -> None:
+        extra = self._projector_params()
+        if extra and not any(extra[0] is q for g in optimizer.param_groups for q in g["params"]):
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        extra = [p for p in self.distiller.parameters() if p.requires_grad]
-        if extra:
-            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        # under FSDP accelerate rebuilds the parameter list from the sharded model, which holds no projector:
+        # their group joins after sharding (create_scheduler), before the schedule records the groups
+        if not self.is_fsdp_enabled:
+            self._add_projector_group(optimizer)
         return optimizer
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        # projectors, and state such as CRD's queue or TRG's annealing step, so a resumed run continues them
-        if any(True for _ in self.distiller.parameters()) or any(True for _ in self.distiller.buffers()):
-            torch.save(self.distiller.state_dict(),
-                       os.path.join(output_dir or self.args.output_dir, DISTILLER_STATE))
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.is_fsdp_enabled:
+            self._add_projector_group(optimizer or self.optimizer)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # (checkpoints only) projectors, and state such as CRD's queue or TRG's annealing step, so a resumed
+        # run continues them; written by the main process only
+        has_state = any(True for _ in self.distiller.state_dict())
+        if has_state and self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(self.distiller.state_dict(), os.path.join(output_dir, DISTILLER_STATE))
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # torch's sharded optimizer state names parameters by their place in the model: the projectors'
+        # optimizer state is saved beside it instead
+        with fsdp.without_group(self.optimizer, self._projector_params()) as taken:
+            super()._save_optimizer_and_scheduler(output_dir)
+            if taken is not None and self.args.should_save:
+                torch.save(fsdp.group_state_dict(taken),
+                           os.path.join(output_dir, fsdp.DISTILLER_OPTIMIZER_STATE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.is_fsdp_enabled or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, fsdp.DISTILLER_OPTIMIZER_STATE)
+        with fsdp.without_group(self.optimizer, self._projector_params()) as taken:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if taken is not None and os.path.exists(path):  # restored with the group, when it goes back
+                fsdp.load_group_state(taken, torch.load(path, map_location="cpu"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, DISTILLER_STATE)
         if os.path.exists(path):
-            self.distiller.load_state_dict(torch.load(path, map_location=self.args.device))
+            self.distiller.load_state_dict(torch.load(path, map_location="cpu"))  # copied onto its device
