@@ -152,18 +152,25 @@ def stage_checkpoints(out: Path, name: str, fp: str, log: Log) -> Path:
     return ckpt
 
 
-def train_resuming(trainer: Any, ckpt: Path, name: str, resume: bool, log: Log) -> dict[str, Any]:
+def train_resuming(trainer: Any, ckpt: Path, name: str, resume: bool,
+                   log: Log) -> tuple[dict[str, Any], Any]:
     """Train, continuing from the stage's last checkpoint when there is one (and ``resume`` allows it);
-    returns the stage's training record (time, steps, loss, the trainer's log history)."""
+    returns the stage's training record (time, steps, loss, the trainer's log history) and the trained
+    model: the trainer's own, or under FSDP an unsharded copy holding the trained weights on the main
+    process (the one that evaluates and saves)."""
     from transformers.trainer_utils import get_last_checkpoint
+
+    from distill.training import fsdp
 
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() and resume else None
     if last:
         log(f"{name}: resuming from {last}")
+    plain = fsdp.plain_copy(trainer)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
-    return {"seconds": time.perf_counter() - t0, "steps": result.global_step,
+    info = {"seconds": time.perf_counter() - t0, "steps": result.global_step,
             "train_loss": result.training_loss, "log_history": trainer.state.log_history}
+    return info, fsdp.gather_trained(trainer, plain)
 
 
 # -- where stores live -------------------------------------------------------------------------------------

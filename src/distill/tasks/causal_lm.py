@@ -377,8 +377,8 @@ class CausalLMTask(SelectsLosses, Task):
         mode = ("teacher from the store" if store is not None
                 else "online teacher" if teacher is not None else "text only")
         self.log(f"{name}: training on {len(rows)} rows ({mode}{', on-policy' if on_policy else ''}"
-                 f"{', DDK' if ddk_cb else ''})")
-        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+                 f"{', DDK' if ddk_cb else ''}{', FSDP' if trainer.is_fsdp_enabled else ''})")
+        info, model = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         info["seconds_per_step"] = info["seconds"] / max(info["steps"], 1)
         if ddk_cb is not None:
             info["ddk_history"] = ddk_cb.history
@@ -409,7 +409,8 @@ class CausalLMTask(SelectsLosses, Task):
 
         class Curve(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step in steps and state.is_world_process_zero:
+                # a sharded student's forward is a collective: then every process scores it
+                if state.global_step in steps and (state.is_world_process_zero or trainer.is_fsdp_enabled):
                     was_training = model.training
                     m = perplexity(model, task.test_rows, task.pad_id, task.domains,
                                    task.recipe.train.eval_batch_size, task.vocab_size,

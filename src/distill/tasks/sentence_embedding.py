@@ -330,7 +330,7 @@ class SentenceEmbeddingTask(Task):
         )
         self.log(f"{name}: training on {len(train_ds)} sentences "
                  f"({'teacher from the store' if store is not None else 'online teacher'})")
-        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+        info, model = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         state = process_state()
         if state.is_main_process:
             write_stage(final, fp, lambda d: (model.save(d), self.student_tokenizer.save_pretrained(d)), info)

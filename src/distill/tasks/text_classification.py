@@ -345,7 +345,7 @@ class TextClassificationTask(SelectsLosses, Task):
         source = ("teacher from the store" if store is not None
                   else "online teacher" if teacher is not None else "labels only")
         self.log(f"{name}: training on {len(train_ds)} examples ({source})")
-        info = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
+        info, model = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         info["rows"] = len(data)
         state = process_state()
         if state.is_main_process:
