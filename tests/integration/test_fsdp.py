@@ -195,3 +195,24 @@ def test_distill_run_under_fsdp_with_an_online_teacher(tmp_path):
     init = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student_init")
     moved = [k for k, v in student.state_dict().items() if not torch.allclose(v, init.state_dict()[k])]
     assert len(moved) > 5  # the trained weights were gathered, not the initial ones
+
+
+def test_deepspeed_zero3_partitions_the_online_teacher(tmp_path, lm_pair):
+    """Only where DeepSpeed is installed (it is not part of the test install): ZeRO-3 through the Trainer on
+    2 CPU processes (DeepSpeed's CPU accelerator, gloo), the online teacher in an inference-only engine
+    holding half of its parameters per process, the losses those of the DDP run."""
+    pytest.importorskip("deepspeed")
+    teacher, rows_file = lm_pair
+    script = Path(__file__).parent / "scripts" / "deepspeed_step.py"
+    env = {**_env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    for mode in ("ds", "ddp"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(script), str(teacher), str(rows_file), str(tmp_path), mode]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ds = [json.loads((tmp_path / f"ds_rank{r}.json").read_text()) for r in (0, 1)]
+    ddp = json.loads((tmp_path / "ddp_rank0.json").read_text())
+    assert all(r["deepspeed"] for r in ds) and not ddp["deepspeed"]
+    for r in ds:
+        assert r["teacher_held"] < 0.6 * r["teacher_full"]  # half each (DeepSpeed pads partitions)
+        assert r["losses"] == pytest.approx(ddp["losses"], rel=1e-5)

@@ -190,3 +190,36 @@ def gather_trained(trainer: Any, plain: nn.Module | None) -> nn.Module:
     full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
     plain.load_state_dict({k: v.detach().cpu() for k, v in full.items()})
     return plain.to(trainer.args.device)
+
+
+def deepspeed_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
+    """Under DeepSpeed ZeRO-3: the online teacher wrapped in an inference-only DeepSpeed engine with the
+    student's ZeRO-3 settings (no optimizer, no scheduler), so its parameters are partitioned over the
+    processes and gathered layer by layer as it runs, like the student's. Under ZeRO-1/2 (which partition
+    optimizer state only) a frozen teacher has nothing to partition: it is returned as it is."""
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) != 3:
+        return teacher
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    width = getattr(getattr(teacher, "config", None), "hidden_size", None)
+    # sizes the Trainer fills in from the student's width at initialisation; here from the teacher's
+    defaults = {"reduce_bucket_size": (width or 1024) ** 2,
+                "stage3_prefetch_bucket_size": int(0.9 * (width or 1024) ** 2),
+                "stage3_param_persistence_threshold": 10 * (width or 1024)}
+    for key, value in defaults.items():
+        if zero.get(key, "auto") == "auto":
+            zero[key] = value
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        if config.get(key) == "auto":
+            config.pop(key)
+    config.setdefault("train_micro_batch_size_per_gpu", 1)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine

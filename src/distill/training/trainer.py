@@ -83,6 +83,8 @@ class DistillTrainer(Trainer):
             teacher.eval().requires_grad_(False)  # frozen: never gets optimizer state or gradients
             if self.is_fsdp_enabled:  # sharded like the student: no process holds the whole teacher
                 self.teacher = fsdp.shard_frozen_teacher(teacher, self.accelerator)
+            elif self.is_deepspeed_enabled:  # ZeRO-3: partitioned too, in an inference-only engine
+                self.teacher = fsdp.deepspeed_teacher(teacher, self.accelerator)
             else:
                 teacher.to(self.args.device)
         if distiller.needs_teacher and teacher is None and store is None:
