@@ -80,17 +80,18 @@ def check_trl(work: Path, steps: int, cpu: bool) -> dict:
 
     teacher_dir, student_dir = cached_smollm2(), work / "store" / "student_init"
     tok = AutoTokenizer.from_pretrained(teacher_dir)
-    texts = load_packaged_corpus("three_domains")["text"].tolist()[: BATCH * steps * 2]
+    # windows of the same packaged text: a 16-word prompt and an ~80-word reply (about one 128-token chunk)
+    words = " ".join(load_packaged_corpus("three_domains")["text"].tolist()).split()
     rows = []
-    for t in texts:
-        words = t.split()
-        rows.append({"messages": [{"role": "user", "content": " ".join(words[:PROMPT_TOKENS])},
-                                  {"role": "assistant", "content": " ".join(words[PROMPT_TOKENS:]) or "."}]})
+    for start in range(0, BATCH * steps * 2 * 96, 96):
+        window = words[start:start + 96]
+        rows.append({"messages": [{"role": "user", "content": " ".join(window[:PROMPT_TOKENS])},
+                                  {"role": "assistant", "content": " ".join(window[PROMPT_TOKENS:])}]})
     dtype = torch.float32 if cpu else torch.bfloat16
     args = GKDConfig(output_dir=str(work / "trl"), per_device_train_batch_size=BATCH, max_steps=steps,
                      learning_rate=3e-4, lmbda=1.0, beta=0.0, max_new_tokens=NEW_TOKENS, temperature=1.0,
                      bf16=not cpu, logging_steps=max(1, steps // 3), save_strategy="no", report_to=[],
-                     use_cpu=cpu)
+                     use_cpu=cpu, max_length=2 * CHUNK)
     trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(student_dir, dtype=dtype),
                          teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype),
                          args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
