@@ -125,6 +125,12 @@ class TrainConfig:
     extra_args: dict[str, Any] = field(default_factory=dict)
     """Any other ``TrainingArguments`` field, passed through (e.g. ``gradient_checkpointing: true``)."""
 
+    def fingerprinted(self) -> dict[str, Any]:
+        """The fields a training stage's fingerprint is built from: all but ``fsdp``, which changes where the
+        weights live, not what training computes (tests/integration/test_fsdp.py), so a finished stage is
+        reused whichever way it is launched, and stages finished before the field existed stay valid."""
+        return {k: v for k, v in self.__dict__.items() if k != "fsdp"}
+
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")
         check(self.batch_size > 0, "train.batch_size", self.batch_size, "use a positive integer")

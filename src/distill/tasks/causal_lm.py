@@ -344,7 +344,7 @@ class CausalLMTask(SelectsLosses, Task):
         on_policy = c.on_policy if (name == "student" and teacher is not None) else None
         ddk = c.ddk if (name == "student" and distiller.needs_teacher) else None
         fp = fingerprint({
-            "train": r.train.__dict__, "max_steps": max_steps, "init": hash_files(init),
+            "train": r.train.fingerprinted(), "max_steps": max_steps, "init": hash_files(init),
             "losses": self.losses_key(name, specs),
             # every token of every row: changed text must never reuse a student trained on other text
             "rows": hash_token_rows(rows), "n": len(rows),

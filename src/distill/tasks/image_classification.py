@@ -267,7 +267,7 @@ class ImageClassificationTask(Task):
         if max_steps:  # a step budget (the baseline's): whole epochs over ``data`` that reach it
             epochs = max(1, math.ceil(max_steps / math.ceil(len(data) / r.train.batch_size)))
         fp = fingerprint({
-            "stage": name, "student": r.student.model, "train": r.train.__dict__, "epochs": epochs,
+            "stage": name, "student": r.student.model, "train": r.train.fingerprinted(), "epochs": epochs,
             "losses": losses_fingerprint(distiller),
             "augment": self.augment.__dict__, "labels_known": labels_known,
             "data": tensor_digest(data.images, data.labels), "store": getattr(store, "key", None),

@@ -305,7 +305,7 @@ class SentenceEmbeddingTask(Task):
         init = self.student_init()
         final = self.out / name
         fp = fingerprint({
-            "train": r.train.__dict__, "losses": [spec.__dict__ for spec in r.losses],
+            "train": r.train.fingerprinted(), "losses": [spec.__dict__ for spec in r.losses],
             "init": hash_files(init),
             "max_length": r.data.max_length, "data": fingerprint_rows(list(data["text"])),
             "store": getattr(store, "key", None),

@@ -313,7 +313,7 @@ class TextClassificationTask(SelectsLosses, Task):
         init = self.student_init()
         final = self.out / name
         fp = fingerprint({
-            "train": r.train.__dict__, "max_steps": max_steps,
+            "train": r.train.fingerprinted(), "max_steps": max_steps,
             "losses": self.losses_key(name, specs),
             "init": hash_files(init), "labels": self.plan.labels, "max_length": r.data.max_length,
             "data": fingerprint_rows(list(zip(data["text"], data["label"].astype(int).tolist()))),
