@@ -156,8 +156,8 @@ def train_resuming(trainer: Any, ckpt: Path, name: str, resume: bool,
                    log: Log) -> tuple[dict[str, Any], Any]:
     """Train, continuing from the stage's last checkpoint when there is one (and ``resume`` allows it);
     returns the stage's training record (time, steps, loss, the trainer's log history) and the trained
-    model: the trainer's own, or under FSDP an unsharded copy holding the trained weights on the main
-    process (the one that evaluates and saves)."""
+    model: the trainer's own, or under FSDP an unsharded copy holding the gathered trained weights (on every
+    process, so evaluation and export run as after DDP)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     from distill.training import fsdp

@@ -16,6 +16,10 @@ Three things the Trainer + accelerate path does not do for a distillation run, e
   shards the model, and torch's optimizer state-dict helpers name every parameter by its place in the model:
   a parameter that lives in the distiller breaks both. The distiller's parameter group joins the optimizer
   after sharding (before the learning-rate schedule is built) and is checkpointed beside the sharded state.
+
+Also here, the same two jobs for the other sharding route: ``deepspeed_teacher`` partitions an online teacher
+under DeepSpeed ZeRO-3, and ``plain_copy`` / ``gather_trained`` hand every process the unsharded student back
+after a sharded stage.
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ def _return_large_frees_to_the_kernel(threshold: int = 1 << 20) -> bool:
 
 
 def _layer_classes(model: nn.Module, names: list[str] | None) -> tuple[type, ...]:
-    """The module classes that become their own FSDP unit: ``names`` when the model has them, else the
-    model's ``_no_split_modules`` (the transformer block of a Hugging Face model)."""
+    """The module classes that each become one FSDP unit: those named in ``names`` and those in the model's
+    ``_no_split_modules`` (the transformer block of a Hugging Face model), as far as the model has them."""
     wanted = set(names or []) | set(getattr(model, "_no_split_modules", None) or [])
     return tuple({type(m) for m in model.modules() if type(m).__name__ in wanted})
 
@@ -86,8 +90,8 @@ def _layer_classes(model: nn.Module, names: list[str] | None) -> tuple[type, ...
 def shard_frozen_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
     """Shard the (online) teacher over the processes with the student's FSDP policy, frozen.
 
-    Every transformer layer (the plugin's ``transformer_cls_names_to_wrap`` found in the teacher, else the
-    teacher's own ``_no_split_modules``) is one unit, the rest (embeddings, final norm, head) the root unit;
+    Every transformer layer (classes in the plugin's ``transformer_cls_names_to_wrap`` or the teacher's own
+    ``_no_split_modules``) is one unit, the rest (embeddings, final norm, head) the root unit;
     every unit reshards after its forward, so no process ever holds the whole teacher. The teacher's
     parameters are frozen before sharding: no gradients, no optimizer state. Mixed precision follows the
     plugin (a bf16 run computes the teacher in bf16 too)."""

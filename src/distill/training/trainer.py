@@ -265,10 +265,10 @@ class DistillTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # (checkpoints only) projectors, and state such as CRD's queue or TRG's annealing step, so a resumed
         # run continues them; written by the main process only
-        has_state = any(True for _ in self.distiller.state_dict())
-        if has_state and self.args.should_save:
+        distiller_state = self.distiller.state_dict()
+        if distiller_state and self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            torch.save(self.distiller.state_dict(), os.path.join(output_dir, DISTILLER_STATE))
+            torch.save(distiller_state, os.path.join(output_dir, DISTILLER_STATE))
         if not self.is_fsdp_enabled:
             return super()._save_optimizer_and_scheduler(output_dir)
         # torch's sharded optimizer state names parameters by their place in the model: the projectors'
