@@ -81,7 +81,7 @@ def one_lm_step(tmp_path, teacher_dir, tokenizer, rows, batch, accum, losses, tr
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float64)
     student = student_from_teacher(teacher, [0, 3]).to(torch.float64)
-    before = {k: v.clone() for k, v in student.state_dict().items()}
+    before = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     distiller = Distiller(build_losses([LossConfig(**s) for s in losses], LossContext()))
     cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5,
                       warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0, report_to=[])
@@ -94,7 +94,7 @@ def one_lm_step(tmp_path, teacher_dir, tokenizer, rows, batch, accum, losses, tr
     # the same order for every split: a sequential sampler
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
     trainer.train()
-    after = student.state_dict()
+    after = {k: v.detach().cpu() for k, v in student.state_dict().items()}  # the Trainer may have moved it to a GPU
     return {k: after[k] - before[k] for k in before}, trainer
 
 
