@@ -150,11 +150,13 @@ def _api_store(teacher, tokenizer, frame, distiller, cfg: StoreConfig, max_lengt
         ds = to_dataset(frame, tokenizer, max_length=max_length)
         collate = DistillCollator(tokenizer)
         teacher.eval()
+        device = next(teacher.parameters()).device  # a teacher on a GPU (or moved there by an earlier run)
 
         @torch.no_grad()
         def compute(indices):
             batch = collate([ds[i] for i in indices])
-            return forward_outputs(teacher, model_inputs(batch), hidden="hidden_states" in capture,
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            return forward_outputs(teacher, inputs, hidden="hidden_states" in capture,
                                    embeddings="embeddings" in capture, qkv_layers=spec.qkv_layers or None)
 
         build_store(root, key, spec, compute, num_examples=len(ds), batch_size=batch_size)

@@ -21,7 +21,11 @@ def _recipe(recipe: RecipeLike, overrides: list[str] | None) -> Recipe:
 
 def run(recipe: RecipeLike, overrides: list[str] | None = None, log: Log = print_log) -> dict[str, Any]:
     """``distill run``: the whole recipe end to end; returns the report."""
-    return task_for(_recipe(recipe, overrides), log).run()
+    from distill.training.args import check_processes_per_gpu
+
+    r = _recipe(recipe, overrides)
+    check_processes_per_gpu()  # before the teacher loads
+    return task_for(r, log).run()
 
 
 def _command(recipe: Recipe, command: str, log: Log) -> str:

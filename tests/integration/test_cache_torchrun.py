@@ -31,7 +31,8 @@ def test_two_process_cache_equals_one_process(tmp_path, tiny_classifier, sentime
                          store={"dir": str(tmp_path / "stores"), "shard_size": 40, "dtype": "float32"})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+           "CUDA_VISIBLE_DEVICES": ""}  # a CPU (gloo) launch: one GPU cannot hold two NCCL ranks
     out2 = _cache(path, env, 2)
     (key_dir,) = (tmp_path / "stores").iterdir()
     shards = sorted(key_dir.glob("shard-*.safetensors"))
@@ -56,7 +57,8 @@ def test_a_cpu_torchrun_launch_is_seen_as_two_processes(tmp_path):
                       "s = process_state()\n"
                       "print(f'rank {s.process_index} of {s.num_processes}', flush=True)\n"
                       "s.wait_for_everyone()\n")
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+           "CUDA_VISIBLE_DEVICES": ""}  # a CPU (gloo) launch: one GPU cannot hold two NCCL ranks
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

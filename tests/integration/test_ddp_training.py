@@ -14,7 +14,8 @@ def test_two_process_training_keeps_projectors_in_sync(tmp_path, tiny_classifier
     script = Path(__file__).parent / "scripts" / "ddp_train.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tiny_classifier), str(tmp_path)]
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU: one GPU cannot hold two NCCL ranks
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))

@@ -30,7 +30,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "fsdp_step.py"
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    # CPU processes over gloo, as the scripts expect: with a GPU visible accelerate would put every rank on
+    # cuda:0 under NCCL (which refuses two ranks on one device)
+    return {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+            "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _free_port() -> int:

@@ -41,7 +41,8 @@ def _launch(tmp_path, teacher, rows_file, name, nproc, batch, accum):
                *args]
     else:
         cmd = [sys.executable, *args]
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+           "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks over gloo: one GPU cannot hold two NCCL ranks
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return [torch.load(out / f"rank{r}.pt") for r in range(nproc)]

@@ -35,7 +35,7 @@ def _one_step(tmp_path, tiny_classifier, batch, accum, losses):
     tok, teacher, ds, distiller = _setup(tiny_classifier, losses)
     teacher = teacher.to(torch.float64)
     student = student_from_teacher(teacher, [0, 3]).to(torch.float64)
-    before = {k: v.clone() for k, v in student.state_dict().items()}
+    before = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     cfg = TrainConfig(batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.1,
                       warmup_ratio=0.0, seed=0, logging_steps=1, weight_decay=0.0)
     args = training_arguments(cfg, str(tmp_path / f"b{batch}"), evaluate=False, optim="sgd",
@@ -43,7 +43,8 @@ def _one_step(tmp_path, tiny_classifier, batch, accum, losses):
     trainer = DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
                              distiller=distiller, teacher=teacher)
     trainer.train()
-    after = student.state_dict()
+    # the Trainer may have moved the student to a GPU
+    after = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     return {k: after[k] - before[k] for k in before}, trainer
 
 
@@ -111,6 +112,7 @@ def test_projectors_are_optimised(tmp_path, tiny_classifier):
     args = training_arguments(cfg, str(tmp_path / "p"), evaluate=False, save_strategy="no")
     DistillTrainer(model=student, args=args, train_dataset=ds, data_collator=DistillCollator(tok),
                    distiller=distiller, teacher=teacher).train()
-    assert any(not torch.equal(a, b) for a, b in zip(proj_before, distiller.parameters()))
+    # the trainer moved the distiller to its device (a GPU where there is one)
+    assert any(not torch.equal(a, b.detach().cpu()) for a, b in zip(proj_before, distiller.parameters()))
     assert all(p.grad is None for p in teacher.parameters())
     assert not any(p.requires_grad for p in teacher.parameters())  # the teacher is frozen

@@ -51,6 +51,8 @@ def perplexity(model: torch.nn.Module, rows: Sequence[dict[str, Any]], pad_id: i
         t0 = time.perf_counter()
         logits = model(input_ids=b["input_ids"].to(device),
                        attention_mask=b["attention_mask"].to(device)).logits
+        if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+            torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
         seen_tokens += int(b["attention_mask"].sum())
         if vocab_size is not None:

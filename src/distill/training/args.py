@@ -19,6 +19,18 @@ def cpu_only() -> bool:
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
+def check_processes_per_gpu() -> None:
+    """Refuse a launch with more processes on this node than it has GPUs (``distill run`` asks before the
+    teacher loads; training asks again for API callers): each rank would take GPU ``local_rank % count``
+    and NCCL stops at the shared one ("Duplicate GPU detected")."""
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and procs > gpus:
+        raise RecipeError(f"{procs} processes on this node but {gpus} visible GPU(s); launch at most {gpus} "
+                          "per node (torchrun --nproc-per-node / accelerate --num_processes), or hide the "
+                          "GPUs (CUDA_VISIBLE_DEVICES=) to run every process on the CPU over gloo")
+
+
 def progress_enabled() -> bool:
     # progress bars on a terminal, quiet in CI logs
     return os.isatty(2) and not os.environ.get("CI")
@@ -85,6 +97,7 @@ def fsdp_arguments(cfg: TrainConfig) -> dict[str, Any]:
 
 def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
                        **overrides: Any) -> TrainingArguments:
+    check_processes_per_gpu()
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         num_train_epochs=cfg.epochs,
@@ -113,6 +126,8 @@ def training_arguments(cfg: TrainConfig, output_dir: str, evaluate: bool = True,
         use_cpu=cpu_only(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if cfg.group_by_length:
+        kwargs["train_sampling_strategy"] = "group_by_length"
     kwargs.update(fsdp_arguments(cfg))
     kwargs.update(overrides)
     extra = dict(cfg.extra_args)
