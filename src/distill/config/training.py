@@ -117,6 +117,12 @@ class TrainConfig:
     """Mixed precision in bfloat16 (GPU/recent CPU)."""
     fp16: bool = False
     """Mixed precision in float16 (GPU)."""
+    group_by_length: bool = False
+    """Batch rows of similar length together (transformers' length-grouped sampler: batches drawn from
+    shuffled groups of 50 batches sorted by length), so a batch pads to less. Measured on the demo's 2-layer
+    MiniLM student over short movie snippets, 2 CPU cores: 100 steps in 29-30 s instead of 49-51 s (two
+    interleaved runs each). Off by default so a batch is a uniform sample of the rows; text rows of very mixed
+    length gain the most; packed causal-LM chunks (all one length) gain nothing."""
     report_to: list[str] | None = None
     """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
     none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
@@ -128,8 +134,11 @@ class TrainConfig:
     def fingerprinted(self) -> dict[str, Any]:
         """The fields a training stage's fingerprint is built from: all but ``fsdp``, which changes where the
         weights live, not what training computes (tests/integration/test_fsdp.py), so a finished stage is
-        reused whichever way it is launched, and stages finished before the field existed stay valid."""
-        return {k: v for k, v in self.__dict__.items() if k != "fsdp"}
+        reused whichever way it is launched, and stages finished before the field existed stay valid.
+        ``group_by_length`` is left out while off (how every stage trained before it existed), for the same
+        reason."""
+        return {k: v for k, v in self.__dict__.items()
+                if k != "fsdp" and not (k == "group_by_length" and not v)}
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")

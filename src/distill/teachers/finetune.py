@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import DataCollatorWithPadding, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from distill.config import Recipe
@@ -63,6 +63,7 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     ckpt_dir = Path(str(out) + ".checkpoints")
     tokenizer = load_tokenizer(recipe.teacher.model, recipe.teacher.revision,
                                recipe.teacher.trust_remote_code)
+    set_seed(ft.seed)  # the new classification head's initial weights: the same teacher from any entry point
     model = load_classifier(recipe.teacher.model, splits.labels, recipe.teacher.revision,
                             recipe.teacher.trust_remote_code)
     train = to_dataset(splits.train, tokenizer, max_length=recipe.data.max_length)
@@ -72,6 +73,7 @@ def finetune_teacher(recipe: Recipe, splits: TextSplits, log=print) -> Path:
     args = training_arguments(
         recipe.train, str(ckpt_dir), evaluate=True,
         num_train_epochs=ft.epochs, max_steps=-1, per_device_train_batch_size=ft.batch_size,
+        train_sampling_strategy="random",  # train.group_by_length is for students (not in this fingerprint)
         learning_rate=ft.learning_rate, warmup_steps=ft.warmup_ratio, weight_decay=ft.weight_decay,
         seed=ft.seed, data_seed=ft.seed, gradient_accumulation_steps=1, lr_scheduler_type="linear",
         remove_unused_columns=True,

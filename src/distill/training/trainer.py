@@ -151,6 +151,19 @@ class DistillTrainer(Trainer):
             out.logits = z[..., : self.vocab_size]
         return out
 
+    def _get_train_sampler(self, train_dataset=None):
+        """``train.group_by_length``: length buckets in a fresh batch order each epoch
+        (:class:`distill.training.sampling.LengthBucketSampler`) for tokenised rows; otherwise the Trainer's
+        own choice."""
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if (self.args.train_sampling_strategy == "group_by_length"
+                and "input_ids" in (getattr(ds, "column_names", None) or [])):
+            from distill.training.sampling import LengthBucketSampler
+
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthBucketSampler([len(ids) for ids in ds["input_ids"]], self._train_batch_size, seed)
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = forward_outputs(
             model, self._model_inputs(model, inputs),
