@@ -15,7 +15,7 @@ COMMANDS = {
     "cache": "run the teacher once over the training data into the teacher-output store",
     "label": ("label the training (and unlabelled) text with the recipe's black-box teacher "
               "(teacher.blackbox)"),
-    "demo": ("run a shipped recipe offline on packaged models and data: sentiment (default, ~15 min on "
+    "demo": ("run a shipped recipe offline on packaged models and data: sentiment (default, ~10.5 min on "
              "2 cores) or embeddings"),
     "methods": "list the registered losses, or show one with a YAML snippet",
     "report": "re-render a run's report.html, or compare several runs (seeds, methods) with mean and std",

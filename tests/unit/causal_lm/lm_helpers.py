@@ -94,7 +94,8 @@ def one_lm_step(tmp_path, teacher_dir, tokenizer, rows, batch, accum, losses, tr
     # the same order for every split: a sequential sampler
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
     trainer.train()
-    after = {k: v.detach().cpu() for k, v in student.state_dict().items()}  # the Trainer may have moved it to a GPU
+    # the Trainer may have moved the student to a GPU
+    after = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     return {k: after[k] - before[k] for k in before}, trainer
 
 
