@@ -39,10 +39,10 @@ def _padded_tokens(tmp_path, tiny_classifier, group: bool) -> tuple[int, int]:
                              train_dataset=ds, data_collator=DistillCollator(tok),
                              distiller=Distiller(build_losses([], LossContext())), teacher=None)
     batches = list(trainer.get_train_dataloader())
-    seen = sorted(int(i) for b in batches for i in b["idx"]) if "idx" in batches[0] else None
+    seen = sorted(int(i) for b in batches for i in b["example_index"])
     padded = sum(int(b["input_ids"].numel()) for b in batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
-    assert seen is None or seen == list(range(96))  # every row once per epoch, grouped or not
+    assert seen == list(range(96))  # every row once per epoch, grouped or not
     return padded, real
 
 
@@ -53,7 +53,6 @@ def test_grouped_batches_pad_to_less(tmp_path, tiny_classifier):
     padded_grouped, real_grouped = _padded_tokens(tmp_path, tiny_classifier, group=True)
     assert real_grouped == real  # the same rows
     assert padded_grouped < 0.8 * padded_random, (padded_grouped, padded_random)
-
 
 
 def test_bucket_sampler_serves_every_row_once_in_length_buckets_and_a_new_order_each_epoch():

@@ -42,8 +42,8 @@ class LengthBucketSampler(Sampler[int]):
             # a stable sort: rows of equal length stay in random order
             bucket = sorted(order[start:start + size], key=self.lengths.__getitem__)
             for b in range(0, len(bucket), self.batch_size):
-                (full if len(bucket[b:b + self.batch_size]) == self.batch_size else short).append(
-                    bucket[b:b + self.batch_size])
+                batch = bucket[b:b + self.batch_size]
+                (full if len(batch) == self.batch_size else short).append(batch)
         shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
         return shuffled + short
 
