@@ -89,6 +89,22 @@ def test_unlabelled_text_never_repeats_test_inputs(tmp_path, sentiment_csv):
     assert list(s.unlabeled["text"]) == ["a brand new sentence"]
 
 
+def test_max_unlabeled_examples_is_a_seeded_sample_in_file_order(tmp_path, sentiment_csv):
+    pd.DataFrame({"text": [f"sentence number {i}" for i in range(50)]}).to_csv(tmp_path / "u.csv", index=False)
+
+    def rows(**kw):
+        cfg = DataConfig(train=str(sentiment_csv), unlabeled=str(tmp_path / "u.csv"), **kw)
+        return list(load_splits(cfg).unlabeled["text"])
+
+    a, b = rows(max_unlabeled_examples=10), rows(max_unlabeled_examples=10)
+    assert a == b and len(a) == 10 and len(set(a)) == 10
+    order = [int(t.rsplit(" ", 1)[1]) for t in a]
+    assert order == sorted(order) and order != list(range(10))  # sampled, kept in file order
+    assert rows(max_unlabeled_examples=10, split_seed=1) != a
+    assert len(rows(max_unlabeled_examples=500)) == 50  # a cap above the rows keeps them all
+    with pytest.raises(RecipeError, match="data.max_unlabeled_examples.*positive"):
+        DataConfig(train=str(sentiment_csv), max_unlabeled_examples=0)
+
 
 def test_packaged_english_text_transfer_set(tmp_path):
     """``data.unlabeled: packaged:english_text``: every packaged English sentence, one per row, de-duplicated

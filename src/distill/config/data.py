@@ -60,6 +60,11 @@ class DataConfig:
     ``packaged:english_text``: every offline English sentence of the packages (the four snippet sets, the
     Rotten Tomatoes corpus split into sentences, Guardian headlines, movie dialogue, Hamlet; ~140k rows),
     without any text that matches a validation, test or probe text up to case and punctuation."""
+    max_unlabeled_examples: int | None = None
+    """Cap on unlabelled rows (``unlabeled``, a data set's unsupervised split, rows whose labels
+    ``labeled_fraction`` hides): a random sample of this many (seeded by ``split_seed``) after the held-out
+    texts are removed. ``packaged:english_text`` has ~140k sentences; the teacher labels every row once, so
+    this bounds the one-off teacher pass (all-mpnet-base-v2 embeds ~50 short sentences/s on 2 CPU cores)."""
     text_column: str = "text"
     """Column holding the input text."""
     text_pair_column: str | None = None
@@ -106,6 +111,9 @@ class DataConfig:
             name = self.unlabeled.split(":", 1)[1]
             check(name in PACKAGED_CORPORA, "data.unlabeled", self.unlabeled,
                   f"name a packaged corpus: {', '.join('packaged:' + n for n in PACKAGED_CORPORA)}")
+        if self.max_unlabeled_examples is not None:
+            check(self.max_unlabeled_examples > 0, "data.max_unlabeled_examples", self.max_unlabeled_examples,
+                  "use a positive number of rows, e.g. 20000")
         if self.labeled_fraction is not None:
             check(0 < self.labeled_fraction <= 1, "data.labeled_fraction", self.labeled_fraction,
                   "use a share in (0, 1], e.g. 0.1 to keep the labels of 10% of the training rows")

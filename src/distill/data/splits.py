@@ -167,6 +167,7 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None, require_labels
         # never distil on the evaluation texts: drop unlabelled rows that repeat a validation or test input
         held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
         unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
+        unlabeled = cap_unlabeled(unlabeled, cfg)
     return TextSplits(
         train=train.reset_index(drop=True),
         validation=norm["validation"].reset_index(drop=True),
@@ -197,9 +198,19 @@ def _text_only_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> TextS
         unlabeled = read_unlabeled(cfg, [norm["validation"], norm["test"]])
         held_out = set(norm["validation"]["text"]) | set(norm["test"]["text"])
         unlabeled = unlabeled[~unlabeled["text"].isin(held_out)].reset_index(drop=True)
+        unlabeled = cap_unlabeled(unlabeled, cfg)
     return TextSplits(train=train.reset_index(drop=True),
                       validation=norm["validation"].reset_index(drop=True),
                       test=norm["test"].reset_index(drop=True), unlabeled=unlabeled, labels=[])
+
+
+def cap_unlabeled(unlabeled: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """``data.max_unlabeled_examples``: a seeded sample of the unlabelled rows, kept in their original order
+    (so the store's rows follow the corpus)."""
+    n = cfg.max_unlabeled_examples
+    if n is None or len(unlabeled) <= n:
+        return unlabeled
+    return unlabeled.sample(n=n, random_state=cfg.split_seed).sort_index().reset_index(drop=True)
 
 
 def read_unlabeled(cfg: DataConfig, held_out: list[pd.DataFrame]) -> pd.DataFrame:
