@@ -107,3 +107,20 @@ def test_probe_accuracy_separable_vs_random():
     separable = g.normal(size=(100, 4)) + labels[:, None] * 5
     assert probe_accuracy(separable, labels) == 1.0
     assert probe_accuracy(g.normal(size=(100, 4)), labels) < 0.8
+
+
+def test_encode_batches_by_length_and_returns_input_order(tiny_encoder, tiny_tokenizer):
+    """encode() runs batches longest text first; row i is still text i (each row as if encoded alone)."""
+    from transformers import AutoModel
+
+    from distill.evaluation.embedding import encode
+    from distill.sentence_encoder import SentenceEncoder
+
+    model = SentenceEncoder(AutoModel.from_pretrained(tiny_encoder), "mean", normalize=False)
+    words = "good bad film plot actor great awful scene".split()
+    texts = [" ".join(words[: 1 + (i * 5) % 8]) for i in range(11)]
+    together = encode(model, tiny_tokenizer, texts, max_length=16, batch_size=4)
+    alone = np.concatenate([encode(model, tiny_tokenizer, [t], max_length=16, batch_size=4) for t in texts])
+    assert together.shape == alone.shape
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert not np.allclose(together[0], together[1])

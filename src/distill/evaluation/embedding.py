@@ -20,17 +20,24 @@ import torch
 @torch.no_grad()
 def encode(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 64,
            special_tokens: bool = True) -> np.ndarray:
-    """(N, D) float32 sentence embeddings, in input order."""
+    """(N, D) float32 sentence embeddings, in input order. Batches run longest text first (as
+    sentence-transformers' ``encode`` does), so a batch pads to rows of about its own length."""
     model.eval()
     device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
     out = []
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+        chunk = [texts[i] for i in order[start:start + batch_size]]
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
                         add_special_tokens=special_tokens, return_tensors="pt")
         inputs = {k: v.to(device) for k, v in enc.items()
                   if k in ("input_ids", "attention_mask", "token_type_ids")}
         out.append(model(**inputs).embeddings.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    emb = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+    emb[order] = np.concatenate(out)
+    return emb
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ class ShardAccumulator:
         self.parts: dict[str, list[torch.Tensor]] = {}
         self.lengths: list[torch.Tensor] = []
         self.layout: dict[str, Any] | None = None
+        self.count = 0  # examples added
 
     def _put(self, name: str, tensor: torch.Tensor) -> None:
         self.parts.setdefault(name, []).append(tensor.contiguous().cpu())
@@ -38,6 +39,7 @@ class ShardAccumulator:
 
     def add(self, out: ModelOutputs, n: int) -> None:
         spec = self.spec
+        self.count += n
         layout: dict[str, Any] = {}
         mask: torch.Tensor | None = None  # (B, L) bool, for per-token fields
 
@@ -170,12 +172,35 @@ class ShardAccumulator:
         elif self.layout != layout:
             raise ValueError(f"teacher outputs changed shape between batches: {self.layout} then {layout}")
 
-    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int | None]:
+    def _row_level(self, name: str) -> bool:
+        """Whether part ``name`` has one entry per example (else one per valid token)."""
+        if name == "embeddings":
+            return True
+        if name in ("logits", "topk_values", "topk_indices", "logsumexp"):
+            return not self.layout["logits"]["per_token"]
+        return False  # hidden states, Q/K/V and head codes are per token
+
+    def finish(self, order: list[int] | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any], int | None]:
+        """The shard's tensors. ``order[j]``: the position in the shard of the j-th example added (batches run
+        in another order than the rows, e.g. by length); the tensors come back in row order."""
         assert self.layout is not None, "a shard has at least one batch"
         tensors = {name: torch.cat(chunks) for name, chunks in self.parts.items()}
+        lengths = torch.cat(self.lengths) if self.layout["per_token"] else None
+        if order is not None:
+            perm = torch.argsort(torch.as_tensor(order, dtype=torch.int64))  # added index of row 0, 1, ...
+            if sorted(order) != list(range(self.count)):
+                raise ValueError(f"order must be a permutation of the shard's {self.count} rows")
+            token_index = None
+            if lengths is not None:
+                starts = torch.cumsum(lengths, 0) - lengths  # (N,) first token of each added row
+                token_index = torch.cat([torch.arange(int(starts[j]), int(starts[j] + lengths[j]))
+                                         for j in perm.tolist()])
+                lengths = lengths[perm]
+            tensors = {name: t[perm] if self._row_level(name) else t[token_index]
+                       for name, t in tensors.items()}
         num_tokens = None
-        if self.layout["per_token"]:
-            lengths = torch.cat(self.lengths)
+        if lengths is not None:
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
             torch.cumsum(lengths, dim=0, out=offsets[1:])
             tensors["offsets"] = offsets  # (N+1,)

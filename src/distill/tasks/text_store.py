@@ -30,10 +30,11 @@ def text_store_key(teacher: TeacherSource, tokenizer: Any, frame: pd.DataFrame, 
 
 def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teacher: TeacherSource,
                     tokenizer: Any, *, max_length: int, batch_size: int, meta: dict[str, Any], log: Log,
-                    build: bool = True) -> tuple[Any, float | None]:
+                    build: bool = True, length_order: bool = True) -> tuple[Any, float | None]:
     """Open the store ``root/key``, running the teacher over ``frame`` first where shards are missing or
     damaged (every existing shard's checksum is verified). Returns the store and the build time in seconds
-    (None when everything was already on disk and the teacher never loaded)."""
+    (None when everything was already on disk and the teacher never loaded). Each shard runs its rows in
+    order of length (``length_order=False``: index order, the benchmark's reference)."""
     from distill.store import TeacherStore, build_store
     from distill.training.args import progress_enabled
 
@@ -46,15 +47,22 @@ def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teache
     @torch.no_grad()
     def compute(indices: list[int]):
         # the teacher and its tokenised data load only if some shard is missing or damaged
-        if not lazy:
+        if "teacher" not in lazy:
             lazy["teacher"] = teacher.model()
-            lazy["ds"] = to_dataset(frame, tokenizer, max_length=max_length)
+            lazy.setdefault("ds", to_dataset(frame, tokenizer, max_length=max_length))
             lazy["collate"] = DistillCollator(tokenizer)
         batch = lazy["collate"]([lazy["ds"][i] for i in indices])
         device = next(lazy["teacher"].parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         return forward_outputs(lazy["teacher"], inputs, hidden="hidden_states" in spec.capture,
                                embeddings="embeddings" in spec.capture, qkv_layers=spec.qkv_layers or None)
+
+    def length(i: int) -> int:
+        """The teacher's input length of row ``i``: each shard runs its rows in length order."""
+        if "lengths" not in lazy:
+            lazy.setdefault("ds", to_dataset(frame, tokenizer, max_length=max_length))
+            lazy["lengths"] = [len(ids) for ids in lazy["ds"]["input_ids"]]
+        return lazy["lengths"][i]
 
     if not exists:
         log(f"running the teacher once over {len(frame)} examples into the store {path}")
@@ -63,8 +71,9 @@ def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teache
     state = process_state()
     build_store(root, key, spec, compute, num_examples=len(frame), batch_size=batch_size,
                 progress=progress_enabled(), meta=meta, rank=state.process_index,
-                world_size=state.num_processes, barrier=state.wait_for_everyone, log=log)
-    if exists and not lazy:
+                world_size=state.num_processes, barrier=state.wait_for_everyone, log=log,
+                lengths=length if length_order else None)
+    if exists and "teacher" not in lazy:
         log(f"teacher outputs found in the store {path}: the teacher is not needed for training")
         return TeacherStore.open(path), None
     return TeacherStore.open(path), time.perf_counter() - t0
