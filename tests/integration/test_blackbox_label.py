@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -160,3 +161,62 @@ def test_distill_run_with_a_blackbox_teacher(tmp_path, monkeypatch, tiny_student
     assert (tmp_path / "run" / "student" / "config.json").exists()
     blobs = [p.read_bytes().decode("latin-1") for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert all(SECRET not in b for b in blobs)
+
+
+def _says_positive_unless_sure(prompt: str) -> str:
+    """A teacher biased toward 'positive': negative only when the negative words clearly win."""
+    from _chat_server import NEGATIVE, POSITIVE
+
+    words = input_text(prompt).lower().split()
+    score = sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+    return "negative" if score <= -2 else "Positive."
+
+
+@pytest.mark.parametrize("method", ["prior", "contextual"])
+def test_calibration_is_fitted_on_stored_answers_and_reported(tmp_path, monkeypatch, method):
+    from distill.config import load_recipe
+    from distill.data import load_splits
+    from distill.teachers.blackbox import label_with_blackbox
+
+    monkeypatch.setenv(ENV, SECRET)
+    extra = {"calibration_prior": {"negative": 0.5, "positive": 0.5}} if method == "prior" else {}
+    with FakeChatServer(answer=_says_positive_unless_sure, api_key=SECRET) as server:
+        recipe = write_recipe(tmp_path, server.url, 80, soft_labels=True, calibration=method, **extra)
+        r = load_recipe(recipe)
+        splits = load_splits(r.data)
+        labels = label_with_blackbox(r, splits, log=lambda m: None, include_test=True, progress=False)
+        asked = sum(server.requests.values())
+        cf_asked = sum(v for k, v in server.requests.items() if input_text(k) in ("N/A", "", "[MASK]"))
+    cal = labels.stats["calibration"]
+    assert cal["method"] == method and len(cal["weights"]) == 2
+    assert cal["pool_shares_before"][1] > 0.6  # the biased teacher: mostly 'positive'
+    # every calibrated answer is a distribution whose arg-max is the label it now gives
+    frame, probs = labels.training_frame(splits)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert (probs.argmax(1) == frame["label"].to_numpy()).all()
+    if method == "prior":
+        assert cal["target"] == [0.5, 0.5] and cal["target_from"] == "calibration_prior"
+        assert abs(float(np.mean(probs[:, 1])) - 0.5) < 0.01  # the pool's mean distribution is the target
+        assert cf_asked == 0
+    else:
+        assert cf_asked == 3 and cal["fitted_on"] == 3  # the content-free inputs, through the store
+        # the weights make the teacher's answer to "no content" uniform
+        from distill.teachers.blackbox.calibrate import Calibration
+
+        uniform = Calibration("contextual", cal["weights"]).apply(np.array([cal["content_free_mean"]]))
+        np.testing.assert_allclose(uniform, [[0.5, 0.5]], atol=1e-6)
+    for key in ("test_before", "test_after"):
+        assert set(cal[key]) >= {"accuracy", "macro_f1", "confusion"}
+    if method == "prior":  # two probability levels only: the hard labels may stay (the unit tests rank)
+        assert cal["test_after"]["macro_f1"] >= cal["test_before"]["macro_f1"]
+    stats = json.loads((tmp_path / "run" / "teacher_labels_stats.json").read_text())
+    assert stats["calibration"]["weights"] == cal["weights"]
+    # a rerun asks nothing and fits the same weights from the stored answers
+    with FakeChatServer(answer=_says_positive_unless_sure, api_key=SECRET) as server:
+        r.teacher.blackbox.base_url = server.url
+        again = label_with_blackbox(r, load_splits(r.data), log=lambda m: None, include_test=True,
+                                    progress=False)
+        assert sum(server.requests.values()) == 0
+    assert again.stats["calibration"]["weights"] == cal["weights"] and asked > 0
+    files = [p.read_bytes().decode("latin-1") for p in (tmp_path / "run").iterdir() if p.is_file()]
+    assert all(SECRET not in blob for blob in files)

@@ -90,7 +90,8 @@ def test_unlabelled_text_never_repeats_test_inputs(tmp_path, sentiment_csv):
 
 
 def test_max_unlabeled_examples_is_a_seeded_sample_in_file_order(tmp_path, sentiment_csv):
-    pd.DataFrame({"text": [f"sentence number {i}" for i in range(50)]}).to_csv(tmp_path / "u.csv", index=False)
+    extra = pd.DataFrame({"text": [f"sentence number {i}" for i in range(50)]})
+    extra.to_csv(tmp_path / "u.csv", index=False)
 
     def rows(**kw):
         cfg = DataConfig(train=str(sentiment_csv), unlabeled=str(tmp_path / "u.csv"), **kw)
@@ -104,6 +105,16 @@ def test_max_unlabeled_examples_is_a_seeded_sample_in_file_order(tmp_path, senti
     assert len(rows(max_unlabeled_examples=500)) == 50  # a cap above the rows keeps them all
     with pytest.raises(RecipeError, match="data.max_unlabeled_examples.*positive"):
         DataConfig(train=str(sentiment_csv), max_unlabeled_examples=0)
+
+
+def test_labeled_examples_keeps_that_many_labels_stratified(sentiment_csv):
+    full = load_splits(DataConfig(train=str(sentiment_csv)))
+    s = load_splits(DataConfig(train=str(sentiment_csv), labeled_examples=20))
+    assert len(s.train) == 20 and sorted(set(s.train["label"])) == [0, 1]
+    assert len(s.train) + len(s.unlabeled) == len(full.train) and (s.unlabeled["label"] == -1).all()
+    assert list(s.test["text"]) == list(full.test["text"])  # the held-out rows do not move
+    with pytest.raises(RecipeError, match="data.labeled_examples.*not both"):
+        DataConfig(train=str(sentiment_csv), labeled_examples=20, labeled_fraction=0.1)
 
 
 def test_packaged_english_text_transfer_set(tmp_path):

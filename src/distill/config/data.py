@@ -94,6 +94,16 @@ class DataConfig:
     sees. What a team with a few labels and plenty of text has; also how the benchmarks measure that
     regime."""
 
+    labeled_examples: int | None = None
+    """As ``labeled_fraction``, as a number of rows: keep the labels of this many training rows (stratified,
+    at least one per class), e.g. the 100 or 200 rows a team labelled by hand."""
+
+    def labeled_share(self, rows: int) -> float | None:
+        """The share of ``rows`` training rows that keep their labels (None: all of them)."""
+        if self.labeled_examples is not None:
+            return min(1.0, self.labeled_examples / max(rows, 1))
+        return self.labeled_fraction
+
     def __post_init__(self) -> None:
         if self.source == "packaged":
             check(bool(self.name), "data.name", self.name, "name the packaged data set, e.g. movie_snippets")
@@ -114,6 +124,11 @@ class DataConfig:
         if self.max_unlabeled_examples is not None:
             check(self.max_unlabeled_examples > 0, "data.max_unlabeled_examples", self.max_unlabeled_examples,
                   "use a positive number of rows, e.g. 20000")
+        if self.labeled_examples is not None:
+            check(self.labeled_examples > 0, "data.labeled_examples", self.labeled_examples,
+                  "use a positive number of rows, e.g. 200")
+            check(self.labeled_fraction is None, "data.labeled_examples", self.labeled_examples,
+                  "give data.labeled_examples or data.labeled_fraction, not both")
         if self.labeled_fraction is not None:
             check(0 < self.labeled_fraction <= 1, "data.labeled_fraction", self.labeled_fraction,
                   "use a share in (0, 1], e.g. 0.1 to keep the labels of 10% of the training rows")

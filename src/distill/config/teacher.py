@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from distill._dataclass_io import RecipeError
 from distill.config.checks import check
@@ -109,6 +110,18 @@ class BlackBoxConfig:
     local_model: str | None = None
     """Path (or ``packaged:NAME``) of a causal language model run in-process with transformers instead of
     an endpoint: greedy decoding, same prompt and parser."""
+    calibration: Literal["none", "prior", "contextual"] = "none"
+    """Rescale the teacher's label distribution (one weight per class) before it becomes the target:
+    ``prior`` matches the mean distribution over the training and unlabelled texts to ``calibration_prior``
+    (default: the label shares of the labelled training rows); ``contextual`` divides by the teacher's
+    answer distribution on content-free inputs (Zhao et al. 2021; a few extra calls, stored like every
+    answer). Needs ``soft_labels``. The report shows the teacher's test accuracy, macro-F1 and confusion
+    matrix before and after."""
+    calibration_prior: dict[str, float] | None = None
+    """``calibration: prior``: target label shares, e.g. ``{negative: 0.5, positive: 0.5}`` (normalised to
+    sum to 1). Empty: estimated from the labelled training rows (what a user with a few labels has)."""
+    content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    """``calibration: contextual``: the inputs that carry no content (Zhao et al. 2021's choice)."""
 
     def __post_init__(self) -> None:
         from urllib.parse import urlparse
@@ -133,6 +146,18 @@ class BlackBoxConfig:
                 raise RecipeError(f"{p}.api_key_env: the environment variable {self.api_key_env} is not set; "
                                   f"run `export {self.api_key_env}=...` first (the key is read from the "
                                   "environment only, never from the recipe)")
+        if self.calibration != "none":
+            check(self.soft_labels, f"{p}.calibration", self.calibration,
+                  f"calibration rescales the teacher's probabilities; set {p}.soft_labels: true (the "
+                  "endpoint must return log-probabilities)")
+        check(self.calibration_prior is None or self.calibration == "prior", f"{p}.calibration_prior",
+              self.calibration_prior, f"it is the target of {p}.calibration: prior; set that or drop it")
+        if self.calibration_prior is not None:
+            check(bool(self.calibration_prior) and all(v > 0 for v in self.calibration_prior.values()),
+                  f"{p}.calibration_prior", self.calibration_prior,
+                  "give a positive share for every label, e.g. {negative: 0.5, positive: 0.5}")
+        check(self.calibration != "contextual" or bool(self.content_free_inputs), f"{p}.content_free_inputs",
+              self.content_free_inputs, 'give at least one input, e.g. ["N/A", "", "[MASK]"]')
         if "text" not in _prompt_fields(self.prompt, f"{p}.prompt"):
             raise RecipeError(f"{p}.prompt: the template has no {{text}} placeholder, so the teacher would "
                               "never see the input; add {text}")

@@ -206,10 +206,11 @@ def load_image_splits(cfg: Any) -> ImageSplits:
         train, _ = train_test_split(train, train_size=cfg.max_train_examples, random_state=cfg.split_seed,
                                     stratify=y[train])
     train_set = data.subset(np.sort(train))
-    if cfg.labeled_fraction is not None and cfg.labeled_fraction < 1:
+    share = cfg.labeled_share(len(train_set))
+    if share is not None and share < 1:
         # the rest of the training images keep their place but lose their labels (-100): the teacher labels
         # them for the distilled student, the no-KD baseline never sees them
-        n_keep = max(int(round(cfg.labeled_fraction * len(train_set))), len(names))
+        n_keep = max(int(round(share * len(train_set))), len(names))
         if n_keep < len(train_set):
             rows = np.arange(len(train_set))
             keep, _ = train_test_split(rows, train_size=n_keep, random_state=cfg.split_seed,

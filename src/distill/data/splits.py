@@ -156,8 +156,9 @@ def load_splits(cfg: DataConfig, labels: list[str] | None = None, require_labels
         train = train.sample(n=cfg.max_train_examples, random_state=cfg.split_seed)
 
     unlabeled_parts = [_normalise(df, cfg, None, "data.train (unlabelled rows)") for df in extra_unlabeled]
-    if cfg.labeled_fraction is not None and cfg.labeled_fraction < 1:
-        train, hidden = _hide_labels(train, cfg.labeled_fraction, cfg.split_seed)
+    share = cfg.labeled_share(len(train))
+    if share is not None and share < 1:
+        train, hidden = _hide_labels(train, share, cfg.split_seed)
         unlabeled_parts.insert(0, hidden)
     if cfg.unlabeled:
         unlabeled_parts.append(read_unlabeled(cfg, [norm["validation"], norm["test"]]))

@@ -181,6 +181,12 @@ def verdict_sentences(report: dict[str, Any]) -> list[str]:
         out.append("CPU speed-up " + ", ".join(speed) + (f" [{note}]" if note else ""))
     if summary.get("size_ratio"):
         out.append(f"{summary['size_ratio']:.1f}x fewer parameters")
+    cal = (report.get("blackbox") or {}).get("calibration") or {}
+    if cal.get("test_after"):
+        b, a = cal["test_before"], cal["test_after"]
+        out.append(f"teacher calibrated ({cal['method']}) before distillation: its test accuracy "
+                   f"{b['accuracy']:.4f} -> {a['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f} -> "
+                   f"{a['macro_f1']:.4f}")
     if choice := describe_choice(report.get("select")):
         out.append(f"distillation settings {choice}")
     return out

@@ -130,6 +130,10 @@ class BlackBoxClassificationTask(TextClassificationTask):
             "accuracy_on_answered": (float((pred[answered] == gold[answered]).mean())
                                      if answered.any() else None),
         }
+        cal = self.answers.stats.get("calibration", {})
+        if cal.get("test_before"):
+            self.report["models"]["teacher"]["accuracy_uncalibrated"] = cal["test_before"]["accuracy"]
+            self.report["models"]["teacher"]["calibration"] = cal["method"]
         self.teacher_pred = pred
         return pred
 

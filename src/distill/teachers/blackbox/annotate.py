@@ -177,6 +177,8 @@ def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include
             log(f"teacher ({name}): {s['labelled']}/{s['texts']} labelled, {s['unparseable']} unparseable, "
                 f"{s['failed']} failed, {s['not_labelled']} not labelled; {s['calls']} calls, {s['cached']} "
                 f"from the store, estimated cost {s['cost']:.4f}")
+        content_free = (labeler.label(list(cfg.content_free_inputs), desc="teacher (content-free inputs)")
+                        if cfg.calibration == "contextual" else None)
         answers, cost = labeler.store.totals()
     except FatalBackendError as exc:
         raise RecipeError(f"teacher.blackbox: {exc}") from None
@@ -190,8 +192,88 @@ def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include
         "splits": {name: run.stats for name, run in runs.items()},
         "store": {"path": str(out / STORE_FILE), "answers": answers, "cost": cost},
     }
+    if cfg.calibration != "none":
+        result.stats["calibration"] = calibrate_runs(cfg, runs, splits, content_free, log)
     write_outputs(out, result, splits)
     return result
+
+
+def calibrate_runs(cfg: BlackBoxConfig, runs: dict[str, LabelRun], splits: Any,
+                   content_free: LabelRun | None, log: Log) -> dict[str, Any]:
+    """Fit ``cfg.calibration`` on the stored answers and apply it to every answer with probabilities, in
+    place (its label becomes the calibrated arg-max). Returns what the report shows: the weights, the
+    predicted label shares on the training pool and the teacher's test quality before and after."""
+    from distill.teachers.blackbox.calibrate import (
+        Calibration,
+        fit_contextual,
+        fit_prior,
+        label_shares,
+        teacher_quality,
+    )
+
+    labels = list(splits.labels)
+    pool = [item for name in ("train", "unlabeled") if name in runs for item in runs[name].items
+            if item.probs is not None]
+    if cfg.calibration == "prior":
+        if cfg.calibration_prior:
+            unknown = sorted(set(cfg.calibration_prior) - set(labels))
+            missing = [name for name in labels if name not in cfg.calibration_prior]
+            if unknown or missing:
+                raise RecipeError(f"teacher.blackbox.calibration_prior: {cfg.calibration_prior} must give a "
+                                  f"share for each label of {labels}" + (f"; unknown: {unknown}" if unknown
+                                                                          else f"; missing: {missing}"))
+            target = np.array([cfg.calibration_prior[name] for name in labels], dtype=np.float64)
+            source = "calibration_prior"
+        else:
+            gold = np.asarray(splits.train["label"])
+            gold = gold[gold >= 0]
+            if not len(gold):
+                raise RecipeError("teacher.blackbox.calibration: prior needs a target: the training rows "
+                                  "have no labels; set teacher.blackbox.calibration_prior, e.g. "
+                                  "{negative: 0.5, positive: 0.5}")
+            # add-one smoothing: a class absent from a few labels keeps a small share
+            target = np.bincount(gold, minlength=len(labels)) + 1.0
+            source = f"{len(gold)} labelled training rows"
+        target = target / target.sum()
+        if not pool:
+            raise RecipeError("teacher.blackbox.calibration: no training answer came with probabilities, so "
+                              "there is nothing to calibrate; the endpoint must return log-probabilities")
+        weights = fit_prior(np.array([item.probs for item in pool]), target)
+        cal = Calibration("prior", weights.tolist(), target.tolist(), len(pool), {"target_from": source})
+    else:
+        assert content_free is not None
+        cf = [item.probs for item in content_free.items if item.probs is not None]
+        if not cf:
+            raise RecipeError("teacher.blackbox.calibration: contextual, but the teacher answered none of "
+                              f"the content-free inputs {list(cfg.content_free_inputs)} with a label and "
+                              "probabilities; try other content_free_inputs or calibration: prior")
+        weights = fit_contextual(np.array(cf))
+        cal = Calibration("contextual", weights.tolist(), None, len(cf),
+                          {"content_free_answers": [item.answer for item in content_free.items],
+                           "content_free_mean": np.mean(np.array(cf), axis=0).tolist()})
+    before = {name: np.asarray(run.hard()) for name, run in runs.items()}
+    for run in runs.values():
+        for item in run.items:
+            if item.probs is not None:
+                item.probs = cal.apply(np.asarray([item.probs]))[0].tolist()
+                item.label = int(np.argmax(item.probs))
+    out = cal.to_dict()
+    pool_before = np.concatenate([before[n] for n in ("train", "unlabeled") if n in before])
+    pool_after = np.concatenate([np.asarray(runs[n].hard()) for n in ("train", "unlabeled") if n in runs])
+    out["pool_shares_before"] = label_shares(pool_before, len(labels))
+    out["pool_shares_after"] = label_shares(pool_after, len(labels))
+    if "test" in runs:
+        gold = np.asarray(splits.test["label"])
+        out["test_before"] = teacher_quality(before["test"], gold, len(labels))
+        out["test_after"] = teacher_quality(np.asarray(runs["test"].hard()), gold, len(labels))
+        log(f"teacher calibration ({cal.method}): test accuracy {out['test_before']['accuracy']:.4f} -> "
+            f"{out['test_after']['accuracy']:.4f}, macro-F1 {out['test_before']['macro_f1']:.4f} -> "
+            f"{out['test_after']['macro_f1']:.4f}")
+    shares = [[round(x, 3) for x in out[k]] for k in ("pool_shares_before", "pool_shares_after")]
+    log(f"teacher calibration ({cal.method}): weights "
+        f"{dict(zip(labels, (round(w, 4) for w in cal.weights)))}; predicted shares on the training texts "
+        f"{shares[0]} -> {shares[1]}")
+    return out
 
 
 def label_recipe(recipe: Recipe, *, include_test: bool = False, log: Log = _log) -> BlackBoxLabels:
