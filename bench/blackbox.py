@@ -164,20 +164,22 @@ class ChatServer:
 
 
 # -- the recipe --------------------------------------------------------------------------------------------
-def make_recipe(url: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def make_recipe(url: str, out: Path, args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
     return {
         "output_dir": str(out),
         "teacher": {"blackbox": {
             "base_url": url, "model": MODEL_NAME, "api_key_env": KEY_ENV, "prompt": PROMPTS[args.prompt],
             "soft_labels": True, "top_logprobs": 5, "max_tokens": args.max_tokens, "max_concurrency": 1,
             "temperature": 0.0, "timeout": 120, "max_retries": 2,
+            **({"calibration": args.calibration} if args.calibration != "none" else {}),
         }},
         "student": {"model": "packaged:all-MiniLM-L6-v2", "layers": [1, 3, 5]},
         "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "split_seed": 0,
-                 "max_train_examples": args.train_rows},
+                 "max_train_examples": args.train_rows,
+                 **({"labeled_examples": args.few_labels} if args.few_labels else {})},
         "losses": [{"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "ce", "weight": 0.5}],
         "store": {"dir": str(out / "stores")},
-        "train": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4, "seed": 0, "logging_steps": 10,
+        "train": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4, "seed": seed, "logging_steps": 10,
                   "eval_batch_size": 64},
         "eval": {"baseline": True, "latency_batch_sizes": [1], "latency_repeats": 3},
     }
@@ -198,6 +200,16 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=0,
                     help="only ask the teacher about N training texts with --prompt and print its answers")
     ap.add_argument("--no-append", action="store_true", help="print the numbers, do not touch RESULTS.md")
+    ap.add_argument("--few-labels", type=int, default=0,
+                    help="the realistic comparison: only N training rows keep their human labels "
+                         "(data.labeled_examples); the teacher labels all of them, the baseline student "
+                         "trains on the N (same steps as the distilled one); writes "
+                         "bench/results/blackbox.json")
+    ap.add_argument("--calibration", choices=["none", "prior", "contextual"], default="none",
+                    help="teacher.blackbox.calibration (prior: matched to the label shares of the few "
+                         "labels)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="student seeds (the teacher answers once; later seeds read the response store)")
     ap.add_argument("--summarize", action="store_true",
                     help="only rebuild the numbers from the last run on disk (OUT/PROMPT/bench_timing.json)")
     args = ap.parse_args()
@@ -246,6 +258,8 @@ def main() -> None:
                   f"{(time.perf_counter() - t0) / args.probe:.2f} s per answer")
             return
 
+        if args.few_labels:
+            return realistic(server, run, recipe, splits, args, out, t_start, full_test)
         t0 = time.perf_counter()
         run.run()
         timing = {"run_s": time.perf_counter() - t0, "generation_s": server.seconds,
@@ -260,6 +274,112 @@ def main() -> None:
                       test_rows=len(splits.test), full_test_rows=full_test, train_rows=len(splits.train))
     (out / "bench_timing.json").write_text(json.dumps(timing, indent=2))
     finish(out, args, timing)
+
+
+def realistic(server: Any, run: Any, recipe: Any, splits: Any, args: argparse.Namespace, out: Path,
+              t_start: float, full_test: int) -> None:
+    """The few-labels comparison, one student pair per seed: (a) the teacher (raw and calibrated), (b) the
+    student on the teacher's labels for the whole pool, (c) the same student on the few human labels only,
+    same number of steps; significance pooled over the seeds; then a rerun of the labelling (0 calls)."""
+    import statistics
+
+    from _common import pooled_comparison, write_json
+
+    from distill.config import recipe_from_dict
+    from distill.tasks import task_for
+    from distill.teachers.blackbox import label_with_blackbox
+
+    reports, rows = [], []
+    t0 = time.perf_counter()
+    for i, seed in enumerate(args.seeds):
+        if i:
+            run = task_for(recipe_from_dict(make_recipe(server.url, out, args, seed)))
+            run.plan.splits.test = splits.test  # the same test rows
+        before = server.requests
+        report = run.run()
+        report["bench_requests"] = server.requests - before
+        reports.append(report)
+        m = report["models"]
+        rows += [{"model": "student_on_teacher_labels", "seed": seed, "accuracy": m["student_kd"]["accuracy"],
+                  "macro_f1": m["student_kd"]["macro_f1"]},
+                 {"model": "student_on_few_labels", "seed": seed, "accuracy": m["student_no_kd"]["accuracy"],
+                  "macro_f1": m["student_no_kd"]["macro_f1"]}]
+    run_s = time.perf_counter() - t0
+    requests_first = server.requests
+    t1 = time.perf_counter()
+    rerun = label_with_blackbox(recipe, splits, log=lambda m: None, include_test=True, progress=False)
+    rerun_s = time.perf_counter() - t1
+    rerun_calls = sum(s["calls"] for s in rerun.stats["splits"].values()) + (server.requests - requests_first)
+    first = reports[0]["blackbox"]
+    calls = sum(s["calls"] for s in first["splits"].values())
+    cal = first.get("calibration") or {}
+    teacher = reports[0]["models"]["teacher"]
+    raw = cal.get("test_before", {}).get("accuracy", teacher["accuracy"])
+    calibrated = cal.get("test_after", {}).get("accuracy") if cal else None
+    kd = [r["models"]["student_kd"]["accuracy"] for r in reports]
+    few = [r["models"]["student_no_kd"]["accuracy"] for r in reports]
+    pooled = pooled_comparison(reports)
+    rows.insert(0, {"model": "teacher", "seed": None, "accuracy_raw": raw, "accuracy_calibrated": calibrated,
+                    "macro_f1_raw": cal.get("test_before", {}).get("macro_f1", teacher["macro_f1"]),
+                    "macro_f1_calibrated": cal.get("test_after", {}).get("macro_f1")})
+    summary = {"teacher_accuracy_raw": raw, "teacher_accuracy_calibrated": calibrated,
+               "student_on_teacher_labels_mean": statistics.mean(kd),
+               "student_on_few_labels_mean": statistics.mean(few), "few_labels": args.few_labels,
+               "seeds": args.seeds, "student_vs_few_labels_p": pooled["p"], "calls": calls,
+               "rerun_calls": rerun_calls, "calibration": args.calibration,
+               "calibration_weights": cal.get("weights"), "pool_shares_before": cal.get("pool_shares_before"),
+               "pool_shares_after": cal.get("pool_shares_after"), "gain": pooled["gain"],
+               "discordant": {"student_only": pooled["a_only"], "few_labels_only": pooled["b_only"]}}
+
+    def ms(v: list[float]) -> str:
+        return f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+    def confusion(q: dict[str, Any]) -> str:
+        return " / ".join(str(r[:2]) for r in q.get("confusion", [])) if q else "-"
+
+    g = pooled["gain"]
+    lo, hi = ("n/a" if v is None else f"{v:+.4f}" for v in g["ci95"])
+    n_pool = len(splits.train) + (0 if splits.unlabeled is None else len(splits.unlabeled))
+    body = "\n".join([
+        f"SmolLM2-135M-Instruct behind the local OpenAI-compatible server (as in the entry above), prompt "
+        f"`{args.prompt}`, soft labels, calibration `{args.calibration}`. Data: `movie_snippets`, "
+        f"{n_pool} training texts of which **{args.few_labels} keep their human labels** "
+        "(`data.labeled_examples`, stratified); the teacher labels all of them; test = "
+        f"{len(splits.test)} rows of the {full_test}-row ASSETS.md test split (sample, random_state 0), "
+        "human labels. Students: all-MiniLM-L6-v2 layers [1, 3, 5], batch 32, lr 1e-4, length 64; "
+        "(b) 0.5 kd (T=1, calibrated soft labels) + 0.5 ce (teacher's labels) on every answered text, "
+        "2 epochs; (c) the same init on the few human labels only, the same number of steps. Seeds "
+        + str(args.seeds) + ".",
+        "",
+        "| model | accuracy | macro-F1 | confusion (gold rows: neg / pos; cols: neg, pos) |",
+        "|---|---|---|---|",
+        f"| (a) teacher, raw answers (unanswered = wrong) | {raw:.4f} | "
+        f"{rows[0]['macro_f1_raw']:.4f} | {confusion(cal.get('test_before', {}))} |",
+        *([f"| (a) teacher, calibrated ({args.calibration}) | {calibrated:.4f} | "
+           f"{rows[0]['macro_f1_calibrated']:.4f} | {confusion(cal.get('test_after', {}))} |"]
+          if calibrated is not None else []),
+        f"| (b) student on the teacher's labels ({n_pool} texts) | "
+        f"{ms(kd)} | {ms([r['models']['student_kd']['macro_f1'] for r in reports])} | - |",
+        f"| (c) student on the {args.few_labels} human labels | {ms(few)} | "
+        f"{ms([r['models']['student_no_kd']['macro_f1'] for r in reports])} | - |",
+        "",
+        f"(b) - (c): {g['mean']:+.4f} (95% t-interval over seeds {lo}..{hi}); "
+        f"exact McNemar pooled over the seeds: (b) only {pooled['a_only']}, (c) only {pooled['b_only']}, "
+        f"p = {pooled['p']:.3g} (per seed {', '.join(f'{p:.3g}' for p in pooled['per_seed_p'])}).",
+        f"Calibration weights {cal.get('weights')}; predicted label shares on the training texts "
+        f"{cal.get('pool_shares_before')} -> {cal.get('pool_shares_after')} (target {cal.get('target')}, "
+        f"from {cal.get('target_from', '-')}).",
+        f"Calls: {calls} in the first pass ({server.requests if not rerun_calls else requests_first} HTTP "
+        f"requests served, {server.seconds:.0f} s of generation); seeds after the first and the rerun of "
+        f"the labelling: {sum(r['bench_requests'] for r in reports[1:])} and {rerun_calls} calls "
+        f"({rerun_s:.1f} s). Students and evaluation: {run_s:.0f} s for {len(args.seeds)} seed(s); script "
+        f"{time.perf_counter() - t_start:.0f} s.",
+    ])
+    print(body)
+    if not args.no_append:
+        write_json("blackbox", args.seeds, rows, summary)
+        append_results("Black-box teacher, few labels: calibrated SmolLM2 labels vs the few human labels "
+                       "(bench/blackbox.py --few-labels)", body)
 
 
 def _soft_label_quality(rows: list[dict[str, Any]]) -> str:

@@ -143,4 +143,6 @@ class BlackBoxClassificationTask(TextClassificationTask):
         return self.frame
 
     def baseline_steps(self) -> int | None:
-        return None  # the baseline trains on the human labels for its own epochs
+        # with all human labels the baseline trains its own epochs; with a few (data.labeled_examples /
+        # labeled_fraction: the teacher also labelled the rest) it gets the distilled student's steps
+        return super().baseline_steps()
