@@ -29,7 +29,8 @@ OVERRIDES = {
     "ssld_label_free": ["data.max_train_examples=96", "teacher.finetune.epochs=0.05", "train.max_steps=2"],
     "well_read_students": ["data.max_train_examples=64", "teacher.finetune.epochs=0.05", "train.max_steps=2",
                            "data.max_length=32"],
-    "demo_embeddings": ["data.max_train_examples=64", "train.max_steps=2", "eval.probe_sets=[]",
+    "demo_embeddings": ["data.max_train_examples=64", "data.max_unlabeled_examples=64", "train.max_steps=2",
+                        "eval.probe_sets=[]",
                         "eval.agreement_pairs=500", "eval.throughput_sentences=32", "data.max_length=32"],
     # the shipped LM recipe as it was recorded (a CSV, kd alone, DDK, linear schedule), then made small
     "causal_lm_smollm2": ["data.source=files", "data.name=null",

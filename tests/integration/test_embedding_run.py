@@ -172,8 +172,9 @@ def test_demo_embeddings_recipe_is_valid():
     from distill.config import load_recipe
 
     recipe = load_recipe(demo_recipe_path("embeddings"))
-    assert recipe.task == "sentence-embedding" and recipe.student.layers == [0, 5, 11]
-    assert [spec.name for spec in recipe.losses] == ["embedding", "affinity"]
+    assert recipe.task == "sentence-embedding" and recipe.student.model == "packaged:all-MiniLM-L6-v2"
+    assert [spec.name for spec in recipe.losses] == ["similarity_matrix"]
+    assert recipe.data.unlabeled == "packaged:english_text" and recipe.data.max_unlabeled_examples == 3000
 
 
 def test_static_student_in_the_teacher_pca_basis(tmp_path, st_teacher, text_csv):

@@ -53,8 +53,9 @@ def test_short_real_distillation(tmp_path, store_root):
 
 
 def test_short_real_embedding_distillation(tmp_path, store_root):
-    """`distill demo embeddings`, cut down: 3 mpnet layers on 256 snippets; distillation moves the student
-    towards the teacher, and the export encodes like the teacher's family (768-d, unit length)."""
+    """`distill demo embeddings`, cut down: all-MiniLM-L6-v2 from mpnet on 256 snippets + 256 other sentences;
+    distillation moves the student towards the teacher, and the export encodes like MiniLM (384-d, unit
+    length)."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
@@ -63,13 +64,13 @@ def test_short_real_embedding_distillation(tmp_path, store_root):
     from distill.runner import run
 
     recipe = load_recipe(demo_recipe_path("embeddings"), [
-        f"output_dir={tmp_path / 'run'}", "data.max_train_examples=256", "data.test_fraction=0.03",
-        "train.epochs=1", "eval.probe_sets=[tweet_snippets]", "eval.probe_rows=200",
-        "eval.agreement_pairs=2000", "eval.throughput_sentences=64",
+        f"output_dir={tmp_path / 'run'}", "data.max_train_examples=256", "data.max_unlabeled_examples=256",
+        "data.test_fraction=0.03", "train.epochs=1", "eval.probe_sets=[tweet_snippets]",
+        "eval.probe_rows=200", "eval.agreement_pairs=2000", "eval.throughput_sentences=64",
     ])
     report = run(recipe)
     assert set(report["models"]) == {"teacher", "student_kd", "student_untrained"}
-    models = report["models"]  # 8 steps on 256 sentences: clearly better than the start, nowhere near the end
-    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
+    models = report["models"]  # 16 steps from a pre-trained MiniLM: closer to the teacher than it started
+    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"]
     vecs = SentenceTransformer(str(tmp_path / "run" / "student"), device="cpu").encode(["a moving film"])
-    assert vecs.shape == (1, 768) and abs(float(np.linalg.norm(vecs)) - 1.0) < 1e-4
+    assert vecs.shape == (1, 384) and abs(float(np.linalg.norm(vecs)) - 1.0) < 1e-4

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
     demo.add_argument("name", nargs="?", default="sentiment", choices=["sentiment", "embeddings"],
                       help="sentiment: distil a fine-tuned classifier (default); embeddings: distil the "
-                      "packaged sentence-embedding teacher into a 3-layer student")
+                      "packaged sentence-embedding teacher (mpnet) into all-MiniLM-L6-v2")
     demo.add_argument("--output-dir", default=None,
                       help="where the demo writes (default runs/demo or runs/demo_embeddings)")
     methods = sub.add_parser("methods", help=COMMANDS["methods"], description=COMMANDS["methods"])
