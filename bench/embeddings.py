@@ -20,12 +20,13 @@ sentence-transformers / model2vec ``encode`` at batch 32, measured back to back 
 
     python bench/embeddings.py                       # 3 seeds, appends to bench/RESULTS.md and writes
                                                      # bench/results/embeddings.json
-    python bench/embeddings.py --seeds 0 --unlabeled 500 --epochs 0.2 --no-append   # smoke test
+    python bench/embeddings.py --seeds 0 1 --train-rows 100 --unlabeled 50 --epochs 0.5 --no-append  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,14 +41,14 @@ LAYERS = [0, 5, 11]
 
 
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
-           baseline: bool) -> dict:
+           baseline: bool, train_rows: int | None = None) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
         "teacher": {"model": TEACHER},
         "student": student,
         "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "test_fraction": 0.2,
-                 "validation_fraction": 0.1, "split_seed": 0,
+                 "validation_fraction": 0.1, "split_seed": 0, "max_train_examples": train_rows,
                  **({"unlabeled": "packaged:english_text", "max_unlabeled_examples": unlabeled}
                     if unlabeled else {})},
         "losses": losses,
@@ -150,13 +151,15 @@ def metrics_of(m: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    ap.add_argument("--students", nargs="+", default=["minilm6_distilled", "static_distilled",
+                                                      "layers3_distilled"], choices=list(STUDENTS))
     ap.add_argument("--unlabeled", type=int, default=20000,
                     help="sentences of packaged:english_text added to the movie training text (0: none)")
     ap.add_argument("--epochs", type=float, default=2.0, help="epochs of the transformer students")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
+    ap.add_argument("--train-rows", type=int, default=None, help="cap on movie training rows (smoke tests)")
     ap.add_argument("--st-mse", action="store_true",
                     help="also train sentence-transformers' MSELoss recipe on the 3-layer init (first seed)")
     ap.add_argument("--out", default="bench/runs/bench_embeddings")
@@ -184,7 +187,8 @@ def main() -> None:
             # the untouched MiniLM is the MiniLM run's "before distillation" model: evaluated once
             baseline = name == "minilm6_distilled" and seed == args.seeds[0]
             r = recipe_from_dict(recipe(out / f"{name}_s{seed}", student, losses, getattr(args, ep_flag),
-                                        getattr(args, lr_flag), args.unlabeled, seed, baseline))
+                                        getattr(args, lr_flag), args.unlabeled, seed, baseline,
+                                        args.train_rows))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
             report = run.run()
@@ -200,6 +204,8 @@ def main() -> None:
                              **metrics_of(report["models"]["student_untrained"])})
                 mini = SentenceTransformer(resolve_model("packaged:all-MiniLM-L6-v2"), device="cpu")
                 encoders["minilm6_untouched"] = lambda t, m=mini: m.encode(t, batch_size=32)
+            out.mkdir(parents=True, exist_ok=True)  # what is done so far survives an interrupted bench
+            (out / "rows_so_far.json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=1))
             if seed == args.seeds[0]:
                 st = SentenceTransformer(str(out / f"{name}_s{seed}" / "student"), device="cpu")
                 encoders[name] = lambda t, m=st: m.encode(t, batch_size=32)

@@ -220,3 +220,33 @@ def test_calibration_is_fitted_on_stored_answers_and_reported(tmp_path, monkeypa
     assert again.stats["calibration"]["weights"] == cal["weights"] and asked > 0
     files = [p.read_bytes().decode("latin-1") for p in (tmp_path / "run").iterdir() if p.is_file()]
     assert all(SECRET not in blob for blob in files)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_few_human_labels_stay_the_hard_labels_of_their_rows(tmp_path, monkeypatch, tiny_student, keep):
+    """data.labeled_examples: 20 rows keep their human labels, the teacher labels every row; the distilled
+    student's hard labels are the human ones on those 20 (keep_human_labels, the default) and the teacher's
+    elsewhere, and its soft targets are the teacher's everywhere."""
+    from distill.config import load_recipe
+    from distill.tasks import task_for
+
+    monkeypatch.setenv(ENV, SECRET)
+    with FakeChatServer(answer=_says_positive_unless_sure, api_key=SECRET) as server:
+        path = write_recipe(tmp_path, server.url, 80, soft_labels=True, keep_human_labels=keep)
+        recipe = load_recipe(path, [f"student.model={tiny_student}", "data.labeled_examples=20"])
+        task = task_for(recipe)
+        task.prepare_teacher()
+    sp = task.plan.splits
+    assert len(sp.train) == 20 and (sp.unlabeled["label"] == -1).all()
+    n_train = int(sum(item.label is not None for item in task.answers.runs["train"].items))
+    teacher_train = [item.label for item in task.answers.runs["train"].items if item.label is not None]
+    gold_train = [y for item, y in zip(task.answers.runs["train"].items, sp.train["label"])
+                  if item.label is not None]
+    hard = task.frame["label"].tolist()
+    assert hard[:n_train] == (gold_train if keep else teacher_train)
+    assert gold_train != teacher_train  # the biased teacher disagrees with some human labels
+    unl = [item.label for item in task.answers.runs["unlabeled"].items if item.label is not None]
+    assert hard[n_train:] == unl
+    assert (task.probs.argmax(1) == np.array(teacher_train + unl)).all()  # soft targets: the teacher's
+    counts = task.report["blackbox"]["student_hard_labels"]
+    assert counts == ({"human": n_train, "teacher": len(unl)} if keep else {"human": 0, "teacher": len(hard)})

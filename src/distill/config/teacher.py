@@ -120,6 +120,10 @@ class BlackBoxConfig:
     calibration_prior: dict[str, float] | None = None
     """``calibration: prior``: target label shares, e.g. ``{negative: 0.5, positive: 0.5}`` (normalised to
     sum to 1). Empty: estimated from the labelled training rows (what a user with a few labels has)."""
+    keep_human_labels: bool = True
+    """Where a training row has a human label, the student's hard label (``ce``) is that label and the
+    teacher's distribution stays the soft target (``kd``): the few labels a user has are never overridden by
+    the teacher. False: the teacher's labels everywhere (a student of the teacher alone)."""
     content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
     """``calibration: contextual``: the inputs that carry no content (Zhao et al. 2021's choice)."""
 

@@ -70,9 +70,16 @@ class BlackBoxClassificationTask(TextClassificationTask):
         if not len(self.frame):
             raise RecipeError("teacher.blackbox: the teacher labelled none of the training texts; see "
                               "teacher_labels_stats.json for parse failures and errors")
+        human = np.zeros(len(self.frame), dtype=bool)
+        if self.recipe.teacher.blackbox.keep_human_labels:
+            human = self.frame["data_label"].to_numpy() >= 0
+            self.frame.loc[human, "label"] = self.frame.loc[human, "data_label"]
         self.frame = self.frame[["text", "label"]
                                 + (["text_pair"] if "text_pair" in self.frame.columns else [])]
         self.report["blackbox"] = {k: v for k, v in self.answers.stats.items() if k != "config"}
+        # what the distilled student's hard labels are: the human ones where a row has one
+        self.report["blackbox"]["student_hard_labels"] = {"human": int(human.sum()),
+                                                          "teacher": int((~human).sum())}
 
     @classmethod
     def label(cls, recipe: Recipe, include_test: bool = False, log: Any = print_log) -> str:
