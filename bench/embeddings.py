@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--train-rows", type=int, default=None, help="cap on movie training rows (smoke tests)")
+    ap.add_argument("--skip-model2vec", action="store_true", help="smoke tests: leave the model2vec row out")
     ap.add_argument("--st-mse", action="store_true",
                     help="also train sentence-transformers' MSELoss recipe on the 3-layer init (first seed)")
     ap.add_argument("--out", default="bench/runs/bench_embeddings")
@@ -231,14 +232,15 @@ def main() -> None:
         encoders["layers3_st_mse"] = lambda t: st_model.encode(t, batch_size=32)
 
     # ---- model2vec ---------------------------------------------------------------------------------------
-    from model2vec.distill import distill as m2v_distill
+    if not args.skip_model2vec:
+        from model2vec.distill import distill as m2v_distill
 
-    t0 = time.perf_counter()
-    m2v = m2v_distill(model_name=resolve_model(TEACHER), pca_dims=256, device="cpu")
-    timing["model2vec_distill"] = time.perf_counter() - t0
-    rows.append({"model": "model2vec", "seed": None, **scores(run, m2v.encode(test_texts), m2v.encode),
-                 "parameters": int(np.prod(m2v.embedding.shape))})
-    encoders["model2vec"] = lambda t: m2v.encode(t, batch_size=32)
+        t0 = time.perf_counter()
+        m2v = m2v_distill(model_name=resolve_model(TEACHER), pca_dims=256, device="cpu")
+        timing["model2vec_distill"] = time.perf_counter() - t0
+        rows.append({"model": "model2vec", "seed": None, **scores(run, m2v.encode(test_texts), m2v.encode),
+                     "parameters": int(np.prod(m2v.embedding.shape))})
+        encoders["model2vec"] = lambda t: m2v.encode(t, batch_size=32)
 
     # ---- encode speed, back to back, two interleaved rounds ---------------------------------------------
     sample = (test_texts * 2)[:1024]
