@@ -44,14 +44,20 @@ def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teache
         raise RecipeError(f"no store with key {key} under {root}; build it with `distill cache`")
     lazy: dict[str, Any] = {}
 
+    def dataset():
+        """The tokenised rows, built once (by the first of length() and compute() to need them)."""
+        if "ds" not in lazy:
+            lazy["ds"] = to_dataset(frame, tokenizer, max_length=max_length)
+        return lazy["ds"]
+
     @torch.no_grad()
     def compute(indices: list[int]):
         # the teacher and its tokenised data load only if some shard is missing or damaged
         if "teacher" not in lazy:
             lazy["teacher"] = teacher.model()
-            lazy.setdefault("ds", to_dataset(frame, tokenizer, max_length=max_length))
             lazy["collate"] = DistillCollator(tokenizer)
-        batch = lazy["collate"]([lazy["ds"][i] for i in indices])
+        ds = dataset()
+        batch = lazy["collate"]([ds[i] for i in indices])
         device = next(lazy["teacher"].parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         return forward_outputs(lazy["teacher"], inputs, hidden="hidden_states" in spec.capture,
@@ -60,8 +66,7 @@ def open_text_store(root: Path, key: str, spec: Any, frame: pd.DataFrame, teache
     def length(i: int) -> int:
         """The teacher's input length of row ``i``: each shard runs its rows in length order."""
         if "lengths" not in lazy:
-            lazy.setdefault("ds", to_dataset(frame, tokenizer, max_length=max_length))
-            lazy["lengths"] = [len(ids) for ids in lazy["ds"]["input_ids"]]
+            lazy["lengths"] = [len(ids) for ids in dataset()["input_ids"]]
         return lazy["lengths"][i]
 
     if not exists:
