@@ -146,9 +146,14 @@ def describe_choice(section: dict[str, Any] | None) -> str | None:
     if not section or "chosen" not in section:
         return None
     c = section["chosen"]
+    n = len(section.get("candidates", []))
+    if section.get("tied"):
+        return (f"the {n} candidates tied on the validation split ({section['metric']} after "
+                f"{section['steps']} steps each), so the recipe's weights were kept: kd weight "
+                f"{c['kd_weight']:g}"
+                + (f", temperature {c['temperature']:g}" if c.get("temperature") else ""))
     what = ("labels alone (kd weight 0)" if not c["kd_weight"]
             else f"kd weight {c['kd_weight']:g}, temperature {c['temperature']:g}")
-    n = len(section.get("candidates", []))
     return f"chosen on the validation split ({section['metric']}, {n} candidates): {what}"
 
 

@@ -161,8 +161,11 @@ def selection_table(report: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{esc(what)}{mark}</td><td>{t}</td>"
                     + "".join(f"<td>{x}</td>" for x in scores) + "</tr>")
     best = "lowest" if section.get("lower_is_better") else "best"
+    outcome = (f"all tied, so the recipe's weights (kd {chosen['kd_weight']:g}) were trained in full"
+               if section.get("tied")
+               else f"the {best} validation {esc(section['metric'])} was trained in full")
     return (f"<h2>Distillation settings chosen on the validation split</h2><p class=\"muted\">Each candidate "
-            f"trained {section['steps']} steps from the same start; the {best} validation "
-            f"{esc(section['metric'])} was trained in full.</p><div class=\"table-wrap\"><table><thead><tr>"
+            f"trained {section['steps']} steps from the same start; {outcome}.</p>"
+            "<div class=\"table-wrap\"><table><thead><tr>"
             "<th>losses</th><th>T</th>" + "".join(f"<th>{esc(x)}</th>" for x in cols) + "</tr></thead>"
             "<tbody>" + "".join(rows) + "</tbody></table></div>")

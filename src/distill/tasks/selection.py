@@ -78,12 +78,26 @@ def select_losses(task: Selectable, ctx: LossContext, store: Any,
         task.log(f"  kd weight {weight:g}" + (f", T {temperature:g}" if temperature else " (no teacher)")
                  + f": validation {metric} {scores[metric]:.4f}")
     sign = -1.0 if lower_is_better else 1.0
-    best = max(rows, key=lambda row: sign * row[metric])  # the first of equals: labels alone wins a tie
-    chosen = candidate_specs(r, best["kd_weight"], best["temperature"])
     report = {"metric": metric, "lower_is_better": lower_is_better, "fraction": cfg.fraction, "steps": steps,
-              "candidates": rows,
-              "chosen": {"kd_weight": best["kd_weight"], "temperature": best["temperature"]},
-              "chosen_losses": [{"name": s.name, "weight": s.weight, **s.params} for s in chosen]}
+              "candidates": rows}
+    values = [row[metric] for row in rows]
+    if len(rows) > 1 and max(values) - min(values) <= 1e-9:
+        # Every candidate scored the same: the short trainings told nothing apart (typically too few steps
+        # for any of them to leave the majority class). Picking "the first of equals" would be noise, so the
+        # recipe's own weights stand, and the report says why.
+        chosen = list(r.losses)
+        kd = next(s for s in chosen if s.name == "kd")
+        report["tied"] = True
+        report["chosen"] = {"kd_weight": kd.weight, "temperature": kd.params.get("temperature"),
+                            "from": "recipe"}
+        task.log(f"  every candidate scored {values[0]:.4f}: the validation split could not tell them apart "
+                 f"in {steps} steps, so the recipe's weights are kept (raise select.fraction for a real "
+                 "choice)")
+    else:
+        best = max(rows, key=lambda row: sign * row[metric])  # the first of equals: labels alone wins a tie
+        chosen = candidate_specs(r, best["kd_weight"], best["temperature"])
+        report["chosen"] = {"kd_weight": best["kd_weight"], "temperature": best["temperature"]}
+    report["chosen_losses"] = [{"name": s.name, "weight": s.weight, **s.params} for s in chosen]
     return chosen, report
 
 
