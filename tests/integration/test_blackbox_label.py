@@ -22,6 +22,7 @@ from _chat_server import SECRET, FakeChatServer, input_text
 
 from conftest import make_sentiment_rows
 from distill.cli.main import main
+from distill.config import DEFAULT_BLACKBOX_PROMPT as DEFAULT_PROMPT
 
 ENV = "DISTILL_TEST_BLACKBOX_KEY"
 
@@ -249,4 +250,100 @@ def test_few_human_labels_stay_the_hard_labels_of_their_rows(tmp_path, monkeypat
     assert hard[n_train:] == unl
     assert (task.probs.argmax(1) == np.array(teacher_train + unl)).all()  # soft targets: the teacher's
     counts = task.report["blackbox"]["student_hard_labels"]
-    assert counts == ({"human": n_train, "teacher": len(unl)} if keep else {"human": 0, "teacher": len(hard)})
+    assert counts == ({"human": n_train, "teacher": len(unl), "none": 0} if keep
+                      else {"human": 0, "teacher": len(hard), "none": 0})
+
+
+def _strict_or_plain(prompt: str) -> str:
+    """Two prompts, two teachers: 'STRICT' prompts answer like the biased teacher, others read the words."""
+    from _chat_server import rule_answer
+
+    return _says_positive_unless_sure(prompt) if prompt.startswith("STRICT") else rule_answer(prompt)
+
+
+def test_demonstrations_are_labelled_rows_in_the_prompt_and_in_the_key(tmp_path, monkeypatch):
+    from distill.config import load_recipe
+    from distill.data import load_splits
+    from distill.teachers.blackbox import label_with_blackbox
+
+    monkeypatch.setenv(ENV, SECRET)
+    with FakeChatServer(api_key=SECRET) as server:
+        path = write_recipe(tmp_path, server.url, 60, soft_labels=True, demonstrations=2)
+        r = load_recipe(path, ["data.labeled_examples=10"])
+        splits = load_splits(r.data)
+        labels = label_with_blackbox(r, splits, log=lambda m: None, include_test=True, progress=False)
+        bodies = list(server.bodies)
+    human = dict(zip(splits.train["text"], splits.train["label"]))
+    assert labels.stats["demonstrations"] and len(bodies) == labels.stats["store"]["answers"]
+    for body in bodies:
+        msgs = body["messages"]
+        assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+        shown = [input_text(m["content"]) for m in msgs[0:4:2]]
+        answers = [m["content"] for m in msgs[1:4:2]]
+        assert all(text in human for text in shown)  # only rows with a human label are shown ...
+        assert [splits.labels[human[t]] for t in shown] == answers  # ... answered by that label
+        assert sorted(answers) == ["negative", "positive"]  # balanced
+        assert input_text(msgs[-1]["content"]) not in shown  # never a text as its own example
+    # the examples are part of the key: the same recipe asks nothing, another draw asks everything again
+    with FakeChatServer(api_key=SECRET) as server:
+        r.teacher.blackbox.base_url = server.url
+        label_with_blackbox(r, load_splits(r.data), log=lambda m: None, include_test=True, progress=False)
+        assert sum(server.requests.values()) == 0
+        r.teacher.blackbox.demonstration_seed = 1
+        label_with_blackbox(r, load_splits(r.data), log=lambda m: None, include_test=True, progress=False)
+        assert sum(server.requests.values()) > 0
+
+
+@pytest.mark.parametrize("mode", ["drop", "soft_only"])
+def test_an_ensemble_of_two_prompts_votes_and_low_agreement_abstains(tmp_path, monkeypatch, tiny_student,
+                                                                     mode):
+    """Two members (the plain prompt and a 'STRICT' one answered by the biased teacher), combined by vote:
+    where they disagree the vote is 50/50, below min_confidence 0.6, so those texts (without a human label)
+    are left out (drop) or lose their hard label (soft_only); the report has each member's test accuracy and
+    the agreement between them."""
+    from distill.config import load_recipe
+    from distill.tasks import task_for
+
+    monkeypatch.setenv(ENV, SECRET)
+    members = [{"name": "plain"}, {"name": "strict", "prompt": "STRICT " + DEFAULT_PROMPT}]
+    with FakeChatServer(answer=_strict_or_plain, api_key=SECRET) as server:
+        path = write_recipe(tmp_path, server.url, 80, soft_labels=True, ensemble=members, combine="vote",
+                            min_confidence=0.6, abstain=mode)
+        recipe = load_recipe(path, [f"student.model={tiny_student}", "data.labeled_examples=20"])
+        task = task_for(recipe)
+        task.prepare_teacher()
+        asked = sum(server.requests.values())
+    ens = task.answers.stats["ensemble"]
+    assert [m["name"] for m in ens["members"]] == ["plain", "strict"]
+    plain, strict = ens["members"]
+    assert plain["test"]["accuracy"] == 1.0 and strict["test"]["accuracy"] < 1.0
+    agreement = ens["pairwise_agreement"]["plain | strict"]
+    assert 0 < agreement < 1
+    # where the two disagree, neither label wins the vote outright
+    unl = task.answers.runs["unlabeled"]
+    split = [i for i, item in enumerate(unl.items) if item.probs == [0.5, 0.5]]
+    assert split and len(split) < len(unl.items)
+    abst = task.report["blackbox"]["abstention"]
+    assert abst["below"] == len(split) and abst["mode"] == mode
+    n_train = len(task.plan.splits.train)
+    if mode == "drop":
+        assert len(task.frame) == n_train + len(unl.items) - len(split)
+    else:
+        assert len(task.frame) == n_train + len(unl.items)
+        assert (task.frame["label"] == -1).sum() == len(split)
+        assert task.report["blackbox"]["student_hard_labels"]["none"] == len(split)
+    from distill.evaluation.report import verdict_sentences
+
+    said = " ".join(verdict_sentences({"blackbox": task.report["blackbox"]}))
+    assert "2 members combined by vote" in said and "plain 1.0000" in said and "plain | strict" in said
+    assert f"{len(split)} of {len(task.answers.runs['train'].items) + len(unl.items)}" in said
+    # each member asked each text once; a rerun asks nothing
+    assert asked == 2 * len({*task.plan.splits.train["text"], *task.plan.splits.unlabeled["text"],
+                             *task.plan.splits.test["text"]})
+    with FakeChatServer(answer=_strict_or_plain, api_key=SECRET) as server:
+        recipe.teacher.blackbox.base_url = server.url
+        again = task_for(recipe)
+        again.prepare_teacher()
+        assert sum(server.requests.values()) == 0
+    files = [p.read_bytes().decode("latin-1") for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert all(SECRET not in blob for blob in files)

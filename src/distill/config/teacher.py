@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from distill._dataclass_io import RecipeError
 from distill.config.checks import check
@@ -45,6 +45,8 @@ DEFAULT_BLACKBOX_PROMPT = (
 )
 _PROMPT_FIELDS = {"text", "text_pair", "labels"}
 _PRICE_KEYS = {"input", "output"}
+_MEMBER_FIELDS = {"name", "weight", "prompt", "system_prompt", "model", "base_url", "local_model",
+                  "api_key_env", "temperature", "max_tokens", "demonstrations", "demonstration_selection"}
 
 
 def _prompt_fields(template: str, path: str) -> set[str]:
@@ -126,6 +128,41 @@ class BlackBoxConfig:
     the teacher. False: the teacher's labels everywhere (a student of the teacher alone)."""
     content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
     """``calibration: contextual``: the inputs that carry no content (Zhao et al. 2021's choice)."""
+    demonstrations: int = 0
+    """Show the teacher this many labelled training rows (human labels) before each text, as earlier turns
+    of the chat: the prompt filled with the example's text, answered by its label. 0: zero-shot. The
+    examples are part of the messages, so they are part of each answer's response-store key. A text is never
+    shown as its own example."""
+    demonstration_selection: Literal["balanced", "random", "nearest"] = "balanced"
+    """How the examples are picked for each text: ``balanced`` cycles through the classes (a random example
+    of each in turn, so no label dominates the prompt: few-shot prompts lean toward the majority label of
+    their examples, Zhao et al. 2021), ``random`` draws uniformly, ``nearest`` takes the labelled rows
+    closest to the text under ``demonstration_encoder`` (most similar last, next to the text). Seeded by
+    ``demonstration_seed`` and the text itself, so a rerun asks the same prompts."""
+    demonstration_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """``demonstration_selection: nearest``: the sentence encoder that finds the neighbours, run locally (a
+    hub id, a local sentence-transformers directory, or ``packaged:NAME``)."""
+    demonstration_seed: int = 0
+    """Seed of the example draw (``balanced`` and ``random``)."""
+    min_confidence: float = 0.0
+    """Abstention: a training text whose teacher confidence (the largest label probability, after
+    calibration; for an ensemble the combined one) is below this is treated as ``abstain`` says. Rows with a
+    human label are never affected. Needs ``soft_labels`` or an ``ensemble``. 0: every answer counts."""
+    abstain: Literal["drop", "soft_only"] = "drop"
+    """What happens to a text below ``min_confidence``: ``drop`` leaves it out of the distilled student's
+    training; ``soft_only`` keeps the teacher's distribution as its soft target (``kd``) but gives it no
+    hard label, so ``ce`` skips it (the answer counts less than a confident one)."""
+    ensemble: list[dict[str, Any]] = field(default_factory=list)
+    """Several teachers or prompts answering the same texts. Each entry overrides fields of this section for
+    one member: ``name``, ``weight`` (default 1), ``prompt``, ``system_prompt``, ``model``, ``base_url``,
+    ``local_model``, ``api_key_env``, ``temperature``, ``max_tokens``, ``demonstrations``,
+    ``demonstration_selection``. Every member is calibrated on its own (when ``calibration`` is set), then
+    the answers are combined by ``combine``. The report shows each member's test accuracy and its agreement
+    with the others and with the combination. Empty: one teacher, this section."""
+    combine: Literal["mean", "vote"] = "mean"
+    """``ensemble``: ``mean`` averages the members' label distributions (their soft labels, or one-hot of
+    their answer), weighted by ``weight``; ``vote`` makes the weighted vote shares the distribution. The
+    combined label is the arg-max; a text no member answered is left out."""
 
     def __post_init__(self) -> None:
         from urllib.parse import urlparse
@@ -187,6 +224,48 @@ class BlackBoxConfig:
         check(self.temperature >= 0, f"{p}.temperature", self.temperature, "use >= 0")
         check(self.max_tokens > 0, f"{p}.max_tokens", self.max_tokens, "use a positive integer")
         check(1 <= self.top_logprobs <= 20, f"{p}.top_logprobs", self.top_logprobs, "use 1 to 20")
+        check(0 <= self.demonstrations <= 64, f"{p}.demonstrations", self.demonstrations,
+              "use 0 (zero-shot) to 64 examples per prompt, e.g. 4")
+        check(0 <= self.min_confidence < 1, f"{p}.min_confidence", self.min_confidence,
+              "use a probability in [0, 1), e.g. 0.6")
+        if self.min_confidence > 0:
+            check(self.soft_labels or bool(self.ensemble), f"{p}.min_confidence", self.min_confidence,
+                  f"a confidence needs a distribution: set {p}.soft_labels: true or give {p}.ensemble")
+        self.members()  # every ensemble entry checked now, before anything loads
+
+    def members(self) -> list[tuple[str, float, BlackBoxConfig]]:
+        """The ensemble as (name, weight, configuration) per member; one member (this section, weight 1)
+        without ``ensemble``."""
+        import dataclasses
+
+        p = "teacher.blackbox.ensemble"
+        if not self.ensemble:
+            return [(self.model or str(self.local_model), 1.0, self)]
+        check(len(self.ensemble) >= 2, p, f"{len(self.ensemble)} entry",
+              "give at least two members, or leave ensemble out for one teacher")
+        out, names = [], set()
+        for i, entry in enumerate(self.ensemble):
+            check(isinstance(entry, dict), f"{p}.{i}", entry, "give a mapping, e.g. {prompt: ..., weight: 1}")
+            unknown = sorted(set(entry) - _MEMBER_FIELDS)
+            check(not unknown, f"{p}.{i}", unknown[0] if unknown else None,
+                  f"a member may set {sorted(_MEMBER_FIELDS)}")
+            weight = entry.get("weight", 1.0)
+            check(isinstance(weight, (int, float)) and weight > 0, f"{p}.{i}.weight", weight,
+                  "use a positive number")
+            overrides = {k: v for k, v in entry.items() if k not in ("name", "weight")}
+            if "local_model" in overrides:
+                overrides.setdefault("base_url", "")
+            elif "base_url" in overrides:
+                overrides.setdefault("local_model", None)
+            try:
+                member = dataclasses.replace(self, ensemble=[], **overrides)
+            except RecipeError as exc:
+                raise RecipeError(f"{p}.{i}: {exc}") from None
+            name = str(entry.get("name") or f"member{i}")
+            check(name not in names, f"{p}.{i}.name", name, "give each member its own name")
+            names.add(name)
+            out.append((name, float(weight), member))
+        return out
 
 
 @dataclass

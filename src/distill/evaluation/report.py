@@ -192,6 +192,18 @@ def verdict_sentences(report: dict[str, Any]) -> list[str]:
         out.append(f"teacher calibrated ({cal['method']}) before distillation: its test accuracy "
                    f"{b['accuracy']:.4f} -> {a['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f} -> "
                    f"{a['macro_f1']:.4f}")
+    bb = report.get("blackbox") or {}
+    if ens := bb.get("ensemble"):
+        accs = ", ".join(f"{m['name']} {m['test']['accuracy']:.4f}" for m in ens["members"] if m.get("test"))
+        pairs = ", ".join(f"{k} {v:.1%}" for k, v in ens["pairwise_agreement"].items() if v is not None)
+        out.append(f"teacher = {len(ens['members'])} members combined by {ens['combine']}"
+                   + (f" (test accuracy {accs}" + (f"; combined {ens['test']['accuracy']:.4f}"
+                                                   if ens.get("test") else "") + ")" if accs else "")
+                   + (f"; agreement {pairs}" if pairs else ""))
+    if ab := bb.get("abstention"):
+        what = "left out" if ab["mode"] == "drop" else "kept as soft targets without a hard label"
+        out.append(f"{ab['below']} of {ab['texts']} teacher-labelled texts were below confidence "
+                   f"{ab['min_confidence']:g} and were {what}")
     if choice := describe_choice(report.get("select")):
         out.append(f"distillation settings {choice}")
     return out

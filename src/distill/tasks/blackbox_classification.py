@@ -70,16 +70,42 @@ class BlackBoxClassificationTask(TextClassificationTask):
         if not len(self.frame):
             raise RecipeError("teacher.blackbox: the teacher labelled none of the training texts; see "
                               "teacher_labels_stats.json for parse failures and errors")
+        cfg = self.recipe.teacher.blackbox
+        abstention = self.abstain(cfg.min_confidence, cfg.abstain) if cfg.min_confidence > 0 else None
         human = np.zeros(len(self.frame), dtype=bool)
-        if self.recipe.teacher.blackbox.keep_human_labels:
+        if cfg.keep_human_labels:
             human = self.frame["data_label"].to_numpy() >= 0
             self.frame.loc[human, "label"] = self.frame.loc[human, "data_label"]
         self.frame = self.frame[["text", "label"]
                                 + (["text_pair"] if "text_pair" in self.frame.columns else [])]
         self.report["blackbox"] = {k: v for k, v in self.answers.stats.items() if k != "config"}
         # what the distilled student's hard labels are: the human ones where a row has one
+        none = (self.frame["label"].to_numpy() < 0) & ~human
         self.report["blackbox"]["student_hard_labels"] = {"human": int(human.sum()),
-                                                          "teacher": int((~human).sum())}
+                                                          "teacher": int((~human & ~none).sum()),
+                                                          "none": int(none.sum())}
+        if abstention is not None:
+            self.report["blackbox"]["abstention"] = abstention
+
+    def abstain(self, threshold: float, mode: str) -> dict[str, Any]:
+        """``teacher.blackbox.min_confidence``: training texts without a human label whose teacher
+        confidence is below ``threshold`` are left out (``drop``) or keep only their soft target
+        (``soft_only``: hard label -1, which ``ce`` skips). Returns what the report shows."""
+        confidence = self.probs.max(axis=1)
+        low = (confidence < threshold) & (self.frame["data_label"].to_numpy() < 0)
+        if mode == "drop":
+            keep = ~low
+            self.frame = self.frame[keep].reset_index(drop=True)
+            self.probs = self.probs[keep]
+            if not len(self.frame):
+                raise RecipeError(f"teacher.blackbox.min_confidence: {threshold} leaves no training text "
+                                  f"(the teacher's confidence is at most {confidence.max():.3f}); lower it")
+        else:
+            self.frame.loc[low, "label"] = -1
+        self.log(f"abstention: {int(low.sum())} of {len(low)} teacher-labelled texts below confidence "
+                 f"{threshold:g} ({'left out' if mode == 'drop' else 'soft target only'})")
+        return {"min_confidence": threshold, "mode": mode, "below": int(low.sum()), "texts": int(len(low)),
+                "confidence_quantiles": {q: float(np.quantile(confidence, q)) for q in (0.1, 0.25, 0.5)}}
 
     @classmethod
     def label(cls, recipe: Recipe, include_test: bool = False, log: Any = print_log) -> str:

@@ -342,8 +342,8 @@ class TextClassificationTask(SelectsLosses, Task):
             eval_dataset=val_ds, data_collator=DistillCollator(self.student_tokenizer, ttok),
             compute_metrics=compute_metrics_fn, distiller=distiller, teacher=teacher, store=store,
         )
-        source = ("teacher from the store" if store is not None
-                  else "online teacher" if teacher is not None else "labels only")
+        source = ("labels only" if not distiller.needs_teacher
+                  else "teacher from the store" if store is not None else "online teacher")
         self.log(f"{name}: training on {len(train_ds)} examples ({source})")
         info, model = train_resuming(trainer, ckpt, name, r.train.resume, self.log)
         info["rows"] = len(data)

@@ -17,7 +17,8 @@ from distill.config import BlackBoxConfig, Recipe
 from distill.files import atomic_write_text
 from distill.teachers.blackbox.backend import Backend, FatalBackendError
 from distill.teachers.blackbox.client import ChatClient
-from distill.teachers.blackbox.labeler import Labeler, LabelRun, Prices
+from distill.teachers.blackbox.demos import Demonstrations, local_encoder
+from distill.teachers.blackbox.labeler import Labeler, LabelRun, Prices, TeacherLabel
 from distill.teachers.blackbox.parse import LabelParser
 from distill.teachers.blackbox.prompt import PromptTemplate
 from distill.teachers.blackbox.store import FILENAME as STORE_FILE
@@ -64,8 +65,8 @@ def _check_labels(labels: list[str], cfg: BlackBoxConfig) -> None:
 
 
 def build_labeler(cfg: BlackBoxConfig, labels: list[str], output_dir: str | Path, *,
-                  backend: Backend | None = None, log: Log | None = None,
-                  progress: bool | None = None) -> Labeler:
+                  backend: Backend | None = None, log: Log | None = None, progress: bool | None = None,
+                  demonstrations: Demonstrations | None = None) -> Labeler:
     """A :class:`Labeler` over ``OUTPUT_DIR/teacher_responses.sqlite``; close it with
     ``labeler.store.close()``. Everything cheap is checked before the backend is built (a local model loads
     here)."""
@@ -75,7 +76,35 @@ def build_labeler(cfg: BlackBoxConfig, labels: list[str], output_dir: str | Path
     store = ResponseStore(Path(output_dir) / STORE_FILE)
     return Labeler(backend, labels, store, template=template, synonyms=cfg.label_synonyms,
                    max_concurrency=cfg.max_concurrency, max_calls=cfg.max_calls, max_cost=cfg.max_cost,
-                   prices=Prices(**cfg.prices), soft_labels=cfg.soft_labels, progress=progress, log=log)
+                   prices=Prices(**cfg.prices), soft_labels=cfg.soft_labels, demonstrations=demonstrations,
+                   progress=progress, log=log)
+
+
+def build_demonstrations(cfg: BlackBoxConfig, splits: Any, log: Log,
+                         encoders: dict[str, Any] | None = None) -> Demonstrations | None:
+    """``cfg.demonstrations`` examples per text, drawn from the training rows that have a human label
+    (None when zero-shot). ``encoders`` caches the ``nearest`` encoder between ensemble members."""
+    if not cfg.demonstrations:
+        return None
+    gold = np.asarray(splits.train["label"])
+    keep = gold >= 0
+    if not keep.any():
+        raise RecipeError(f"teacher.blackbox.demonstrations: {cfg.demonstrations} examples per prompt, but "
+                          "no training row has a label to show; label a few rows (data.labeled_examples) or "
+                          "set demonstrations: 0")
+    frame = splits.train[keep]
+    embed = None
+    if cfg.demonstration_selection == "nearest":
+        encoders = {} if encoders is None else encoders
+        if cfg.demonstration_encoder not in encoders:
+            log(f"demonstrations: loading the encoder {cfg.demonstration_encoder} to find neighbours")
+            encoders[cfg.demonstration_encoder] = local_encoder(cfg.demonstration_encoder)
+        embed = encoders[cfg.demonstration_encoder]
+    log(f"demonstrations: {cfg.demonstrations} per prompt ({cfg.demonstration_selection}) from "
+        f"{int(keep.sum())} labelled training rows")
+    return Demonstrations(frame["text"].tolist(), gold[keep].tolist(), cfg.demonstrations,
+                          cfg.demonstration_selection, cfg.demonstration_seed,
+                          frame["text_pair"].tolist() if "text_pair" in frame.columns else None, embed)
 
 
 @dataclass
@@ -143,59 +172,220 @@ def write_outputs(out: Path, result: BlackBoxLabels, splits: Any) -> None:
 
 
 def label_with_blackbox(recipe: Recipe, splits: Any, log: Log = _log, *, include_test: bool = False,
-                        backend: Backend | None = None, progress: bool | None = None) -> BlackBoxLabels:
+                        backend: Backend | dict[str, Backend] | None = None,
+                        progress: bool | None = None) -> BlackBoxLabels:
     """Label the train split and the unlabelled text (and the test split with ``include_test``, which
-    measures the teacher's own accuracy) with the recipe's black-box teacher; write ``teacher_labels.jsonl``
-    and ``teacher_labels_stats.json`` to the output directory and return the labels.
+    measures the teacher's own accuracy) with the recipe's black-box teacher, or with every member of its
+    ``ensemble`` (each calibrated on its own, then combined); write ``teacher_labels.jsonl`` and
+    ``teacher_labels_stats.json`` to the output directory and return the labels.
 
     A rerun re-reads every stored answer and asks only what is missing. ``backend`` replaces the one the
-    recipe describes (tests, or a model already in memory).
+    recipe describes (tests, or a model already in memory); for an ensemble, a mapping from member name to
+    backend, or one backend for all.
     """
     cfg = recipe.teacher.blackbox
     if cfg is None:
         raise RecipeError("teacher.blackbox: not set; labelling needs a black-box teacher (an endpoint or "
                           "local_model) in teacher.blackbox")
-    uses_pair = "{text_pair}" in cfg.prompt or "{text_pair}" in (cfg.system_prompt or "")
-    if "text_pair" in splits.train.columns and not uses_pair:
-        raise RecipeError("teacher.blackbox.prompt: the data has a second text (data.text_pair_column) that "
-                          "the prompt never shows; add {text_pair} to the prompt")
+    members = cfg.members()
+    for _, _, member in members:
+        uses_pair = "{text_pair}" in member.prompt or "{text_pair}" in (member.system_prompt or "")
+        if "text_pair" in splits.train.columns and not uses_pair:
+            raise RecipeError("teacher.blackbox.prompt: the data has a second text (data.text_pair_column) "
+                              "that the prompt never shows; add {text_pair} to the prompt")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labeler = build_labeler(cfg, list(splits.labels), out, backend=backend, log=log, progress=progress)
+    labels = list(splits.labels)
     parts = ([("train", splits.train), ("unlabeled", splits.unlabeled)]
              + ([("test", splits.test)] if include_test else []))
-    runs: dict[str, LabelRun] = {}
-    try:
-        for name, frame in parts:
-            if frame is None or not len(frame):
-                continue
-            pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
-            run = labeler.label(frame["text"].tolist(), pairs, desc=f"teacher ({name})")
-            run.stats["agreement_with_data_labels"] = _agreement(run, frame["label"].tolist())
-            runs[name] = run
-            s = run.stats
-            log(f"teacher ({name}): {s['labelled']}/{s['texts']} labelled, {s['unparseable']} unparseable, "
-                f"{s['failed']} failed, {s['not_labelled']} not labelled; {s['calls']} calls, {s['cached']} "
-                f"from the store, estimated cost {s['cost']:.4f}")
-        content_free = (labeler.label(list(cfg.content_free_inputs), desc="teacher (content-free inputs)")
-                        if cfg.calibration == "contextual" else None)
-        answers, cost = labeler.store.totals()
-    except FatalBackendError as exc:
-        raise RecipeError(f"teacher.blackbox: {exc}") from None
-    finally:
-        labeler.store.close()
-    result = BlackBoxLabels(list(splits.labels), runs)
+    encoders: dict[str, Any] = {}
+    answered: list[tuple[str, float, BlackBoxConfig, dict[str, LabelRun], dict[str, Any]]] = []
+    for name, weight, member in members:
+        own = backend.get(name) if isinstance(backend, dict) else backend
+        tag = f"teacher {name}" if len(members) > 1 else "teacher"
+        demos = build_demonstrations(member, splits, log, encoders)
+        labeler = build_labeler(member, labels, out, backend=own, log=log, progress=progress,
+                                demonstrations=demos)
+        runs: dict[str, LabelRun] = {}
+        try:
+            for split, frame in parts:
+                if frame is None or not len(frame):
+                    continue
+                pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+                run = labeler.label(frame["text"].tolist(), pairs, desc=f"{tag} ({split})")
+                run.stats["agreement_with_data_labels"] = _agreement(run, frame["label"].tolist())
+                runs[split] = run
+                _log_run(log, f"{tag} ({split})", run.stats)
+            content_free = (labeler.label(list(cfg.content_free_inputs), desc=f"{tag} (content-free inputs)")
+                            if cfg.calibration == "contextual" else None)
+            totals = labeler.store.totals()
+        except FatalBackendError as exc:
+            raise RecipeError(f"teacher.blackbox: {exc}") from None
+        finally:
+            labeler.store.close()
+        info: dict[str, Any] = {"teacher": labeler.backend.identity, "template": labeler.template.fingerprint,
+                                "store_totals": totals}
+        if cfg.calibration != "none":
+            info["calibration"] = calibrate_runs(member, runs, splits, content_free, log)
+        answered.append((name, weight, member, runs, info))
+    answers, cost = answered[-1][4]["store_totals"]
+    if len(answered) == 1:
+        _, _, _, runs, info = answered[0]
+        result = BlackBoxLabels(labels, runs)
+        teacher = info["teacher"]
+    else:
+        runs = combine_runs([(name, weight, member_runs) for name, weight, _, member_runs, _ in answered],
+                            labels, cfg.combine)
+        for split, frame in parts:
+            if split in runs:
+                runs[split].stats["agreement_with_data_labels"] = _agreement(runs[split],
+                                                                             frame["label"].tolist())
+                _log_run(log, f"teacher ensemble ({split})", runs[split].stats)
+        result = BlackBoxLabels(labels, runs)
+        teacher = "ensemble(" + ", ".join(f"{name}={info['teacher']}"
+                                          for name, _, _, _, info in answered) + ")"
     result.stats = {
-        "labels": list(splits.labels),
-        "teacher": labeler.backend.identity,
+        "labels": labels,
+        "teacher": teacher,
         "config": to_dict(cfg),
         "splits": {name: run.stats for name, run in runs.items()},
         "store": {"path": str(out / STORE_FILE), "answers": answers, "cost": cost},
     }
-    if cfg.calibration != "none":
-        result.stats["calibration"] = calibrate_runs(cfg, runs, splits, content_free, log)
+    if cfg.demonstrations or any(m.demonstrations for _, _, m in members):
+        result.stats["demonstrations"] = {name: {"per_prompt": m.demonstrations,
+                                                 "selection": m.demonstration_selection}
+                                          for name, _, m, _, _ in answered}
+    if len(answered) == 1:
+        if "calibration" in answered[0][4]:
+            result.stats["calibration"] = answered[0][4]["calibration"]
+    else:
+        result.stats["ensemble"] = ensemble_stats(answered, runs, splits, cfg.combine)
+        for line in ensemble_lines(result.stats["ensemble"]):
+            log(line)
     write_outputs(out, result, splits)
     return result
+
+
+def _log_run(log: Log, desc: str, s: dict[str, Any]) -> None:
+    log(f"{desc}: {s['labelled']}/{s['texts']} labelled, {s['unparseable']} unparseable, {s['failed']} "
+        f"failed, {s['not_labelled']} not labelled; {s['calls']} calls, {s['cached']} from the store, "
+        f"estimated cost {s['cost']:.4f}")
+
+
+def combine_runs(members: list[tuple[str, float, dict[str, LabelRun]]], labels: list[str],
+                 rule: str) -> dict[str, LabelRun]:
+    """One run per split from several members' runs over the same texts.
+
+    ``mean``: the weighted mean of the members' distributions (soft labels, or one-hot of the answer);
+    ``vote``: the weighted shares of their answers (a tie goes to the label with the higher mean
+    probability). Only members that answered a text take part in it; a text none answered keeps the most
+    telling status (failed, then unparseable, then not labelled).
+    """
+    n_labels = len(labels)
+    splits = [s for s in members[0][2] if all(s in runs for _, _, runs in members)]
+    out: dict[str, LabelRun] = {}
+    for split in splits:
+        runs = [(name, weight, member_runs[split]) for name, weight, member_runs in members]
+        n = len(runs[0][2].items)
+        items = []
+        for j in range(n):
+            votes = np.zeros(n_labels)
+            mean = np.zeros(n_labels)
+            total = 0.0
+            answers = []
+            for name, weight, run in runs:
+                item = run.items[j]
+                if item.label is None:
+                    continue
+                dist = (np.asarray(item.probs, dtype=np.float64) if item.probs is not None
+                        else np.eye(n_labels)[item.label])
+                mean += weight * dist
+                votes[item.label] += weight
+                total += weight
+                answers.append(f"{name}: {item.answer}")
+            if not total:
+                statuses = [run.items[j].status for _, _, run in runs]
+                status = next(s for s in ("failed", "unparseable", "not_labelled") if s in statuses)
+                reason = "; ".join(f"{name}: {run.items[j].reason}" for name, _, run in runs)
+                items.append(TeacherLabel(status, reason=reason,
+                                          cached=all(r.items[j].cached for _, _, r in runs)))
+                continue
+            mean /= total
+            probs = votes / total if rule == "vote" else mean
+            label = int(np.argmax(probs + 1e-9 * mean)) if rule == "vote" else int(np.argmax(probs))
+            items.append(TeacherLabel("labelled", label, probs.tolist(), " | ".join(answers),
+                                      cached=all(r.items[j].cached for _, _, r in runs)))
+        run = LabelRun(labels, items)
+        counts = {status: sum(item.status == status for item in items)
+                  for status in ("labelled", "unparseable", "failed", "not_labelled")}
+        run.stats = {"texts": n, **counts, "soft_labelled": counts["labelled"],
+                     "calls": sum(r.stats.get("calls", 0) for _, _, r in runs),
+                     "cached": sum(r.stats.get("cached", 0) for _, _, r in runs),
+                     "cost": sum(r.stats.get("cost", 0.0) for _, _, r in runs),
+                     "combine": rule,
+                     "label_counts": {name: sum(item.label == i for item in items)
+                                      for i, name in enumerate(labels)},
+                     "members": {name: {k: r.stats.get(k) for k in ("labelled", "unparseable", "failed",
+                                                                    "not_labelled", "calls", "cached")}
+                                 for name, _, r in runs}}
+        out[split] = run
+    return out
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float | None:
+    both = (a >= 0) & (b >= 0)
+    return float((a[both] == b[both]).mean()) if both.any() else None
+
+
+def ensemble_stats(answered: list[tuple[str, float, BlackBoxConfig, dict[str, LabelRun], dict[str, Any]]],
+                   combined: dict[str, LabelRun], splits: Any, rule: str) -> dict[str, Any]:
+    """Per member: its weight, what it answered, its test quality (when the test split was asked) and its
+    agreement with the combination on the training texts; and every pair's agreement."""
+    from distill.teachers.blackbox.calibrate import teacher_quality
+
+    labels = list(splits.labels)
+
+    def pool(runs: dict[str, LabelRun]) -> np.ndarray:
+        parts = [np.asarray(runs[n].hard()) for n in ("train", "unlabeled") if n in runs]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+    combined_pool = pool(combined)
+    members = []
+    for name, weight, member, runs, info in answered:
+        entry: dict[str, Any] = {"name": name, "weight": weight, "teacher": info["teacher"],
+                                 "template": info["template"], "demonstrations": member.demonstrations,
+                                 "labelled": int((pool(runs) >= 0).sum()),
+                                 "agreement_with_combined": _agree(pool(runs), combined_pool)}
+        if "test" in runs:
+            entry["test"] = teacher_quality(np.asarray(runs["test"].hard()), np.asarray(splits.test["label"]),
+                                            len(labels))
+        if "calibration" in info:
+            entry["calibration"] = info["calibration"]
+        members.append(entry)
+    pairwise = {}
+    for i, (a, _, _, runs_a, _) in enumerate(answered):
+        for b, _, _, runs_b, _ in answered[i + 1:]:
+            pairwise[f"{a} | {b}"] = _agree(pool(runs_a), pool(runs_b))
+    out: dict[str, Any] = {"combine": rule, "members": members, "pairwise_agreement": pairwise}
+    if "test" in combined:
+        out["test"] = teacher_quality(np.asarray(combined["test"].hard()), np.asarray(splits.test["label"]),
+                                      len(labels))
+    return out
+
+
+def ensemble_lines(section: dict[str, Any]) -> list[str]:
+    """The ensemble in a few log / report lines: each member's test accuracy and agreement."""
+    lines = []
+    for m in section["members"]:
+        acc = f"test accuracy {m['test']['accuracy']:.4f}, " if m.get("test") else ""
+        agree = m["agreement_with_combined"]
+        lines.append(f"ensemble member {m['name']} (weight {m['weight']:g}): {acc}agrees with the "
+                     f"combination on {'-' if agree is None else f'{agree:.1%}'} of the training texts")
+    for pair, value in section["pairwise_agreement"].items():
+        lines.append(f"ensemble agreement {pair}: {'-' if value is None else f'{value:.1%}'}")
+    if section.get("test"):
+        lines.append(f"ensemble ({section['combine']}): test accuracy {section['test']['accuracy']:.4f}")
+    return lines
 
 
 def calibrate_runs(cfg: BlackBoxConfig, runs: dict[str, LabelRun], splits: Any,

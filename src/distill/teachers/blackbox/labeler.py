@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distill.teachers.blackbox.backend import Backend, BackendError, ChatResponse, FatalBackendError
+from distill.teachers.blackbox.demos import Demonstrations
 from distill.teachers.blackbox.parse import LabelParser
 from distill.teachers.blackbox.prompt import PromptTemplate
 from distill.teachers.blackbox.store import ResponseStore, StoredAnswer, answer_key
@@ -128,6 +129,7 @@ class Labeler:
         max_cost: float | None = None,
         prices: Prices | None = None,
         soft_labels: bool = False,
+        demonstrations: Demonstrations | None = None,
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
     ):
@@ -141,6 +143,7 @@ class Labeler:
         self.max_calls, self.max_cost = max_calls, max_cost
         self.prices = prices or Prices()
         self.soft_labels = soft_labels
+        self.demonstrations = demonstrations
         if progress is None:
             from distill.training.args import progress_enabled
 
@@ -152,7 +155,10 @@ class Labeler:
               desc: str = "teacher") -> LabelRun:
         t0 = time.perf_counter()
         identity, params, template_id = self.backend.identity, self.backend.params, self.template.fingerprint
-        messages = [self.template.render(t, self.labels, None if text_pairs is None else text_pairs[i])
+        shots = (self.demonstrations.pick(texts, text_pairs) if self.demonstrations is not None
+                 else [()] * len(texts))
+        messages = [self.template.render(t, self.labels, None if text_pairs is None else text_pairs[i],
+                                         shots[i])
                     for i, t in enumerate(texts)]
         keys = [answer_key(identity, template_id, m, params) for m in messages]
         by_key = dict(zip(keys, messages))  # identical prompts share a key and are asked once

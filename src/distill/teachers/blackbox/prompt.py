@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from distill.config import DEFAULT_BLACKBOX_PROMPT
@@ -43,10 +44,17 @@ class PromptTemplate:
         """Identifies the template in the response-store key."""
         return hashlib.sha256(json.dumps([self.system, self.user]).encode("utf-8")).hexdigest()[:16]
 
-    def render(self, text: str, labels: list[str], text_pair: str | None = None) -> list[Message]:
+    def render(self, text: str, labels: list[str], text_pair: str | None = None,
+               shots: Sequence[tuple[str, str | None, int]] = ()) -> list[Message]:
+        """The messages for one text; ``shots`` (text, text_pair, label index) come first, as turns the
+        assistant answered with the label."""
         values = {"text": text, "labels": ", ".join(labels), "text_pair": text_pair or ""}
         messages = []
         if self.system:
             messages.append({"role": "system", "content": self.system.format(**values)})
+        for shot_text, shot_pair, shot_label in shots:
+            shown = {**values, "text": shot_text, "text_pair": shot_pair or ""}
+            messages.append({"role": "user", "content": self.user.format(**shown)})
+            messages.append({"role": "assistant", "content": labels[shot_label]})
         messages.append({"role": "user", "content": self.user.format(**values)})
         return messages
