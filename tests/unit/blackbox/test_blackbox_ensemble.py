@@ -38,6 +38,21 @@ def test_the_draw_depends_on_the_text_and_seed_only():
     assert any(other.pick([t])[0] != f for t, f in zip(texts, forward))
 
 
+def test_large_pools_duplicates_and_an_exhausted_class():
+    texts = [f"review number {i}" for i in range(500)] + ["review number 7"]  # a duplicate of row 7
+    gold = [i % 2 for i in range(500)] + [1]
+    for selection in ("balanced", "random"):
+        demos = Demonstrations(texts, gold, k=6, selection=selection, seed=0)
+        for shots in demos.pick(["review number 7", "review number 8", "new"]):
+            shown = [s[0] for s in shots]
+            assert len(shots) == 6 and len(set(shown)) == 6
+        assert "review number 7" not in [s[0] for s in demos.pick(["review number 7"])[0]]
+    # one negative row only: the draw takes it once, then fills up with the other class
+    few = Demonstrations(["bad", "good", "fine", "great", "nice"], [0, 1, 1, 1, 1], k=4, seed=2)
+    assert sorted(label for _, _, label in few.pick(["something"])[0]) == [0, 1, 1, 1]
+    assert sorted(label for _, _, label in few.pick(["bad"])[0]) == [1, 1, 1, 1]
+
+
 def _bag_of_words(texts):
     vocab = sorted({w for t in POOL + ["good acting", "dull film"] for w in t.split()})
     return np.array([[t.split().count(w) for w in vocab] for t in texts], dtype=float)

@@ -46,6 +46,14 @@ class Demonstrations:
         if self.selection == "nearest" and self.embed is None:
             raise ValueError("demonstrations: nearest needs an encoder")
         self._keys = [(t, None if self.pairs is None else self.pairs[i]) for i, t in enumerate(self.texts)]
+        self._index: dict[tuple[str, str | None], set[int]] = {}  # a text asked about -> its pool rows
+        for i, key in enumerate(self._keys):
+            self._index.setdefault(key, set()).add(i)
+        self._all = list(range(len(self._keys)))
+        self._by_class: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            self._by_class.setdefault(int(label), []).append(i)
+        self._members = {c: set(rows) for c, rows in self._by_class.items()}
         self._pool_emb: np.ndarray | None = None
 
     def _shot(self, i: int) -> Shot:
@@ -60,26 +68,22 @@ class Demonstrations:
 
     def _drawn(self, text: str, pair: str | None) -> list[Shot]:
         rng = np.random.default_rng(_text_seed(self.seed, text, pair))
-        allowed = [i for i, key in enumerate(self._keys) if key != (text, pair)]
+        own = self._index.get((text, pair), set())
         if self.selection == "random":
-            chosen = rng.choice(len(allowed), size=min(self.k, len(allowed)), replace=False)
-            return [self._shot(allowed[j]) for j in chosen]
-        by_class: dict[int, list[int]] = {}
-        for i in allowed:
-            by_class.setdefault(int(self.labels[i]), []).append(i)
-        classes = sorted(by_class)
-        for c in classes:
-            rng.shuffle(by_class[c])
+            return [self._shot(i) for i in _distinct(rng, self._all, self.k, own)]
+        classes = sorted(self._by_class)
         order = [classes[j] for j in rng.permutation(len(classes))]
-        out, taken = [], {c: 0 for c in classes}
-        while len(out) < min(self.k, len(allowed)):
+        want = dict.fromkeys(classes, 0)
+        left = {c: len(self._by_class[c]) - len(own & self._members[c]) for c in classes}
+        total = 0
+        while total < min(self.k, sum(left.values())):  # cycle through the classes, skipping exhausted ones
             for c in order:
-                if len(out) == self.k:
-                    break
-                if taken[c] < len(by_class[c]):
-                    out.append(self._shot(by_class[c][taken[c]]))
-                    taken[c] += 1
-        return out
+                if total < self.k and want[c] < left[c]:
+                    want[c] += 1
+                    total += 1
+        picked = {c: _distinct(rng, self._by_class[c], want[c], own) for c in classes}
+        return [self._shot(picked[c][round_]) for round_ in range(max(want.values(), default=0))
+                for c in order if round_ < want[c]]
 
     def _nearest(self, keys: list[tuple[str, str | None]]) -> list[list[Shot]]:
         assert self.embed is not None
@@ -97,6 +101,21 @@ class Demonstrations:
             chosen = [int(i) for i in order if self._keys[i] != key][: self.k]
             out.append([self._shot(i) for i in reversed(chosen)])  # the most similar ends next to the text
         return out
+
+
+def _distinct(rng: np.random.Generator, rows: list[int], m: int, exclude: set[int]) -> list[int]:
+    """``m`` distinct entries of ``rows`` outside ``exclude``, in draw order: O(m) draws for a large pool
+    (rejection), one permutation for a small one."""
+    if len(rows) <= 64 or (m + len(exclude)) * 4 > len(rows):
+        return [r for r in (rows[j] for j in rng.permutation(len(rows))) if r not in exclude][:m]
+    out: list[int] = []
+    seen = set()
+    while len(out) < m:
+        r = rows[int(rng.integers(len(rows)))]
+        if r not in exclude and r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
