@@ -1,6 +1,7 @@
 """Distillation losses. Every built-in loss registers itself here, so a recipe can name it."""
 
 from distill.losses import attention as _attention  # noqa: F401  (registers)
+from distill.losses import cross_tokenizer as _cross_tokenizer  # noqa: F401  (registers)
 from distill.losses import embedding as _embedding  # noqa: F401  (registers)
 from distill.losses import feature as _feature  # noqa: F401  (registers)
 from distill.losses import hidden as _hidden  # noqa: F401  (registers)
@@ -15,6 +16,7 @@ from distill.losses.base import (
     loss_parameters,
     register_loss,
 )
+from distill.losses.cross_tokenizer import ALMLoss
 from distill.losses.embedding import (
     AffinityLoss,
     ContrastiveLoss,
@@ -52,6 +54,7 @@ __all__ = [
     "CRDLoss",
     "SimilarityMatrixLoss",
     "SimilarityRankingLoss",
+    "ALMLoss",
     "build_losses",
 ]
 

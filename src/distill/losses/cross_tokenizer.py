@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from distill.losses.base import DistillLoss, register_loss
+from distill.outputs import ModelOutputs
+
 
 def chunk_logliks(token_logprobs: torch.Tensor, chunk_ids: torch.Tensor, n_chunks: int) -> torch.Tensor:
     """(B, L) per-token log-probabilities of the observed tokens and (B, L) group index per token (-1: in
@@ -115,3 +118,76 @@ def sorted_l1(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     ps = torch.nn.functional.pad(p, (0, width - p.shape[-1])).sort(dim=-1, descending=True).values
     qs = torch.nn.functional.pad(q, (0, width - q.shape[-1])).sort(dim=-1, descending=True).values
     return (ps - qs).abs().sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+CHUNK_LOGLIK = "chunk_loglik"
+"""``ModelOutputs.extra`` key: (B, G) the teacher's log-likelihood of each aligned group of a row."""
+CHUNK_VALID = "chunk_valid"
+"""``ModelOutputs.extra`` key: (B, G) True where the group is scored on both sides."""
+STUDENT_CHUNKS = "student_chunk_ids"
+"""Batch key: (B, L) the group of the token each position predicts (the position's label), -1: none."""
+
+
+@register_loss
+class ALMLoss(DistillLoss):
+    """Approximate likelihood matching (Minixhofer et al. 2025, "Universal cross-tokenizer distillation via
+    approximate likelihood matching"): the teacher's and the student's log-likelihoods of the same stretches
+    of text, compared group by group, so teacher and student may use different tokenizers.
+
+    A group is a run of tokens on each side covering the same UTF-8 bytes (:mod:`distill.data.byte_align`).
+    With ``c_T``, ``c_S`` the summed log-probabilities of a group's observed tokens, the loss per group is the
+    binary KL between ``Bern(exp(c_T / tau))`` and ``Bern(exp(c_S / tau))``; the sum over groups is divided by
+    the number of trained positions, as every token-level loss is.
+
+    In a cross-tokenizer causal-LM run the teacher side comes from the store as ``chunk_loglik`` /
+    ``chunk_valid`` (the teacher ran once over its own tokenization of the text) and the batch carries the
+    student's ``student_chunk_ids``. With neither (teacher and student share a tokenizer), every trained
+    position is its own group and the teacher's log-probability of the label is read from its logits.
+    """
+
+    name = "alm"
+    teacher_needs = ("logits",)
+    student_needs = ("logits",)
+    needs_labels = True
+    formula = ("sum_g KL(Bern(exp(c_T,g / tau)) || Bern(exp(c_S,g / tau))) / N_tokens, "
+               "c_g = sum of the group's observed-token log-probabilities under each model's own tokenizer")
+    citation = ("Minixhofer, Vulic, Ponti 2025, Universal Cross-Tokenizer Distillation via Approximate "
+                "Likelihood Matching (arXiv:2503.20083)")
+
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        self.validate_params(tau=tau)
+        self.tau = float(tau)
+
+    @staticmethod
+    def validate_params(tau: float = 1.0, **_: object) -> None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+            raise ValueError(f"tau: {tau!r} is not a positive number; use e.g. 1.0")
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs,
+                batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError("loss 'alm' needs the batch's next-token 'labels' (a causal-LM batch)")
+        logits = student.require("logits", self.name)
+        s_lp = observed_logprobs(logits, labels)  # type: ignore[arg-type]
+        scored = labels >= 0
+        n_tokens = scored.sum()
+        if CHUNK_LOGLIK in teacher.extra:  # cross-tokenizer: the teacher's groups come from the store
+            c_t = teacher.extra[CHUNK_LOGLIK].to(s_lp.dtype)
+            valid = teacher.extra[CHUNK_VALID].bool()
+            chunks = batch[STUDENT_CHUNKS]
+            chunks = torch.where(scored, chunks, torch.full_like(chunks, -1))
+            c_s = chunk_logliks(s_lp, chunks, c_t.shape[1])
+            # a group counts only where the student scores every one of its tokens too
+            valid = valid & (_count(chunks, c_t.shape[1]) > 0)
+            per = torch.where(valid, binary_kl(c_t, c_s, self.tau), torch.zeros_like(c_s))
+        else:  # one tokenizer: every trained position is its own group
+            t_logits = teacher.require("logits", self.name)
+            if not isinstance(t_logits, torch.Tensor):
+                raise ValueError("loss 'alm' needs the teacher's full logits (a dense store: store.topk 0) "
+                                 "when teacher and student share a tokenizer")
+            t_lp = observed_logprobs(t_logits.detach(), labels).to(s_lp.dtype)
+            per = torch.where(scored, binary_kl(t_lp, s_lp, self.tau), torch.zeros_like(s_lp))
+        return per.sum() / n_tokens.clamp_min(1).to(per.dtype)

@@ -114,6 +114,13 @@ EXAMPLES: dict[str, Example] = {
         bad_params={"label_smoothing": [-0.1, 1.0, "0.1"]},
     ),
     "hard_kd": Example(variants={"default": {}}, bad_params={}),
+    # cross-tokenizer (distill.losses.cross_tokenizer): on one tokenizer every trained position is a group;
+    # the aligned-group path (teacher groups from a store) has its own tests in test_cross_tokenizer.py
+    "alm": Example(
+        variants={"tau1": {}, "tau0.5": {"tau": 0.5}},
+        bad_params={"tau": [0, -1.0, "1", True]},
+        shapes=("sequence",),
+    ),
     "hidden": Example(
         variants={
             "mse-uniform": {"loss": "mse"},

@@ -195,3 +195,62 @@ def test_gradient_accumulation_invariance():
         acc += part.detach()
     assert float(acc) == pytest.approx(float(full.detach()), rel=1e-12)
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-10, atol=1e-15)
+
+
+# -- the registered loss against the plain-math reference (golden_cross_tokenizer.py) ----------------------
+def _random_lm_batch(seed: int, b: int = 2, length: int = 6, vocab: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, length, vocab, generator=g, dtype=torch.float64) * 1.5
+    t = torch.randn(b, length, vocab, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.randint(0, vocab, (b, length), generator=g)
+    labels[0, -1] = -100  # the last position of a row predicts nothing
+    labels[1, 3:] = -100  # padding
+    return s, t, labels
+
+
+@pytest.mark.parametrize(("seed", "tau"), [(0, 1.0), (1, 0.5), (2, 2.0)])
+def test_alm_loss_same_tokenizer_matches_reference(seed, tau):
+    from distill.losses import LOSSES, LossContext
+    from distill.outputs import ModelOutputs
+
+    from . import golden_cross_tokenizer as ref
+
+    s, t, labels = _random_lm_batch(seed)
+    loss = LOSSES.get("alm").build({"tau": tau}, LossContext())
+    got = loss(ModelOutputs(logits=s), ModelOutputs(logits=t), {"labels": labels})
+    want = ref.alm_same_tokenizer(s.tolist(), t.tolist(), labels.tolist(), tau)
+    assert float(got) == pytest.approx(want, rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize(("seed", "tau"), [(0, 1.0), (3, 0.7)])
+def test_alm_loss_over_aligned_groups_matches_reference(seed, tau):
+    from distill.losses import LOSSES, LossContext
+    from distill.losses.cross_tokenizer import CHUNK_LOGLIK, CHUNK_VALID, STUDENT_CHUNKS
+    from distill.outputs import ModelOutputs
+
+    from . import golden_cross_tokenizer as ref
+
+    s, _, labels = _random_lm_batch(seed)
+    chunks = torch.tensor([[0, 0, 1, -1, 2, 2], [0, 1, 1, 2, 2, 2]])  # row 2: positions 3.. untrained
+    ll = torch.tensor([[-2.5, -0.4, -3.0], [-1.2, -6.0, -0.9]], dtype=torch.float64)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    loss = LOSSES.get("alm").build({"tau": tau}, LossContext())
+    teacher = ModelOutputs(extra={CHUNK_LOGLIK: ll, CHUNK_VALID: valid})
+    got = loss(ModelOutputs(logits=s), teacher, {"labels": labels, STUDENT_CHUNKS: chunks})
+    want = ref.alm_groups(s.tolist(), labels.tolist(), chunks.tolist(), ll.tolist(), valid.tolist(), tau)
+    assert float(got) == pytest.approx(want, rel=1e-12, abs=1e-14)
+
+
+def test_alm_loss_closed_form_one_position():
+    # one trained position, vocabulary of 2: student p(label) = 1/2, teacher p(label) = e / (e + 1)
+    from distill.losses import LOSSES, LossContext
+    from distill.outputs import ModelOutputs
+
+    s = torch.zeros(1, 1, 2, dtype=torch.float64)
+    t = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    labels = torch.tensor([[0]])
+    a, b = math.e / (math.e + 1), 0.5
+    want = a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
+    loss = LOSSES.get("alm").build({}, LossContext())
+    assert float(loss(ModelOutputs(logits=s), ModelOutputs(logits=t), {"labels": labels})) == pytest.approx(
+        want, rel=1e-14)
