@@ -150,7 +150,10 @@ def validate_causal_lm(r: "Recipe") -> None:
         check(not r.store.enabled, "store.enabled", r.store.enabled,
                "on-policy distillation scores student-written text, so the teacher runs online: set "
                "store.enabled: false")
-    if r.store.enabled:
+    from distill.tasks import CROSS_TOKENIZER_LOSSES
+
+    cross = any(s.name in CROSS_TOKENIZER_LOSSES for s in r.losses)  # one log-probability per token
+    if r.store.enabled and not cross:
         check(r.store.topk > 0 or r.store.codec != "topk", "store.topk", r.store.topk,
                "a language model's full logits cost ~100 KB per token; keep the top k per token (e.g. 32) or "
                "code the output layer's input (store.codec: head4)")

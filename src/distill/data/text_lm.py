@@ -182,7 +182,7 @@ def vocab_size_of(model_or_config) -> int:
 def check_vocabularies(teacher_tokenizer, student_tokenizer, teacher_vocab: int, student_vocab: int) -> int:
     """The number of logit columns teacher and student share, after checking they speak one vocabulary.
 
-    Tokenizers must map the same strings to the same ids (distilling across tokenizers is not supported yet).
+    Tokenizers must map the same strings to the same ids (across tokenizers, see the ``alm`` loss).
     Output heads may still differ in size: models pad their embedding matrix to a multiple of 64 or 128
     (Qwen: 151,936 vs 152,064 rows), so the extra rows, which no token uses, are sliced off with a warning.
     """
@@ -195,8 +195,10 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer, teacher_vocab: int,
             raise RecipeError(
                 "student.model: the student's tokenizer differs from the teacher's "
                 f"({len(differ)} of {len(set(tv) | set(sv))} entries differ, e.g. {differ[:3]}); "
-                "cross-tokenizer distillation of language models is not supported yet: use a student that "
-                "shares the teacher's tokenizer (student.from_teacher, or a smaller model of the same family)"
+                "token-level losses such as kd need one vocabulary: distil across tokenizers with the alm "
+                "loss "
+                "(losses: [{name: alm}, {name: ce}]), or use a student that shares the teacher's tokenizer "
+                "(student.from_teacher, or a smaller model of the same family)"
             )
     used = max(len(teacher_tokenizer), len(student_tokenizer))
     shared = min(teacher_vocab, student_vocab)

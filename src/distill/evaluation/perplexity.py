@@ -209,6 +209,9 @@ def lm_verdict(report: dict[str, Any]) -> list[str]:
     out = [f"Held-out {both(s)} for the distilled student"
            + (f", {both(b)} for the same student trained on the text alone" if b else "")
            + (f", {both(t)} for the teacher" if t else "") + "."]
+    if report.get("cross_tokenizer"):
+        out.append("Teacher and student read the text through different tokenizers, so their perplexities do "
+                   "not compare: bits per byte do (every byte of the held-out text is scored by each model).")
     cmp = (report.get("significance") or {}).get("student_kd_vs_student_no_kd")
     if cmp:
         text = describe_lm_comparison(cmp, "The distilled student", "the no-KD student") + "."

@@ -28,11 +28,19 @@ TASKS.register_lazy("blackbox-classification",
                     "distill.tasks.blackbox_classification:BlackBoxClassificationTask")
 TASKS.register_lazy("sentence-embedding", "distill.tasks.sentence_embedding:SentenceEmbeddingTask")
 TASKS.register_lazy("causal-lm", "distill.tasks.causal_lm:CausalLMTask")
+TASKS.register_lazy("causal-lm-cross-tokenizer", "distill.tasks.causal_lm_cross:CrossTokenizerLMTask")
 TASKS.register_lazy("image-classification", "distill.tasks.image_classification:ImageClassificationTask")
 
 RECIPE_TASKS = ("text-classification", "sentence-embedding", "causal-lm", "image-classification")
 """What a recipe's ``task:`` may say among the built-ins (black-box classification is chosen by
 ``teacher.blackbox``, not named)."""
+
+
+CROSS_TOKENIZER_LOSSES = frozenset({"alm"})
+"""Losses that compare teacher and student over aligned stretches of text: a causal-LM recipe that names one
+runs ``causal-lm-cross-tokenizer`` (teacher and student may then use different tokenizers)."""
+INTERNAL_TASKS = ("blackbox-classification", "causal-lm-cross-tokenizer")
+"""Registered tasks a recipe does not name: chosen from ``teacher.blackbox`` and from the losses."""
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
@@ -44,6 +52,8 @@ def task_name(recipe: Any) -> str:
     """The registered task a recipe runs."""
     if recipe.task == "text-classification" and recipe.teacher.blackbox is not None:
         return "blackbox-classification"
+    if recipe.task == "causal-lm" and any(s.name in CROSS_TOKENIZER_LOSSES for s in recipe.losses):
+        return "causal-lm-cross-tokenizer"
     return recipe.task
 
 
@@ -55,4 +65,4 @@ def task_for(recipe: Any, log: Callable[[str], None] | None = None) -> Task:
 
 def recipe_task_names() -> list[str]:
     """The values ``task:`` accepts: the built-ins and every task registered since."""
-    return [n for n in TASKS if n != "blackbox-classification"]
+    return [n for n in TASKS if n not in INTERNAL_TASKS]

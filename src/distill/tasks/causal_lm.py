@@ -367,7 +367,7 @@ class CausalLMTask(SelectsLosses, Task):
                           seed=r.train.seed)
         trainer = cls(
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False, **overrides),
-            train_dataset=RowDataset(rows), data_collator=CausalLMCollator(self.pad_id),
+            train_dataset=RowDataset(rows), data_collator=self.collator(),
             processing_class=self.student_tokenizer, distiller=distiller, teacher=teacher, store=store,
             token_level=True, vocab_size=self.vocab_size, **kwargs,
         )
@@ -395,6 +395,10 @@ class CausalLMTask(SelectsLosses, Task):
         state.wait_for_everyone()
         self.report["training"][name] = info
         return model
+
+    def collator(self) -> CausalLMCollator:
+        """How the student's training rows become batches."""
+        return CausalLMCollator(self.pad_id)
 
     def _curve(self, trainer: Any, model: torch.nn.Module) -> list[dict[str, Any]]:
         """Score ``model`` on the held-out rows at each of ``causal_lm.curve_steps`` while it trains; returns

@@ -1,0 +1,104 @@
+"""Rows of a cross-tokenizer causal-LM run: stretches of text, each tokenised by the teacher's and by the
+student's tokenizer and aligned by UTF-8 byte position (:mod:`distill.data.byte_align`).
+
+A row is a piece of the original text (never a decoded token sequence: decoding a window of byte-level
+tokens can cut a character in two). Each side encodes it without special tokens behind one *start token*
+of its own (its BOS, else its EOS), which covers no bytes: every token of the text is then predicted by a
+position before it, so each model's held-out NLL is the NLL of the same bytes, and bits per byte compare
+models across tokenizers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distill._dataclass_io import RecipeError
+from distill.data.byte_align import align_spans, byte_spans
+
+
+def start_token(tokenizer) -> int:
+    """The id a row starts with on this side: BOS, else EOS (a causal LM without either cannot score the
+    first token of a text)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise RecipeError(f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token; a "
+                      "cross-tokenizer run starts every row with one of them")
+
+
+def encode_spans(text: str, tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
+    """``[start] + ids`` of ``text`` and the UTF-8 byte span of each (the start token covers none)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise RecipeError(f"tokenizer {type(tokenizer).__name__}: cross-tokenizer alignment needs a fast "
+                          "tokenizer (character offsets); load it with use_fast=True")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [(0, 0)] + byte_spans(text, enc["offset_mapping"])
+    return [start_token(tokenizer)] + list(enc["input_ids"]), spans
+
+
+def text_windows(df: pd.DataFrame, tokenizer, length: int, domain_column: str | None = None,
+                 text_column: str = "text", min_tokens: int = 4) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cut every text of ``df`` into windows of at most ``length`` tokens of ``tokenizer`` (the student's),
+    each kept as the exact substring it covers. Returns rows ``{"text", "domain"}`` and the domain names."""
+    if length < 2:
+        raise RecipeError(f"causal_lm.chunk_length: {length} is too short; a chunk needs at least 2 tokens")
+    if text_column not in df.columns:
+        raise RecipeError(f"data.text_column: no column {text_column!r} in the data; "
+                          f"columns: {list(df.columns)}")
+    if domain_column and domain_column not in df.columns:
+        raise RecipeError(f"causal_lm.domain_column: no column {domain_column!r} in the data; "
+                          f"columns: {list(df.columns)}")
+    groups = ([("all", df)] if not domain_column
+              else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)])
+    rows: list[dict[str, Any]] = []
+    for d, (_, part) in enumerate(groups):
+        texts = [str(t) for t in part[text_column].tolist()]
+        offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for text, offs in zip(texts, offsets):
+            offs = [(s, e) for s, e in offs if e > s]
+            for i in range(0, len(offs), length):
+                piece = offs[i:i + length]
+                if len(piece) >= min(min_tokens, length):
+                    rows.append({"text": text[piece[0][0]:piece[-1][1]], "domain": d})
+    return rows, [g for g, _ in groups]
+
+
+def aligned_row(row: dict[str, Any], student_tokenizer, teacher_tokenizer) -> dict[str, Any]:
+    """A window, encoded on both sides and aligned. Adds ``input_ids`` (student), ``teacher_ids``,
+    ``teacher_spans``, ``teacher_chunks`` (group per teacher token, -1: none) and ``position_chunks`` (per
+    student position, the group of the token it predicts, -1: none)."""
+    s_ids, s_spans = encode_spans(row["text"], student_tokenizer)
+    t_ids, t_spans = encode_spans(row["text"], teacher_tokenizer)
+    al = align_spans(t_spans, s_spans)
+    t_chunks, s_chunks = al.chunk_ids(len(t_ids), len(s_ids))
+    return {**row, "input_ids": s_ids, "prompt_length": 0, "teacher_ids": t_ids, "teacher_spans": t_spans,
+            "teacher_chunks": t_chunks, "position_chunks": s_chunks[1:] + [-1], "groups": len(al.groups)}
+
+
+def teacher_rows_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same windows as the teacher reads them (for its held-out perplexity and bits per byte)."""
+    return [{"input_ids": r["teacher_ids"], "prompt_length": 0, "domain": r["domain"], "text": r["text"],
+             "example_index": r["example_index"]} for r in rows]
+
+
+def group_logliks(teacher_logprobs: np.ndarray, teacher_chunks: list[int],
+                  n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """A row's teacher log-likelihood per group (the sum over the group's teacher tokens of the stored
+    observed-token log-probabilities; position 0, the start token, has none) and whether it is usable (every
+    token of the group scored, the value finite)."""
+    ll = np.zeros(n_groups, dtype=np.float64)
+    ok = np.ones(n_groups, dtype=bool)
+    seen = np.zeros(n_groups, dtype=bool)
+    for k, g in enumerate(teacher_chunks):
+        if g < 0:
+            continue
+        seen[g] = True
+        value = float(teacher_logprobs[k]) if k > 0 else float("nan")
+        if not np.isfinite(value):
+            ok[g] = False
+        else:
+            ll[g] += value
+    return ll, ok & seen
