@@ -100,6 +100,7 @@ def _one_step(tmp_path, tiny_llama, lm_tokenizer, batch, accum, losses):
 @pytest.mark.parametrize("losses", [
     [{"name": "kd", "weight": 1.0, "params": {"temperature": 2.0}}, {"name": "ce", "weight": 0.5}],
     [{"name": "kd", "weight": 1.0, "params": {"divergence": "jsd", "beta": 0.3}}],
+    [{"name": "alm", "weight": 1.0, "params": {"tau": 2.0}}, {"name": "ce", "weight": 0.5}],
 ])
 def test_four_micro_batches_equal_one_big_batch(tmp_path, tiny_llama, lm_tokenizer, losses):
     big, t_big = _one_step(tmp_path, tiny_llama, lm_tokenizer, batch=8, accum=1, losses=losses)
