@@ -17,6 +17,7 @@ import pandas as pd
 
 from distill._dataclass_io import RecipeError
 from distill.data.byte_align import align_spans, byte_spans
+from distill.data.text_lm import domain_groups
 
 
 def start_token(tokenizer) -> int:
@@ -45,14 +46,7 @@ def text_windows(df: pd.DataFrame, tokenizer, length: int, domain_column: str | 
     each kept as the exact substring it covers. Returns rows ``{"text", "domain"}`` and the domain names."""
     if length < 2:
         raise RecipeError(f"causal_lm.chunk_length: {length} is too short; a chunk needs at least 2 tokens")
-    if text_column not in df.columns:
-        raise RecipeError(f"data.text_column: no column {text_column!r} in the data; "
-                          f"columns: {list(df.columns)}")
-    if domain_column and domain_column not in df.columns:
-        raise RecipeError(f"causal_lm.domain_column: no column {domain_column!r} in the data; "
-                          f"columns: {list(df.columns)}")
-    groups = ([("all", df)] if not domain_column
-              else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)])
+    groups = domain_groups(df, text_column, domain_column)
     rows: list[dict[str, Any]] = []
     for d, (_, part) in enumerate(groups):
         texts = [str(t) for t in part[text_column].tolist()]

@@ -67,17 +67,24 @@ def chunk_texts(texts: Sequence[str], tokenizer, length: int, min_length: int = 
     return [c for c in chunks if len(c) >= min(min_length, length)]
 
 
-def chunk_frame(df: pd.DataFrame, tokenizer, length: int, domain_column: str | None = None,
-                text_column: str = "text") -> tuple[list[dict[str, Any]], list[str]]:
-    """Chunk a text table per domain (chunks never mix domains). Returns rows and the domain names."""
+def domain_groups(df: pd.DataFrame, text_column: str = "text",
+                  domain_column: str | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """``(domain name, rows)`` in name order (one ``all`` group without a domain column), after checking that
+    the named columns exist."""
     if text_column not in df.columns:
         raise RecipeError(f"data.text_column: no column {text_column!r} in the data; "
                           f"columns: {list(df.columns)}")
     if domain_column and domain_column not in df.columns:
         raise RecipeError(f"causal_lm.domain_column: no column {domain_column!r} in the data; "
                           f"columns: {list(df.columns)}")
-    groups = ([("all", df)] if not domain_column
-              else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)])
+    return ([("all", df)] if not domain_column
+            else [(str(k), g) for k, g in df.groupby(domain_column, sort=True)])
+
+
+def chunk_frame(df: pd.DataFrame, tokenizer, length: int, domain_column: str | None = None,
+                text_column: str = "text") -> tuple[list[dict[str, Any]], list[str]]:
+    """Chunk a text table per domain (chunks never mix domains). Returns rows and the domain names."""
+    groups = domain_groups(df, text_column, domain_column)
     names = [g for g, _ in groups]
     rows: list[dict[str, Any]] = []
     for d, (_, part) in enumerate(groups):

@@ -61,9 +61,29 @@ def load_causal_lm(path: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
+def model_configs(recipe: Recipe) -> tuple[tuple[str, Any, int], tuple[str, Any, int]]:
+    """``(teacher dir, config, layers), (student dir, config, layers)`` with the recipe's layer choices
+    checked; a student built from the teacher has the teacher's directory and no config of its own (None)."""
+    from distill.packaged import resolve_model
+
+    t, s = recipe.teacher, recipe.student
+    tdir = resolve_model(t.model)
+    tconf = load_config(tdir, "teacher.model", t.revision, t.trust_remote_code)
+    t_layers = num_layers(tconf)
+    if s.from_teacher:
+        check_layers(list(s.layers or []), t_layers)
+        return (tdir, tconf, t_layers), (tdir, None, len(s.layers or []))
+    sdir = resolve_model(s.model or "")
+    sconf = load_config(sdir, "student.model")
+    s_layers = num_layers(sconf)
+    if s.layers:
+        check_layers(list(s.layers), s_layers, "the student model")
+        s_layers = len(s.layers)
+    return (tdir, tconf, t_layers), (sdir, sconf, s_layers)
+
+
 def plan_causal_lm(recipe: Recipe) -> Plan:
     """Validate a causal-LM recipe without loading weights: losses, layers, vocabularies."""
-    from distill.packaged import resolve_model
 
     for i, spec in enumerate(recipe.losses):
         cls = LOSSES.get(spec.name)
@@ -71,22 +91,11 @@ def plan_causal_lm(recipe: Recipe) -> Plan:
         if missing:
             raise RecipeError(f"losses[{i}].name: {spec.name!r} needs {sorted(missing)}, which a causal-LM "
                               "run does not provide; use kd (any divergence, skew), ce and hard_kd")
-    t, s = recipe.teacher, recipe.student
-    tdir = resolve_model(t.model)
-    tconf = load_config(tdir, "teacher.model", t.revision, t.trust_remote_code)
-    t_layers = num_layers(tconf)
-    if s.from_teacher:
-        check_layers(list(s.layers or []), t_layers)
-        sconf, s_layers, s_vocab = None, len(s.layers or []), int(tconf.vocab_size)
-        shared = int(tconf.vocab_size)
-    else:
-        sdir = resolve_model(s.model or "")
-        sconf = load_config(sdir, "student.model")
-        s_layers = num_layers(sconf)
-        if s.layers:
-            check_layers(list(s.layers), s_layers, "the student model")
-            s_layers = len(s.layers)
-        s_vocab = int(sconf.vocab_size)
+    t = recipe.teacher
+    (tdir, tconf, t_layers), (sdir, sconf, s_layers) = model_configs(recipe)
+    s_vocab = int((sconf or tconf).vocab_size)
+    shared = int(tconf.vocab_size)
+    if sconf is not None:
         shared = check_vocabularies(load_tokenizer(tdir, t.revision), load_tokenizer(sdir),
                                     int(tconf.vocab_size), s_vocab)
     ctx = LossContext(student_hidden_size=hidden_size(sconf or tconf), teacher_hidden_size=hidden_size(tconf),

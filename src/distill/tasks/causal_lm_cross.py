@@ -28,13 +28,12 @@ from distill.data.cross_rows import aligned_row, group_logliks, teacher_rows_of,
 from distill.data.text_lm import CausalLMCollator, pad_token_id, read_text_table, split_rows
 from distill.losses import LossContext, build_losses
 from distill.losses.cross_tokenizer import CHUNK_LOGLIK, CHUNK_VALID, STUDENT_CHUNKS
-from distill.models import hidden_size, load_config, load_tokenizer, num_layers
+from distill.models import hidden_size, load_tokenizer
 from distill.outputs import ModelOutputs
 from distill.stages import store_root
-from distill.students.inherit import check_layers
 from distill.tasks import CROSS_TOKENIZER_LOSSES, register_task
 from distill.tasks.base import Plan
-from distill.tasks.causal_lm import CausalLMTask
+from distill.tasks.causal_lm import CausalLMTask, model_configs
 from distill.training import Distiller
 
 TEXT_ONLY_LOSSES = {"ce"}
@@ -42,7 +41,6 @@ TEXT_ONLY_LOSSES = {"ce"}
 
 def plan_cross_tokenizer_lm(recipe: Recipe) -> Plan:
     """Validate a cross-tokenizer causal-LM recipe without loading weights."""
-    from distill.packaged import resolve_model
 
     c = recipe.causal_lm
     for field, value in (("causal_lm.sequence_kd", c.sequence_kd), ("causal_lm.on_policy", c.on_policy),
@@ -59,20 +57,8 @@ def plan_cross_tokenizer_lm(recipe: Recipe) -> Plan:
                 f"losses[{i}].name: {spec.name!r} compares the two models position by position, which needs "
                 "one tokenizer; a cross-tokenizer run takes "
                 f"{sorted(CROSS_TOKENIZER_LOSSES | TEXT_ONLY_LOSSES)}")
-    t, s = recipe.teacher, recipe.student
-    tdir = resolve_model(t.model)
-    tconf = load_config(tdir, "teacher.model", t.revision, t.trust_remote_code)
-    t_layers = num_layers(tconf)
-    if s.from_teacher:
-        check_layers(list(s.layers or []), t_layers)
-        sconf, s_layers, sdir = None, len(s.layers or []), tdir
-    else:
-        sdir = resolve_model(s.model or "")
-        sconf = load_config(sdir, "student.model")
-        s_layers = num_layers(sconf)
-        if s.layers:
-            check_layers(list(s.layers), s_layers, "the student model")
-            s_layers = len(s.layers)
+    t = recipe.teacher
+    (tdir, tconf, t_layers), (sdir, sconf, s_layers) = model_configs(recipe)
     for side, path in (("teacher.model", tdir), ("student.model", sdir)):
         tok = load_tokenizer(path, t.revision if side == "teacher.model" else None)
         if not getattr(tok, "is_fast", False):
