@@ -135,3 +135,21 @@ def test_cross_tokenizer_refuses_a_position_by_position_loss(setup):
     raw = _recipe(d, teacher, student, data, "x", losses=[{"name": "alm"}, {"name": "kd"}])
     with pytest.raises(RecipeError, match=r"losses\[1\]\.name: 'kd'"):
         task_for(recipe_from_dict(raw))
+
+
+def test_cache_and_cache_info_for_a_cross_tokenizer_recipe(setup, capsys):
+    from distill.cli.main import main
+
+    d, teacher, student, data = setup
+    raw = _recipe(d, teacher, student, data, "cache_only")
+    raw["data"]["test_fraction"] = 0.25  # other windows than the run above: a store of its own
+    path = d / "cache.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["cache", str(path), "--info"]) == 0
+    assert "no store yet" in capsys.readouterr().out
+    assert main(["cache", str(path)]) == 0
+    built = capsys.readouterr().out
+    assert "token_logprobs" in built and "usable_groups" in built
+    assert main(["cache", str(path), "--info"]) == 0
+    info = capsys.readouterr().out
+    assert "token_logprobs" in info and "no store yet" not in info
