@@ -16,7 +16,7 @@ from distill.losses.base import (
     loss_parameters,
     register_loss,
 )
-from distill.losses.cross_tokenizer import ALMLoss
+from distill.losses.cross_tokenizer import ALMLoss, HybridTokenKLLoss
 from distill.losses.embedding import (
     AffinityLoss,
     ContrastiveLoss,
@@ -55,6 +55,7 @@ __all__ = [
     "SimilarityMatrixLoss",
     "SimilarityRankingLoss",
     "ALMLoss",
+    "HybridTokenKLLoss",
     "build_losses",
 ]
 

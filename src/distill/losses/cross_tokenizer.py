@@ -191,3 +191,112 @@ class ALMLoss(DistillLoss):
             t_lp = observed_logprobs(t_logits.detach(), labels).to(s_lp.dtype)
             per = torch.where(scored, binary_kl(t_lp, s_lp, self.tau), torch.zeros_like(s_lp))
         return per.sum() / n_tokens.clamp_min(1).to(per.dtype)
+
+
+GROUP_TOPK_IDS = "group_topk_ids"
+"""``ModelOutputs.extra`` key: (B, G, k) the teacher's k most likely next tokens at each group's
+last position, as *student* ids (-1: a teacher token whose text the student's vocabulary lacks)."""
+GROUP_TOPK_LOGP = "group_topk_logp"
+"""``ModelOutputs.extra`` key: (B, G, k) their merged log-probabilities (chain rule: the log-probability of
+the group's earlier observed teacher tokens plus the last position's log-probability of the token)."""
+STUDENT_SHARED = "student_shared_vocab"
+"""``ModelOutputs.extra`` key: (V_S,) bool, the student tokens whose text the teacher's vocabulary has too."""
+
+
+def generalised_kl(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``p log(p/q) - p + q`` for non-negative measures that need not sum to one (0 where p = 0):
+    never negative, zero exactly when q = p."""
+    q = torch.exp(logq)
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)) - p + q
+
+
+def group_last_positions(chunks: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(B, L) group per position -> (B, G) the last position of each group (-1: a group with none)."""
+    pos = torch.arange(chunks.shape[1], device=chunks.device).expand_as(chunks)
+    pos = torch.where(chunks >= 0, pos, torch.full_like(pos, -1))
+    out = torch.full((chunks.shape[0], n_groups), -1, dtype=torch.long, device=chunks.device)
+    return out.scatter_reduce(1, chunks.clamp_min(0), pos, reduce="amax", include_self=True)
+
+
+@register_loss
+class HybridTokenKLLoss(DistillLoss):
+    """Cross-tokenizer distillation of full next-token distributions (GOLD's hybrid loss, Hugging Face TRL;
+    ULD, Boizard et al. 2024): exact KL on the tokens both vocabularies share, sorted L1 on the rest.
+
+    For each aligned group (:mod:`distill.data.byte_align`) both sides merge the group into one distribution
+    by the chain rule (``bayesian``): the probability of the group's earlier observed tokens times the last
+    position's next-token distribution. On tokens whose text both vocabularies have, the teacher's merged
+    top-k probabilities ``p`` and the student's ``q`` at the same tokens are compared by the generalised KL
+    ``sum p log(p/q) - p + q`` (the merged vectors do not sum to one; this divergence is still never negative
+    and zero only at equality). The teacher's remaining top-k mass and the student's probabilities on tokens
+    the teacher lacks are compared by ULD's sorted L1 (order-free: the tokens have no counterpart). Sum over
+    groups / trained student positions, like every token-level loss. On one tokenizer every position is a
+    group, every token is shared, and the loss is the forward KL of the full distributions.
+    """
+
+    name = "hybrid_kl"
+    teacher_needs = ("logits",)
+    student_needs = ("logits",)
+    needs_labels = True
+    formula = ("sum_g [ sum_{y in shared, top-k} p_g(y) log(p_g(y)/q_g(y)) - p_g(y) + q_g(y) "
+               "+ w_u * ||sort(p_g[unshared]) - sort(q_g[unshared])||_1 ] / N_tokens, p_g, q_g merged by the "
+               "chain rule")
+    citation = ("Boizard et al. 2024, Towards Cross-Tokenizer Distillation: the Universal Logit Distillation "
+                "Loss (arXiv:2402.12030); Hugging Face TRL GOLD trainer (hybrid ULD, bayesian merge)")
+
+    def __init__(self, unshared_weight: float = 1.0):
+        super().__init__()
+        self.validate_params(unshared_weight=unshared_weight)
+        self.unshared_weight = float(unshared_weight)
+
+    @staticmethod
+    def validate_params(unshared_weight: float = 1.0, **_: object) -> None:
+        if (isinstance(unshared_weight, bool) or not isinstance(unshared_weight, (int, float))
+                or not unshared_weight >= 0):
+            raise ValueError(f"unshared_weight: {unshared_weight!r} is not a number >= 0; use e.g. 1.0")
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs,
+                batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError("loss 'hybrid_kl' needs the batch's next-token 'labels' (a causal-LM batch)")
+        logits = student.require("logits", self.name)
+        x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # type: ignore[union-attr]
+        scored = labels >= 0
+        n_tokens = scored.sum().clamp_min(1)
+        if GROUP_TOPK_IDS not in teacher.extra:  # one tokenizer: the forward KL at every trained position
+            t_logits = teacher.require("logits", self.name)
+            if not isinstance(t_logits, torch.Tensor):
+                raise ValueError("loss 'hybrid_kl' needs the teacher's full logits on a shared tokenizer")
+            logp = torch.log_softmax(t_logits.detach().to(x.dtype), -1)
+            logq = torch.log_softmax(x, -1)
+            per = generalised_kl(logp.exp(), logp, logq).sum(-1)
+            return torch.where(scored, per, torch.zeros_like(per)).sum() / n_tokens.to(per.dtype)
+        ids, t_logp = teacher.extra[GROUP_TOPK_IDS], teacher.extra[GROUP_TOPK_LOGP].to(x.dtype)
+        valid = teacher.extra[CHUNK_VALID].bool()
+        shared_vocab = teacher.extra[STUDENT_SHARED].bool()
+        chunks = batch[STUDENT_CHUNKS]
+        chunks = torch.where(scored, chunks, torch.full_like(chunks, -1))
+        n_groups = ids.shape[1]
+        s_lp = observed_logprobs(x, labels)
+        last = group_last_positions(chunks, n_groups)  # (B, G)
+        valid = valid & (last >= 0)
+        lastc = last.clamp_min(0)
+        log_sm = torch.log_softmax(x, -1)  # (B, L, V)
+        # the student's merged distribution: its earlier observed tokens' log-probability + the last
+        # position's distribution
+        prefix = chunk_logliks(s_lp, chunks, n_groups) - s_lp.gather(1, lastc)
+        at_last = log_sm.gather(1, lastc.unsqueeze(-1).expand(-1, -1, log_sm.shape[-1]))
+        merged = at_last + prefix.unsqueeze(-1)
+        shared = ids >= 0
+        logq = merged.gather(2, ids.clamp_min(0))  # (B, G, k)
+        p = torch.where(shared, t_logp.exp(), torch.zeros_like(t_logp))
+        kl = torch.where(shared, generalised_kl(p, t_logp, logq), torch.zeros_like(logq)).sum(-1)
+        # the rest: the teacher's top-k mass outside the shared tokens vs the student's on its own tokens
+        p_u = torch.where(shared, torch.zeros_like(t_logp), t_logp.exp())
+        q_all = torch.where(shared_vocab.to(merged.device), torch.full_like(merged, float("-inf")), merged)
+        k = ids.shape[-1]
+        q_u = q_all.topk(min(k, q_all.shape[-1]), dim=-1).values.exp()
+        uld = sorted_l1(p_u, q_u)
+        per = torch.where(valid, kl + self.unshared_weight * uld, torch.zeros_like(kl))
+        return per.sum() / n_tokens.to(per.dtype)

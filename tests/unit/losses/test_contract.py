@@ -121,6 +121,11 @@ EXAMPLES: dict[str, Example] = {
         bad_params={"tau": [0, -1.0, "1", True]},
         shapes=("sequence",),
     ),
+    "hybrid_kl": Example(
+        variants={"default": {}, "no-unshared": {"unshared_weight": 0.0}},
+        bad_params={"unshared_weight": [-0.5, "1", True]},
+        shapes=("sequence",),
+    ),
     "hidden": Example(
         variants={
             "mse-uniform": {"loss": "mse"},

@@ -254,3 +254,83 @@ def test_alm_loss_closed_form_one_position():
     loss = LOSSES.get("alm").build({}, LossContext())
     assert float(loss(ModelOutputs(logits=s), ModelOutputs(logits=t), {"labels": labels})) == pytest.approx(
         want, rel=1e-14)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hybrid_same_tokenizer_is_forward_kl_and_matches_reference(seed):
+    from distill.losses import LOSSES, LossContext
+    from distill.outputs import ModelOutputs
+
+    from . import golden_cross_tokenizer as ref
+
+    s, t, labels = _random_lm_batch(seed)
+    loss = LOSSES.get("hybrid_kl").build({}, LossContext())
+    got = loss(ModelOutputs(logits=s), ModelOutputs(logits=t), {"labels": labels})
+    assert float(got) == pytest.approx(ref.hybrid_same_tokenizer(s.tolist(), t.tolist(), labels.tolist()),
+                                       rel=1e-12)
+    kd = LOSSES.get("kd").build({"temperature": 1.0}, LossContext(num_classes=s.shape[-1]))
+    mask = (labels >= 0).long()
+    want = kd(ModelOutputs(logits=s, attention_mask=mask), ModelOutputs(logits=t, attention_mask=mask),
+              {"attention_mask": mask, "loss_mask": mask})
+    assert float(got) == pytest.approx(float(want), rel=1e-9)
+
+
+@pytest.mark.parametrize(("seed", "weight"), [(0, 1.0), (2, 0.3)])
+def test_hybrid_over_aligned_groups_matches_reference(seed, weight):
+    from distill.losses import LOSSES, LossContext
+    from distill.losses.cross_tokenizer import (
+        CHUNK_VALID,
+        GROUP_TOPK_IDS,
+        GROUP_TOPK_LOGP,
+        STUDENT_CHUNKS,
+        STUDENT_SHARED,
+    )
+    from distill.outputs import ModelOutputs
+
+    from . import golden_cross_tokenizer as ref
+
+    s, _, labels = _random_lm_batch(seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    chunks = torch.tensor([[0, 0, 1, -1, 2, 2], [0, 1, 1, 2, 2, 2]])
+    ids = torch.tensor([[[1, 3, -1], [0, -1, 4], [2, 3, 1]], [[4, 0, -1], [1, 2, 3], [-1, -1, 0]]])
+    logp = -torch.rand(2, 3, 3, generator=g, dtype=torch.float64) * 4
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    shared = torch.tensor([True, True, False, True, True])  # token 2 has no teacher counterpart
+    teacher = ModelOutputs(extra={GROUP_TOPK_IDS: ids, GROUP_TOPK_LOGP: logp, CHUNK_VALID: valid,
+                                  STUDENT_SHARED: shared})
+    loss = LOSSES.get("hybrid_kl").build({"unshared_weight": weight}, LossContext())
+    batch = {"labels": labels, STUDENT_CHUNKS: chunks}
+    got = loss(ModelOutputs(logits=s.requires_grad_(True)), teacher, batch)
+    want = ref.hybrid_groups(s.tolist(), labels.tolist(), chunks.tolist(), ids.tolist(), logp.tolist(),
+                             valid.tolist(), shared.tolist(), weight)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-12)
+    got.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert not s.grad[1, 3:].any()  # untrained positions get no gradient
+
+
+def test_hybrid_is_zero_when_the_student_matches_the_merged_teacher():
+    # one group of two student positions; the teacher's top-k holds the student's own merged probabilities
+    from distill.losses import LOSSES, LossContext
+    from distill.losses.cross_tokenizer import (
+        CHUNK_VALID,
+        GROUP_TOPK_IDS,
+        GROUP_TOPK_LOGP,
+        STUDENT_CHUNKS,
+        STUDENT_SHARED,
+    )
+    from distill.outputs import ModelOutputs
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(1, 2, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[2, 1]])
+    chunks = torch.tensor([[0, 0]])
+    lsm = torch.log_softmax(s, -1)
+    merged = lsm[0, 0, 2] + lsm[0, 1]  # P(first token) * P(. | first token)
+    ids = torch.tensor([[[0, 1, 2, 3]]])
+    teacher = ModelOutputs(extra={GROUP_TOPK_IDS: ids, GROUP_TOPK_LOGP: merged.view(1, 1, 4),
+                                  CHUNK_VALID: torch.tensor([[True]]),
+                                  STUDENT_SHARED: torch.ones(4, dtype=torch.bool)})
+    loss = LOSSES.get("hybrid_kl").build({}, LossContext())
+    value = loss(ModelOutputs(logits=s), teacher, {"labels": labels, STUDENT_CHUNKS: chunks})
+    assert abs(float(value)) < 1e-14
