@@ -153,3 +153,32 @@ def test_cache_and_cache_info_for_a_cross_tokenizer_recipe(setup, capsys):
     assert main(["cache", str(path), "--info"]) == 0
     info = capsys.readouterr().out
     assert "token_logprobs" in info and "no store yet" not in info
+
+
+def test_hybrid_kl_run_reads_the_teachers_top_k_on_the_shared_vocabulary(setup):
+    from distill.cli.main import main
+
+    d, teacher, student, data = setup
+    raw = _recipe(d, teacher, student, data, "hybrid",
+                  losses=[{"name": "hybrid_kl", "weight": 1.0}, {"name": "ce", "weight": 0.5}])
+    raw["store"]["topk"] = 4
+    raw["train"]["epochs"] = 1
+    path = d / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) in (0, None)
+    report = json.loads((d / "hybrid" / "report.json").read_text())
+    store = report["store"]
+    # word-level teacher vs BPE student: whole words the BPE learnt as one token are shared
+    assert store["topk"] == 4 and store["shared_student_tokens"] > 0
+    assert report["cross_tokenizer"]["loss"] == ["hybrid_kl"]
+    assert all(0 < m["bits_per_byte"] < 20 for m in report["models"].values())
+
+
+def test_hybrid_kl_without_a_top_k_store_names_store_topk(setup):
+    from distill.config import recipe_from_dict
+    from distill.tasks import task_for
+
+    d, teacher, student, data = setup
+    raw = _recipe(d, teacher, student, data, "x", losses=[{"name": "hybrid_kl"}, {"name": "ce"}])
+    with pytest.raises(RecipeError, match=r"store\.topk: 0"):
+        task_for(recipe_from_dict(raw))

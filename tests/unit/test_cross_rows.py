@@ -115,3 +115,32 @@ def test_token_logprob_store_resumes_shard_by_shard(tokenizers, tmp_path):
                                            shard_size=3, log=lambda m: None)
     assert seconds is None and not calls
     assert TokenLogprobStore.open(folder).info()["rows"] == 7
+
+
+def test_shared_vocabulary_pairs_tokens_by_text(tokenizers):
+    from distill.data.cross_rows import shared_vocabulary
+
+    words, bpe, _ = tokenizers
+    t2s, shared = shared_vocabulary(words, bpe, len(words), len(bpe))
+    assert len(t2s) == len(words) and len(shared) == len(bpe)
+    pairs = [(t, int(s)) for t, s in enumerate(t2s) if s >= 0]
+    assert pairs, "some whole words are single BPE tokens"
+    for t, s in pairs:
+        assert words.decode([t]) == bpe.decode([s]) and shared[s]
+    assert t2s[words.eos_token_id] == -1 and t2s[words.pad_token_id] == -1  # special tokens never pair
+    assert shared.sum() == len(pairs)
+
+
+def test_group_topk_merges_by_the_chain_rule():
+    from distill.data.cross_rows import group_topk
+
+    row = {"groups": 2, "teacher_chunks": [-1, 0, 0, 1]}
+    lp = np.array([np.nan, -1.0, -2.0, -0.5], dtype=np.float32)
+    top_ids = np.array([[5, 6], [7, 5], [6, 7], [5, 6]], dtype=np.int32)
+    top_lp = np.array([[-0.1, -2.0], [-0.3, -1.5], [-0.2, -1.9], [-0.4, -1.1]], dtype=np.float32)
+    t2s = np.array([-1, -1, -1, -1, -1, 0, 1, -1])
+    ids, logp = group_topk(row, lp, top_ids, top_lp, t2s)
+    # group 0 = teacher tokens 1, 2: the distribution at position 1 (predicts token 2) + log P(token 1)
+    assert ids[0].tolist() == [-1, 0] and np.allclose(logp[0], [-0.3 - 1.0, -1.5 - 1.0])
+    # group 1 = token 3 alone: the distribution at position 2, no prefix
+    assert ids[1].tolist() == [1, -1] and np.allclose(logp[1], [-0.2, -1.9])

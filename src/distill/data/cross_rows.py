@@ -96,3 +96,53 @@ def group_logliks(teacher_logprobs: np.ndarray, teacher_chunks: list[int],
         else:
             ll[g] += value
     return ll, ok & seen
+
+
+def _token_texts(tokenizer) -> dict[str, int]:
+    """Each non-special token's text (decoded alone) -> its id, for texts only one token has (a text two
+    tokens share, e.g. SentencePiece's "▁the" and "the" once the leading space is dropped, and byte
+    fragments that decode to U+FFFD are left out: a wrong pairing would teach the wrong token)."""
+    special = set(tokenizer.all_special_ids)
+    seen: dict[str, list[int]] = {}
+    for tid in range(len(tokenizer)):
+        if tid in special:
+            continue
+        text = tokenizer.decode([tid])
+        if text and "\ufffd" not in text:
+            seen.setdefault(text, []).append(tid)
+    return {text: ids[0] for text, ids in seen.items() if len(ids) == 1}
+
+
+def shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_vocab: int,
+                      student_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens both vocabularies have, by their text: ``(teacher id -> student id or -1, of length
+    teacher_vocab; student ids that have a teacher counterpart, a bool mask of length student_vocab)``."""
+    t_texts, s_texts = _token_texts(teacher_tokenizer), _token_texts(student_tokenizer)
+    t2s = np.full(max(teacher_vocab, len(teacher_tokenizer)), -1, dtype=np.int64)
+    shared = np.zeros(max(student_vocab, len(student_tokenizer)), dtype=bool)
+    for text, tid in t_texts.items():
+        sid = s_texts.get(text)
+        if sid is not None:
+            t2s[tid] = sid
+            shared[sid] = True
+    return t2s, shared[:student_vocab]
+
+
+def group_topk(row: dict[str, Any], teacher_logprobs: np.ndarray, topk_ids: np.ndarray,
+               topk_logprobs: np.ndarray, t2s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group of a row, the teacher's merged top-k next tokens at the group's last teacher position (as
+    student ids, -1: not shared) and their log-probabilities plus the log-probability of the group's earlier
+    teacher tokens (the chain rule). Shapes (G, k)."""
+    n_groups, k = row["groups"], topk_ids.shape[1]
+    ids = np.full((n_groups, k), -1, dtype=np.int64)
+    logp = np.zeros((n_groups, k), dtype=np.float64)
+    members: dict[int, list[int]] = {}
+    for tok, g in enumerate(row["teacher_chunks"]):
+        if g >= 0:
+            members.setdefault(g, []).append(tok)
+    for g, toks in members.items():
+        last = max(toks)
+        prefix = float(sum(teacher_logprobs[t] for t in toks if t != last))
+        ids[g] = t2s[topk_ids[last - 1]]  # position last - 1 predicts the group's last token
+        logp[g] = topk_logprobs[last - 1].astype(np.float64) + prefix
+    return ids, logp

@@ -36,7 +36,7 @@ RECIPE_TASKS = ("text-classification", "sentence-embedding", "causal-lm", "image
 ``teacher.blackbox``, not named)."""
 
 
-CROSS_TOKENIZER_LOSSES = frozenset({"alm"})
+CROSS_TOKENIZER_LOSSES = frozenset({"alm", "hybrid_kl"})
 """Losses that compare teacher and student over aligned stretches of text: a causal-LM recipe that names one
 runs ``causal-lm-cross-tokenizer`` (teacher and student may then use different tokenizers)."""
 INTERNAL_TASKS = ("blackbox-classification", "causal-lm-cross-tokenizer")

@@ -10,8 +10,10 @@ held-out bits per byte for teacher, distilled and text-only student (perplexitie
 tokenizers do not compare; every token of every window is scored on both sides, so the NLL of each window is
 the NLL of the same bytes).
 
-Not with this path yet: chat rows, sequence-level KD, on-policy batches, DDK, and token-level losses other
-than ``alm`` and ``ce`` (they compare distributions position by position, which needs one vocabulary).
+``hybrid_kl`` also reads each teacher position's top-k next tokens (``store.topk``), mapped onto the student's
+vocabulary by token text. Not with this path yet: chat rows, sequence-level KD, on-policy batches, DDK, and
+token-level losses other than ``alm``, ``hybrid_kl`` and ``ce`` (they compare distributions position by
+position, which needs one vocabulary).
 """
 
 from __future__ import annotations
@@ -24,10 +26,24 @@ import torch
 
 from distill._dataclass_io import RecipeError
 from distill.config import Recipe
-from distill.data.cross_rows import aligned_row, group_logliks, teacher_rows_of, text_windows
+from distill.data.cross_rows import (
+    aligned_row,
+    group_logliks,
+    group_topk,
+    shared_vocabulary,
+    teacher_rows_of,
+    text_windows,
+)
 from distill.data.text_lm import CausalLMCollator, pad_token_id, read_text_table, split_rows
 from distill.losses import LossContext, build_losses
-from distill.losses.cross_tokenizer import CHUNK_LOGLIK, CHUNK_VALID, STUDENT_CHUNKS
+from distill.losses.cross_tokenizer import (
+    CHUNK_LOGLIK,
+    CHUNK_VALID,
+    GROUP_TOPK_IDS,
+    GROUP_TOPK_LOGP,
+    STUDENT_CHUNKS,
+    STUDENT_SHARED,
+)
 from distill.models import hidden_size, load_tokenizer
 from distill.outputs import ModelOutputs
 from distill.stages import store_root
@@ -57,6 +73,9 @@ def plan_cross_tokenizer_lm(recipe: Recipe) -> Plan:
                 f"losses[{i}].name: {spec.name!r} compares the two models position by position, which needs "
                 "one tokenizer; a cross-tokenizer run takes "
                 f"{sorted(CROSS_TOKENIZER_LOSSES | TEXT_ONLY_LOSSES)}")
+    if any(s.name == "hybrid_kl" for s in recipe.losses) and recipe.store.topk <= 0:
+        raise RecipeError(f"store.topk: {recipe.store.topk}; hybrid_kl reads the teacher's k most likely "
+                          "next tokens at each position from the store: set store.topk, e.g. 32")
     t = recipe.teacher
     (tdir, tconf, t_layers), (sdir, sconf, s_layers) = model_configs(recipe)
     for side, path in (("teacher.model", tdir), ("student.model", sdir)):
@@ -92,13 +111,20 @@ class CrossCollator(CausalLMCollator):
 
 
 class AlignedTeacher:
-    """The teacher side of ``alm`` for the training rows, read by ``example_index``: each row's group
-    log-likelihoods and validity, computed once from the token log-probability store."""
+    """The teacher side of the cross-tokenizer losses for the training rows, read by ``example_index``: each
+    row's group log-likelihoods and validity (``alm``) and, with a top-k store and the shared vocabulary
+    (``shared``: teacher id -> student id, and the student's shared-token mask), each group's merged top-k
+    next tokens as student ids (``hybrid_kl``), computed once from the token log-probability store."""
 
-    def __init__(self, store: Any, rows: list[dict[str, Any]]):
+    def __init__(self, store: Any, rows: list[dict[str, Any]],
+                 shared: tuple[np.ndarray, np.ndarray] | None = None):
         self.store, self.key, self.path = store, store.key, store.path
         self.loglik: list[np.ndarray] = []
         self.valid: list[np.ndarray] = []
+        self.top_ids: list[np.ndarray] = []
+        self.top_logp: list[np.ndarray] = []
+        self.student_shared = None if shared is None else torch.as_tensor(shared[1])
+        self.shared_tokens = None if shared is None else int(shared[1].sum())
         for i, row in enumerate(rows):
             if len(store.ids[i]) != len(row["teacher_ids"]) or not np.array_equal(store.ids[i],
                                                                                    row["teacher_ids"]):
@@ -107,11 +133,19 @@ class AlignedTeacher:
             ll, ok = group_logliks(store.logprobs[i], row["teacher_chunks"], row["groups"])
             self.loglik.append(ll)
             self.valid.append(ok)
+            if shared is not None:
+                ids, logp = group_topk(row, store.logprobs[i], store.topk_ids[i], store.topk_logprobs[i],
+                                       shared[0])
+                self.top_ids.append(ids.astype(np.int32))
+                self.top_logp.append(logp.astype(np.float32))
 
     def info(self) -> dict[str, Any]:
         groups = sum(len(v) for v in self.valid)
-        return {**self.store.info(), "groups": groups,
-                "usable_groups": int(sum(int(v.sum()) for v in self.valid))}
+        out = {**self.store.info(), "groups": groups,
+               "usable_groups": int(sum(int(v.sum()) for v in self.valid))}
+        if self.shared_tokens is not None:
+            out["shared_student_tokens"] = self.shared_tokens
+        return out
 
     def fetch(self, indices: torch.Tensor, device: Any = None) -> ModelOutputs:
         idx = [int(i) for i in indices]
@@ -122,7 +156,17 @@ class AlignedTeacher:
             n = len(self.loglik[i])
             ll[r, :n] = torch.as_tensor(self.loglik[i], dtype=torch.float32)
             ok[r, :n] = torch.as_tensor(self.valid[i])
-        return ModelOutputs(extra={CHUNK_LOGLIK: ll, CHUNK_VALID: ok})
+        extra = {CHUNK_LOGLIK: ll, CHUNK_VALID: ok}
+        if self.student_shared is not None:
+            k = self.top_ids[idx[0]].shape[1]
+            ids = torch.full((len(idx), width, k), -1, dtype=torch.long)
+            logp = torch.zeros(len(idx), width, k, dtype=torch.float32)
+            for r, i in enumerate(idx):
+                n = len(self.top_ids[i])
+                ids[r, :n] = torch.as_tensor(self.top_ids[i], dtype=torch.long)
+                logp[r, :n] = torch.as_tensor(self.top_logp[i])
+            extra.update({GROUP_TOPK_IDS: ids, GROUP_TOPK_LOGP: logp, STUDENT_SHARED: self.student_shared})
+        return ModelOutputs(extra=extra)
 
 
 @register_task("causal-lm-cross-tokenizer")
@@ -188,8 +232,13 @@ class CrossTokenizerLMTask(CausalLMTask):
         return store_key(teacher=self.teacher.fingerprint(),
                          tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
                          data=fingerprint_rows([x["text"] for x in rows]), task="causal-lm-cross-tokenizer",
-                         kind="token_logprobs", spec=StoreSpec(capture=("logits",)),
+                         kind="token_logprobs", topk=self.teacher_topk(),
+                         spec=StoreSpec(capture=("logits",)),
                          vocab=self.plan.info["teacher_vocab"])
+
+    def teacher_topk(self) -> int:
+        """Top-k next tokens kept per teacher position: only ``hybrid_kl`` reads them."""
+        return self.recipe.store.topk if any(s.name == "hybrid_kl" for s in self.recipe.losses) else 0
 
     def teacher_store(self, distiller: Distiller, build: bool = True) -> AlignedTeacher:
         from distill.store.token_logprobs import build_token_logprob_store
@@ -199,10 +248,17 @@ class CrossTokenizerLMTask(CausalLMTask):
         store, seconds = build_token_logprob_store(
             folder, self.kd_rows, self.teacher_model, pad_id=self.teacher_pad_id,
             vocab_size=self.plan.info["teacher_vocab"], batch_size=r.train.eval_batch_size,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task}, log=self.log)
+            topk=self.teacher_topk(), meta={"teacher": self.teacher.path, "recipe_task": r.task},
+            log=self.log)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
-        return AlignedTeacher(store, self.kd_rows)
+        shared = None
+        if self.teacher_topk():
+            shared = shared_vocabulary(self.teacher_tokenizer, self.student_tokenizer,
+                                       self.plan.info["teacher_vocab"], self.plan.info["student_vocab"])
+            self.log(f"shared vocabulary: {int(shared[1].sum())} of the student's "
+                     f"{self.plan.info['student_vocab']} tokens have a teacher token with the same text")
+        return AlignedTeacher(store, self.kd_rows, shared)
 
     def teacher_outputs(self, distiller: Distiller) -> tuple[Any, torch.nn.Module | None]:
         # the teacher always runs once into its (small) store: its groups are read from there
