@@ -1,17 +1,16 @@
 """Benchmark (issue: cross-tokenizer and multi-teacher): a causal-LM student on *another tokenizer* than its
-teacher, distilled with ``alm`` against the same student trained on the text alone.
+teacher, distilled with ``alm`` or ``hybrid_kl`` against the same student trained on the text alone.
 
 Teacher: SmolLM2-135M-Instruct (packaged GGUF, dequantised). Student: the teacher's layers
 [0, 6, 12, 18, 24, 29] moved onto a new byte-level BPE tokenizer trained here on the corpus's training windows
 (``--vocab`` tokens); each new token's input embedding is the mean of the teacher's embeddings of that token's
 text under the teacher's tokenizer (output layer tied). Text: the packaged ``three_domains`` corpus. Per
-seed, one run of the recipe: KD student (``alm`` + ``ce``) and no-KD student (``ce``), the same steps;
-held-out bits per byte for teacher and both students (every byte of each held-out window scored by each
-model).
-Across seeds: mean and spread, and a sign-flip test over held-out windows on the per-window NLL averaged
-over the seeds (the windows are the same text for every seed and both students).
+seed, one run of the recipe: KD student (``alm`` or ``hybrid_kl``, + ``ce``) and no-KD student (``ce``), the
+same steps; held-out bits per byte for teacher and both students (every byte of each held-out window scored
+by each model). Across seeds: mean and spread, and a sign-flip test over held-out windows on the per-window
+NLL averaged over the seeds (the windows are the same text for every seed and both students).
 
-    python bench/cross_tokenizer.py --seeds 0 1 2 --steps 150
+    python bench/cross_tokenizer.py --seeds 0 1 2 --steps 120 [--loss hybrid_kl]
 """
 
 from __future__ import annotations
@@ -83,18 +82,19 @@ def build_student(out: Path, vocab: int, chunk_length: int) -> Path:
     return out
 
 
-def recipe(student: Path, seed: int, steps: int, out: Path, alm_weight: float, tau: float,
-           chunk_length: int) -> dict:
+def recipe(student: Path, seed: int, steps: int, out: Path, loss: str, weight: float, tau: float,
+           chunk_length: int, topk: int) -> dict:
+    kd = {"name": loss, "weight": weight, **({"tau": tau} if loss == "alm" else {})}
     return {
         "task": "causal-lm", "output_dir": str(out),
         "teacher": {"model": "packaged:smollm2-135m-instruct"},
         "student": {"model": str(student)},
         "data": {"source": "packaged", "name": "three_domains", "test_fraction": 0.1,
                  "validation_fraction": 0.05},
-        "losses": [{"name": "alm", "weight": alm_weight, "tau": tau}, {"name": "ce", "weight": 1.0}],
+        "losses": [kd, {"name": "ce", "weight": 1.0}],
         "select": {"enabled": False},
         "causal_lm": {"chunk_length": chunk_length, "domain_column": "domain"},
-        "store": {"dir": str(CACHE / "stores")},
+        "store": {"dir": str(CACHE / "stores"), "topk": topk if loss == "hybrid_kl" else 0},
         "train": {"max_steps": steps, "batch_size": 4, "learning_rate": 3e-4, "seed": seed,
                   "lr_scheduler": "constant_with_warmup", "warmup_ratio": 0.0,
                   "extra_args": {"warmup_steps": 10}, "logging_steps": 25, "save_steps": 1000,
@@ -111,8 +111,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--alm-weight", type=float, default=1.0)
-    ap.add_argument("--tau", type=float, default=1.0)
+    ap.add_argument("--loss", choices=["alm", "hybrid_kl"], default="alm")
+    ap.add_argument("--weight", type=float, default=1.0, help="weight of the cross-tokenizer loss (ce: 1.0)")
+    ap.add_argument("--tau", type=float, default=1.0, help="alm's temperature")
+    ap.add_argument("--topk", type=int, default=32, help="hybrid_kl: teacher top-k next tokens per position")
     ap.add_argument("--chunk-length", type=int, default=128)
     ap.add_argument("--out", default="runs/bench_cross_tokenizer")
     args = ap.parse_args()
@@ -122,7 +124,8 @@ def main() -> None:
     reports, nll, info = [], {"student_kd": [], "student_no_kd": []}, {}
     for seed in args.seeds:
         task = task_for(recipe_from_dict(recipe(student, seed, args.steps, Path(args.out) / f"seed{seed}",
-                                                args.alm_weight, args.tau, args.chunk_length)))
+                                                args.loss, args.weight, args.tau, args.chunk_length,
+                                                args.topk)))
         reports.append(task.run())
         for role in nll:
             nll[role].append(task.chunk_nll[role][0])
@@ -149,7 +152,8 @@ def main() -> None:
         "kd_vs_no_kd_bpb_ci95": [x / math.log(2) for x in pooled["ci95"]],
         "kd_vs_no_kd_per_seed_p": per_seed_p,
         "kd_minus_no_kd_bpb_over_seeds": gain,
-        "loss": f"alm (tau {args.tau}, weight {args.alm_weight}) + ce 1.0",
+        "loss": (f"alm (tau {args.tau}, weight {args.weight}) + ce 1.0" if args.loss == "alm"
+                 else f"hybrid_kl (top-{args.topk}, weight {args.weight}) + ce 1.0"),
         "steps": args.steps,
         "student_vocab": args.vocab,
         "tokens_per_group": {k: info["cross"][k] for k in ("student_tokens_per_group",
@@ -174,7 +178,8 @@ def main() -> None:
             f"averaged over the seeds (95% bootstrap interval {lo:+.4f} to {hi:+.4f}, sign-flip p over "
             f"windows {pooled['p']:.4g}); per-seed p {', '.join(f'{p:.3g}' for p in per_seed_p)}. "
             f"Script wall time {time.perf_counter() - t0:.0f} s.")
-    append_results("Cross-tokenizer LM distillation: alm vs text only (bench/cross_tokenizer.py)", body)
+    append_results(f"Cross-tokenizer LM distillation: {args.loss} vs text only (bench/cross_tokenizer.py)",
+                   body)
     write_json("cross_tokenizer", args.seeds, rows, summary)
 
 
