@@ -161,7 +161,7 @@ def main() -> None:
     }
     table = "\n".join(f"| {name} | {mean_std(bpb[role])} |" for name, role in (
         ("teacher SmolLM2-135M-Instruct (its own tokenizer, 30 layers)", "teacher"),
-        ("student, alm + ce (another tokenizer, 6 layers)", "student_kd"),
+        (f"student, {args.loss} + ce (another tokenizer, 6 layers)", "student_kd"),
         ("student, ce only (same init and steps)", "student_no_kd")))
     lo, hi = summary["kd_vs_no_kd_bpb_ci95"]
     body = (f"Teacher SmolLM2-135M-Instruct; student: its layers {LAYERS} on a new byte-level BPE tokenizer "
