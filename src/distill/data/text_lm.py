@@ -202,10 +202,10 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer, teacher_vocab: int,
             raise RecipeError(
                 "student.model: the student's tokenizer differs from the teacher's "
                 f"({len(differ)} of {len(set(tv) | set(sv))} entries differ, e.g. {differ[:3]}); "
-                "token-level losses such as kd need one vocabulary: distil across tokenizers with the alm "
-                "loss "
-                "(losses: [{name: alm}, {name: ce}]), or use a student that shares the teacher's tokenizer "
-                "(student.from_teacher, or a smaller model of the same family)"
+                "token-level losses such as kd need one vocabulary: distil across tokenizers with "
+                "hybrid_kl (losses: [{name: hybrid_kl}, {name: ce}] and store.topk: 32) or alm, or use a "
+                "student that shares the teacher's tokenizer (student.from_teacher, or a smaller model of "
+                "the same family)"
             )
     used = max(len(teacher_tokenizer), len(student_tokenizer))
     shared = min(teacher_vocab, student_vocab)

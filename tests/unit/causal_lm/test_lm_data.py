@@ -46,7 +46,7 @@ def test_padded_vocab_is_sliced_with_a_warning_and_other_tokenizers_fail(lm_toke
     core = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<unk>": 1, "king": 2, "the": 3}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     diff = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>")
-    with pytest.raises(RecipeError, match="across tokenizers with the alm loss"):
+    with pytest.raises(RecipeError, match="across tokenizers with hybrid_kl"):
         check_vocabularies(lm_tokenizer, diff, 33, 33)
     assert other is not None
 
