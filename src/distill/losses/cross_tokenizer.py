@@ -89,7 +89,11 @@ def observed_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """(B, L, V) logits and (B, L) shifted labels (-100: not trained) -> (B, L) log-probability of each
     observed next token (0 where not trained)."""
     x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # only half is upcast
-    logp = torch.log_softmax(x, dim=-1)
+    return picked_logprobs(torch.log_softmax(x, dim=-1), labels)
+
+
+def picked_logprobs(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) log-probabilities and (B, L) labels -> (B, L) the label's log-probability (0 where -100)."""
     picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return torch.where(labels >= 0, picked, torch.zeros_like(picked))
 
@@ -278,11 +282,11 @@ class HybridTokenKLLoss(DistillLoss):
         chunks = batch[STUDENT_CHUNKS]
         chunks = torch.where(scored, chunks, torch.full_like(chunks, -1))
         n_groups = ids.shape[1]
-        s_lp = observed_logprobs(x, labels)
+        log_sm = torch.log_softmax(x, -1)  # (B, L, V), once: observed tokens and merged distributions
+        s_lp = picked_logprobs(log_sm, labels)
         last = group_last_positions(chunks, n_groups)  # (B, G)
         valid = valid & (last >= 0)
         lastc = last.clamp_min(0)
-        log_sm = torch.log_softmax(x, -1)  # (B, L, V)
         # the student's merged distribution: its earlier observed tokens' log-probability + the last
         # position's distribution
         prefix = chunk_logliks(s_lp, chunks, n_groups) - s_lp.gather(1, lastc)

@@ -84,7 +84,6 @@ def model_configs(recipe: Recipe) -> tuple[tuple[str, Any, int], tuple[str, Any,
 
 def plan_causal_lm(recipe: Recipe) -> Plan:
     """Validate a causal-LM recipe without loading weights: losses, layers, vocabularies."""
-
     for i, spec in enumerate(recipe.losses):
         cls = LOSSES.get(spec.name)
         missing = (set(cls.teacher_needs) | set(cls.student_needs)) - LM_SIGNALS
