@@ -286,14 +286,18 @@ class CausalLMTask(SelectsLosses, Task):
         return store
 
     def cache(self) -> str:
-        from distill.store.reader import format_info
-
         self.prepare_teacher()
         distiller = self.distiller()
         if not distiller.needs_teacher:
             raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is "
                               "nothing to cache")
-        return format_info(self.teacher_store(distiller).info())
+        return self.describe_store(self.teacher_store(distiller))
+
+    def describe_store(self, store: Any) -> str:
+        """What ``distill cache`` prints about the store it built or found."""
+        from distill.store.reader import format_info
+
+        return format_info(store.info())
 
     def cache_info(self) -> str:
         """The store's key (and contents) without running the teacher. With sequence-level KD the key covers

@@ -264,13 +264,7 @@ class CrossTokenizerLMTask(CausalLMTask):
         # the teacher always runs once into its (small) store: its groups are read from there
         return (self.teacher_store(distiller), None) if distiller.needs_teacher else (None, None)
 
-    def cache(self) -> str:
-        self.prepare_teacher()
-        distiller = self.distiller()
-        if not distiller.needs_teacher:
-            raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is "
-                              "nothing to cache")
-        store = self.teacher_store(distiller)
+    def describe_store(self, store: AlignedTeacher) -> str:
         return _describe({"key": store.key, "path": store.path, **store.info()})
 
     def cache_info(self) -> str:
