@@ -66,6 +66,16 @@ class Recipe:
     """Classification: the kd weight and temperature chosen on the validation split (weight 0 included)."""
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     """``task: causal-lm`` only: chunking, chat prompt masks, domains, sequence-level / on-policy KD, DDK."""
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    """Several teachers instead of one (``task: text-classification``): each runs once into its own store,
+    and their class distributions are combined when the student reads them, by ``combine``. ``teacher`` is
+    then the first of them (give either). Each entry is a teacher section, plus ``name`` and ``weight``."""
+    combine: str = "mean_probs"
+    """How several ``teachers`` become one target: ``mean_probs`` (the weighted mean of their probabilities,
+    the same as averaging their KD losses), ``mean_logits`` (the normalised geometric mean: averaging
+    logits), ``confidence`` (per example, the teacher surer of the label, or of its own answer on unlabelled
+    rows, counts more; CA-MKD), ``entropy`` (per example, the less uncertain teacher counts more; EBKD) or
+    ``weights`` (``mean_probs`` with the teachers' ``weight``s). Changing it never runs a teacher again."""
     vision: VisionConfig | None = None
     """``task: image-classification`` only: augmentation, augmented-view store, data-free KD (defaults are
     filled in for image runs when left out)."""
@@ -97,6 +107,7 @@ class Recipe:
                    "use codec: topk")
         validate_vision(self)
         validate_losses(self.losses)
+        validate_teachers(self)
 
     @property
     def label_free(self) -> bool:
@@ -110,6 +121,37 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def validate_teachers(r: "Recipe") -> None:
+    """``teachers:``: at least two model teachers with their own names, a known rule, a task that combines
+    class distributions, and ``teacher`` equal to the first of them."""
+    from distill.store.ensemble import RULES
+
+    check(r.combine in RULES, "combine", r.combine, f"choose from {', '.join(RULES)}")
+    if not r.teachers:
+        return
+    check(len(r.teachers) >= 2, "teachers", f"{len(r.teachers)} teacher",
+          "give at least two teachers, or one `teacher:` section")
+    check(r.task == "text-classification", "teachers", f"task {r.task}",
+          "several teachers are combined for task: text-classification (class distributions); other tasks "
+          "take one `teacher:`")
+    check(r.store.enabled, "store.enabled", r.store.enabled,
+          "several teachers are combined as their stores are read; set store.enabled: true")
+    names: set[str] = set()
+    for i, t in enumerate(r.teachers):
+        check(t.blackbox is None, f"teachers[{i}].blackbox", "set",
+              "several black-box teachers are combined by teacher.blackbox.ensemble; teachers: takes models")
+        name = t.name or teacher_name(t.model)
+        check(name not in names, f"teachers[{i}].name", name, "give each teacher its own name")
+        names.add(name)
+    check(r.teacher == r.teachers[0], "teacher", r.teacher.model,
+          "with teachers: leave teacher out (it is the first of the teachers)")
+
+
+def teacher_name(model: str) -> str:
+    """A teacher's default name: the last part of its model id or path."""
+    return str(model).rstrip("/").split("/")[-1].split(":")[-1] or "teacher"
 
 
 def validate_vision(r: "Recipe") -> None:
@@ -193,6 +235,8 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(data).__name__}")
     data = copy.deepcopy(data)
+    if isinstance(data.get("teachers"), list) and data["teachers"] and "teacher" not in data:
+        data["teacher"] = copy.deepcopy(data["teachers"][0])  # the first teacher plans the run
     for section in ("teacher", "student", "data"):
         if section not in data:
             raise RecipeError(f"missing section {section!r}; a recipe needs teacher, student and data")

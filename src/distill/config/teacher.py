@@ -285,8 +285,16 @@ class TeacherConfig:
     blackbox: BlackBoxConfig | None = None
     """A teacher you can only query (an API, or a local generative model) instead of a classifier; its
     answers become the labels the student learns from (``distill label``)."""
+    name: str | None = None
+    """Several teachers (``teachers:``): how this one is called in logs and the report. Default: the last part
+    of ``model``."""
+    weight: float = 1.0
+    """Several teachers: this teacher's share in the combination (normalised over the teachers; with
+    ``combine: confidence`` or ``entropy`` it multiplies the per-example weight)."""
 
     def __post_init__(self) -> None:
+        check(isinstance(self.weight, (int, float)) and self.weight > 0, "teacher.weight", self.weight,
+              "use a positive number")
         if self.blackbox is not None:
             check(not self.model, "teacher.model", self.model,
                    "leave teacher.model empty with teacher.blackbox "

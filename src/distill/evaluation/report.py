@@ -247,3 +247,17 @@ def format_table(models: dict[str, dict[str, Any]], summary: dict[str, Any],
 def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     """Write report.json atomically (temp file + rename)."""
     return atomic_write(path, lambda fh: json.dump(report, fh, indent=2, default=str))
+
+
+def format_teachers(section: dict[str, Any]) -> str:
+    """A plain-text table of the ``teachers`` section (printed after the run, and in the model card)."""
+    lines = [f"teachers (combined by {section['rule']}):",
+             "| teacher | weight | mean weight | accuracy | macro-F1 | agrees with combination |",
+             "|---|---|---|---|---|---|"]
+    for m in section["members"]:
+        mean_w = "-" if m.get("mean_weight") is None else f"{m['mean_weight']:.3f}"
+        lines.append(f"| {m['name']} | {m['weight']:g} | {mean_w} | {m['accuracy']:.4f} | "
+                     f"{m['macro_f1']:.4f} | {m['agreement_with_combined']:.3f} |")
+    pairs = "; ".join(f"{k}: {v:.3f}" for k, v in section["agreement"].items())
+    lines.append(f"agreement between teachers: {pairs}")
+    return "\n".join(lines)

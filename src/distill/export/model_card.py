@@ -21,7 +21,9 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "# Distilled student",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter text classifier distilled with `distill` from "
-        f"the teacher `{teacher}`.",
+        + (f"the teacher `{teacher}`." if not recipe.teachers else
+           "the teachers " + ", ".join(f"`{t.model}`" for t in recipe.teachers)
+           + f", combined by `{recipe.combine}`."),
         "",
         "```python",
         "from transformers import pipeline",
@@ -35,6 +37,10 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "```",
         "",
     ]
+    if report.get("teachers"):
+        from distill.evaluation.report import format_teachers
+
+        lines += ["## Teachers", "", "```", format_teachers(report["teachers"]), "```", ""]
     lines += significance_lines(report)
     lines += ["## How it was trained", ""]
     s = recipe.student

@@ -53,26 +53,53 @@ from distill.teachers.sources import PretrainedTeacher
 from distill.training import Distiller, DistillTrainer
 
 
+def teacher_classes(t: Any, recipe: Recipe, where: str = "teacher") -> tuple[Any, list[str] | None]:
+    """A teacher's config and its class names (None while it still has to be fine-tuned, or when its
+    id2label is generic): raises when it is not a classifier and is not to be fine-tuned, or when its classes
+    contradict ``data.labels``."""
+    tconf = load_config(t.model, f"{where}.model", t.revision, t.trust_remote_code)
+    if t.finetune is not None:
+        return tconf, None
+    if not is_sequence_classifier(tconf):
+        archs = ", ".join(getattr(tconf, "architectures", None) or [type(tconf).__name__])
+        raise RecipeError(
+            f"{where}.model: {t.model!r} is a {archs}, not a sequence classifier; add "
+            f"`{where}.finetune: {{epochs: 1}}` to fine-tune it on your labels first "
+            "(or run `distill finetune`)"
+        )
+    teacher_labels = config_labels(tconf)
+    if recipe.data.labels and teacher_labels and list(recipe.data.labels) != teacher_labels:
+        raise RecipeError(
+            f"data.labels: {recipe.data.labels} differ from {where}'s id2label {teacher_labels}; "
+            "use the teacher's label order (or drop data.labels)"
+        )
+    return tconf, teacher_labels
+
+
+def check_more_teachers(recipe: Recipe, splits: Any, losses: list[Any]) -> None:
+    """``teachers:``: every teacher after the first classifies the same classes, and the losses read only
+    what can be combined (the teachers' class distributions)."""
+    for i, t in enumerate(recipe.teachers[1:], start=1):
+        conf, labels = teacher_classes(t, recipe, f"teachers[{i}]")
+        if labels is not None and labels != splits.labels:
+            raise RecipeError(f"teachers[{i}].model: its classes {labels} differ from {splits.labels} (the "
+                              "first teacher's / the data's); every teacher must classify the same labels")
+        if t.finetune is None and int(getattr(conf, "num_labels", 0)) != splits.num_labels:
+            raise RecipeError(f"teachers[{i}].model: it has {conf.num_labels} labels but the data has "
+                              f"{splits.num_labels}; fine-tune it on this data (teachers[{i}].finetune)")
+    for (_, _, loss), spec in zip(losses, recipe.losses, strict=True):
+        other = sorted(set(loss.teacher_needs) - {"logits"})
+        if other:
+            raise RecipeError(f"losses: {spec.name} reads the teacher's {other[0]}, which several teachers "
+                              "cannot share (their layers differ); with teachers: use losses that read "
+                              "logits, e.g. kd and ce")
+
+
 def plan_text_classification(recipe: Recipe) -> Plan:
     """Validate a classification recipe without loading weights: the teacher is a classifier (or fine-tuned
     into one), the labels agree, the layers exist, the losses build and the store can keep what they read."""
     t = recipe.teacher
-    tconf = load_config(t.model, "teacher.model", t.revision, t.trust_remote_code)
-    teacher_labels = None
-    if t.finetune is None:
-        if not is_sequence_classifier(tconf):
-            archs = ", ".join(getattr(tconf, "architectures", None) or [type(tconf).__name__])
-            raise RecipeError(
-                f"teacher.model: {t.model!r} is a {archs}, not a sequence classifier; add "
-                "`teacher.finetune: {epochs: 1}` to fine-tune it on your labels first "
-                "(or run `distill finetune`)"
-            )
-        teacher_labels = config_labels(tconf)
-        if recipe.data.labels and teacher_labels and list(recipe.data.labels) != teacher_labels:
-            raise RecipeError(
-                f"data.labels: {recipe.data.labels} differ from the teacher's id2label {teacher_labels}; "
-                "use the teacher's label order (or drop data.labels)"
-            )
+    tconf, teacher_labels = teacher_classes(t, recipe)
     splits = load_splits(recipe.data, labels=teacher_labels)
     if t.finetune is None and teacher_labels is None and not recipe.data.labels:
         import warnings
@@ -106,6 +133,8 @@ def plan_text_classification(recipe: Recipe) -> Plan:
         num_classes=splits.num_labels, same_tokenizer=same_tok,
     )
     losses = build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
+    if recipe.teachers:
+        check_more_teachers(recipe, splits, losses)
     if recipe.store.enabled:
         check_storable(Distiller(losses))  # before the teacher is fine-tuned or run
     return Plan(recipe, splits, tconf, sconf, same_tok, ctx)
@@ -126,6 +155,10 @@ class TextClassificationTask(SelectsLosses, Task):
         self.teacher_pred: np.ndarray | None = None
         self.test_probs: dict[str, np.ndarray] = {}  # role -> (N, C) test-split probabilities, for the report
         self.test_correct: dict[str, np.ndarray] = {}  # role -> (N,) bool, for the paired significance tests
+        self.members: list[Any] = []  # ``teachers:``: every teacher (distill.tasks.multi_teacher.Member)
+        self.member_test_logits: dict[str, np.ndarray] = {}
+        self.combined_test_logits: np.ndarray | None = None
+        self.member_mean_weights: dict[str, float] | None = None
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -133,7 +166,20 @@ class TextClassificationTask(SelectsLosses, Task):
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
-        r = self.recipe
+        if self.recipe.teachers:  # several: each prepared alike; the first one stands for "the teacher"
+            from distill.tasks.multi_teacher import Member, member_recipes
+
+            self.members = []
+            for name, weight, recipe in member_recipes(self.recipe):
+                self.log(f"teacher {name}:")
+                source, tokenizer = self._prepare_one(recipe)
+                self.members.append(Member(name, weight, source, tokenizer))
+            self.teacher, self.teacher_tokenizer = self.members[0].source, self.members[0].tokenizer
+            return
+        self.teacher, self.teacher_tokenizer = self._prepare_one(self.recipe)
+
+    def _prepare_one(self, r: Recipe) -> tuple[PretrainedTeacher, Any]:
+        """``r.teacher`` as a loadable source and its tokenizer, fine-tuned first when it asks."""
         if r.teacher.finetune is not None:
             from distill.teachers import finetune_teacher
 
@@ -142,18 +188,19 @@ class TextClassificationTask(SelectsLosses, Task):
             from distill.packaged import resolve_model
 
             path, revision = resolve_model(r.teacher.model), r.teacher.revision
-        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision,
-                                         log=self.log)
-        self.teacher_tokenizer = load_tokenizer(path, revision)
+        return (PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision, log=self.log),
+                load_tokenizer(path, revision))
 
     @classmethod
     def refusal(cls, command: str, recipe: Recipe) -> str | None:
-        if command == "finetune" and recipe.teacher.finetune is None:
+        if command == "finetune" and not any(t.finetune for t in recipe.teachers or [recipe.teacher]):
             return "teacher.finetune: not set; add `teacher.finetune: {epochs: 1}` to the recipe"
         return super().refusal(command, recipe)
 
     def finetune(self) -> str:
         self.prepare_teacher()
+        if self.members:
+            return "teachers saved to " + ", ".join(f"{m.name}: {m.source.path}" for m in self.members)
         return f"teacher saved to {self.teacher.path}"
 
     # -- student start ------------------------------------------------------------------------------------
@@ -197,22 +244,48 @@ class TextClassificationTask(SelectsLosses, Task):
         return init
 
     # -- store --------------------------------------------------------------------------------------------
-    def store_key(self, distiller: Distiller) -> str:
+    def store_key(self, distiller: Distiller, teacher: Any = None, tokenizer: Any = None) -> str:
+        """The key of ``teacher``'s store (default: the run's teacher; each of several has its own)."""
         r = self.recipe
-        return text_store_key(self.teacher, self.teacher_tokenizer, self.kd_data(), r.data.max_length, r.task,
-                              spec_for_losses(r.store, distiller))
+        return text_store_key(teacher or self.teacher, tokenizer or self.teacher_tokenizer, self.kd_data(),
+                              r.data.max_length, r.task, spec_for_losses(r.store, distiller))
 
     def teacher_store(self, distiller: Distiller, build: bool = True):
-        r = self.recipe
-        store, seconds = open_text_store(
-            store_root(r.store), self.store_key(distiller), spec_for_losses(r.store, distiller),
-            self.kd_data(), self.teacher, self.teacher_tokenizer, max_length=r.data.max_length,
-            batch_size=r.train.eval_batch_size,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
-            log=self.log, build=build)
+        if self.members:
+            return self.ensemble_store(distiller, build)
+        store, seconds = self._open_store(distiller, self.teacher, self.teacher_tokenizer, build)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         return store
+
+    def _open_store(self, distiller: Distiller, teacher: Any, tokenizer: Any, build: bool):
+        r = self.recipe
+        return open_text_store(
+            store_root(r.store), self.store_key(distiller, teacher, tokenizer),
+            spec_for_losses(r.store, distiller), self.kd_data(), teacher, tokenizer,
+            max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
+            meta={"teacher": teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
+            log=self.log, build=build)
+
+    def ensemble_store(self, distiller: Distiller, build: bool = True):
+        """Every teacher's own store (each built on first use, then its teacher released), read as one by
+        the recipe's ``combine`` rule."""
+        from distill.store.ensemble import TeacherEnsemble
+
+        stores, seconds = [], {}
+        for m in self.members:
+            store, took = self._open_store(distiller, m.source, m.tokenizer, build)
+            if took is not None:
+                seconds[m.name] = took
+            if m.source is not self.teacher:
+                m.source.release()
+            stores.append(store)
+        if seconds:
+            self.report["store_build_seconds"] = sum(seconds.values())
+        ensemble = TeacherEnsemble(stores, [m.name for m in self.members], [m.weight for m in self.members],
+                                   self.recipe.combine, labels=self.kd_data()["label"].astype(int).tolist())
+        self.member_mean_weights = ensemble.mean_weights()
+        return ensemble
 
     def cache(self) -> str:
         from distill.store.reader import format_info
@@ -222,12 +295,16 @@ class TextClassificationTask(SelectsLosses, Task):
         if not distiller.needs_teacher:
             raise RecipeError("losses: none of the recipe's losses reads teacher outputs, so there is "
                               "nothing to cache")
-        return format_info(self.teacher_store(distiller).info())
+        store = self.teacher_store(distiller)
+        if self.members:
+            return "\n\n".join(f"teacher {name}:\n{format_info(s.info())}"
+                               for name, s in zip(store.names, store.stores, strict=True))
+        return format_info(store.info())
 
-    def store_location(self, distiller: Distiller) -> tuple[Path, str]:
-        """(root, key) of the store, without fine-tuning or running the teacher: raises StoreKeyUnknown when
-        the teacher still has to be fine-tuned."""
-        r = self.recipe
+    def store_location(self, distiller: Distiller, r: Recipe | None = None) -> tuple[Path, str]:
+        """(root, key) of the store of ``r.teacher`` (default: the recipe's teacher), without fine-tuning or
+        running the teacher: raises StoreKeyUnknown when the teacher still has to be fine-tuned."""
+        r = r or self.recipe
         if r.teacher.finetune is not None:
             from distill.teachers import finished_teacher
 
@@ -240,17 +317,27 @@ class TextClassificationTask(SelectsLosses, Task):
             from distill.packaged import resolve_model
 
             path, revision = resolve_model(r.teacher.model), r.teacher.revision
-        self.teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision,
-                                         log=self.log)
-        self.teacher_tokenizer = load_tokenizer(path, revision)
-        return store_root(r.store), self.store_key(distiller)
+        teacher = PretrainedTeacher(path, lambda p: load_classifier(p, None, revision), revision,
+                                    log=self.log)
+        tokenizer = load_tokenizer(path, revision)
+        if self.teacher is None:  # the first (or only) teacher: what the data's augmentation defaults to
+            self.teacher, self.teacher_tokenizer = teacher, tokenizer
+        return store_root(r.store), self.store_key(distiller, teacher, tokenizer)
 
     def cache_info(self) -> str:
+        if self.recipe.teachers:
+            from distill.tasks.multi_teacher import member_recipes
+
+            return "\n\n".join(f"teacher {name}:\n{self._store_info(recipe)}"
+                               for name, _, recipe in member_recipes(self.recipe))
+        return self._store_info(self.recipe)
+
+    def _store_info(self, recipe: Recipe) -> str:
         from distill.store import TeacherStore
         from distill.store.reader import format_info
 
         try:
-            root, key = self.store_location(self.distiller())
+            root, key = self.store_location(self.distiller(), recipe)
         except StoreKeyUnknown as exc:
             return str(exc)
         if not (root / key / "manifest.json").exists():
@@ -358,8 +445,7 @@ class TextClassificationTask(SelectsLosses, Task):
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, role: str, model: torch.nn.Module) -> np.ndarray:
-        from distill.evaluation import classification_metrics, count_parameters, predict_logits
-        from distill.evaluation.predictions import softmax
+        from distill.evaluation import count_parameters, predict_logits
         from distill.evaluation.speed import weights_size_mb
 
         r = self.recipe
@@ -372,32 +458,77 @@ class TextClassificationTask(SelectsLosses, Task):
                                   desc=f"evaluating {role}")
 
         if role == "teacher":  # every run of this recipe scores the same teacher on the same text: once
-            from distill.store import fingerprint_rows
-            from distill.store.eval_cache import cached_teacher_outputs
-
-            sp = self.plan.splits
-            logits = cached_teacher_outputs(
-                store_root(r.store),
-                {"what": "test-logits", "teacher": self.teacher.fingerprint(),
-                 "max_length": r.data.max_length,
-                 "texts": fingerprint_rows(list(zip(sp.test["text"],
-                                                    sp.test.get("text_pair", sp.test["text"]))))},
-                predict, write=process_state().is_main_process)
+            logits = self.teacher_test_logits(self.teacher, predict)
         else:
             logits = predict()
-        self.test_probs[role] = softmax(logits).astype(np.float32)
-        labels = np.asarray(self.plan.splits.test["label"])
-        metrics = classification_metrics(logits, labels, self.teacher_pred)
-        metrics["parameters"] = count_parameters(model)
-        metrics["size_mb"] = weights_size_mb(model)
-        self.test_correct[role] = logits.argmax(-1) == labels
         # timed at the end, interleaved with the other models (time_latency), on the same texts
         self.latency_inputs[role] = model_inputs(collate([test[i] for i in range(min(32, len(test)))]))
+        return self._score(role, logits, {"parameters": count_parameters(model),
+                                          "size_mb": weights_size_mb(model)})
+
+    def teacher_test_logits(self, source: Any, predict: Any) -> np.ndarray:
+        """``predict()`` (a teacher's test logits), computed once per teacher, test text and length."""
+        from distill.store import fingerprint_rows
+        from distill.store.eval_cache import cached_teacher_outputs
+
+        test = self.plan.splits.test
+        texts = fingerprint_rows(list(zip(test["text"], test.get("text_pair", test["text"]))))
+        return cached_teacher_outputs(
+            store_root(self.recipe.store),
+            {"what": "test-logits", "teacher": source.fingerprint(),
+             "max_length": self.recipe.data.max_length, "texts": texts},
+            predict, write=process_state().is_main_process)
+
+    def _score(self, role: str, logits: np.ndarray, extra: dict[str, Any]) -> np.ndarray:
+        """``role``'s test metrics from its (N, C) logits (or log-probabilities) into the report."""
+        from distill.evaluation import classification_metrics
+        from distill.evaluation.predictions import softmax
+
+        self.test_probs[role] = softmax(logits).astype(np.float32)
+        labels = np.asarray(self.plan.splits.test["label"])
+        metrics = {**classification_metrics(logits, labels, self.teacher_pred), **extra}
+        self.test_correct[role] = logits.argmax(-1) == labels
         self.report["models"][role] = metrics
         self.log(f"{role}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
         pred = logits.argmax(-1)
         if role == "teacher":
             self.teacher_pred = pred
+        return pred
+
+    def evaluate_teacher(self) -> Any:
+        if not self.members:
+            return self.evaluate("teacher", self.teacher_model())
+        return self.evaluate_members()
+
+    def evaluate_members(self) -> np.ndarray:
+        """Several teachers: each scored on the test split, then the combination (the report's teacher row),
+        and the ``teachers`` section."""
+        from distill.evaluation import count_parameters, predict_logits
+        from distill.evaluation.speed import weights_size_mb
+        from distill.tasks.multi_teacher import combined_test_logits
+
+        r = self.recipe
+        member_logits, inputs, params, size = {}, {}, 0, 0.0
+        for i, m in enumerate(self.members):
+            test = to_dataset(self.plan.splits.test, m.tokenizer, max_length=r.data.max_length)
+            collate = DistillCollator(m.tokenizer)
+            member_logits[m.name] = self.teacher_test_logits(m.source, lambda m=m, test=test, collate=collate:
+                predict_logits(m.source.model(), test, collate, batch_size=r.train.eval_batch_size,
+                               desc=f"evaluating teacher {m.name}"))
+            model = m.source.model()
+            params += count_parameters(model)
+            size += weights_size_mb(model)
+            first = model_inputs(collate([test[j] for j in range(min(32, len(test)))]))
+            inputs.update({f"t{i}_{k}": v for k, v in first.items()})
+            if m.source is not self.teacher:
+                m.source.release()
+        self.member_test_logits = member_logits
+        combined = combined_test_logits(member_logits, r.combine, [m.weight for m in self.members])
+        self.combined_test_logits = combined
+        self.latency_inputs["teacher"] = inputs
+        pred = self._score("teacher", combined, {"parameters": params, "size_mb": size,
+                                                 "teachers": len(self.members)})
+        self.teacher_pred = pred
         return pred
 
     def latency_models(self) -> dict[str, torch.nn.Module]:
@@ -408,6 +539,10 @@ class TextClassificationTask(SelectsLosses, Task):
         models = {role: AutoModelForSequenceClassification.from_pretrained(saved[role])
                   for role in self.latency_inputs if role in saved}
         if "teacher" in self.latency_inputs:
+            if self.members:  # serving the combination runs every teacher
+                from distill.tasks.multi_teacher import MemberModels
+
+                return {"teacher": MemberModels([m.source.model() for m in self.members]), **models}
             models = {"teacher": self.teacher_model(), **models}
         return models
 
@@ -419,8 +554,16 @@ class TextClassificationTask(SelectsLosses, Task):
 
         r = self.recipe
         models = self.report["models"]
-        self.sizes_on_disk({"teacher": Path(self.teacher.path), "student_kd": self.out / "student",
-                            "student_no_kd": self.out / "student_no_kd"})
+        self.sizes_on_disk({"student_kd": self.out / "student", "student_no_kd": self.out / "student_no_kd",
+                            **({} if self.members else {"teacher": Path(self.teacher.path)})})
+        if self.members:
+            from distill.evaluation.report import format_teachers
+            from distill.tasks.multi_teacher import members_report
+
+            self.report["teachers"] = members_report(
+                self.members, self.member_test_logits, self.combined_test_logits,
+                np.asarray(self.plan.splits.test["label"]), r.combine, self.member_mean_weights)
+            self.log(format_teachers(self.report["teachers"]))
         if process_state().is_main_process:  # one process times the models; the others write nothing
             self.time_latency()
         self.report["significance"] = classification_significance(self.test_correct, seed=r.train.seed)

@@ -78,7 +78,8 @@ class DistillTrainer(Trainer):
         self.distiller = distiller.to(self.args.device)
         self.add_callback(_ClearDistillerGrads(self.distiller))
         self.teacher = teacher
-        self.store = store
+        # several teachers (distill.store.ensemble) are combined at the temperature of these losses
+        self.store = store.bind(distiller) if hasattr(store, "bind") else store
         if teacher is not None:
             teacher.eval().requires_grad_(False)  # frozen: never gets optimizer state or gradients
             if self.is_fsdp_enabled:  # sharded like the student: no process holds the whole teacher

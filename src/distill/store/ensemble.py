@@ -1,0 +1,216 @@
+"""Several teachers read as one: each teacher's outputs stay in its own store, and their class distributions
+are combined when a batch is read, by an explicit rule.
+
+Rules (``combine:`` in a recipe), for K teachers with fixed weights ``w_k`` (normalised to sum to 1):
+
+``mean_probs`` / ``weights``
+    ``p = sum_k w_k p_k``: the arithmetic mean of the teachers' probabilities. Distilling it is the same as
+    averaging the per-teacher forward-KL losses, up to a constant that does not depend on the student:
+    ``sum_k w_k KL(p_k || q) = KL(p || q) + H(p) - sum_k w_k H(p_k)`` (H: entropy).
+    ``weights`` is the same rule, named for recipes that set unequal ``weight``s on purpose.
+``mean_logits``
+    ``p ∝ exp(sum_k w_k log p_k)``: the normalised geometric mean (a product of experts), what averaging
+    logits gives (TextBrewer's multi-teacher rule). Sharper than ``mean_probs``; a class any teacher rules
+    out is ruled out.
+``confidence``
+    per example, the teacher that is more sure of the right answer counts more (CA-MKD, Zhang et al. 2022):
+    ``w_k(i) ∝ w_k (1 - softmax_k(-log p_k(y_i))) / (K - 1)``, with the label ``y_i`` where the row has one
+    and the teacher's own arg-max on unlabelled rows, then ``p = sum_k w_k(i) p_k``.
+``entropy``
+    per example, the less uncertain teacher counts more (EBKD, Kwon et al. 2020):
+    ``w_k(i) ∝ w_k (1 - H(p_k(i)) / sum_j H(p_j(i))) / (K - 1)``, then ``p = sum_k w_k(i) p_k``.
+
+Temperature: a loss that softens the teacher by T (``kd``) must see the combination *of the softened*
+teachers, ``sum_k w_k softmax(z_k / T)``, for the identity above to hold. :meth:`TeacherEnsemble.bind` reads
+T from the losses and :meth:`TeacherEnsemble.fetch` then returns dense logits ``T log p_T``, so that the
+loss's own ``softmax(. / T)`` gives back exactly ``p_T``. Per-example weights are always computed at T = 1
+(the teachers' real confidence). Changing the rule or the weights changes only this reading: no teacher runs
+again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+import torch
+
+from distill.outputs import ModelOutputs, SparseLogits
+
+RULES = ("mean_probs", "mean_logits", "confidence", "entropy", "weights")
+PER_EXAMPLE_RULES = ("confidence", "entropy")
+
+
+def dense_log_probs(logits: torch.Tensor | SparseLogits) -> torch.Tensor:
+    """(B, C) log-probabilities at temperature 1 from dense logits or the store's top-k. Classes outside a
+    top-k share the left-over mass equally (the store's ``spread`` reading)."""
+    if isinstance(logits, torch.Tensor):
+        return torch.log_softmax(logits.double(), dim=-1)
+    s = logits
+    kept = (s.values.double() - s.logsumexp.double().unsqueeze(-1))  # (B, k) exact log-probabilities
+    if s.k >= s.num_classes:
+        out = torch.empty(*kept.shape[:-1], s.num_classes, dtype=torch.float64)
+        return out.scatter_(-1, s.indices, kept)
+    rest = (1.0 - kept.exp().sum(-1)).clamp_min(1e-12) / (s.num_classes - s.k)  # (B,)
+    out = rest.log().unsqueeze(-1).expand(*kept.shape[:-1], s.num_classes).clone()
+    return out.scatter_(-1, s.indices, kept)
+
+
+def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float],
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) per-example teacher weights, each row summing to 1.
+
+    ``log_probs`` (K, B, C) are the teachers' log-probabilities at temperature 1; ``labels`` (B,) holds the
+    class of labelled rows and -1 elsewhere (``confidence`` only; absent: every row is unlabelled).
+    """
+    k, b, _ = log_probs.shape
+    fixed = torch.as_tensor(list(weights), dtype=torch.float64).reshape(1, k)
+    if rule not in PER_EXAMPLE_RULES:
+        return (fixed / fixed.sum()).expand(b, k)
+    if k < 2:
+        raise ValueError("per-example weighting needs at least two teachers")
+    if rule == "confidence":
+        own = log_probs.max(-1).values  # (K, B): log-probability of each teacher's own answer
+        if labels is not None:
+            y = labels.to(torch.long).reshape(1, b, 1)
+            has = (y >= 0).reshape(1, b)
+            gold = log_probs.gather(-1, y.clamp_min(0).expand(k, b, 1)).squeeze(-1)  # (K, B)
+            own = torch.where(has, gold, own)
+        ce = -own.T  # (B, K): cross-entropy of each teacher to the (pseudo-)label
+        w = (1.0 - torch.softmax(ce, dim=-1)) / (k - 1)  # CA-MKD: a lower CE weighs more; rows sum to 1
+    else:  # entropy
+        h = -(log_probs.exp() * log_probs).sum(-1).T  # (B, K)
+        total = h.sum(-1, keepdim=True)
+        share = torch.where(total > 0, h / total.clamp_min(1e-300), torch.full_like(h, 1.0 / k))
+        w = (1.0 - share) / (k - 1)
+    w = w * fixed
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+def combine_log_probs(log_probs: torch.Tensor, rule: str, weights: Sequence[float],
+                      labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """(B, C) log-probabilities of the combined teacher at ``temperature``.
+
+    ``log_probs`` (K, B, C) are the teachers' log-probabilities at temperature 1 (so the softened teacher k is
+    ``softmax(log_probs[k] / T)``, the same as softening its logits).
+    """
+    if rule not in RULES:
+        raise ValueError(f"combine: {rule!r} is not a rule; use one of {', '.join(RULES)}")
+    w = example_weights(log_probs, rule, weights, labels)  # (B, K)
+    soft = torch.log_softmax(log_probs / temperature, dim=-1)  # (K, B, C)
+    if rule == "mean_logits":
+        return torch.log_softmax((w.T.unsqueeze(-1) * soft).sum(0), dim=-1)
+    return torch.logsumexp(soft + w.T.clamp_min(1e-300).log().unsqueeze(-1), dim=0)
+
+
+class TeacherEnsemble:
+    """K teacher-output stores read as one teacher. Each store is indexed by the same training rows (every
+    teacher ran over the same text, each with its own tokenizer); ``labels`` (one per row, -1 when
+    unlabelled) feed the ``confidence`` rule.
+
+    It has the reading side of :class:`~distill.store.TeacherStore` (``fetch``, ``key``, ``path``, ``info``,
+    ``len``), so the trainer reads it like one store. Only the teachers' class distributions are combined:
+    a loss that reads hidden states or embeddings of a teacher is refused when the run is planned.
+    """
+
+    def __init__(self, stores: Sequence[Any], names: Sequence[str], weights: Sequence[float], rule: str,
+                 labels: Sequence[int] | torch.Tensor | None = None, temperature: float = 1.0):
+        if len(stores) != len(names) or len(stores) != len(weights) or len(stores) < 2:
+            raise ValueError("give at least two stores, each with a name and a weight")
+        if rule not in RULES:
+            raise ValueError(f"combine: {rule!r} is not a rule; use one of {', '.join(RULES)}")
+        sizes = {len(s) for s in stores}
+        if len(sizes) != 1:
+            raise ValueError(f"the teachers' stores hold different numbers of rows ({sorted(sizes)}); each "
+                             "teacher must have run over the same rows")
+        self.stores, self.names, self.weights = list(stores), list(names), [float(w) for w in weights]
+        self.rule, self.temperature = rule, float(temperature)
+        self.labels = None if labels is None else torch.as_tensor(list(labels) if not isinstance(
+            labels, torch.Tensor) else labels, dtype=torch.long)
+        if self.labels is not None and len(self.labels) != len(self):
+            raise ValueError(f"{len(self.labels)} labels for {len(self)} stored rows")
+
+    # -- what a store has ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.stores[0])
+
+    @property
+    def key(self) -> str:
+        """Names the combination: every member's store key, its weight and the rule (not the temperature,
+        which the student's own losses fingerprint)."""
+        members = [[n, s.key, w] for n, s, w in zip(self.names, self.stores, self.weights, strict=True)]
+        blob = json.dumps({"members": members, "rule": self.rule}, sort_keys=True)
+        return "ensemble-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    @property
+    def path(self):
+        return self.stores[0].path
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.stores[0], "num_classes", None)
+
+    def info(self) -> dict[str, Any]:
+        members = []
+        for name, store, weight in zip(self.names, self.stores, self.weights):
+            i = store.info()
+            members.append({"name": name, "weight": weight, "key": store.key, "path": str(store.path),
+                            "bytes": i.get("bytes"), "num_examples": i.get("num_examples")})
+        return {"rule": self.rule, "num_examples": len(self), "members": members,
+                "bytes": sum(m["bytes"] or 0 for m in members)}
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def bind(self, distiller: Any) -> TeacherEnsemble:
+        """This ensemble at the temperature of ``distiller``'s logit losses (they must agree: the combined
+        distribution is one per temperature)."""
+        temps = {float(loss.temperature) for loss in distiller.losses
+                 if "logits" in loss.teacher_needs and hasattr(loss, "temperature")}
+        if len(temps) > 1:
+            raise ValueError(f"the losses read the combined teacher at temperatures {sorted(temps)}; with "
+                             "several teachers give every loss the same temperature")
+        t = temps.pop() if temps else 1.0
+        return TeacherEnsemble(self.stores, self.names, self.weights, self.rule, self.labels, temperature=t)
+
+    def member_log_probs(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """(K, B, C) float64 log-probabilities of every teacher on the rows ``indices`` (temperature 1)."""
+        outs = [dense_log_probs(s.fetch(indices).require("logits", "multi-teacher")) for s in self.stores]
+        shapes = {tuple(o.shape) for o in outs}
+        if len(shapes) != 1:
+            raise ValueError(f"the teachers' outputs have different shapes {sorted(shapes)}; multi-teacher "
+                             "runs need teachers over the same classes")
+        return torch.stack(outs)
+
+    def row_labels(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor | None:
+        if self.labels is None or self.rule != "confidence":
+            return None
+        return self.labels[torch.as_tensor(indices, dtype=torch.long).reshape(-1)]
+
+    def fetch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None,
+              **_: Any) -> ModelOutputs:
+        """The combined teacher on the rows ``indices``, as dense logits ``T log p_T`` (float32)."""
+        lp = self.member_log_probs(indices)
+        combined = combine_log_probs(lp, self.rule, self.weights, self.row_labels(indices), self.temperature)
+        z = (self.temperature * combined).float()
+        return ModelOutputs(logits=z if device is None else z.to(device))
+
+    def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
+        """Each teacher's average weight over the stored rows under this rule (the fixed shares for the
+        rules that do not weigh per example)."""
+        total = torch.zeros(len(self.stores), dtype=torch.float64)
+        n = len(self)
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            w = example_weights(self.member_log_probs(idx), self.rule, self.weights, self.row_labels(idx))
+            total += w.sum(0)
+        return {name: float(v) for name, v in zip(self.names, (total / max(n, 1)).tolist())}
+
+
+def agreement(predictions: dict[str, Any]) -> dict[str, float]:
+    """Share of rows on which each pair of ``predictions`` (name -> (N,) class ids) agree, keyed
+    ``"a | b"``."""
+    import numpy as np
+
+    names = list(predictions)
+    return {f"{a} | {b}": float(np.mean(np.asarray(predictions[a]) == np.asarray(predictions[b])))
+            for i, a in enumerate(names) for b in names[i + 1:]}

@@ -1,0 +1,112 @@
+"""Several teachers through the ``distill`` command on tiny models: each teacher runs once into its own store,
+the report shows each one, the combination and their agreement, and changing the combination rule retrains
+the student without running any teacher again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_bert, tiny_recipe
+from distill._dataclass_io import RecipeError
+from distill.cli.main import main
+from distill.config import recipe_from_dict
+
+
+@pytest.fixture(scope="module")
+def second_teacher(tiny_dir, tiny_tokenizer):
+    """Another classifier of another shape (2 layers, 48 wide) over the same classes."""
+    return make_bert(tiny_dir / "classifier_b", tiny_tokenizer, layers=2, hidden=48, heads=4, classifier=True,
+                     seed=7)
+
+
+def multi_recipe(tmp, classifier, other, encoder, data, **sections):
+    teachers = [{"model": str(classifier), "name": "a"},
+                {"model": str(other), "name": "b", "weight": 2.0},
+                {"model": str(encoder), "name": "tuned",
+                 "finetune": {"epochs": 2, "learning_rate": 3e-3, "batch_size": 16}}]
+    recipe = tiny_recipe(tmp, classifier, data, teachers=teachers, **sections)
+    recipe.pop("teacher")
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory, tiny_classifier, second_teacher, tiny_encoder, sentiment_csv):
+    tmp = tmp_path_factory.mktemp("multi")
+    recipe = multi_recipe(tmp, tiny_classifier, second_teacher, tiny_encoder, sentiment_csv,
+                          student={"from_teacher": True, "layers": [0, 3]})
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) == 0
+    return tmp, path
+
+
+def test_report_shows_each_teacher_the_combination_and_agreement(multi_run):
+    tmp, _ = multi_run
+    report = json.loads((tmp / "run" / "report.json").read_text())
+    section = report["teachers"]
+    assert section["rule"] == "mean_probs"
+    assert [m["name"] for m in section["members"]] == ["a", "b", "tuned"]
+    assert set(section["agreement"]) == {"a | b", "a | tuned", "b | tuned"}
+    for m in section["members"]:
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["agreement_with_combined"] <= 1
+    # fixed weights 1, 2, 1: shares 0.25, 0.5, 0.25 on every row
+    assert [round(m["mean_weight"], 6) for m in section["members"]] == [0.25, 0.5, 0.25]
+    teacher = report["models"]["teacher"]
+    assert teacher["teachers"] == 3 and "latency_ms_b1" in teacher
+    # the combination is the sum of its members: parameters add up
+    assert teacher["parameters"] > report["models"]["student_kd"]["parameters"]
+    assert (tmp / "run" / "teacher_tuned" / "config.json").exists()  # the fine-tuned member, under its name
+    assert len(report["store"]["members"]) == 3
+    card = (tmp / "run" / "student" / "README.md").read_text()
+    assert "## Teachers" in card and "combined by `mean_probs`" in card
+    assert "<h2>Teachers</h2>" in (tmp / "run" / "report.html").read_text()
+
+
+def test_changing_the_rule_runs_no_teacher_again(multi_run, capsys):
+    tmp, path = multi_run
+    assert main(["run", str(path), "--combine", "confidence"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("teacher outputs found in the store") == 3
+    assert "running the teacher once" not in out
+    assert "student: already trained" not in out  # a new target: the student trains again
+    report = json.loads((tmp / "run" / "report.json").read_text())
+    weights = [m["mean_weight"] for m in report["teachers"]["members"]]
+    assert report["teachers"]["rule"] == "confidence" and sum(weights) == pytest.approx(1.0)
+    assert len(set(round(w, 4) for w in weights)) == 3  # per-example weights: no longer the fixed shares
+
+
+def test_cache_info_lists_every_teachers_store(multi_run, capsys):
+    _, path = multi_run
+    assert main(["cache", str(path), "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher a:" in out and "teacher b:" in out and "teacher tuned:" in out
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda r: r.update(teachers=r["teachers"][:1]), "at least two teachers"),
+    (lambda r: r.update(combine="median"), "combine: 'median'"),
+    (lambda r: r["teachers"][1].update(name="a"), "give each teacher its own name"),
+    (lambda r: r.update(store={"enabled": False}), "store.enabled"),
+    (lambda r: r.update(task="sentence-embedding"), "teachers"),
+    (lambda r: r["teachers"][1].update(weight=0), "weight"),
+    (lambda r: r.update(teacher={"model": "someone/else"}), "leave teacher out"),
+])
+def test_bad_multi_teacher_recipes_are_refused_by_name(tmp_path, tiny_classifier, second_teacher,
+                                                      tiny_encoder, sentiment_csv, change, match):
+    recipe = multi_recipe(tmp_path, tiny_classifier, second_teacher, tiny_encoder, sentiment_csv)
+    change(recipe)
+    with pytest.raises(RecipeError, match=match):
+        recipe_from_dict(recipe)
+
+
+def test_losses_reading_teacher_layers_are_refused(tmp_path, tiny_classifier, second_teacher, tiny_encoder,
+                                                   sentiment_csv):
+    from distill.tasks import task_for
+
+    recipe = multi_recipe(tmp_path, tiny_classifier, second_teacher, tiny_encoder, sentiment_csv,
+                          losses=[{"name": "kd"}, {"name": "hidden", "layer_map": "uniform"}])
+    with pytest.raises(RecipeError, match="hidden"):
+        task_for(recipe_from_dict(recipe))
