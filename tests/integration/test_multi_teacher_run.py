@@ -110,3 +110,53 @@ def test_losses_reading_teacher_layers_are_refused(tmp_path, tiny_classifier, se
                           losses=[{"name": "kd"}, {"name": "hidden", "layer_map": "uniform"}])
     with pytest.raises(RecipeError, match="hidden"):
         task_for(recipe_from_dict(recipe))
+
+
+def image_recipe(tmp_path, combine="mean_probs"):
+    teachers = [{"model": "packaged:cnn-small", "name": "small",
+                 "finetune": {"epochs": 4, "learning_rate": 0.005, "batch_size": 32}},
+                {"model": "packaged:cnn-tiny", "name": "tiny",
+                 "finetune": {"epochs": 4, "learning_rate": 0.005, "batch_size": 32, "seed": 3}}]
+    return recipe_from_dict({
+        "task": "image-classification", "teachers": teachers, "combine": combine,
+        "student": {"model": "packaged:cnn-tiny"},
+        "data": {"source": "packaged", "name": "digits", "max_train_examples": 300},
+        "losses": [{"name": "kd", "weight": 0.7, "temperature": 4.0}, {"name": "ce", "weight": 0.3}],
+        "store": {"topk": 3, "dir": str(tmp_path / "stores")},
+        "vision": {"augment": {"pad": 1}},
+        "train": {"epochs": 2, "batch_size": 32, "learning_rate": 0.005},
+        "eval": {"latency_batch_sizes": [1], "latency_repeats": 2, "latency_min_seconds": 0,
+                 "latency_precision": 0},
+        "output_dir": str(tmp_path / "run"),
+    })
+
+
+def test_image_run_with_two_teachers(tmp_path):
+    from distill.runner import run
+
+    report = run(image_recipe(tmp_path))
+    section = report["teachers"]
+    assert [m["name"] for m in section["members"]] == ["small", "tiny"]
+    assert set(section["agreement"]) == {"small | tiny"}
+    assert report["models"]["teacher"]["teachers"] == 2 and report["models"]["teacher"]["latency_ms_b1"] > 0
+    assert (tmp_path / "run" / "teacher_small").is_dir() and (tmp_path / "run" / "teacher_tiny").is_dir()
+    assert [round(m["mean_weight"], 6) for m in section["members"]] == [0.5, 0.5]
+    from distill.tasks import task_for
+
+    logs: list[str] = []
+    again = task_for(image_recipe(tmp_path, combine="entropy"), logs.append).run()
+    assert sum("already trained, reusing" in line for line in logs) == 2  # no teacher trained again
+    assert not any("views written" in line for line in logs)  # nor any store built again
+    assert again["teachers"]["rule"] == "entropy"
+    assert sum(m["mean_weight"] for m in again["teachers"]["members"]) == pytest.approx(1.0)
+
+
+def test_image_datafree_with_several_teachers_is_refused(tmp_path):
+    from distill.tasks import task_for
+
+    from distill.config.tasks import DataFreeConfig
+
+    recipe = image_recipe(tmp_path)
+    recipe.vision.datafree = DataFreeConfig()
+    with pytest.raises(RecipeError, match="vision.datafree"):
+        task_for(recipe)

@@ -133,9 +133,9 @@ def validate_teachers(r: "Recipe") -> None:
         return
     check(len(r.teachers) >= 2, "teachers", f"{len(r.teachers)} teacher",
           "give at least two teachers, or one `teacher:` section")
-    check(r.task == "text-classification", "teachers", f"task {r.task}",
-          "several teachers are combined for task: text-classification (class distributions); other tasks "
-          "take one `teacher:`")
+    check(r.task in ("text-classification", "image-classification"), "teachers", f"task {r.task}",
+          "several teachers are combined for the classification tasks (class distributions); "
+          f"task: {r.task} takes one `teacher:`")
     check(r.store.enabled, "store.enabled", r.store.enabled,
           "several teachers are combined as their stores are read; set store.enabled: true")
     names: set[str] = set()

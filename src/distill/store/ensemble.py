@@ -170,16 +170,11 @@ class TeacherEnsemble:
             raise ValueError(f"the losses read the combined teacher at temperatures {sorted(temps)}; with "
                              "several teachers give every loss the same temperature")
         t = temps.pop() if temps else 1.0
-        return TeacherEnsemble(self.stores, self.names, self.weights, self.rule, self.labels, temperature=t)
+        return type(self)(self.stores, self.names, self.weights, self.rule, self.labels, temperature=t)
 
     def member_log_probs(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """(K, B, C) float64 log-probabilities of every teacher on the rows ``indices`` (temperature 1)."""
-        outs = [dense_log_probs(s.fetch(indices).require("logits", "multi-teacher")) for s in self.stores]
-        shapes = {tuple(o.shape) for o in outs}
-        if len(shapes) != 1:
-            raise ValueError(f"the teachers' outputs have different shapes {sorted(shapes)}; multi-teacher "
-                             "runs need teachers over the same classes")
-        return torch.stack(outs)
+        return stack_members([s.fetch(indices) for s in self.stores])
 
     def row_labels(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor | None:
         if self.labels is None or self.rule != "confidence":
@@ -189,10 +184,14 @@ class TeacherEnsemble:
     def fetch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None,
               **_: Any) -> ModelOutputs:
         """The combined teacher on the rows ``indices``, as dense logits ``T log p_T`` (float32)."""
-        lp = self.member_log_probs(indices)
-        combined = combine_log_probs(lp, self.rule, self.weights, self.row_labels(indices), self.temperature)
-        z = (self.temperature * combined).float()
+        z = self.combined_logits(self.member_log_probs(indices), indices)
         return ModelOutputs(logits=z if device is None else z.to(device))
+
+    def combined_logits(self, log_probs: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """(B, C) float32 logits ``T log p_T`` of the combination of ``log_probs`` (K, B, C)."""
+        combined = combine_log_probs(log_probs, self.rule, self.weights, self.row_labels(indices),
+                                     self.temperature)
+        return (self.temperature * combined).float()
 
     def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
         """Each teacher's average weight over the stored rows under this rule (the fixed shares for the
@@ -204,6 +203,46 @@ class TeacherEnsemble:
             w = example_weights(self.member_log_probs(idx), self.rule, self.weights, self.row_labels(idx))
             total += w.sum(0)
         return {name: float(v) for name, v in zip(self.names, (total / max(n, 1)).tolist())}
+
+
+class AugmentedEnsemble(TeacherEnsemble):
+    """Several augmented-view stores (image runs, :class:`~distill.store.augment.AugmentedStore`) read as one:
+    every teacher saw the same views (the view seeds depend on the run's seed, the epoch and the example, not
+    on the teacher), so ``fetch(epoch, indices)`` returns those seeds and the combined teacher on them."""
+
+    @property
+    def epochs(self) -> int:
+        return min(s.epochs for s in self.stores)
+
+    @property
+    def augment(self) -> Any:
+        return self.stores[0].augment
+
+    def views(self, images: torch.Tensor, epoch: int, indices: Any) -> torch.Tensor:
+        return self.stores[0].views(images, epoch, indices)
+
+    def member_log_probs(self, indices: Any, epoch: int = 0) -> torch.Tensor:
+        return stack_members([s.fetch(epoch, indices)[1] for s in self.stores])
+
+    def fetch(self, epoch: int, indices: Any, **_: Any) -> tuple[Any, ModelOutputs]:  # type: ignore[override]
+        import numpy as np
+
+        parts = [s.fetch(epoch, indices) for s in self.stores]
+        seeds = parts[0][0]
+        if any(not np.array_equal(seeds, p[0]) for p in parts[1:]):
+            raise ValueError("the teachers' stores hold different augmented views; build them with the same "
+                             "train.seed and vision settings")
+        return seeds, ModelOutputs(logits=self.combined_logits(stack_members([p[1] for p in parts]), indices))
+
+
+def stack_members(outputs: Sequence[ModelOutputs]) -> torch.Tensor:
+    """(K, B, C) float64 log-probabilities from each teacher's outputs on the same rows."""
+    lps = [dense_log_probs(o.require("logits", "multi-teacher")) for o in outputs]
+    shapes = {tuple(lp.shape) for lp in lps}
+    if len(shapes) != 1:
+        raise ValueError(f"the teachers' outputs have different shapes {sorted(shapes)}; multi-teacher runs "
+                         "need teachers over the same classes")
+    return torch.stack(lps)
 
 
 def agreement(predictions: dict[str, Any]) -> dict[str, float]:

@@ -42,7 +42,14 @@ def plan_image_classification(recipe: Recipe) -> Plan:
     """Load and split the images and build the losses: everything checkable before any training."""
     splits = load_image_splits(recipe.data)
     ctx = LossContext(num_classes=splits.num_labels)
-    build_losses(recipe.losses, ctx)
+    losses = build_losses(recipe.losses, ctx)
+    if recipe.teachers:  # several teachers are combined from their stores: class distributions only
+        from distill.tasks.multi_teacher import check_combinable
+
+        check_combinable(recipe, losses)
+        if recipe.vision is not None and recipe.vision.datafree is not None:
+            raise RecipeError("vision.datafree: synthesis inverts one teacher's BatchNorm statistics; use "
+                              "one teacher for a data-free student, or drop vision.datafree")
     return Plan(recipe, splits, None, None, True, ctx)
 
 
@@ -67,6 +74,10 @@ class ImageClassificationTask(Task):
         self.test_probs: dict[str, np.ndarray] = {}
         self.test_correct: dict[str, np.ndarray] = {}
         self.teacher_pred: np.ndarray | None = None
+        self.members: list[Any] = []  # ``teachers:``: every teacher (distill.tasks.multi_teacher.Member)
+        self.member_test_logits: dict[str, np.ndarray] = {}
+        self.combined_test_logits: np.ndarray | None = None
+        self.member_mean_weights: dict[str, float] | None = None
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -104,56 +115,65 @@ class ImageClassificationTask(Task):
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
-        r = self.recipe
+        if self.recipe.teachers:  # several: each prepared alike; the first one stands for "the teacher"
+            from distill.tasks.multi_teacher import Member, member_recipes
+
+            self.members = [Member(name, weight, self._prepare_one(recipe, f"teacher_{name}"), None)
+                            for name, weight, recipe in member_recipes(self.recipe)]
+            self.teacher = self.members[0].source
+            return
+        self.teacher = self._prepare_one(self.recipe, "teacher")
+
+    def _prepare_one(self, r: Recipe, stage: str) -> ImageTeacher:
+        """``r.teacher``, trained first (as stage ``stage``) when it asks; a finished one is reused."""
         ft = r.teacher.finetune
         if ft is None:
             model = build_image_model(r.teacher.model, self.splits.num_labels, self.splits.shape[0])
-            self.teacher = ImageTeacher(r.teacher.model, model=model, skip=(DONE,), log=self.log)
-            return
+            return ImageTeacher(r.teacher.model, model=model, skip=(DONE,), log=self.log)
         folder = Path(ft.output_dir) if ft.output_dir else self.out / "teacher"
         labelled = self.labelled_data()  # the teacher learns from the labels only
         fp = fingerprint({"model": r.teacher.model, "finetune": ft.__dict__, "augment": self.augment.__dict__,
                           "data": tensor_digest(labelled.images, labelled.labels)})
         if (done := stage_done(folder, fp)) is not None:
-            self.log(f"teacher: already trained, reusing {folder}")
-            self.report["training"]["teacher"] = done.get("training", {})
-            self.teacher = ImageTeacher(str(folder), model=load_image_model(folder), loader=load_image_model,
-                                        skip=(DONE,), log=self.log)
-            return
+            self.log(f"{stage}: already trained, reusing {folder}")
+            self.report["training"][stage] = done.get("training", {})
+            return ImageTeacher(str(folder), model=load_image_model(folder), loader=load_image_model,
+                                skip=(DONE,), log=self.log)
         model = self._new_model(r.teacher.model, ft.seed)
         ce = Distiller(build_losses([LossConfig(name="ce")], self.plan.loss_context))
-        self.log(f"teacher: training {r.teacher.model} on {len(labelled)} images")
-        ckpt = self.checkpoint_path("teacher", fp)
+        self.log(f"{stage}: training {r.teacher.model} on {len(labelled)} images")
+        ckpt = self.checkpoint_path(stage, fp)
         info = train_image_model(model, ce, labelled, epochs=max(1, math.ceil(ft.epochs)),
                                  batch_size=ft.batch_size, learning_rate=ft.learning_rate,
                                  weight_decay=ft.weight_decay, seed=ft.seed, augment=self.augment,
                                  log=self.log, checkpoint=ckpt, checkpoint_key=fp)
         write_stage(folder, fp, lambda d: save_image_model(model, d, self.splits.labels), info)
         remove_checkpoint(ckpt)
-        self.report["training"]["teacher"] = info
-        self.teacher = ImageTeacher(str(folder), model=model, loader=load_image_model, skip=(DONE,),
-                                    log=self.log)
+        self.report["training"][stage] = info
+        return ImageTeacher(str(folder), model=model, loader=load_image_model, skip=(DONE,), log=self.log)
 
     @classmethod
     def refusal(cls, command: str, recipe: Recipe) -> str | None:
-        if command == "finetune" and recipe.teacher.finetune is None:
+        if command == "finetune" and not any(t.finetune for t in recipe.teachers or [recipe.teacher]):
             return ("teacher.finetune: not set; add `teacher.finetune: {epochs: 4}` to train the image "
                     "teacher here")
         return super().refusal(command, recipe)
 
     def finetune(self) -> str:
         self.prepare_teacher()
+        if self.members:
+            return "teachers saved to " + ", ".join(f"{m.name}: {m.source.path}" for m in self.members)
         return f"teacher saved to {self.teacher.path}"
 
     def release_teacher(self) -> None:
         pass  # small, and needed again for timing and the data-free student
 
     # -- store --------------------------------------------------------------------------------------------
-    def store_key(self) -> str:
+    def store_key(self, teacher: ImageTeacher | None = None) -> str:
         from distill.store.augment import augmented_store_key
 
         r = self.recipe
-        return augmented_store_key(teacher=self.teacher.fingerprint(),
+        return augmented_store_key(teacher=(teacher or self.teacher).fingerprint(),
                                    data=tensor_digest(self.splits.train.images),
                                    augment=self.augment.__dict__, epochs=r.vision.store_epochs or self.epochs,
                                    topk=r.store.topk, seed=r.train.seed, task=r.task)
@@ -170,17 +190,29 @@ class ImageClassificationTask(Task):
         return None, self.teacher_model()
 
     def teacher_store(self, distiller: Distiller, build: bool = True):
+        t0 = time.perf_counter()
+        if self.members:  # each teacher's own store, read as one by the recipe's rule
+            from distill.store.ensemble import AugmentedEnsemble
+
+            store = AugmentedEnsemble([self._one_store(m.source) for m in self.members],
+                                      [m.name for m in self.members], [m.weight for m in self.members],
+                                      self.recipe.combine, labels=self.splits.train.labels)
+            self.member_mean_weights = store.mean_weights()
+        else:
+            store = self._one_store(self.teacher)
+        self.report["store_build_seconds"] = time.perf_counter() - t0
+        return store
+
+    def _one_store(self, source: ImageTeacher):
         from distill.store.augment import AugmentedStore, build_augmented_store
 
         r = self.recipe
-        teacher = self.teacher_model()
-        t0 = time.perf_counter()
-        path = build_augmented_store(store_root(r.store), self.store_key(), self.splits.train.images,
+        teacher = source.model()
+        path = build_augmented_store(store_root(r.store), self.store_key(source), self.splits.train.images,
                                      lambda x: teacher(pixel_values=x).logits, self.augment,
                                      r.vision.store_epochs or self.epochs, r.store.topk, r.train.seed,
                                      batch_size=r.train.eval_batch_size, log=self.log,
-                                     meta={"teacher": self.teacher.path, "labels": self.splits.labels})
-        self.report["store_build_seconds"] = time.perf_counter() - t0
+                                     meta={"teacher": source.path, "labels": self.splits.labels})
         return AugmentedStore.open(path, r.store.reconstruct)
 
     def _store_reason(self, distiller: Distiller) -> str | None:
@@ -202,25 +234,37 @@ class ImageClassificationTask(Task):
         if (reason := self._store_reason(distiller)) is not None:
             raise RecipeError(reason)
         self.prepare_teacher()
-        return describe_augmented_store(self.teacher_store(distiller))
+        store = self.teacher_store(distiller)
+        if self.members:
+            return "\n\n".join(f"teacher {name}:\n{describe_augmented_store(s)}"
+                               for name, s in zip(store.names, store.stores, strict=True))
+        return describe_augmented_store(store)
 
     def cache_info(self) -> str:
-        from distill.store.augment import AugmentedStore, describe_augmented_store
-
         r = self.recipe
         distiller = self.distiller()
         if (reason := self._store_reason(distiller)) is not None:
             return reason
+        if r.teachers:
+            from distill.tasks.multi_teacher import member_recipes
+
+            return "\n\n".join(f"teacher {name}:\n{self._store_info(recipe)}"
+                               for name, _, recipe in member_recipes(r))
+        return self._store_info(r)
+
+    def _store_info(self, r: Recipe) -> str:
+        from distill.store.augment import AugmentedStore, describe_augmented_store
+
         ft = r.teacher.finetune
         if ft is not None:
             folder = Path(ft.output_dir) if ft.output_dir else self.out / "teacher"
             if not (folder / DONE).exists():
                 return ("the teacher has not been trained yet, so nothing is stored; "
                         "`distill cache RECIPE` does both")
-            self.teacher = ImageTeacher(str(folder), loader=load_image_model, skip=(DONE,), log=self.log)
-        else:
-            self.prepare_teacher()  # built in code: a random or given model, no training
-        root, key = store_root(r.store), self.store_key()
+            teacher = ImageTeacher(str(folder), loader=load_image_model, skip=(DONE,), log=self.log)
+        else:  # built in code: a random or given model, no training
+            teacher = self._prepare_one(r, "teacher")
+        root, key = store_root(r.store), self.store_key(teacher)
         if not (root / key / "manifest.json").exists():
             return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
         return describe_augmented_store(AugmentedStore.open(root / key, r.store.reconstruct))
@@ -341,6 +385,36 @@ class ImageClassificationTask(Task):
             self.teacher_pred = pred
         return pred
 
+    def evaluate_teacher(self) -> Any:
+        if not self.members:
+            return self.evaluate("teacher", self.teacher_model())
+        from distill.evaluation import classification_metrics, count_parameters
+        from distill.evaluation.predictions import softmax
+        from distill.evaluation.speed import weights_size_mb
+        from distill.tasks.multi_teacher import MemberModels, combined_test_logits
+
+        test = self.splits.test
+        for m in self.members:
+            self.member_test_logits[m.name] = predict_image_logits(m.source.model(), test.images,
+                                                                   self.recipe.train.eval_batch_size).numpy()
+        combined = combined_test_logits(self.member_test_logits, self.recipe.combine,
+                                        [m.weight for m in self.members])
+        self.combined_test_logits = combined
+        ensemble = MemberModels([m.source.model() for m in self.members])
+        self.test_probs["teacher"] = softmax(combined).astype(np.float32)
+        metrics = classification_metrics(combined, test.labels.numpy())
+        metrics.update(parameters=count_parameters(ensemble), size_mb=weights_size_mb(ensemble),
+                       teachers=len(self.members))
+        self.test_correct["teacher"] = combined.argmax(-1) == test.labels.numpy()
+        self.latency_inputs["teacher"] = {f"t{i}_pixel_values": test.images[:32]
+                                          for i in range(len(self.members))}
+        self._models["teacher"] = ensemble
+        self.report["models"]["teacher"] = metrics
+        self.log(f"teacher (combined): accuracy {metrics['accuracy']:.4f}, "
+                 f"macro-F1 {metrics['macro_f1']:.4f}")
+        self.teacher_pred = combined.argmax(-1)
+        return self.teacher_pred
+
     def latency_models(self) -> dict[str, torch.nn.Module]:
         return dict(self._models)
 
@@ -357,6 +431,14 @@ class ImageClassificationTask(Task):
         self.report["warnings"] = class_warnings(models, sp.labels, self.report["significance"])
         self.report["labels"] = sp.labels
         summary = summarise(models, self.report.get("latency"), self.report["significance"])
+        if self.members:
+            from distill.evaluation.report import format_teachers
+            from distill.tasks.multi_teacher import members_report
+
+            self.report["teachers"] = members_report(self.members, self.member_test_logits,
+                                                     self.combined_test_logits, sp.test.labels.numpy(),
+                                                     r.combine, self.member_mean_weights)
+            self.log(format_teachers(self.report["teachers"]))
         if "student_datafree" in models and "student_kd" in models:
             summary["datafree_gap_accuracy"] = (models["student_datafree"]["accuracy"]
                                                 - models["student_kd"]["accuracy"])

@@ -33,6 +33,19 @@ class Member:
     tokenizer: Any
 
 
+def check_combinable(recipe: Recipe, losses: list[Any]) -> None:
+    """Several teachers share only their class distributions: refuse, by name, a loss that reads anything
+    else of a teacher (hidden states, attention, feature maps: the teachers' layers do not correspond)."""
+    from distill._dataclass_io import RecipeError
+
+    for (_, _, loss), spec in zip(losses, recipe.losses, strict=True):
+        other = sorted(set(loss.teacher_needs) - {"logits"})
+        if other:
+            raise RecipeError(f"losses: {spec.name} reads the teacher's {other[0]}, which several teachers "
+                              "cannot share (their layers differ); with teachers: use losses that read "
+                              "logits, e.g. kd and ce")
+
+
 def member_recipes(recipe: Recipe) -> list[tuple[str, float, Recipe]]:
     """(name, weight, the recipe with ``teacher`` set to that member) per teacher; a member fine-tuned here
     goes to ``<output_dir>/teacher_<name>`` unless its ``finetune.output_dir`` says otherwise."""

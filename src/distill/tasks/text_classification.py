@@ -87,12 +87,9 @@ def check_more_teachers(recipe: Recipe, splits: Any, losses: list[Any]) -> None:
         if t.finetune is None and int(getattr(conf, "num_labels", 0)) != splits.num_labels:
             raise RecipeError(f"teachers[{i}].model: it has {conf.num_labels} labels but the data has "
                               f"{splits.num_labels}; fine-tune it on this data (teachers[{i}].finetune)")
-    for (_, _, loss), spec in zip(losses, recipe.losses, strict=True):
-        other = sorted(set(loss.teacher_needs) - {"logits"})
-        if other:
-            raise RecipeError(f"losses: {spec.name} reads the teacher's {other[0]}, which several teachers "
-                              "cannot share (their layers differ); with teachers: use losses that read "
-                              "logits, e.g. kd and ce")
+    from distill.tasks.multi_teacher import check_combinable
+
+    check_combinable(recipe, losses)
 
 
 def plan_text_classification(recipe: Recipe) -> Plan:

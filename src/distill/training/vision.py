@@ -105,6 +105,8 @@ def train_image_model(
         raise ValueError("the augmented-view store keeps probabilities only; "
                          "feature losses need an online teacher")
     labels = data.labels if labels_known else torch.full_like(data.labels, -100)
+    if store is not None and hasattr(store, "bind"):  # several teachers: combined at the losses' temperature
+        store = store.bind(distiller)
     if teacher is not None:
         teacher.eval()
 
