@@ -29,7 +29,7 @@ STUDENTS = {
 
 
 def recipe(student: str, seed: int, epochs: float, out: Path, kd_weight: float, temperature: float,
-           unlabeled: int = 0) -> dict:
+           unlabeled: int = 0, learning_rate: float = 1e-4) -> dict:
     data = {"source": "packaged", "name": "movie_snippets", "max_length": 64, "split_seed": 0}
     if unlabeled:
         # in-domain and general English text the teacher labels once into the store (held-out texts removed)
@@ -45,7 +45,7 @@ def recipe(student: str, seed: int, epochs: float, out: Path, kd_weight: float, 
         "losses": [{"name": "kd", "weight": kd_weight, "temperature": temperature},
                    {"name": "ce", "weight": round(1 - kd_weight, 6)}],
         "store": {"topk": 0, "dtype": "float32", "dir": str(CACHE / "stores")},
-        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed,
+        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": learning_rate, "seed": seed,
                   "group_by_length": True,
                   "logging_steps": 50, "save_steps": 100, "eval_batch_size": 64},
         "eval": {"latency_batch_sizes": [1, 32], "latency_repeats": 10},
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--kd-weight", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--learning-rate", type=float, default=1e-4,
+                    help="students' peak AdamW learning rate (linear warm-up 10%%, then linear decay)")
     ap.add_argument("--unlabeled", type=int, default=0,
                     help="add this many sentences of packaged:english_text, labelled by the teacher only")
     ap.add_argument("--out", default="runs/bench_text")
@@ -71,7 +73,8 @@ def main() -> None:
             for seed in args.seeds:
                 out = Path(args.out) / student / f"seed{seed}"
                 task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight,
-                                                 args.temperature, args.unlabeled))).run()
+                                                 args.temperature, args.unlabeled,
+                                                 args.learning_rate))).run()
     rows, json_rows, summary = [], [], {}
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)
@@ -125,8 +128,9 @@ def main() -> None:
               "|---|---|---|---|---|---|---|---|---|---|---|")
     body = ("Teacher all-mpnet-base-v2 fine-tuned 1 epoch (lr 2e-5, batch 32, length 64) on the "
             "movie-snippet train split (ASSETS.md split: test 2,114 rows, stratified, random_state 0; "
-            f"validation 10% of train). Students: {args.epochs} epoch(s), batch 32, lr 1e-4, losses "
-            f"{args.kd_weight} kd (T={args.temperature}) + {1 - args.kd_weight:.2f} ce from a dense fp32 "
+            f"validation 10% of train). Students: {args.epochs} epoch(s), batch 32, "
+            f"lr {args.learning_rate:g}, losses {args.kd_weight} kd (T={args.temperature}) + "
+            f"{1 - args.kd_weight:.2f} ce from a dense fp32 "
             "store; the no-KD student has the same init and epochs, labels only"
             + (f"; the KD student also sees {args.unlabeled:,} sentences of packaged:english_text (all "
                "packaged English text, held-out texts removed) that only the teacher labelled"

@@ -160,3 +160,47 @@ def test_image_datafree_with_several_teachers_is_refused(tmp_path):
     recipe.vision.datafree = DataFreeConfig()
     with pytest.raises(RecipeError, match="vision.datafree"):
         task_for(recipe)
+
+
+def test_a_model_teacher_and_a_black_box_teacher(tmp_path, monkeypatch, tiny_classifier, tiny_student):
+    """A mixed pair: the black-box teacher answers over HTTP (every text with "flat" fails, so it has gaps);
+    where it has no answer the model teacher alone is the target, and the report says how much it answered."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "blackbox"))
+    from _chat_server import FakeChatServer
+
+    from conftest import make_sentiment_rows
+    from distill.runner import run
+
+    import pandas as pd
+
+    data = tmp_path / "reviews.csv"
+    pd.DataFrame(make_sentiment_rows(120, seed=5)).to_csv(data, index=False)
+    with FakeChatServer() as server:
+        server.fail_prompts.add("flat")
+        recipe = tiny_recipe(tmp_path, tiny_classifier, data)
+        recipe.pop("teacher")
+        recipe["student"] = {"model": str(tiny_student)}
+        recipe["teachers"] = [
+            {"model": str(tiny_classifier), "name": "model"},
+            {"name": "api", "blackbox": {"base_url": server.url, "model": "fake-llm", "soft_labels": True,
+                                         "max_retries": 0, "timeout": 5}}]
+        report = run(recipe_from_dict(recipe))
+    members = {m["name"]: m for m in report["teachers"]["members"]}
+    assert 0.3 < members["api"]["answered_fraction"] < 1.0  # "flat" texts got no answer
+    assert members["api"]["accuracy"] > members["model"]["accuracy"]  # the rule-based API reads the words
+    # equal fixed weights, but the model teacher carries the rows the API did not answer
+    assert members["model"]["mean_weight"] > 0.5 > members["api"]["mean_weight"] > 0
+    assert (tmp_path / "run" / "teacher_api" / "teacher_labels.jsonl").exists()
+    assert report["models"]["teacher"]["teachers"] == 2 and "latency_ms_b1" in report["models"]["teacher"]
+
+
+def test_a_black_box_teacher_cannot_come_first(tmp_path, tiny_classifier, sentiment_csv):
+    recipe = tiny_recipe(tmp_path, tiny_classifier, sentiment_csv)
+    recipe.pop("teacher")
+    recipe["teachers"] = [{"name": "api", "blackbox": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+                          {"model": str(tiny_classifier)}]
+    with pytest.raises(RecipeError, match="put a model teacher first"):
+        recipe_from_dict(recipe)

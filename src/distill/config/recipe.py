@@ -84,6 +84,7 @@ class Recipe:
         check(self.task in recipe_task_names(), "task", self.task,
                f"choose from {', '.join(recipe_task_names())}")
         check(len(self.losses) > 0, "losses", self.losses, "give at least one loss, e.g. [{name: kd}]")
+        validate_teachers(self)
         if self.teacher.blackbox is not None:
             check(not self.student.from_teacher, "student.from_teacher", self.student.from_teacher,
                    "a black-box teacher has no layers to inherit; give student.model instead")
@@ -107,7 +108,6 @@ class Recipe:
                    "use codec: topk")
         validate_vision(self)
         validate_losses(self.losses)
-        validate_teachers(self)
 
     @property
     def label_free(self) -> bool:
@@ -138,19 +138,24 @@ def validate_teachers(r: "Recipe") -> None:
           f"task: {r.task} takes one `teacher:`")
     check(r.store.enabled, "store.enabled", r.store.enabled,
           "several teachers are combined as their stores are read; set store.enabled: true")
+    check(r.teachers[0].blackbox is None, "teachers[0].blackbox", "set",
+          "the first teacher plans the run (its tokenizer, its layers for student.from_teacher): put a model "
+          "teacher first; black-box teachers may follow")
     names: set[str] = set()
     for i, t in enumerate(r.teachers):
-        check(t.blackbox is None, f"teachers[{i}].blackbox", "set",
-              "several black-box teachers are combined by teacher.blackbox.ensemble; teachers: takes models")
-        name = t.name or teacher_name(t.model)
+        if t.blackbox is not None:
+            check(r.task == "text-classification", f"teachers[{i}].blackbox", "set",
+                  "black-box teachers answer text: they join task: text-classification runs only")
+        name = t.name or teacher_name(t)
         check(name not in names, f"teachers[{i}].name", name, "give each teacher its own name")
         names.add(name)
     check(r.teacher == r.teachers[0], "teacher", r.teacher.model,
           "with teachers: leave teacher out (it is the first of the teachers)")
 
 
-def teacher_name(model: str) -> str:
-    """A teacher's default name: the last part of its model id or path."""
+def teacher_name(t: TeacherConfig) -> str:
+    """A teacher's default name: the last part of its model id or path (a black-box teacher: its model)."""
+    model = t.model or (t.blackbox and (t.blackbox.model or t.blackbox.local_model)) or "teacher"
     return str(model).rstrip("/").split("/")[-1].split(":")[-1] or "teacher"
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Sequence
 
 import torch
@@ -58,16 +59,18 @@ def dense_log_probs(logits: torch.Tensor | SparseLogits) -> torch.Tensor:
 
 
 def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float],
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
+                    labels: torch.Tensor | None = None, answered: torch.Tensor | None = None) -> torch.Tensor:
     """(B, K) per-example teacher weights, each row summing to 1.
 
     ``log_probs`` (K, B, C) are the teachers' log-probabilities at temperature 1; ``labels`` (B,) holds the
-    class of labelled rows and -1 elsewhere (``confidence`` only; absent: every row is unlabelled).
+    class of labelled rows and -1 elsewhere (``confidence`` only; absent: every row is unlabelled);
+    ``answered`` (K, B) is False where a teacher has no answer for a row (a black-box teacher that failed or
+    was not asked): it gets weight 0 there, and the others share its weight.
     """
     k, b, _ = log_probs.shape
     fixed = torch.as_tensor(list(weights), dtype=torch.float64).reshape(1, k)
     if rule not in PER_EXAMPLE_RULES:
-        return (fixed / fixed.sum()).expand(b, k)
+        return _renormalise(fixed.expand(b, k), answered, fixed)
     if k < 2:
         raise ValueError("per-example weighting needs at least two teachers")
     if rule == "confidence":
@@ -84,12 +87,22 @@ def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float]
         total = h.sum(-1, keepdim=True)
         share = torch.where(total > 0, h / total.clamp_min(1e-300), torch.full_like(h, 1.0 / k))
         w = (1.0 - share) / (k - 1)
-    w = w * fixed
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+    return _renormalise(w * fixed, answered, fixed)
+
+
+def _renormalise(w: torch.Tensor, answered: torch.Tensor | None, fixed: torch.Tensor) -> torch.Tensor:
+    """Rows of ``w`` (B, K) zeroed where a teacher did not answer, then scaled to sum to 1 (a row no teacher
+    answered keeps the fixed shares: its target is then uninformative, not undefined)."""
+    if answered is not None:
+        w = w * answered.T.to(w.dtype)
+    total = w.sum(-1, keepdim=True)
+    w = torch.where(total > 0, w, fixed.expand_as(w))
+    return w / w.sum(-1, keepdim=True)
 
 
 def combine_log_probs(log_probs: torch.Tensor, rule: str, weights: Sequence[float],
-                      labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+                      labels: torch.Tensor | None = None, temperature: float = 1.0,
+                      answered: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C) log-probabilities of the combined teacher at ``temperature``.
 
     ``log_probs`` (K, B, C) are the teachers' log-probabilities at temperature 1 (so the softened teacher k is
@@ -97,7 +110,7 @@ def combine_log_probs(log_probs: torch.Tensor, rule: str, weights: Sequence[floa
     """
     if rule not in RULES:
         raise ValueError(f"combine: {rule!r} is not a rule; use one of {', '.join(RULES)}")
-    w = example_weights(log_probs, rule, weights, labels)  # (B, K)
+    w = example_weights(log_probs, rule, weights, labels, answered)  # (B, K)
     soft = torch.log_softmax(log_probs / temperature, dim=-1)  # (K, B, C)
     if rule == "mean_logits":
         return torch.log_softmax((w.T.unsqueeze(-1) * soft).sum(0), dim=-1)
@@ -172,8 +185,9 @@ class TeacherEnsemble:
         t = temps.pop() if temps else 1.0
         return type(self)(self.stores, self.names, self.weights, self.rule, self.labels, temperature=t)
 
-    def member_log_probs(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """(K, B, C) float64 log-probabilities of every teacher on the rows ``indices`` (temperature 1)."""
+    def member_log_probs(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, B, C) float64 log-probabilities of every teacher on the rows ``indices`` (temperature 1) and
+        the (K, B) mask of the rows each teacher answered."""
         return stack_members([s.fetch(indices) for s in self.stores])
 
     def row_labels(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor | None:
@@ -184,13 +198,14 @@ class TeacherEnsemble:
     def fetch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None,
               **_: Any) -> ModelOutputs:
         """The combined teacher on the rows ``indices``, as dense logits ``T log p_T`` (float32)."""
-        z = self.combined_logits(self.member_log_probs(indices), indices)
+        z = self.combined_logits(*self.member_log_probs(indices), indices)
         return ModelOutputs(logits=z if device is None else z.to(device))
 
-    def combined_logits(self, log_probs: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def combined_logits(self, log_probs: torch.Tensor, answered: torch.Tensor,
+                        indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """(B, C) float32 logits ``T log p_T`` of the combination of ``log_probs`` (K, B, C)."""
         combined = combine_log_probs(log_probs, self.rule, self.weights, self.row_labels(indices),
-                                     self.temperature)
+                                     self.temperature, answered)
         return (self.temperature * combined).float()
 
     def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
@@ -200,7 +215,8 @@ class TeacherEnsemble:
         n = len(self)
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
-            w = example_weights(self.member_log_probs(idx), self.rule, self.weights, self.row_labels(idx))
+            lp, answered = self.member_log_probs(idx)
+            w = example_weights(lp, self.rule, self.weights, self.row_labels(idx), answered)
             total += w.sum(0)
         return {name: float(v) for name, v in zip(self.names, (total / max(n, 1)).tolist())}
 
@@ -221,7 +237,7 @@ class AugmentedEnsemble(TeacherEnsemble):
     def views(self, images: torch.Tensor, epoch: int, indices: Any) -> torch.Tensor:
         return self.stores[0].views(images, epoch, indices)
 
-    def member_log_probs(self, indices: Any, epoch: int = 0) -> torch.Tensor:
+    def member_log_probs(self, indices: Any, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         return stack_members([s.fetch(epoch, indices)[1] for s in self.stores])
 
     def fetch(self, epoch: int, indices: Any, **_: Any) -> tuple[Any, ModelOutputs]:  # type: ignore[override]
@@ -232,17 +248,50 @@ class AugmentedEnsemble(TeacherEnsemble):
         if any(not np.array_equal(seeds, p[0]) for p in parts[1:]):
             raise ValueError("the teachers' stores hold different augmented views; build them with the same "
                              "train.seed and vision settings")
-        return seeds, ModelOutputs(logits=self.combined_logits(stack_members([p[1] for p in parts]), indices))
+        lp, answered = stack_members([p[1] for p in parts])
+        return seeds, ModelOutputs(logits=self.combined_logits(lp, answered, indices))
 
 
-def stack_members(outputs: Sequence[ModelOutputs]) -> torch.Tensor:
-    """(K, B, C) float64 log-probabilities from each teacher's outputs on the same rows."""
+def stack_members(outputs: Sequence[ModelOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, B, C) float64 log-probabilities from each teacher's outputs on the same rows, and the (K, B) mask
+    of answered rows (``extra["answered"]``, kept by :class:`AnswerStore`; every row otherwise). An
+    unanswered row's distribution is uniform (it gets no weight anyway)."""
     lps = [dense_log_probs(o.require("logits", "multi-teacher")) for o in outputs]
     shapes = {tuple(lp.shape) for lp in lps}
     if len(shapes) != 1:
         raise ValueError(f"the teachers' outputs have different shapes {sorted(shapes)}; multi-teacher runs "
                          "need teachers over the same classes")
-    return torch.stack(lps)
+    lp = torch.stack(lps)
+    answered = torch.stack([o.extra.get("answered", torch.ones(lp.shape[1], dtype=torch.bool)).bool()
+                            for o in outputs])
+    uniform = torch.full_like(lp, -math.log(lp.shape[-1]))
+    return torch.where(answered.unsqueeze(-1), lp, uniform), answered
+
+
+class AnswerStore:
+    """A black-box teacher's answers read like a store: (N, C) probabilities per training row (its soft
+    labels, or one-hot of its label) and which rows it answered. The answers themselves live in the durable
+    response store; this is their view aligned to the run's rows."""
+
+    def __init__(self, probs: Any, answered: Any, name: str):
+        import numpy as np
+
+        self.probs = torch.as_tensor(np.asarray(probs, dtype=np.float64))
+        self.answered = torch.as_tensor(np.asarray(answered, dtype=bool))
+        digest = hashlib.sha256(self.probs.numpy().tobytes() + self.answered.numpy().tobytes())
+        self.key = f"answers-{name}-{digest.hexdigest()[:16]}"
+        self.path = f"(answers of {name})"
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def fetch(self, indices: Any, device: Any = None, **_: Any) -> ModelOutputs:
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return ModelOutputs(logits=self.probs[idx].clamp_min(1e-12).log(),
+                            extra={"answered": self.answered[idx]})
+
+    def info(self) -> dict[str, Any]:
+        return {"bytes": 0, "num_examples": len(self), "answered": int(self.answered.sum())}
 
 
 def agreement(predictions: dict[str, Any]) -> dict[str, float]:

@@ -20,17 +20,40 @@ import torch
 
 from distill.config import Recipe
 from distill.config.recipe import teacher_name
-from distill.teachers.sources import PretrainedTeacher
 
 
 @dataclass
 class Member:
-    """One teacher of several: its name, fixed weight, weights on disk and tokenizer."""
+    """One teacher of several: its name, fixed weight, where it comes from and its tokenizer; a black-box
+    member has its answers (:class:`distill.teachers.blackbox.annotate.BlackBoxLabels`) instead of weights."""
 
     name: str
     weight: float
-    source: PretrainedTeacher
+    source: Any
     tokenizer: Any
+    answers: Any = None
+
+    @property
+    def blackbox(self) -> bool:
+        return self.answers is not None
+
+
+def answer_arrays(run: Any, n: int, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A black-box teacher's answers to ``n`` rows (``run``: its :class:`LabelRun` over them, None when it was
+    not asked) as (n, C) probabilities (soft labels, else one-hot of the label; uniform where it gave no
+    answer) and the (n,) mask of answered rows."""
+    probs = np.full((n, num_labels), 1.0 / num_labels)
+    answered = np.zeros(n, dtype=bool)
+    for i, item in enumerate(run.items if run is not None else []):
+        if item.label is None:
+            continue
+        answered[i] = True
+        if item.probs is not None:
+            probs[i] = item.probs
+        else:
+            probs[i] = 0.0
+            probs[i, item.label] = 1.0
+    return probs, answered
 
 
 def check_combinable(recipe: Recipe, losses: list[Any]) -> None:
@@ -53,11 +76,14 @@ def member_recipes(recipe: Recipe) -> list[tuple[str, float, Recipe]]:
 
     out = []
     for t in recipe.teachers:
-        name = t.name or teacher_name(t.model)
+        name = t.name or teacher_name(t)
+        folder = str(Path(recipe.output_dir) / f"teacher_{name}")
+        one = dataclasses.replace(recipe, teacher=t, teachers=[])
         if t.finetune is not None and not t.finetune.output_dir:
-            t = dataclasses.replace(t, finetune=dataclasses.replace(
-                t.finetune, output_dir=str(Path(recipe.output_dir) / f"teacher_{name}")))
-        out.append((name, float(t.weight), dataclasses.replace(recipe, teacher=t, teachers=[])))
+            one.teacher = dataclasses.replace(t, finetune=dataclasses.replace(t.finetune, output_dir=folder))
+        if t.blackbox is not None:  # its labels files (and response store) in a folder of its own
+            one.output_dir = folder
+        out.append((name, float(t.weight), one))
     return out
 
 
@@ -74,30 +100,44 @@ class MemberModels(torch.nn.Module):
                 for i, m in enumerate(self.members)]
 
 
-def combined_test_logits(member_logits: dict[str, np.ndarray], rule: str, weights: list[float]) -> np.ndarray:
+def combined_test_logits(member_logits: dict[str, np.ndarray], rule: str, weights: list[float],
+                         answered: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The combination's (N, C) log-probabilities on the test split: the members' test logits combined by
-    ``rule`` at temperature 1, without labels (the test labels are what it is scored on)."""
+    ``rule`` at temperature 1, without labels (the test labels are what it is scored on). ``answered``: per
+    black-box member, the test rows it answered (the others get its weight there)."""
     from distill.store.ensemble import combine_log_probs
 
     lp = torch.stack([torch.log_softmax(torch.as_tensor(z, dtype=torch.float64), -1)
                       for z in member_logits.values()])
-    return combine_log_probs(lp, rule, weights).numpy()
+    answered = answered or {}
+    mask = torch.stack([torch.as_tensor(answered.get(name, np.ones(len(z), dtype=bool)))
+                        for name, z in member_logits.items()])
+    return combine_log_probs(lp, rule, weights, answered=mask).numpy()
 
 
 def members_report(members: list[Member], member_logits: dict[str, np.ndarray], combined: np.ndarray,
-                   labels: np.ndarray, rule: str, mean_weights: dict[str, float] | None) -> dict[str, Any]:
+                   labels: np.ndarray, rule: str, mean_weights: dict[str, float] | None,
+                   answered: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The report's ``teachers`` section: each member's test accuracy, macro-F1, agreement with the
-    combination and average weight on the training rows; agreement between every pair of members."""
-    from distill.evaluation import classification_metrics
+    combination and average weight on the training rows; agreement between every pair of members. A
+    black-box member's unanswered test rows count as wrong (prediction -1)."""
+    from sklearn.metrics import f1_score
+
     from distill.store.ensemble import agreement
 
-    preds = {name: z.argmax(-1) for name, z in member_logits.items()}
+    answered = answered or {}
+    preds = {name: np.where(answered.get(name, True), z.argmax(-1), -1) for name, z in member_logits.items()}
     combo = combined.argmax(-1)
     rows = []
     for m in members:
-        metrics = classification_metrics(member_logits[m.name], labels)
-        rows.append({"name": m.name, "path": m.source.path, "weight": m.weight,
-                     "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                     "agreement_with_combined": float(np.mean(preds[m.name] == combo)),
-                     "mean_weight": None if mean_weights is None else mean_weights.get(m.name)})
+        pred = preds[m.name]
+        row = {"name": m.name, "path": m.source.path, "weight": m.weight,
+               "accuracy": float(np.mean(pred == labels)),
+               "macro_f1": float(f1_score(labels, pred, labels=sorted(set(labels.tolist())), average="macro",
+                                          zero_division=0)),
+               "agreement_with_combined": float(np.mean(pred == combo)),
+               "mean_weight": None if mean_weights is None else mean_weights.get(m.name)}
+        if m.blackbox:
+            row["answered_fraction"] = float(np.mean(answered[m.name]))
+        rows.append(row)
     return {"rule": rule, "members": rows, "agreement": agreement(preds)}

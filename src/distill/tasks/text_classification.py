@@ -80,6 +80,8 @@ def check_more_teachers(recipe: Recipe, splits: Any, losses: list[Any]) -> None:
     """``teachers:``: every teacher after the first classifies the same classes, and the losses read only
     what can be combined (the teachers' class distributions)."""
     for i, t in enumerate(recipe.teachers[1:], start=1):
+        if t.blackbox is not None:  # answers with the data's label names (checked when it is asked)
+            continue
         conf, labels = teacher_classes(t, recipe, f"teachers[{i}]")
         if labels is not None and labels != splits.labels:
             raise RecipeError(f"teachers[{i}].model: its classes {labels} differ from {splits.labels} (the "
@@ -156,6 +158,8 @@ class TextClassificationTask(SelectsLosses, Task):
         self.member_test_logits: dict[str, np.ndarray] = {}
         self.combined_test_logits: np.ndarray | None = None
         self.member_mean_weights: dict[str, float] | None = None
+        self.member_test_answered: dict[str, np.ndarray] = {}  # black-box members: test rows answered
+        self.latency_members: list[Any] = []  # the members with weights (timed in turn as "the teacher")
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -169,6 +173,14 @@ class TextClassificationTask(SelectsLosses, Task):
             self.members = []
             for name, weight, recipe in member_recipes(self.recipe):
                 self.log(f"teacher {name}:")
+                if recipe.teacher.blackbox is not None:  # its answers, asked once (and kept) like any run's
+                    from distill.teachers.blackbox import label_with_blackbox
+                    from distill.teachers.sources import BlackBoxTeacher
+
+                    answers = label_with_blackbox(recipe, self.plan.splits, self.log, include_test=True)
+                    source = BlackBoxTeacher(str(answers.stats.get("teacher")), log=self.log)
+                    self.members.append(Member(name, weight, source, None, answers))
+                    continue
                 source, tokenizer = self._prepare_one(recipe)
                 self.members.append(Member(name, weight, source, tokenizer))
             self.teacher, self.teacher_tokenizer = self.members[0].source, self.members[0].tokenizer
@@ -271,6 +283,9 @@ class TextClassificationTask(SelectsLosses, Task):
 
         stores, seconds = [], {}
         for m in self.members:
+            if m.blackbox:
+                stores.append(self._answer_store(m))
+                continue
             store, took = self._open_store(distiller, m.source, m.tokenizer, build)
             if took is not None:
                 seconds[m.name] = took
@@ -283,6 +298,22 @@ class TextClassificationTask(SelectsLosses, Task):
                                    self.recipe.combine, labels=self.kd_data()["label"].astype(int).tolist())
         self.member_mean_weights = ensemble.mean_weights()
         return ensemble
+
+    def _answer_store(self, m: Any) -> Any:
+        """A black-box member's answers aligned to the distilled student's rows: the train rows, then the
+        unlabelled ones (rows it was not asked, e.g. augmented variants, count as unanswered)."""
+        from distill.store.ensemble import AnswerStore
+        from distill.tasks.multi_teacher import answer_arrays
+
+        sp, c = self.plan.splits, len(self.plan.labels)
+        parts = [answer_arrays(m.answers.runs.get("train"), len(sp.train), c)]
+        if sp.unlabeled is not None and len(sp.unlabeled):
+            parts.append(answer_arrays(m.answers.runs.get("unlabeled"), len(sp.unlabeled), c))
+        rest = len(self.kd_data()) - sum(len(p) for p, _ in parts)
+        if rest:
+            parts.append(answer_arrays(None, rest, c))
+        probs, answered = (np.concatenate([part[i] for part in parts]) for i in (0, 1))
+        return AnswerStore(probs, answered, m.name)
 
     def cache(self) -> str:
         from distill.store.reader import format_info
@@ -502,11 +533,16 @@ class TextClassificationTask(SelectsLosses, Task):
         and the ``teachers`` section."""
         from distill.evaluation import count_parameters, predict_logits
         from distill.evaluation.speed import weights_size_mb
-        from distill.tasks.multi_teacher import combined_test_logits
+        from distill.tasks.multi_teacher import answer_arrays, combined_test_logits
 
         r = self.recipe
-        member_logits, inputs, params, size = {}, {}, 0, 0.0
-        for i, m in enumerate(self.members):
+        member_logits, answered, models, inputs, params, size = {}, {}, [], {}, 0, 0.0
+        for m in self.members:
+            if m.blackbox:  # its answers on the test split (asked with include_test)
+                probs, answered[m.name] = answer_arrays(m.answers.runs.get("test"),
+                                                        len(self.plan.splits.test), len(self.plan.labels))
+                member_logits[m.name] = np.log(np.clip(probs, 1e-12, 1.0))
+                continue
             test = to_dataset(self.plan.splits.test, m.tokenizer, max_length=r.data.max_length)
             collate = DistillCollator(m.tokenizer)
             member_logits[m.name] = self.teacher_test_logits(m.source, lambda m=m, test=test, collate=collate:
@@ -516,12 +552,14 @@ class TextClassificationTask(SelectsLosses, Task):
             params += count_parameters(model)
             size += weights_size_mb(model)
             first = model_inputs(collate([test[j] for j in range(min(32, len(test)))]))
-            inputs.update({f"t{i}_{k}": v for k, v in first.items()})
+            inputs.update({f"t{len(models)}_{k}": v for k, v in first.items()})
+            models.append(m)
             if m.source is not self.teacher:
                 m.source.release()
-        self.member_test_logits = member_logits
-        combined = combined_test_logits(member_logits, r.combine, [m.weight for m in self.members])
+        self.member_test_logits, self.member_test_answered = member_logits, answered
+        combined = combined_test_logits(member_logits, r.combine, [m.weight for m in self.members], answered)
         self.combined_test_logits = combined
+        self.latency_members = models  # a black-box member's time is its API's: not timed here
         self.latency_inputs["teacher"] = inputs
         pred = self._score("teacher", combined, {"parameters": params, "size_mb": size,
                                                  "teachers": len(self.members)})
@@ -539,7 +577,7 @@ class TextClassificationTask(SelectsLosses, Task):
             if self.members:  # serving the combination runs every teacher
                 from distill.tasks.multi_teacher import MemberModels
 
-                return {"teacher": MemberModels([m.source.model() for m in self.members]), **models}
+                return {"teacher": MemberModels([m.source.model() for m in self.latency_members]), **models}
             models = {"teacher": self.teacher_model(), **models}
         return models
 
@@ -559,7 +597,8 @@ class TextClassificationTask(SelectsLosses, Task):
 
             self.report["teachers"] = members_report(
                 self.members, self.member_test_logits, self.combined_test_logits,
-                np.asarray(self.plan.splits.test["label"]), r.combine, self.member_mean_weights)
+                np.asarray(self.plan.splits.test["label"]), r.combine, self.member_mean_weights,
+                self.member_test_answered)
             self.log(format_teachers(self.report["teachers"]))
         if process_state().is_main_process:  # one process times the models; the others write nothing
             self.time_latency()

@@ -161,3 +161,16 @@ def test_ensemble_refuses_stores_of_different_lengths_and_unknown_rules():
     with pytest.raises(ValueError, match="mean_probs"):
         TeacherEnsemble([ListStore(torch.zeros(2, 3), "a"), ListStore(torch.zeros(2, 3), "b")], ["a", "b"],
                         [1, 1], "median")
+
+
+def test_unanswered_rows_give_their_weight_to_the_other_teachers():
+    from distill.store.ensemble import AnswerStore
+
+    model = ListStore(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), "model")
+    api = AnswerStore([[0.1, 0.9], [0.5, 0.5]], [True, False], "api")
+    ens = TeacherEnsemble([model, api], ["model", "api"], [1, 1], "mean_probs")
+    p = torch.softmax(ens.fetch([0, 1]).logits, -1).double()
+    p_model = torch.softmax(torch.tensor([2.0, 0.0], dtype=torch.float64), -1)
+    assert torch.allclose(p[0], (p_model + torch.tensor([0.1, 0.9], dtype=torch.float64)) / 2, atol=1e-6)
+    assert torch.allclose(p[1], p_model, atol=1e-6)  # row 1: the API did not answer
+    assert ens.mean_weights() == pytest.approx({"model": 0.75, "api": 0.25})
