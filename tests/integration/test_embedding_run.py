@@ -260,3 +260,63 @@ def test_unlabelled_text_never_includes_probe_or_held_out_texts(tmp_path, st_tea
     for role in ("student_kd", "student_untrained"):
         m = report["models"][role]
         assert -1 <= m["spearman_movie_snippets"] <= 1 and m["spearman_probe_sets_mean"] is not None
+
+
+@pytest.fixture(scope="session")
+def st_teacher_b(tiny_dir, tiny_tokenizer):
+    """A second sentence-transformers teacher of another width (48) and depth (2)."""
+    from transformers import AutoModel
+
+    from distill.export.sentence_transformers import save_sentence_transformer
+    from distill.sentence_encoder import SentenceEncoder
+
+    src = make_bert(tiny_dir / "st_backbone_b", tiny_tokenizer, layers=2, hidden=48, seed=11)
+    encoder = SentenceEncoder(AutoModel.from_pretrained(src), "mean", normalize=True)
+    return save_sentence_transformer(encoder, tiny_tokenizer, tiny_dir / "st_teacher_b", max_length=32)
+
+
+def test_two_embedding_teachers_are_joined(tmp_path, st_teacher, st_teacher_b, text_csv, tiny_student):
+    """Two teachers of different widths: each embeds the text once into its own store; the student learns
+    their joined vectors (weighted unit vectors concatenated: cosine = weighted mean of the teachers'), and
+    the report shows each teacher's agreement with the joined vectors and with the other."""
+    from distill.runner import run
+    from distill.store.ensemble import concat_embeddings
+
+    recipe = embed_recipe(
+        tmp_path, st_teacher, text_csv, student={"model": str(tiny_student), "from_teacher": False,
+                                                 "layers": None},
+        losses=[{"name": "embedding", "loss": "cosine"}, {"name": "similarity_matrix", "weight": 1.0}])
+    data = recipe.to_dict()
+    data.pop("teacher")
+    data["teachers"] = [{"model": str(st_teacher), "name": "a"},
+                        {"model": str(st_teacher_b), "name": "b", "weight": 3.0}]
+    report = run(recipe_from_dict(data))
+    section = report["teachers"]
+    assert section["rule"] == "concat" and [m["dim"] for m in section["members"]] == [32, 48]
+    assert set(section["agreement"]) == {"a | b"}
+    # b weighs 3 of 4: the joined similarities follow it more closely than a's
+    assert section["members"][1]["spearman_with_combined"] > section["members"][0]["spearman_with_combined"]
+    assert report["models"]["teacher"]["dim"] == 80 and report["models"]["teacher"]["teachers"] == 2
+    assert len(report["store"]["members"]) == 2
+    a = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(5, 48), dim=-1)
+    joined = concat_embeddings([a, b], [1.0, 3.0])
+    want = 0.25 * (a @ a.T) + 0.75 * (b @ b.T)
+    assert torch.allclose((joined @ joined.T).float(), want, atol=1e-6)
+
+
+def test_several_embedding_teachers_refuse_static_students_and_layer_losses(tmp_path, st_teacher,
+                                                                          st_teacher_b, text_csv):
+    from distill.tasks import task_for
+
+    base = embed_recipe(tmp_path, st_teacher, text_csv).to_dict()
+    base.pop("teacher")
+    base["teachers"] = [{"model": str(st_teacher)}, {"model": str(st_teacher_b), "name": "b"}]
+    static = {**base, "student": {"static": True}}
+    with pytest.raises(RecipeError, match="static student is built from one teacher"):
+        task_for(recipe_from_dict(static))
+    hidden = {**base, "losses": [{"name": "hidden", "layer_map": "uniform"}]}
+    with pytest.raises(RecipeError, match="hidden"):
+        task_for(recipe_from_dict(hidden))
+    with pytest.raises(RecipeError, match="concat"):
+        recipe_from_dict({**base, "combine": "mean_probs"})

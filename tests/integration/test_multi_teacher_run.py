@@ -90,7 +90,7 @@ def test_cache_info_lists_every_teachers_store(multi_run, capsys):
     (lambda r: r.update(combine="median"), "combine: 'median'"),
     (lambda r: r["teachers"][1].update(name="a"), "give each teacher its own name"),
     (lambda r: r.update(store={"enabled": False}), "store.enabled"),
-    (lambda r: r.update(task="sentence-embedding"), "teachers"),
+    (lambda r: r.update(task="causal-lm"), "teachers"),
     (lambda r: r["teachers"][1].update(weight=0), "weight"),
     (lambda r: r.update(teacher={"model": "someone/else"}), "leave teacher out"),
 ])
@@ -152,9 +152,8 @@ def test_image_run_with_two_teachers(tmp_path):
 
 
 def test_image_datafree_with_several_teachers_is_refused(tmp_path):
-    from distill.tasks import task_for
-
     from distill.config.tasks import DataFreeConfig
+    from distill.tasks import task_for
 
     recipe = image_recipe(tmp_path)
     recipe.vision.datafree = DataFreeConfig()
@@ -169,12 +168,11 @@ def test_a_model_teacher_and_a_black_box_teacher(tmp_path, monkeypatch, tiny_cla
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "blackbox"))
+    import pandas as pd
     from _chat_server import FakeChatServer
 
     from conftest import make_sentiment_rows
     from distill.runner import run
-
-    import pandas as pd
 
     data = tmp_path / "reviews.csv"
     pd.DataFrame(make_sentiment_rows(120, seed=5)).to_csv(data, index=False)

@@ -67,15 +67,19 @@ class Recipe:
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     """``task: causal-lm`` only: chunking, chat prompt masks, domains, sequence-level / on-policy KD, DDK."""
     teachers: list[TeacherConfig] = field(default_factory=list)
-    """Several teachers instead of one (``task: text-classification``): each runs once into its own store,
-    and their class distributions are combined when the student reads them, by ``combine``. ``teacher`` is
-    then the first of them (give either). Each entry is a teacher section, plus ``name`` and ``weight``."""
-    combine: str = "mean_probs"
-    """How several ``teachers`` become one target: ``mean_probs`` (the weighted mean of their probabilities,
-    the same as averaging their KD losses), ``mean_logits`` (the normalised geometric mean: averaging
-    logits), ``confidence`` (per example, the teacher surer of the label, or of its own answer on unlabelled
-    rows, counts more; CA-MKD), ``entropy`` (per example, the less uncertain teacher counts more; EBKD) or
-    ``weights`` (``mean_probs`` with the teachers' ``weight``s). Changing it never runs a teacher again."""
+    """Several teachers instead of one (text and image classification, sentence embedding): each runs once
+    into its own store, and their outputs are combined when the student reads them, by ``combine``.
+    ``teacher`` is then the first of them (give either). Each entry is a teacher section, plus ``name`` and
+    ``weight``."""
+    combine: str | None = None
+    """How several ``teachers`` become one target. Classification: ``mean_probs`` (the default: the weighted
+    mean of their probabilities, the same as averaging their KD losses), ``mean_logits`` (the normalised
+    geometric mean: averaging logits), ``confidence`` (per example, the teacher surer of the label, or of its
+    own answer on unlabelled rows, counts more; CA-MKD), ``entropy`` (per example, the less uncertain teacher
+    counts more; EBKD) or ``weights`` (``mean_probs`` with the teachers' ``weight``s). Sentence embedding:
+    ``concat`` (the default and only rule: each teacher's unit vectors scaled by the square root of its
+    weight share and concatenated, so cosine similarities are the weighted mean of the teachers'). Changing
+    it never runs a teacher again."""
     vision: VisionConfig | None = None
     """``task: image-classification`` only: augmentation, augmented-view store, data-free KD (defaults are
     filled in for image runs when left out)."""
@@ -128,14 +132,20 @@ def validate_teachers(r: "Recipe") -> None:
     class distributions, and ``teacher`` equal to the first of them."""
     from distill.store.ensemble import RULES
 
-    check(r.combine in RULES, "combine", r.combine, f"choose from {', '.join(RULES)}")
+    if r.combine is None:
+        r.combine = "concat" if r.task == "sentence-embedding" else "mean_probs"
+    if r.task == "sentence-embedding":
+        check(r.combine == "concat", "combine", r.combine,
+              "sentence-embedding teachers are combined by concat (or leave combine out)")
+    else:
+        check(r.combine in RULES, "combine", r.combine, f"choose from {', '.join(RULES)}")
     if not r.teachers:
         return
     check(len(r.teachers) >= 2, "teachers", f"{len(r.teachers)} teacher",
           "give at least two teachers, or one `teacher:` section")
-    check(r.task in ("text-classification", "image-classification"), "teachers", f"task {r.task}",
-          "several teachers are combined for the classification tasks (class distributions); "
-          f"task: {r.task} takes one `teacher:`")
+    check(r.task in ("text-classification", "image-classification", "sentence-embedding"), "teachers",
+          f"task {r.task}", "several teachers are combined for classification (class distributions) and "
+          f"sentence embedding (vectors); task: {r.task} takes one `teacher:`")
     check(r.store.enabled, "store.enabled", r.store.enabled,
           "several teachers are combined as their stores are read; set store.enabled: true")
     check(r.teachers[0].blackbox is None, "teachers[0].blackbox", "set",

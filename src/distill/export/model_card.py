@@ -131,7 +131,9 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "# Distilled sentence encoder",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter sentence encoder distilled with `distill` from "
-        f"the teacher `{recipe.teacher.model}` on the recipe's own text.",
+        + (f"the teacher `{recipe.teacher.model}`" if not recipe.teachers else
+           "the joined vectors of the teachers " + ", ".join(f"`{t.model}`" for t in recipe.teachers))
+        + " on the recipe's own text.",
         "",
         "```python",
         "from sentence_transformers import SentenceTransformer",

@@ -294,6 +294,40 @@ class AnswerStore:
         return {"bytes": 0, "num_examples": len(self), "answered": int(self.answered.sum())}
 
 
+def concat_embeddings(embeddings: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """(B, sum D_k) from each teacher's (B, D_k) sentence vectors: each L2-normalised, scaled by the square
+    root of its weight share and concatenated (Jasper/Stella's multi-teacher target). The result has unit
+    norm, and its cosine similarities are the weighted mean of the teachers' own cosine similarities."""
+    total = float(sum(weights))
+    return torch.cat([torch.nn.functional.normalize(e.double(), dim=-1) * math.sqrt(w / total)
+                      for e, w in zip(embeddings, weights, strict=True)], dim=-1)
+
+
+class EmbeddingEnsemble(TeacherEnsemble):
+    """Several sentence-embedding teachers' stores read as one: the rows' vectors joined by
+    :func:`concat_embeddings` (``combine: concat``)."""
+
+    def __init__(self, stores: Sequence[Any], names: Sequence[str], weights: Sequence[float],
+                 rule: str = "concat", labels: Any = None, temperature: float = 1.0):
+        if len(stores) < 2 or len({len(s) for s in stores}) != 1:
+            raise ValueError("give at least two stores over the same rows")
+        self.stores, self.names, self.weights = list(stores), list(names), [float(w) for w in weights]
+        self.rule, self.temperature, self.labels = "concat", 1.0, None
+
+    def bind(self, distiller: Any) -> EmbeddingEnsemble:
+        return self
+
+    def fetch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None,
+              **_: Any) -> ModelOutputs:
+        parts = [s.fetch(indices).require("embeddings", "multi-teacher") for s in self.stores]
+        z = concat_embeddings(parts, self.weights).float()
+        return ModelOutputs(embeddings=z if device is None else z.to(device))
+
+    def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
+        total = sum(self.weights)
+        return {n: w / total for n, w in zip(self.names, self.weights, strict=True)}
+
+
 def agreement(predictions: dict[str, Any]) -> dict[str, float]:
     """Share of rows on which each pair of ``predictions`` (name -> (N,) class ids) agree, keyed
     ``"a | b"``."""

@@ -56,17 +56,19 @@ def answer_arrays(run: Any, n: int, num_labels: int) -> tuple[np.ndarray, np.nda
     return probs, answered
 
 
-def check_combinable(recipe: Recipe, losses: list[Any]) -> None:
-    """Several teachers share only their class distributions: refuse, by name, a loss that reads anything
-    else of a teacher (hidden states, attention, feature maps: the teachers' layers do not correspond)."""
+def check_combinable(recipe: Recipe, losses: list[Any], shared: str = "logits") -> None:
+    """Several teachers share only their outputs (``shared``: class logits, or sentence ``embeddings``):
+    refuse, by name, a loss that reads anything else of a teacher (hidden states, attention, feature maps:
+    the teachers' layers do not correspond)."""
     from distill._dataclass_io import RecipeError
 
     for (_, _, loss), spec in zip(losses, recipe.losses, strict=True):
-        other = sorted(set(loss.teacher_needs) - {"logits"})
+        other = sorted(set(loss.teacher_needs) - {shared})
         if other:
+            use = "kd and ce" if shared == "logits" else "embedding, similarity_matrix or affinity"
             raise RecipeError(f"losses: {spec.name} reads the teacher's {other[0]}, which several teachers "
-                              "cannot share (their layers differ); with teachers: use losses that read "
-                              "logits, e.g. kd and ce")
+                              f"cannot share (their layers differ); with teachers: use losses that read "
+                              f"{shared}, e.g. {use}")
 
 
 def member_recipes(recipe: Recipe) -> list[tuple[str, float, Recipe]]:

@@ -74,14 +74,27 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
             raise RecipeError(f"losses[{i}].name: {spec.name!r} reads the student's hidden states, but a "
                               "static student has none; use embedding, similarity_matrix, "
                               "similarity_ranking, affinity, contrastive or crd")
-    tdir = resolve_encoder_dir(t.model, t.revision)
-    tinfo = describe(tdir)
-    if tinfo["kind"] != "transformer":
-        raise RecipeError(f"teacher.model: {t.model!r} is a static embedding model; "
-                          "the teacher must be a transformer")
+    tdir, tinfo = teacher_encoder(t, "teacher")
     tconf = AutoConfig.from_pretrained(tinfo["backbone"])
     t_dim, t_layers = hidden_size(tconf), num_layers(tconf)
     info: dict[str, Any] = {"teacher_dir": tdir, "teacher": tinfo}
+    target_dim = t_dim  # what the losses see of the teacher: with several teachers, their joined vectors
+    if recipe.teachers:
+        from distill.config.recipe import teacher_name
+        from distill.tasks.multi_teacher import check_combinable
+
+        if s.static:
+            raise RecipeError("student.static: a static student is built from one teacher's vocabulary; "
+                              "with teachers: use a transformer student (student.model or from_teacher)")
+        info["members"] = []
+        for i, member in enumerate(recipe.teachers):
+            mdir, minfo = teacher_encoder(member, f"teachers[{i}]")
+            dim = hidden_size(AutoConfig.from_pretrained(minfo["backbone"]))
+            info["members"].append({"name": member.name or teacher_name(member), "weight": member.weight,
+                                    "dir": mdir, "backbone": minfo["backbone"], "dim": dim})
+        target_dim = sum(m["dim"] for m in info["members"])
+        check_combinable(recipe, build_losses(recipe.losses, LossContext(
+            teacher_hidden_size=target_dim, teacher_num_layers=t_layers, num_classes=None)), "embeddings")
     sconf = None
     if s.static:
         s_dim, s_layers, same_tok = s.static_dim or t_dim, 0, True
@@ -109,10 +122,20 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
             raise RecipeError(f"losses[{i}].projector: pca fits the teacher's basis from the teacher-output "
                               "store; set store.enabled: true (or use projector: auto)")
     splits = load_splits(recipe.data, require_labels=False)
-    ctx = LossContext(student_hidden_size=s_dim, teacher_hidden_size=t_dim, student_num_layers=s_layers,
+    ctx = LossContext(student_hidden_size=s_dim, teacher_hidden_size=target_dim, student_num_layers=s_layers,
                       teacher_num_layers=t_layers, num_classes=None, same_tokenizer=same_tok)
     build_losses(recipe.losses, ctx)
     return Plan(recipe, splits, tconf, sconf, same_tok, ctx, info)
+
+
+def teacher_encoder(t: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """A teacher section's sentence-transformers directory and its description; a static model is refused."""
+    tdir = resolve_encoder_dir(t.model, t.revision)
+    tinfo = describe(tdir)
+    if tinfo["kind"] != "transformer":
+        raise RecipeError(f"{where}.model: {t.model!r} is a static embedding model; "
+                          "the teacher must be a transformer")
+    return tdir, tinfo
 
 
 @register_task("sentence-embedding")
@@ -134,6 +157,8 @@ class SentenceEmbeddingTask(Task):
         self._teacher_probe: dict[str, np.ndarray] = {}
         self._kd_frame: pd.DataFrame | None = None
         self.dropped_as_probe_text = 0
+        self.members: list[Any] = []  # ``teachers:``: every teacher (distill.tasks.multi_teacher.Member)
+        self._member_test: dict[str, np.ndarray] = {}  # name -> its test vectors
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -153,9 +178,18 @@ class SentenceEmbeddingTask(Task):
 
     # -- teacher ------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
+        if self.recipe.teachers:  # several: the first one stands for "the teacher" (student start, names)
+            from distill.tasks.multi_teacher import Member
+
+            self.members = [Member(m["name"], m["weight"],
+                                   PretrainedTeacher(m["dir"], load_encoder, t.revision, log=self.log),
+                                   load_tokenizer(m["backbone"]))
+                            for m, t in zip(self.plan.info["members"], self.recipe.teachers, strict=True)]
         self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_encoder,
                                          self.recipe.teacher.revision, log=self.log)
         self.teacher_tokenizer = load_tokenizer(self.plan.info["teacher"]["backbone"])
+        if self.members:
+            self.members[0].source = self.teacher
 
     # -- student start ------------------------------------------------------------------------------------
     def student_init(self) -> Path:
@@ -215,10 +249,11 @@ class SentenceEmbeddingTask(Task):
         return StoreSpec(capture=tuple(sorted(capture)), layers=layers, topk=0, dtype=cfg.dtype,
                          shard_size=cfg.shard_size, reconstruct=cfg.reconstruct)
 
-    def store_key(self, distiller: Distiller) -> str:
+    def store_key(self, distiller: Distiller, teacher: Any = None, tokenizer: Any = None) -> str:
+        """The key of ``teacher``'s store (default: the run's teacher; each of several has its own)."""
         r = self.recipe
-        return text_store_key(self.teacher, self.teacher_tokenizer, self.kd_data(), r.data.max_length, r.task,
-                              self.store_spec(distiller))
+        return text_store_key(teacher or self.teacher, tokenizer or self.teacher_tokenizer, self.kd_data(),
+                              r.data.max_length, r.task, self.store_spec(distiller))
 
     def teacher_outputs(self, distiller: Distiller) -> tuple[Any, torch.nn.Module | None]:
         if not self.recipe.store.enabled:
@@ -228,16 +263,30 @@ class SentenceEmbeddingTask(Task):
         return store, None
 
     def teacher_store(self, distiller: Distiller, build: bool = True):
-        r = self.recipe
-        store, seconds = open_text_store(
-            store_root(r.store), self.store_key(distiller), self.store_spec(distiller), self.kd_data(),
-            self.teacher, self.teacher_tokenizer, max_length=r.data.max_length,
-            batch_size=r.train.eval_batch_size,
-            meta={"teacher": self.teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
-            log=self.log, build=build)
+        if self.members:  # each teacher's own store, read as one (their vectors joined)
+            from distill.store.ensemble import EmbeddingEnsemble
+
+            opened = [self._open_store(distiller, m.source, m.tokenizer, build) for m in self.members]
+            for m in self.members[1:]:
+                m.source.release()
+            seconds = [took for _, took in opened if took is not None]
+            if seconds:
+                self.report["store_build_seconds"] = sum(seconds)
+            return EmbeddingEnsemble([store for store, _ in opened], [m.name for m in self.members],
+                                     [m.weight for m in self.members])
+        store, seconds = self._open_store(distiller, self.teacher, self.teacher_tokenizer, build)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         return store
+
+    def _open_store(self, distiller: Distiller, teacher: Any, tokenizer: Any, build: bool):
+        r = self.recipe
+        return open_text_store(
+            store_root(r.store), self.store_key(distiller, teacher, tokenizer), self.store_spec(distiller),
+            self.kd_data(), teacher, tokenizer,
+            max_length=r.data.max_length, batch_size=r.train.eval_batch_size,
+            meta={"teacher": teacher.path, "recipe_task": r.task, "labels": self.plan.labels},
+            log=self.log, build=build)
 
     def fit_teacher(self, distiller: Distiller, store: Any, n: int) -> None:
         """Losses that need the teacher's embeddings of the whole training text (a PCA basis) get them here,
@@ -255,7 +304,11 @@ class SentenceEmbeddingTask(Task):
         from distill.store.reader import format_info
 
         self.prepare_teacher()
-        return format_info(self.teacher_store(self.distiller()).info())
+        store = self.teacher_store(self.distiller())
+        if self.members:
+            return "\n\n".join(f"teacher {name}:\n{format_info(s.info())}"
+                               for name, s in zip(store.names, store.stores, strict=True))
+        return format_info(store.info())
 
     def cache_info(self) -> str:
         from distill.store import TeacherStore
@@ -263,10 +316,16 @@ class SentenceEmbeddingTask(Task):
 
         self.prepare_teacher()  # resolves the teacher directory and tokenizer; loads no weights
         distiller = self.distiller()
-        root, key = store_root(self.recipe.store), self.store_key(distiller)
-        if not (root / key / "manifest.json").exists():
-            return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
-        return format_info(TeacherStore.open(root / key).info())
+        r = self.recipe
+        parts = []
+        for name, teacher, tokenizer in ([(m.name, m.source, m.tokenizer) for m in self.members]
+                                         or [(None, self.teacher, self.teacher_tokenizer)]):
+            root, key = store_root(r.store), self.store_key(distiller, teacher, tokenizer)
+            text = (format_info(TeacherStore.open(root / key).info())
+                    if (root / key / "manifest.json").exists()
+                    else f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it")
+            parts.append(text if name is None else f"teacher {name}:\n{text}")
+        return "\n\n".join(parts)
 
     # -- students -----------------------------------------------------------------------------------------
     def kd_data(self) -> pd.DataFrame:
@@ -382,14 +441,27 @@ class SentenceEmbeddingTask(Task):
         tokenizer = self.teacher_tokenizer if role == "teacher" else self.student_tokenizer
         if role != "teacher":
             return encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special)
+        if self.members:  # the joined vectors of every teacher
+            from distill.store.ensemble import concat_embeddings
+
+            parts = [self._teacher_vectors(m.source, m.tokenizer, texts) for m in self.members]
+            return concat_embeddings([torch.as_tensor(p) for p in parts],
+                                     [m.weight for m in self.members]).float().numpy()
+        return self._teacher_vectors(self.teacher, tokenizer, texts)
+
+    def _teacher_vectors(self, source: Any, tokenizer: Any, texts: list[str]) -> np.ndarray:
+        """One teacher's vectors of ``texts``, cached on disk by (teacher, texts, max length)."""
+        from distill.evaluation.embedding import encode
         from distill.store import fingerprint_rows
         from distill.store.eval_cache import cached_teacher_outputs
 
+        r = self.recipe
         return cached_teacher_outputs(
             store_root(r.store),
-            {"what": "sentence-embeddings", "teacher": self.teacher.fingerprint(),
+            {"what": "sentence-embeddings", "teacher": source.fingerprint(),
              "texts": fingerprint_rows(texts), "max_length": r.data.max_length},
-            lambda: encode(model, tokenizer, texts, r.data.max_length, r.train.eval_batch_size, special),
+            lambda: encode(source.model(), tokenizer, texts, r.data.max_length, r.train.eval_batch_size,
+                           True),
             write=process_state().is_main_process)
 
     def evaluate(self, role: str, model: torch.nn.Module) -> dict[str, Any]:
@@ -433,10 +505,36 @@ class SentenceEmbeddingTask(Task):
         metrics["probe_mean"] = float(np.mean(probes)) if probes else None
         metrics["spearman_probe_sets_mean"] = float(np.mean(agreements)) if agreements else None
         sample = (texts * (ev.throughput_sentences // max(len(texts), 1) + 1))[:ev.throughput_sentences]
-        metrics["sentences_per_second"] = throughput(model, tokenizer, sample, r.data.max_length, 32, special,
-                                                     ev.latency_threads)
+        if role == "teacher" and self.members:  # serving the joined vectors runs every teacher in turn
+            seconds = 0.0
+            for m in self.members:
+                seconds += 1.0 / throughput(m.source.model(), m.tokenizer, sample, r.data.max_length, 32,
+                                            True, ev.latency_threads)
+            metrics["sentences_per_second"] = 1.0 / seconds
+            metrics["parameters"] = sum(count_parameters(m.source.model()) for m in self.members)
+            metrics["teachers"] = len(self.members)
+            self.report["teachers"] = self.members_section(texts)
+        else:
+            metrics["sentences_per_second"] = throughput(model, tokenizer, sample, r.data.max_length, 32,
+                                                         special, ev.latency_threads)
         self.report["models"][role] = metrics
         return metrics
+
+    def members_section(self, texts: list[str]) -> dict[str, Any]:
+        """The report's ``teachers`` section: each teacher's weight, width, agreement (Spearman of pairwise
+        similarities) with the joined vectors and with every other teacher, on the held-out sentences."""
+        from distill.evaluation.embedding import similarity_agreement
+
+        pairs = self.recipe.eval.agreement_pairs
+        vectors = {m.name: self._teacher_vectors(m.source, m.tokenizer, texts) for m in self.members}
+        names = list(vectors)
+        rows = [{"name": m.name, "path": m.source.path, "weight": m.weight,
+                 "dim": int(vectors[m.name].shape[1]),
+                 "spearman_with_combined": similarity_agreement(vectors[m.name], self._teacher_test, pairs)}
+                for m in self.members]
+        agreement = {f"{a} | {b}": similarity_agreement(vectors[a], vectors[b], pairs)
+                     for i, a in enumerate(names) for b in names[i + 1:]}
+        return {"rule": "concat", "members": rows, "agreement": agreement}
 
     # -- report -------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -451,8 +549,8 @@ class SentenceEmbeddingTask(Task):
         student_dir = self.out / "student"
         if process_state().is_main_process:
             (student_dir / "recipe.yaml").write_text(r.to_yaml())
-        self.sizes_on_disk({"teacher": Path(self.teacher.path), "student_kd": student_dir,
-                            "student_untrained": self.out / "student_init"})
+        self.sizes_on_disk({"student_kd": student_dir, "student_untrained": self.out / "student_init",
+                            **({} if self.members else {"teacher": Path(self.teacher.path)})})
         self.report["significance"] = embedding_significance(self.pair_errors, seed=r.train.seed)
         summary = summarise_embedding(models)
         table = format_embedding_table(models, summary, r.eval.retrieval_k, self.report)
