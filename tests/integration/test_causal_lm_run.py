@@ -295,3 +295,57 @@ def test_select_chooses_the_kd_weight_on_validation_perplexity(setup, capsys):
     assert "Learning curve" in html and "held-out perplexity while training" in html
     card = (d / "run_select" / "student" / "README.md").read_text()
     assert "chosen on the validation split among 3 candidates" in card
+
+
+def test_two_language_model_teachers_are_mixed_token_by_token(setup, capsys):
+    """Two teachers on one tokenizer: each runs once into its own top-k store; the student reads their
+    per-token mixture; the teacher row is the mixture's perplexity, the teachers section each one's; a rule
+    change trains the student again and runs no teacher."""
+    from distill.cli.main import main
+
+    d, teacher, data = setup
+    tok = lm_helpers.make_lm_tokenizer(d / "tok_b")
+    other = lm_helpers.make_llama(d / "teacher_b", tok, layers=2, hidden=24, seed=5)
+    recipe = _recipe(d, teacher, data, "run_multi")
+    recipe.pop("teacher")
+    recipe["teachers"] = [{"model": str(teacher), "name": "deep"}, {"model": str(other), "name": "wide"}]
+    path = d / "multi.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) in (0, None)
+    report = json.loads((d / "run_multi" / "report.json").read_text())
+    section = report["teachers"]
+    assert [m["name"] for m in section["members"]] == ["deep", "wide"]
+    assert [round(m["mean_weight"], 6) for m in section["members"]] == [0.5, 0.5]
+    mixture = report["models"]["teacher"]["perplexity"]
+    alone = [m["perplexity"] for m in section["members"]]
+    # a 50/50 mixture's log-likelihood is at least the mean of the members' (Jensen): its perplexity is at
+    # most the geometric mean of theirs
+    assert mixture <= (alone[0] * alone[1]) ** 0.5 + 1e-6
+    assert report["models"]["teacher"]["teachers"] == 2
+    capsys.readouterr()
+    assert main(["run", str(path), "--combine", "entropy"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "running the teacher once" not in out  # both stores reused
+    assert "student: already trained" not in out
+    again = json.loads((d / "run_multi" / "report.json").read_text())
+    assert again["teachers"]["rule"] == "entropy"
+    assert again["models"]["teacher"]["perplexity"] != pytest.approx(mixture)
+
+
+def test_language_model_teachers_need_one_tokenizer(setup):
+    from distill._dataclass_io import RecipeError
+    from distill.config import recipe_from_dict
+    from distill.tasks import task_for
+
+    d, teacher, data = setup
+    tok = lm_helpers.make_lm_tokenizer(d / "tok_c", extra=("zebra", "quokka"))
+    other = lm_helpers.make_llama(d / "teacher_c", tok, layers=2)
+    recipe = _recipe(d, teacher, data, "run_multi_bad")
+    recipe.pop("teacher")
+    recipe["teachers"] = [{"model": str(teacher)}, {"model": str(other), "name": "c"}]
+    with pytest.raises(RecipeError, match="another tokenizer"):
+        task_for(recipe_from_dict(recipe))
+    recipe["teachers"][1] = {"model": str(teacher), "name": "again"}
+    recipe["causal_lm"]["sequence_kd"] = {"max_new_tokens": 4}
+    with pytest.raises(RecipeError, match="sequence_kd"):
+        task_for(recipe_from_dict(recipe))

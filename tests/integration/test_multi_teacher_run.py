@@ -90,7 +90,7 @@ def test_cache_info_lists_every_teachers_store(multi_run, capsys):
     (lambda r: r.update(combine="median"), "combine: 'median'"),
     (lambda r: r["teachers"][1].update(name="a"), "give each teacher its own name"),
     (lambda r: r.update(store={"enabled": False}), "store.enabled"),
-    (lambda r: r.update(task="causal-lm"), "teachers"),
+    (lambda r: r.update(task="causal-lm", losses=[{"name": "alm"}]), "cross-tokenizer losses"),
     (lambda r: r["teachers"][1].update(weight=0), "weight"),
     (lambda r: r.update(teacher={"model": "someone/else"}), "leave teacher out"),
 ])

@@ -143,9 +143,12 @@ def validate_teachers(r: "Recipe") -> None:
         return
     check(len(r.teachers) >= 2, "teachers", f"{len(r.teachers)} teacher",
           "give at least two teachers, or one `teacher:` section")
-    check(r.task in ("text-classification", "image-classification", "sentence-embedding"), "teachers",
-          f"task {r.task}", "several teachers are combined for classification (class distributions) and "
-          f"sentence embedding (vectors); task: {r.task} takes one `teacher:`")
+    from distill.tasks import CROSS_TOKENIZER_LOSSES
+
+    cross = sorted({s.name for s in r.losses} & CROSS_TOKENIZER_LOSSES)
+    check(not cross, "losses", cross[0] if cross else None,
+          "several teachers are mixed token by token on one tokenizer; cross-tokenizer losses take one "
+          "`teacher:`")
     check(r.store.enabled, "store.enabled", r.store.enabled,
           "several teachers are combined as their stores are read; set store.enabled: true")
     check(r.teachers[0].blackbox is None, "teachers[0].blackbox", "set",

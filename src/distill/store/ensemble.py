@@ -43,15 +43,16 @@ RULES = ("mean_probs", "mean_logits", "confidence", "entropy", "weights")
 PER_EXAMPLE_RULES = ("confidence", "entropy")
 
 
-def dense_log_probs(logits: torch.Tensor | SparseLogits) -> torch.Tensor:
-    """(B, C) log-probabilities at temperature 1 from dense logits or the store's top-k. Classes outside a
-    top-k share the left-over mass equally (the store's ``spread`` reading)."""
+def dense_log_probs(logits: torch.Tensor | SparseLogits, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(..., C) log-probabilities at temperature 1 from dense logits or the store's top-k. Classes outside a
+    top-k share the left-over mass equally (the store's ``spread`` reading). ``dtype``: float64 for class
+    distributions, float32 for a language model's vocabulary (the tensors are large)."""
     if isinstance(logits, torch.Tensor):
-        return torch.log_softmax(logits.double(), dim=-1)
+        return torch.log_softmax(logits.to(dtype), dim=-1)
     s = logits
-    kept = (s.values.double() - s.logsumexp.double().unsqueeze(-1))  # (B, k) exact log-probabilities
+    kept = (s.values.to(dtype) - s.logsumexp.to(dtype).unsqueeze(-1))  # (..., k) exact log-probabilities
     if s.k >= s.num_classes:
-        out = torch.empty(*kept.shape[:-1], s.num_classes, dtype=torch.float64)
+        out = torch.empty(*kept.shape[:-1], s.num_classes, dtype=dtype, device=kept.device)
         return out.scatter_(-1, s.indices, kept)
     rest = (1.0 - kept.exp().sum(-1)).clamp_min(1e-12) / (s.num_classes - s.k)  # (B,)
     out = rest.log().unsqueeze(-1).expand(*kept.shape[:-1], s.num_classes).clone()
@@ -110,7 +111,7 @@ def combine_log_probs(log_probs: torch.Tensor, rule: str, weights: Sequence[floa
     """
     if rule not in RULES:
         raise ValueError(f"combine: {rule!r} is not a rule; use one of {', '.join(RULES)}")
-    w = example_weights(log_probs, rule, weights, labels, answered)  # (B, K)
+    w = example_weights(log_probs, rule, weights, labels, answered).to(log_probs.dtype)  # (B, K)
     soft = torch.log_softmax(log_probs / temperature, dim=-1)  # (K, B, C)
     if rule == "mean_logits":
         return torch.log_softmax((w.T.unsqueeze(-1) * soft).sum(0), dim=-1)
@@ -252,20 +253,56 @@ class AugmentedEnsemble(TeacherEnsemble):
         return seeds, ModelOutputs(logits=self.combined_logits(lp, answered, indices))
 
 
-def stack_members(outputs: Sequence[ModelOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, B, C) float64 log-probabilities from each teacher's outputs on the same rows, and the (K, B) mask
-    of answered rows (``extra["answered"]``, kept by :class:`AnswerStore`; every row otherwise). An
-    unanswered row's distribution is uniform (it gets no weight anyway)."""
-    lps = [dense_log_probs(o.require("logits", "multi-teacher")) for o in outputs]
+def stack_members(outputs: Sequence[ModelOutputs],
+                  dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, B, C) log-probabilities from each teacher's outputs on the same rows, and the (K, B) mask of
+    answered rows (``extra["answered"]``, kept by :class:`AnswerStore`; every row otherwise). An unanswered
+    row's distribution is uniform (it gets no weight anyway)."""
+    lps = [dense_log_probs(o.require("logits", "multi-teacher"), dtype) for o in outputs]
     shapes = {tuple(lp.shape) for lp in lps}
     if len(shapes) != 1:
         raise ValueError(f"the teachers' outputs have different shapes {sorted(shapes)}; multi-teacher runs "
                          "need teachers over the same classes")
     lp = torch.stack(lps)
-    answered = torch.stack([o.extra.get("answered", torch.ones(lp.shape[1], dtype=torch.bool)).bool()
-                            for o in outputs])
+    answered = torch.stack([o.extra.get("answered", torch.ones(lp.shape[1], dtype=torch.bool,
+                                                               device=lp.device)).bool() for o in outputs])
     uniform = torch.full_like(lp, -math.log(lp.shape[-1]))
-    return torch.where(answered.unsqueeze(-1), lp, uniform), answered
+    mask = answered.reshape(*answered.shape, *([1] * (lp.dim() - 2)))  # (K, B, 1[, 1])
+    return torch.where(mask, lp, uniform), answered
+
+
+class TokenEnsemble(TeacherEnsemble):
+    """Several language models' token stores (same tokenizer) read as one: at every position, their
+    next-token distributions combined by the rule (per-example rules weigh each position on its own; the
+    ``confidence`` rule uses each teacher's own top token there). The combination is dense over the
+    vocabulary, built per batch from each teacher's top-k (the rest of its mass spread) or head codec."""
+
+    def fetch(self, indices: Any, pad_to: int | None = None, padding_side: str = "right",
+              device: torch.device | str | None = None, **_: Any) -> ModelOutputs:
+        outs = [s.fetch(indices, pad_to=pad_to, padding_side=padding_side, device=device)
+                for s in self.stores]
+        lp, _ = stack_members(outs, torch.float32)  # (K, B, L, V)
+        k, b, length, v = lp.shape
+        combined = combine_log_probs(lp.reshape(k, b * length, v), self.rule, self.weights,
+                                     temperature=self.temperature).reshape(b, length, v)
+        return ModelOutputs(logits=(self.temperature * combined).float(),
+                            attention_mask=outs[0].attention_mask)
+
+    def mean_weights(self, batch_size: int = 8, rows: int = 64) -> dict[str, float]:
+        """Each teacher's average weight over the real tokens of the first ``rows`` stored rows."""
+        total = torch.zeros(len(self.stores), dtype=torch.float64)
+        count = 0
+        for start in range(0, min(rows, len(self)), batch_size):
+            idx = list(range(start, min(rows, len(self), start + batch_size)))
+            outs = [s.fetch(idx) for s in self.stores]
+            lp, _ = stack_members(outs, torch.float32)
+            mask = outs[0].attention_mask.reshape(-1).bool() if outs[0].attention_mask is not None else None
+            k, b, length, v = lp.shape
+            w = example_weights(lp.reshape(k, b * length, v).double(), self.rule, self.weights)
+            w = w[mask] if mask is not None else w
+            total += w.sum(0)
+            count += w.shape[0]
+        return {name: float(x) for name, x in zip(self.names, (total / max(count, 1)).tolist(), strict=True)}
 
 
 class AnswerStore:

@@ -101,13 +101,40 @@ def plan_causal_lm(recipe: Recipe) -> Plan:
                       student_num_layers=s_layers, teacher_num_layers=t_layers, num_classes=shared,
                       same_tokenizer=True)
     build_losses(recipe.losses, ctx)
+    members = plan_more_teachers(recipe, tdir, int(tconf.vocab_size)) if recipe.teachers else None
     from distill.data.splits import TextSplits
 
     empty = pd.DataFrame({"text": []})  # the rows are built by the run itself (chunks / prompt-response)
     splits = TextSplits(train=empty, validation=empty, test=empty, unlabeled=None, labels=[])
     return Plan(recipe, splits, tconf, sconf, True, ctx,
                 {"teacher_dir": tdir, "vocab_size": shared, "teacher_vocab": int(tconf.vocab_size),
-                 "student_vocab": s_vocab})
+                 "student_vocab": s_vocab, "members": members})
+
+
+def plan_more_teachers(recipe: Recipe, first_dir: str, vocab: int) -> list[dict[str, Any]]:
+    """``teachers:``: every language model on the first one's tokenizer and vocabulary (their next-token
+    distributions are combined position by position), and no stage that needs a single teacher."""
+    from distill.config.recipe import teacher_name
+    from distill.data.tokenize import same_tokenizer
+    from distill.packaged import resolve_model
+
+    c = recipe.causal_lm
+    for field_name, value in (("sequence_kd", c.sequence_kd), ("on_policy", c.on_policy), ("ddk", c.ddk)):
+        if value is not None:
+            raise RecipeError(f"causal_lm.{field_name}: runs with one teacher only (it generates from, or "
+                              "weighs domains by, a single model); drop it or use one `teacher:`")
+    first_tok = load_tokenizer(first_dir, recipe.teacher.revision)
+    members = []
+    for i, t in enumerate(recipe.teachers):
+        mdir = resolve_model(t.model)
+        conf = load_config(mdir, f"teachers[{i}].model", t.revision, t.trust_remote_code)
+        if int(conf.vocab_size) != vocab or not same_tokenizer(load_tokenizer(mdir, t.revision), first_tok):
+            raise RecipeError(f"teachers[{i}].model: {t.model!r} uses another tokenizer than the first "
+                              "teacher; several language-model teachers must share one tokenizer and "
+                              "vocabulary (their distributions are mixed token by token)")
+        members.append({"name": t.name or teacher_name(t), "weight": t.weight, "dir": mdir,
+                        "revision": t.revision})
+    return members
 
 
 class _DomainTrainerMixin:
@@ -134,6 +161,8 @@ class CausalLMTask(SelectsLosses, Task):
         self._test_bytes: list[int] | None = None
         self.pending_continuations: Path | None = None
         self._teacher_domain_loss: Any = None
+        self.members: list[Any] = []  # ``teachers:``: every teacher (distill.tasks.multi_teacher.Member)
+        self.member_mean_weights: dict[str, float] | None = None
         super().__init__(recipe, *args, **kwargs)
 
     def make_plan(self) -> Plan:
@@ -143,6 +172,13 @@ class CausalLMTask(SelectsLosses, Task):
     def resolve_teacher(self) -> None:
         self.teacher = PretrainedTeacher(self.plan.info["teacher_dir"], load_causal_lm,
                                          self.recipe.teacher.revision, log=self.log)
+        if self.plan.info.get("members"):  # several: the first one stands for "the teacher"
+            from distill.tasks.multi_teacher import Member
+
+            self.members = [Member(m["name"], m["weight"], PretrainedTeacher(m["dir"], load_causal_lm,
+                                                                             m["revision"], log=self.log),
+                                   None) for m in self.plan.info["members"]]
+            self.members[0].source = self.teacher
         self.teacher_tokenizer = load_tokenizer(self.teacher.path, self.recipe.teacher.revision)
         self.pad_id = pad_token_id(self.teacher_tokenizer)
         self.vocab_size = self.plan.info["vocab_size"]
@@ -264,26 +300,46 @@ class CausalLMTask(SelectsLosses, Task):
         return StoreSpec(capture=("logits",), topk=cfg.topk, dtype=cfg.dtype, shard_size=cfg.shard_size,
                          reconstruct=cfg.reconstruct, codec=cfg.codec)
 
-    def store_key(self, distiller: Distiller, rows: list[dict[str, Any]]) -> str:
-        """The key covers teacher, tokenizer, every token, what is kept and the vocabulary width."""
+    def store_key(self, distiller: Distiller, rows: list[dict[str, Any]], teacher: Any = None) -> str:
+        """The key covers teacher (default: the run's; each of several has its own), tokenizer, every token,
+        what is kept and the vocabulary width."""
         from distill.store import fingerprint_rows, fingerprint_tokenizer, store_key
 
-        return store_key(teacher=self.teacher.fingerprint(),
+        return store_key(teacher=(teacher or self.teacher).fingerprint(),
                          tokenizer=fingerprint_tokenizer(self.teacher_tokenizer),
                          data=fingerprint_rows([tuple(x["input_ids"]) for x in rows]), task=self.recipe.task,
                          spec=self.store_spec(distiller), vocab=self.vocab_size)
 
     def teacher_store(self, distiller: Distiller, build: bool = True):
-        r = self.recipe
-        rows = self.kd_rows
-        store, seconds, fidelity = open_lm_store(
-            store_root(r.store), self.store_key(distiller, rows), self.store_spec(distiller), rows,
-            self.teacher, pad_id=self.pad_id, vocab_size=self.vocab_size, batch_size=r.train.eval_batch_size,
-            seed=r.train.seed, meta={"teacher": self.teacher.path, "recipe_task": r.task}, log=self.log)
+        if self.members:  # each teacher's own store, mixed token by token when read
+            from distill.store.ensemble import TokenEnsemble
+
+            opened = {m.name: self._open_store(distiller, m.source) for m in self.members}
+            for m in self.members[1:]:
+                m.source.release()
+            seconds = [took for _, took, _ in opened.values() if took is not None]
+            if seconds:
+                self.report["store_build_seconds"] = sum(seconds)
+            fidelity = {name: f for name, (_, _, f) in opened.items()}
+            self.report["store_fidelity"] = fidelity[self.members[0].name]  # what the verdict reads
+            self.report["store_fidelity_by_teacher"] = fidelity
+            ensemble = TokenEnsemble([store for store, _, _ in opened.values()], list(opened),
+                                     [m.weight for m in self.members], self.recipe.combine)
+            self.member_mean_weights = ensemble.mean_weights()
+            return ensemble
+        store, seconds, fidelity = self._open_store(distiller, self.teacher)
         if seconds is not None:
             self.report["store_build_seconds"] = seconds
         self.report["store_fidelity"] = fidelity
         return store
+
+    def _open_store(self, distiller: Distiller, teacher: Any):
+        r = self.recipe
+        rows = self.kd_rows
+        return open_lm_store(
+            store_root(r.store), self.store_key(distiller, rows, teacher), self.store_spec(distiller), rows,
+            teacher, pad_id=self.pad_id, vocab_size=self.vocab_size, batch_size=r.train.eval_batch_size,
+            seed=r.train.seed, meta={"teacher": teacher.path, "recipe_task": r.task}, log=self.log)
 
     def cache(self) -> str:
         self.prepare_teacher()
@@ -297,6 +353,9 @@ class CausalLMTask(SelectsLosses, Task):
         """What ``distill cache`` prints about the store it built or found."""
         from distill.store.reader import format_info
 
+        if self.members:
+            return "\n\n".join(f"teacher {name}:\n{format_info(s.info())}"
+                               for name, s in zip(store.names, store.stores, strict=True))
         return format_info(store.info())
 
     def cache_info(self) -> str:
@@ -313,10 +372,14 @@ class CausalLMTask(SelectsLosses, Task):
                 "no store yet: with causal_lm.sequence_kd the store key covers the teacher's continuations, "
                 f"which have not been generated yet (they go to {self.pending_continuations}); "
                 "`distill cache RECIPE` generates them and builds the store"))
-        root, key = store_root(self.recipe.store), self.store_key(self.distiller(), rows)
-        if not (root / key / "manifest.json").exists():
-            return f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it"
-        return format_info(TeacherStore.open(root / key).info())
+        parts = []
+        for name, teacher in [(m.name, m.source) for m in self.members] or [(None, self.teacher)]:
+            root, key = store_root(self.recipe.store), self.store_key(self.distiller(), rows, teacher)
+            text = (format_info(TeacherStore.open(root / key).info())
+                    if (root / key / "manifest.json").exists()
+                    else f"no store yet for key {key} under {root}; `distill cache RECIPE` builds it")
+            parts.append(text if name is None else f"teacher {name}:\n{text}")
+        return "\n\n".join(parts)
 
     # -- students -----------------------------------------------------------------------------------------
     def kd_data(self) -> list[dict[str, Any]]:
@@ -501,6 +564,8 @@ class CausalLMTask(SelectsLosses, Task):
         """The teacher's perplexity; with DDK also its per-domain validation loss, measured now so the teacher
         need not stay in memory while the student trains."""
         c = self.recipe.causal_lm
+        if self.members:
+            return self.evaluate_members()
         metrics = self.evaluate("teacher", self.teacher_model())
         if c.ddk is not None and self.distiller().needs_teacher:
             from distill.data.ddk import domain_losses
@@ -509,14 +574,40 @@ class CausalLMTask(SelectsLosses, Task):
                                                       len(self.domains), self.vocab_size)
         return metrics
 
+    def evaluate_members(self) -> dict[str, Any]:
+        """Several teachers: the mixture scored as the teacher (every member run, their distributions mixed
+        by the rule), then each member alone, for the ``teachers`` section."""
+        from distill.evaluation.perplexity import perplexity
+        from distill.tasks.multi_teacher import MixtureLM
+
+        r = self.recipe
+        mixture = MixtureLM([m.source.model() for m in self.members], [m.weight for m in self.members],
+                            r.combine)
+        metrics = self.evaluate("teacher", mixture)
+        metrics["teachers"] = len(self.members)
+        rows = []
+        for m in self.members:
+            alone = perplexity(m.source.model(), self.test_rows, self.pad_id, self.domains,
+                               r.train.eval_batch_size, self.vocab_size, row_bytes=self.test_bytes())
+            rows.append({"name": m.name, "path": m.source.path, "weight": m.weight,
+                         "perplexity": alone["perplexity"], "bits_per_byte": alone.get("bits_per_byte"),
+                         "mean_weight": (self.member_mean_weights or {}).get(m.name)})
+            if m.source is not self.teacher:
+                m.source.release()
+        self.report["teachers"] = {"rule": r.combine, "members": rows,
+                                   "mixture_perplexity": metrics["perplexity"]}
+        self.log("teachers: " + ", ".join(f"{row['name']} perplexity {row['perplexity']:.3f}" for row in rows)
+                 + f"; mixed by {r.combine}: {metrics['perplexity']:.3f}")
+        return metrics
+
     # -- report -------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         from distill.evaluation.perplexity import lm_significance, sample_generations
 
         r, c = self.recipe, self.recipe.causal_lm
         models = self.report["models"]
-        saved = {"teacher": Path(self.teacher.path), "student_kd": self.out / "student",
-                 "student_no_kd": self.out / "student_no_kd"}
+        saved = {"student_kd": self.out / "student", "student_no_kd": self.out / "student_no_kd",
+                 **({} if self.members else {"teacher": Path(self.teacher.path)})}
         self.sizes_on_disk(saved)
         t, s, b = models.get("teacher", {}), models.get("student_kd", {}), models.get("student_no_kd", {})
         summary: dict[str, Any] = {}

@@ -102,6 +102,29 @@ class MemberModels(torch.nn.Module):
                 for i, m in enumerate(self.members)]
 
 
+class MixtureLM(torch.nn.Module):
+    """Several causal LMs on one tokenizer as one model: ``forward`` returns, at every position, the
+    members' next-token distributions combined by ``rule`` (temperature 1) as log-probabilities in
+    ``.logits``. What the report scores as "the teacher" of a multi-teacher language-model run."""
+
+    def __init__(self, models: list[torch.nn.Module], weights: list[float], rule: str):
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+        self.weights, self.rule = list(weights), rule
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        from distill.store.ensemble import combine_log_probs
+
+        lp = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask,
+                                                **kwargs).logits.float(), -1) for m in self.members])
+        k, b, length, v = lp.shape
+        out = combine_log_probs(lp.reshape(k, b * length, v), self.rule, self.weights)
+        return SimpleNamespace(logits=out.reshape(b, length, v))
+
+
 def combined_test_logits(member_logits: dict[str, np.ndarray], rule: str, weights: list[float],
                          answered: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The combination's (N, C) log-probabilities on the test split: the members' test logits combined by
