@@ -322,6 +322,8 @@ def test_two_language_model_teachers_are_mixed_token_by_token(setup, capsys):
     # most the geometric mean of theirs
     assert mixture <= (alone[0] * alone[1]) ** 0.5 + 1e-6
     assert report["models"]["teacher"]["teachers"] == 2
+    html = (d / "run_multi" / "report.html").read_text()
+    assert "<h2>Teachers</h2>" in html and "perplexity" in html
     capsys.readouterr()
     assert main(["run", str(path), "--combine", "entropy"]) in (0, None)
     out = capsys.readouterr().out

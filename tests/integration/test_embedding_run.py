@@ -298,6 +298,7 @@ def test_two_embedding_teachers_are_joined(tmp_path, st_teacher, st_teacher_b, t
     assert section["members"][1]["spearman_with_combined"] > section["members"][0]["spearman_with_combined"]
     assert report["models"]["teacher"]["dim"] == 80 and report["models"]["teacher"]["teachers"] == 2
     assert len(report["store"]["members"]) == 2
+    assert "Spearman with joined vectors" in (tmp_path / "run" / "report.html").read_text()
     a = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
     b = torch.nn.functional.normalize(torch.randn(5, 48), dim=-1)
     joined = concat_embeddings([a, b], [1.0, 3.0])

@@ -9,7 +9,13 @@ from typing import Any
 import yaml
 
 from distill.evaluation._charts import esc, megabytes, num, page
-from distill.evaluation.report_parts import run_facts, selection_table, training_charts, versions_line
+from distill.evaluation.report_parts import (
+    run_facts,
+    selection_table,
+    teachers_table,
+    training_charts,
+    versions_line,
+)
 
 ROLES = ("teacher", "student_kd", "student_no_kd")
 TITLES = {"teacher": "teacher", "student_kd": "distilled student", "student_no_kd": "student, no KD"}
@@ -127,6 +133,7 @@ def render_causal_lm_report(report: dict[str, Any]) -> str:
          "on held-out chunks (prompt tokens excluded); bits per byte: the same loss in bits per UTF-8 byte "
          "of the held-out text, comparable across tokenizers; tokens/s: forward passes over the held-out "
          "set.</p>"),
+        teachers_table(report),
         selection_table(report),
         _curve(report),
         _store(report),

@@ -27,7 +27,13 @@ from distill.evaluation._charts import (
     signed_points,
     speed,
 )
-from distill.evaluation.report_parts import run_facts, selection_table, training_charts, versions_line
+from distill.evaluation.report_parts import (
+    run_facts,
+    selection_table,
+    teachers_table,
+    training_charts,
+    versions_line,
+)
 from distill.evaluation.speed import UNRELIABLE_SPREAD
 
 
@@ -105,27 +111,6 @@ def per_class_section(report: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{esc(name)}</td>{cells}<td>{n}</td></tr>")
     return ('<h2>Per class</h2><div class="table-wrap"><table><thead><tr><th>class</th>' + head
             + "<th>test rows</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
-
-
-def teachers_table(report: dict[str, Any]) -> str:
-    """Several teachers: each one's test scores, weight and agreement, then the pairwise agreement."""
-    section = report.get("teachers")
-    if not section:
-        return ""
-    rows = []
-    for m in section["members"]:
-        mean_w = "-" if m.get("mean_weight") is None else f"{m['mean_weight']:.3f}"
-        rows.append(f"<tr><td>{esc(m['name'])}</td><td>{m['weight']:g}</td><td>{mean_w}</td>"
-                    f"<td>{pct(m['accuracy'])}</td><td>{m['macro_f1']:.3f}</td>"
-                    f"<td>{pct(m['agreement_with_combined'])}</td></tr>")
-    pairs = ", ".join(f"{esc(k)}: {pct(v)}" for k, v in section["agreement"].items())
-    return (f"<h2>Teachers</h2><p class=\"muted\">The teacher row above is these teachers combined by "
-            f"<code>{esc(section['rule'])}</code> (test predictions combined without labels). Mean weight: "
-            "each teacher's average share over the training rows.</p>"
-            '<div class="table-wrap"><table><thead><tr><th>teacher</th><th>weight</th><th>mean weight</th>'
-            "<th>accuracy</th><th>macro-F1</th><th>agrees with combination</th></tr></thead><tbody>"
-            + "".join(rows) + f"</tbody></table></div><p class=\"muted small\">Agreement between teachers: "
-            f"{pairs}.</p>")
 
 
 def significance_table(report: dict[str, Any]) -> str:

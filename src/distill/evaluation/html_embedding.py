@@ -11,7 +11,7 @@ import yaml
 
 from distill.evaluation._charts import esc, hbars, megabytes, num, page, scatter, speed
 from distill.evaluation.embedding import EMBED_ROLES, EMBED_TITLES, significance_sentence
-from distill.evaluation.report_parts import run_facts, training_charts, versions_line
+from distill.evaluation.report_parts import run_facts, teachers_table, training_charts, versions_line
 
 COLOURS = {"teacher": "#3b5bdb", "student_kd": "#e8590c", "student_untrained": "#74808c"}
 
@@ -103,6 +103,7 @@ def render_embedding_report(report: dict[str, Any]) -> str:
          "the model's pairwise cosine similarities with the teacher's; recall@k: share of the teacher's k "
          "nearest neighbours the model also ranks in its top k; probe: logistic regression on frozen "
          "embeddings (80/20 split); sentences/s: CPU encoding at batch 32, tokenising included.</p>"),
+        teachers_table(report),
         _charts(models),
     ]
     curves = training_charts(training)

@@ -169,3 +169,41 @@ def selection_table(report: dict[str, Any]) -> str:
             "<div class=\"table-wrap\"><table><thead><tr>"
             "<th>losses</th><th>T</th>" + "".join(f"<th>{esc(x)}</th>" for x in cols) + "</tr></thead>"
             "<tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
+# (key in a teachers-section row, column title, how to show the value)
+_TEACHER_COLUMNS = [
+    ("weight", "weight", lambda v: f"{v:g}"),
+    ("mean_weight", "mean weight", lambda v: f"{v:.3f}"),
+    ("dim", "width", lambda v: f"{v}"),
+    ("accuracy", "accuracy", lambda v: f"{100 * v:.1f}%"),
+    ("macro_f1", "macro-F1", lambda v: f"{v:.3f}"),
+    ("answered_fraction", "answered", lambda v: f"{100 * v:.1f}%"),
+    ("perplexity", "perplexity", lambda v: f"{v:.3f}"),
+    ("bits_per_byte", "bits/byte", lambda v: f"{v:.4f}"),
+    ("agreement_with_combined", "agrees with combination", lambda v: f"{100 * v:.1f}%"),
+    ("spearman_with_combined", "Spearman with joined vectors", lambda v: f"{v:.3f}"),
+]
+
+
+def teachers_table(report: dict[str, Any]) -> str:
+    """Several teachers (any task): each one's scores, weight and agreement with the combination, then the
+    agreement between every pair; empty for a run with one teacher."""
+    section = report.get("teachers")
+    if not section:
+        return ""
+    members = section["members"]
+    cols = [(k, title, fmt) for k, title, fmt in _TEACHER_COLUMNS
+            if any(m.get(k) is not None for m in members)]
+    head = "".join(f"<th>{esc(title)}</th>" for _, title, _ in cols)
+    rows = "".join("<tr><td>" + esc(m["name"]) + "</td>"
+                   + "".join(f"<td>{fmt(m[k]) if m.get(k) is not None else '-'}</td>" for k, _, fmt in cols)
+                   + "</tr>" for m in members)
+    pairs = section.get("agreement") or {}
+    note = ("" if not pairs else '<p class="muted small">Agreement between teachers: '
+            + ", ".join(f"{esc(k)}: {v:.3f}" for k, v in pairs.items()) + ".</p>")
+    return (f'<h2>Teachers</h2><p class="muted">The teacher row above is these teachers combined by '
+            f"<code>{esc(section['rule'])}</code>. Mean weight: each teacher's average share over the "
+            "training rows.</p>"
+            f'<div class="table-wrap"><table><thead><tr><th>teacher</th>{head}</tr></thead><tbody>{rows}'
+            f"</tbody></table></div>{note}")
