@@ -8,6 +8,15 @@ from typing import Any
 from distill.losses import LOSSES
 
 
+def teacher_phrase(recipe: Any, teacher: str | None = None) -> str:
+    """``the teacher `X``` or, with several, ``the teachers `A`, `B` (combined by `rule`)``."""
+    if not recipe.teachers:
+        return f"the teacher `{teacher or recipe.teacher.model}`"
+    names = ", ".join(f"`{t.model or (t.blackbox and (t.blackbox.model or t.blackbox.local_model))}`"
+                      for t in recipe.teachers)
+    return f"the teachers {names} (combined by `{recipe.combine}`)"
+
+
 def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
     blackbox = recipe.teacher.blackbox
     teacher = recipe.teacher.model or (blackbox and (blackbox.model or blackbox.local_model))
@@ -21,9 +30,7 @@ def render_model_card(recipe: Any, report: dict[str, Any], table: str) -> str:
         "# Distilled student",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter text classifier distilled with `distill` from "
-        + (f"the teacher `{teacher}`." if not recipe.teachers else
-           "the teachers " + ", ".join(f"`{t.model}`" for t in recipe.teachers)
-           + f", combined by `{recipe.combine}`."),
+        f"{teacher_phrase(recipe, teacher)}.",
         "",
         "```python",
         "from transformers import pipeline",
@@ -131,9 +138,7 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "# Distilled sentence encoder",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter sentence encoder distilled with `distill` from "
-        + (f"the teacher `{recipe.teacher.model}`" if not recipe.teachers else
-           "the joined vectors of the teachers " + ", ".join(f"`{t.model}`" for t in recipe.teachers))
-        + " on the recipe's own text.",
+        f"{teacher_phrase(recipe)} on the recipe's own text.",
         "",
         "```python",
         "from sentence_transformers import SentenceTransformer",
@@ -207,7 +212,7 @@ def render_causal_lm_model_card(recipe: Any, report: dict[str, Any],
         "# Distilled causal language model",
         "",
         f"A causal language model ({layers}{report.get('student_parameters') or 0:,} parameters) distilled "
-        f"with `distill` from the teacher `{recipe.teacher.model}` "
+        f"with `distill` from {teacher_phrase(recipe)} "
         f"({teacher.get('parameters') or 0:,} parameters); the student started from {origin}.",
         "",
         "```python",
@@ -293,7 +298,7 @@ def render_image_model_card(recipe: Any, report: dict[str, Any], table: str) -> 
         "# Distilled image classifier",
         "",
         f"A {report.get('student_parameters', 0):,}-parameter image classifier (`{s.model}`) distilled with "
-        f"`distill` from the teacher `{recipe.teacher.model}`; "
+        f"`distill` from {teacher_phrase(recipe)}; "
         f"input {' x '.join(str(d) for d in shape) or 'images'}, "
         f"{len(labels)} classes.",
         "",
