@@ -83,6 +83,9 @@ def test_cache_info_lists_every_teachers_store(multi_run, capsys):
     assert main(["cache", str(path), "--info"]) == 0
     out = capsys.readouterr().out
     assert "teacher a:" in out and "teacher b:" in out and "teacher tuned:" in out
+    assert main(["cache", str(path)]) == 0  # every store is there already: described, not rebuilt
+    out = capsys.readouterr().out
+    assert out.count("key") >= 3 and "running the teacher once" not in out
 
 
 @pytest.mark.parametrize("change, match", [
