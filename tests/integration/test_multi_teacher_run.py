@@ -94,7 +94,10 @@ def test_cache_info_lists_every_teachers_store(multi_run, capsys):
     (lambda r: r["teachers"][1].update(name="a"), "give each teacher its own name"),
     (lambda r: r.update(store={"enabled": False}), "store.enabled"),
     (lambda r: r.update(task="causal-lm", losses=[{"name": "alm"}]), "cross-tokenizer losses"),
-    (lambda r: r["teachers"][1].update(weight=0), "weight"),
+    (lambda r: r["teachers"][1].update(weight=0), r"teachers\[1\]: teacher.weight"),
+    (lambda r: r.update(store={"reconstruct": "topk"}), "store.reconstruct"),
+    (lambda r: r.update(task="sentence-embedding", losses=[{"name": "embedding"}]),
+     r"teachers\[2\].finetune"),
     (lambda r: r.update(teacher={"model": "someone/else"}), "leave teacher out"),
 ])
 def test_bad_multi_teacher_recipes_are_refused_by_name(tmp_path, tiny_classifier, second_teacher,
@@ -205,3 +208,9 @@ def test_a_black_box_teacher_cannot_come_first(tmp_path, tiny_classifier, sentim
                           {"model": str(tiny_classifier)}]
     with pytest.raises(RecipeError, match="put a model teacher first"):
         recipe_from_dict(recipe)
+    # after a model teacher it may join, even when the student inherits the first teacher's layers
+    from distill.tasks.multi_teacher import member_recipes
+
+    recipe["teachers"].reverse()
+    members = member_recipes(recipe_from_dict(recipe))
+    assert members[1][2].teacher.blackbox is not None and members[1][2].student.from_teacher

@@ -154,8 +154,14 @@ def validate_teachers(r: "Recipe") -> None:
     check(r.teachers[0].blackbox is None, "teachers[0].blackbox", "set",
           "the first teacher plans the run (its tokenizer, its layers for student.from_teacher): put a model "
           "teacher first; black-box teachers may follow")
+    check(r.store.reconstruct == "spread", "store.reconstruct", r.store.reconstruct,
+          "several teachers are combined over every class: each one's top-k is read with the leftover mass "
+          "spread (store.reconstruct: spread)")
     names: set[str] = set()
     for i, t in enumerate(r.teachers):
+        if t.finetune is not None:
+            check(r.task in ("text-classification", "image-classification"), f"teachers[{i}].finetune", "set",
+                  f"task: {r.task} uses its teachers as they are; drop the finetune section")
         if t.blackbox is not None:
             check(r.task == "text-classification", f"teachers[{i}].blackbox", "set",
                   "black-box teachers answer text: they join task: text-classification runs only")
@@ -253,8 +259,14 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(data).__name__}")
     data = copy.deepcopy(data)
-    if isinstance(data.get("teachers"), list) and data["teachers"] and "teacher" not in data:
-        data["teacher"] = copy.deepcopy(data["teachers"][0])  # the first teacher plans the run
+    if isinstance(data.get("teachers"), list):
+        for i, entry in enumerate(data["teachers"]):  # each entry's own errors, named by its place
+            try:
+                from_dict(TeacherConfig, entry, f"teachers[{i}]") if isinstance(entry, dict) else None
+            except RecipeError as exc:
+                raise RecipeError(f"teachers[{i}]: {exc}") from None
+        if data["teachers"] and "teacher" not in data:
+            data["teacher"] = copy.deepcopy(data["teachers"][0])  # the first teacher plans the run
     for section in ("teacher", "student", "data"):
         if section not in data:
             raise RecipeError(f"missing section {section!r}; a recipe needs teacher, student and data")

@@ -69,11 +69,13 @@ def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float]
     was not asked): it gets weight 0 there, and the others share its weight.
     """
     k, b, _ = log_probs.shape
-    fixed = torch.as_tensor(list(weights), dtype=torch.float64).reshape(1, k)
+    fixed = torch.as_tensor(list(weights), dtype=torch.float64, device=log_probs.device).reshape(1, k)
     if rule not in PER_EXAMPLE_RULES:
         return _renormalise(fixed.expand(b, k), answered, fixed)
     if k < 2:
         raise ValueError("per-example weighting needs at least two teachers")
+    present = None if answered is None else answered.T.bool()  # (B, K): a teacher absent from a row is
+    # left out of that row's comparison (the others' relative weights never depend on it)
     if rule == "confidence":
         own = log_probs.max(-1).values  # (K, B): log-probability of each teacher's own answer
         if labels is not None:
@@ -81,10 +83,14 @@ def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float]
             has = (y >= 0).reshape(1, b)
             gold = log_probs.gather(-1, y.clamp_min(0).expand(k, b, 1)).squeeze(-1)  # (K, B)
             own = torch.where(has, gold, own)
-        ce = -own.T  # (B, K): cross-entropy of each teacher to the (pseudo-)label
+        ce = -own.T.double()  # (B, K): cross-entropy of each teacher to the (pseudo-)label
+        if present is not None:  # out of the softmax; a row nobody answered keeps its values
+            ce = torch.where(present.any(-1, keepdim=True), ce.masked_fill(~present, float("-inf")), ce)
         w = (1.0 - torch.softmax(ce, dim=-1)) / (k - 1)  # CA-MKD: a lower CE weighs more; rows sum to 1
     else:  # entropy
-        h = -(log_probs.exp() * log_probs).sum(-1).T  # (B, K)
+        h = -(log_probs.exp() * log_probs).sum(-1).T.double()  # (B, K)
+        if present is not None:
+            h = h.masked_fill(~present, 0.0)
         total = h.sum(-1, keepdim=True)
         share = torch.where(total > 0, h / total.clamp_min(1e-300), torch.full_like(h, 1.0 / k))
         w = (1.0 - share) / (k - 1)
@@ -94,10 +100,12 @@ def example_weights(log_probs: torch.Tensor, rule: str, weights: Sequence[float]
 def _renormalise(w: torch.Tensor, answered: torch.Tensor | None, fixed: torch.Tensor) -> torch.Tensor:
     """Rows of ``w`` (B, K) zeroed where a teacher did not answer, then scaled to sum to 1 (a row no teacher
     answered keeps the fixed shares: its target is then uninformative, not undefined)."""
+    fallback = fixed.expand_as(w)
     if answered is not None:
         w = w * answered.T.to(w.dtype)
-    total = w.sum(-1, keepdim=True)
-    w = torch.where(total > 0, w, fixed.expand_as(w))
+        mine = fallback * answered.T.to(w.dtype)  # the fixed shares among the teachers that answered
+        fallback = torch.where(mine.sum(-1, keepdim=True) > 0, mine, fallback)
+    w = torch.where(w.sum(-1, keepdim=True) > 0, w, fallback)
     return w / w.sum(-1, keepdim=True)
 
 
@@ -154,7 +162,8 @@ class TeacherEnsemble:
         """Names the combination: every member's store key, its weight and the rule (not the temperature,
         which the student's own losses fingerprint)."""
         members = [[n, s.key, w] for n, s, w in zip(self.names, self.stores, self.weights, strict=True)]
-        blob = json.dumps({"members": members, "rule": self.rule}, sort_keys=True)
+        rule = "mean_probs" if self.rule == "weights" else self.rule  # the same rule under two names
+        blob = json.dumps({"members": members, "rule": rule}, sort_keys=True)
         return "ensemble-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     @property
@@ -166,13 +175,17 @@ class TeacherEnsemble:
         return getattr(self.stores[0], "num_classes", None)
 
     def info(self) -> dict[str, Any]:
-        members = []
-        for name, store, weight in zip(self.names, self.stores, self.weights):
+        """The first teacher's store description (what it keeps: spec, tokens, classes), with the bytes of
+        every store summed and one entry per teacher."""
+        members, first = [], None
+        for name, store, weight in zip(self.names, self.stores, self.weights, strict=True):
             i = store.info()
+            first = first or i
             members.append({"name": name, "weight": weight, "key": store.key, "path": str(store.path),
-                            "bytes": i.get("bytes"), "num_examples": i.get("num_examples")})
-        return {"rule": self.rule, "num_examples": len(self), "members": members,
-                "bytes": sum(m["bytes"] or 0 for m in members)}
+                            "bytes": i.get("bytes", i.get("disk_bytes")),
+                            "num_examples": i.get("num_examples", i.get("examples"))})
+        return {**(first or {}), "rule": self.rule, "num_examples": len(self), "members": members,
+                "bytes": sum(m["bytes"] or 0 for m in members), "key": self.key}
 
     # -- reading ------------------------------------------------------------------------------------------
     def bind(self, distiller: Any) -> TeacherEnsemble:
@@ -266,6 +279,8 @@ def stack_members(outputs: Sequence[ModelOutputs],
     lp = torch.stack(lps)
     answered = torch.stack([o.extra.get("answered", torch.ones(lp.shape[1], dtype=torch.bool,
                                                                device=lp.device)).bool() for o in outputs])
+    if bool(answered.all()):
+        return lp, answered
     uniform = torch.full_like(lp, -math.log(lp.shape[-1]))
     mask = answered.reshape(*answered.shape, *([1] * (lp.dim() - 2)))  # (K, B, 1[, 1])
     return torch.where(mask, lp, uniform), answered
@@ -288,8 +303,12 @@ class TokenEnsemble(TeacherEnsemble):
         return ModelOutputs(logits=(self.temperature * combined).float(),
                             attention_mask=outs[0].attention_mask)
 
-    def mean_weights(self, batch_size: int = 8, rows: int = 64) -> dict[str, float]:
-        """Each teacher's average weight over the real tokens of the first ``rows`` stored rows."""
+    def mean_weights(self, batch_size: int = 2, rows: int = 16) -> dict[str, float]:
+        """Each teacher's average weight over the real tokens of the first ``rows`` stored rows (the fixed
+        shares for the rules that do not weigh per position)."""
+        if self.rule not in PER_EXAMPLE_RULES:
+            total_w = sum(self.weights)
+            return {name: w / total_w for name, w in zip(self.names, self.weights, strict=True)}
         total = torch.zeros(len(self.stores), dtype=torch.float64)
         count = 0
         for start in range(0, min(rows, len(self)), batch_size):
@@ -298,7 +317,7 @@ class TokenEnsemble(TeacherEnsemble):
             lp, _ = stack_members(outs, torch.float32)
             mask = outs[0].attention_mask.reshape(-1).bool() if outs[0].attention_mask is not None else None
             k, b, length, v = lp.shape
-            w = example_weights(lp.reshape(k, b * length, v).double(), self.rule, self.weights)
+            w = example_weights(lp.reshape(k, b * length, v), self.rule, self.weights).cpu()
             w = w[mask] if mask is not None else w
             total += w.sum(0)
             count += w.shape[0]

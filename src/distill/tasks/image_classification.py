@@ -42,11 +42,11 @@ def plan_image_classification(recipe: Recipe) -> Plan:
     """Load and split the images and build the losses: everything checkable before any training."""
     splits = load_image_splits(recipe.data)
     ctx = LossContext(num_classes=splits.num_labels)
-    losses = build_losses(recipe.losses, ctx)
+    build_losses(recipe.losses, ctx)
     if recipe.teachers:  # several teachers are combined from their stores: class distributions only
         from distill.tasks.multi_teacher import check_combinable
 
-        check_combinable(recipe, losses)
+        check_combinable(recipe)
         if recipe.vision is not None and recipe.vision.datafree is not None:
             raise RecipeError("vision.datafree: synthesis inverts one teacher's BatchNorm statistics; use "
                               "one teacher for a data-free student, or drop vision.datafree")

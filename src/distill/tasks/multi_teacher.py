@@ -11,6 +11,7 @@ members agree with each other and with the combination.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -56,19 +57,20 @@ def answer_arrays(run: Any, n: int, num_labels: int) -> tuple[np.ndarray, np.nda
     return probs, answered
 
 
-def check_combinable(recipe: Recipe, losses: list[Any], shared: str = "logits") -> None:
+def check_combinable(recipe: Recipe, shared: str = "logits") -> None:
     """Several teachers share only their outputs (``shared``: class logits, or sentence ``embeddings``):
     refuse, by name, a loss that reads anything else of a teacher (hidden states, attention, feature maps:
     the teachers' layers do not correspond)."""
     from distill._dataclass_io import RecipeError
+    from distill.losses import LOSSES
 
-    for (_, _, loss), spec in zip(losses, recipe.losses, strict=True):
-        other = sorted(set(loss.teacher_needs) - {shared})
+    for i, spec in enumerate(recipe.losses):
+        other = sorted(set(LOSSES.get(spec.name).teacher_needs) - {shared})
         if other:
             use = "kd and ce" if shared == "logits" else "embedding, similarity_matrix or affinity"
-            raise RecipeError(f"losses: {spec.name} reads the teacher's {other[0]}, which several teachers "
-                              f"cannot share (their layers differ); with teachers: use losses that read "
-                              f"{shared}, e.g. {use}")
+            raise RecipeError(f"losses[{i}].name: {spec.name} reads the teacher's {other[0]}, which several "
+                              f"teachers cannot share (their layers differ); with teachers: use losses that "
+                              f"read {shared}, e.g. {use}")
 
 
 def member_recipes(recipe: Recipe) -> list[tuple[str, float, Recipe]]:
@@ -80,7 +82,8 @@ def member_recipes(recipe: Recipe) -> list[tuple[str, float, Recipe]]:
     for t in recipe.teachers:
         name = t.name or teacher_name(t)
         folder = str(Path(recipe.output_dir) / f"teacher_{name}")
-        one = dataclasses.replace(recipe, teacher=t, teachers=[])
+        one = copy.copy(recipe)  # not re-validated: the student may inherit from the first teacher only
+        one.teacher, one.teachers = t, []
         if t.finetune is not None and not t.finetune.output_dir:
             one.teacher = dataclasses.replace(t, finetune=dataclasses.replace(t.finetune, output_dir=folder))
         if t.blackbox is not None:  # its labels files (and response store) in a folder of its own

@@ -76,7 +76,7 @@ def teacher_classes(t: Any, recipe: Recipe, where: str = "teacher") -> tuple[Any
     return tconf, teacher_labels
 
 
-def check_more_teachers(recipe: Recipe, splits: Any, losses: list[Any]) -> None:
+def check_more_teachers(recipe: Recipe, splits: Any) -> None:
     """``teachers:``: every teacher after the first classifies the same classes, and the losses read only
     what can be combined (the teachers' class distributions)."""
     for i, t in enumerate(recipe.teachers[1:], start=1):
@@ -91,7 +91,7 @@ def check_more_teachers(recipe: Recipe, splits: Any, losses: list[Any]) -> None:
                               f"{splits.num_labels}; fine-tune it on this data (teachers[{i}].finetune)")
     from distill.tasks.multi_teacher import check_combinable
 
-    check_combinable(recipe, losses)
+    check_combinable(recipe)
 
 
 def plan_text_classification(recipe: Recipe) -> Plan:
@@ -133,7 +133,7 @@ def plan_text_classification(recipe: Recipe) -> Plan:
     )
     losses = build_losses(recipe.losses, ctx)  # raises on bad layer maps etc.
     if recipe.teachers:
-        check_more_teachers(recipe, splits, losses)
+        check_more_teachers(recipe, splits)
     if recipe.store.enabled:
         check_storable(Distiller(losses))  # before the teacher is fine-tuned or run
     return Plan(recipe, splits, tconf, sconf, same_tok, ctx)
@@ -325,8 +325,19 @@ class TextClassificationTask(SelectsLosses, Task):
                               "nothing to cache")
         store = self.teacher_store(distiller)
         if self.members:
-            return "\n\n".join(f"teacher {name}:\n{format_info(s.info())}"
+            return "\n\n".join(f"teacher {name}:\n{self._describe_member(s)}"
                                for name, s in zip(store.names, store.stores, strict=True))
+        return format_info(store.info())
+
+    @staticmethod
+    def _describe_member(store: Any) -> str:
+        from distill.store.ensemble import AnswerStore
+        from distill.store.reader import format_info
+
+        if isinstance(store, AnswerStore):
+            info = store.info()
+            return (f"black-box answers to {info['answered']} of {info['num_examples']} rows (kept in its "
+                    "response store; `distill label` shows the statistics)")
         return format_info(store.info())
 
     def store_location(self, distiller: Distiller, r: Recipe | None = None) -> tuple[Path, str]:
@@ -356,8 +367,11 @@ class TextClassificationTask(SelectsLosses, Task):
         if self.recipe.teachers:
             from distill.tasks.multi_teacher import member_recipes
 
-            return "\n\n".join(f"teacher {name}:\n{self._store_info(recipe)}"
-                               for name, _, recipe in member_recipes(self.recipe))
+            return "\n\n".join(
+                f"teacher {name}:\n" + (self._store_info(recipe) if recipe.teacher.blackbox is None else
+                                        "a black-box teacher: its answers live in its response store under "
+                                        f"{recipe.output_dir}; `distill label` reports them")
+                for name, _, recipe in member_recipes(self.recipe))
         return self._store_info(self.recipe)
 
     def _store_info(self, recipe: Recipe) -> str:

@@ -174,3 +174,18 @@ def test_unanswered_rows_give_their_weight_to_the_other_teachers():
     assert torch.allclose(p[0], (p_model + torch.tensor([0.1, 0.9], dtype=torch.float64)) / 2, atol=1e-6)
     assert torch.allclose(p[1], p_model, atol=1e-6)  # row 1: the API did not answer
     assert ens.mean_weights() == pytest.approx({"model": 0.75, "api": 0.25})
+
+
+@pytest.mark.parametrize("rule", ["confidence", "entropy"])
+def test_an_absent_teacher_does_not_change_the_others_relative_weights(rule):
+    """Three teachers, the third without an answer on the row: the first two share the row exactly as they
+    would with only the two of them."""
+    torch.manual_seed(0)
+    lp = torch.log_softmax(torch.randn(3, 4, 5, dtype=torch.float64), -1)
+    labels = torch.tensor([0, -1, 2, 1])
+    three = example_weights(lp, rule, [1, 1, 1], labels, torch.tensor([[True] * 4, [True] * 4, [False] * 4]))
+    two = example_weights(lp[:2], rule, [1, 1], labels)
+    assert torch.allclose(three[:, 2], torch.zeros(4, dtype=torch.float64))
+    assert torch.allclose(three[:, :2], two)
+    nobody = example_weights(lp, rule, [1, 2, 1], labels, torch.zeros(3, 4, dtype=torch.bool))
+    assert torch.isfinite(nobody).all() and torch.allclose(nobody.sum(-1), torch.ones(4, dtype=torch.float64))
