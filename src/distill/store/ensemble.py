@@ -115,10 +115,15 @@ def combine_log_probs(log_probs: torch.Tensor, rule: str, weights: Sequence[floa
     """(B, C) log-probabilities of the combined teacher at ``temperature``.
 
     ``log_probs`` (K, B, C) are the teachers' log-probabilities at temperature 1 (so the softened teacher k is
-    ``softmax(log_probs[k] / T)``, the same as softening its logits).
+    ``softmax(log_probs[k] / T)``, the same as softening its logits). More leading row dimensions (K, B, L, C:
+    a language model's positions) are combined row by row, each position on its own, and kept in the result.
     """
     if rule not in RULES:
         raise ValueError(f"combine: {rule!r} is not a rule; use one of {', '.join(RULES)}")
+    if log_probs.dim() > 3:  # every position is a row of its own (labels and answers are per row: absent)
+        k, *rows, c = log_probs.shape
+        flat = combine_log_probs(log_probs.reshape(k, -1, c), rule, weights, temperature=temperature)
+        return flat.reshape(*rows, c)
     w = example_weights(log_probs, rule, weights, labels, answered).to(log_probs.dtype)  # (B, K)
     soft = torch.log_softmax(log_probs / temperature, dim=-1)  # (K, B, C)
     if rule == "mean_logits":
@@ -148,8 +153,7 @@ class TeacherEnsemble:
                              "teacher must have run over the same rows")
         self.stores, self.names, self.weights = list(stores), list(names), [float(w) for w in weights]
         self.rule, self.temperature = rule, float(temperature)
-        self.labels = None if labels is None else torch.as_tensor(list(labels) if not isinstance(
-            labels, torch.Tensor) else labels, dtype=torch.long)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         if self.labels is not None and len(self.labels) != len(self):
             raise ValueError(f"{len(self.labels)} labels for {len(self)} stored rows")
 
@@ -187,6 +191,11 @@ class TeacherEnsemble:
         return {**(first or {}), "rule": self.rule, "num_examples": len(self), "members": members,
                 "bytes": sum(m["bytes"] or 0 for m in members), "key": self.key}
 
+    def fixed_shares(self) -> dict[str, float]:
+        """Each teacher's fixed weight as a share of them all."""
+        total = sum(self.weights)
+        return {name: w / total for name, w in zip(self.names, self.weights, strict=True)}
+
     # -- reading ------------------------------------------------------------------------------------------
     def bind(self, distiller: Any) -> TeacherEnsemble:
         """This ensemble at the temperature of ``distiller``'s logit losses (they must agree: the combined
@@ -223,8 +232,10 @@ class TeacherEnsemble:
         return (self.temperature * combined).float()
 
     def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
-        """Each teacher's average weight over the stored rows under this rule (the fixed shares for the
-        rules that do not weigh per example)."""
+        """Each teacher's average weight over the stored rows under this rule: the fixed shares, unless the
+        rule weighs per example or a black-box teacher left rows unanswered (then every row is read)."""
+        if self.rule not in PER_EXAMPLE_RULES and not any(isinstance(s, AnswerStore) for s in self.stores):
+            return self.fixed_shares()
         total = torch.zeros(len(self.stores), dtype=torch.float64)
         n = len(self)
         for start in range(0, n, batch_size):
@@ -297,9 +308,7 @@ class TokenEnsemble(TeacherEnsemble):
         outs = [s.fetch(indices, pad_to=pad_to, padding_side=padding_side, device=device)
                 for s in self.stores]
         lp, _ = stack_members(outs, torch.float32)  # (K, B, L, V)
-        k, b, length, v = lp.shape
-        combined = combine_log_probs(lp.reshape(k, b * length, v), self.rule, self.weights,
-                                     temperature=self.temperature).reshape(b, length, v)
+        combined = combine_log_probs(lp, self.rule, self.weights, temperature=self.temperature)
         return ModelOutputs(logits=(self.temperature * combined).float(),
                             attention_mask=outs[0].attention_mask)
 
@@ -307,8 +316,7 @@ class TokenEnsemble(TeacherEnsemble):
         """Each teacher's average weight over the real tokens of the first ``rows`` stored rows (the fixed
         shares for the rules that do not weigh per position)."""
         if self.rule not in PER_EXAMPLE_RULES:
-            total_w = sum(self.weights)
-            return {name: w / total_w for name, w in zip(self.names, self.weights, strict=True)}
+            return self.fixed_shares()
         total = torch.zeros(len(self.stores), dtype=torch.float64)
         count = 0
         for start in range(0, min(rows, len(self)), batch_size):
@@ -380,8 +388,7 @@ class EmbeddingEnsemble(TeacherEnsemble):
         return ModelOutputs(embeddings=z if device is None else z.to(device))
 
     def mean_weights(self, batch_size: int = 1024) -> dict[str, float]:
-        total = sum(self.weights)
-        return {n: w / total for n, w in zip(self.names, self.weights, strict=True)}
+        return self.fixed_shares()
 
 
 def agreement(predictions: dict[str, Any]) -> dict[str, float]:

@@ -123,9 +123,7 @@ class MixtureLM(torch.nn.Module):
 
         lp = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask,
                                                 **kwargs).logits.float(), -1) for m in self.members])
-        k, b, length, v = lp.shape
-        out = combine_log_probs(lp.reshape(k, b * length, v), self.rule, self.weights)
-        return SimpleNamespace(logits=out.reshape(b, length, v))
+        return SimpleNamespace(logits=combine_log_probs(lp, self.rule, self.weights))
 
 
 def combined_test_logits(member_logits: dict[str, np.ndarray], rule: str, weights: list[float],
