@@ -40,7 +40,8 @@ def teacher_section(args, fraction: float) -> dict:
     (trained once, cached under the bench folder)."""
     return {"model": "packaged:cnn-teacher",
             "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64, "seed": 0,
-                         "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}-l{fraction:g}")}}
+                         "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}"
+                                                   f"-l{fraction:g}")}}
 
 
 def recipe(seed: int, args, out: Path) -> dict:
@@ -75,9 +76,10 @@ def main() -> None:
     ap.add_argument("--labelled-fraction", type=float, default=0.1,
                     help="share of the training images that keep their label (1.0: all)")
     ap.add_argument("--teacher-labels", choices=["labelled", "all"], default="labelled",
-                    help="labelled: the teacher learns from the same labelled share as the no-KD student; all: "
-                         "from every training label, standing in for a teacher that already exists and knows "
-                         "more than the user's few labels (the students still see only the labelled share)")
+                    help="labelled: the teacher learns from the same labelled share as the no-KD student; "
+                         "all: from every training label, standing in for a teacher that already exists "
+                         "and knows more than the user's few labels (the students still see only the labelled "
+                         "share)")
     ap.add_argument("--df-images", type=int, default=df.num_images, help="0: no data-free student")
     ap.add_argument("--df-steps", type=int, default=df.steps)
     ap.add_argument("--df-ce", type=float, default=df.ce_weight,

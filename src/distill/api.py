@@ -107,6 +107,7 @@ def distill_from_models(
                                 evaluate=eval_ds is not None),
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=DistillCollator(student_tokenizer, ttok),
         distiller=distiller, teacher=None if opened is not None else teacher, store=opened,
+        anchor=train_cfg.anchor,
     )
     from distill.evaluation.metrics import compute_metrics_fn
 

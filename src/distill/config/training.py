@@ -99,6 +99,12 @@ class TrainConfig:
     """Peak AdamW learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    anchor: float = 0.0
+    """Pull the student's weights toward where training started (L2-SP, Li et al. 2018): adds
+    ``anchor * sum((w - w_start)**2)`` over every trained weight to each step's loss, so the student keeps
+    more of what it knew before (e.g. a static or pre-trained student that should not forget general text
+    while it learns the transfer text). Costs one copy of the trained weights. 0: off. Not for image students
+    or sharded (FSDP / DeepSpeed) training."""
     warmup_ratio: float = 0.1
     """Fraction of steps spent warming up."""
     lr_scheduler: str = "linear"
@@ -135,10 +141,10 @@ class TrainConfig:
         """The fields a training stage's fingerprint is built from: all but ``fsdp``, which changes where the
         weights live, not what training computes (tests/integration/test_fsdp.py), so a finished stage is
         reused whichever way it is launched, and stages finished before the field existed stay valid.
-        ``group_by_length`` is left out while off (how every stage trained before it existed), for the same
-        reason."""
+        ``group_by_length`` and ``anchor`` are left out while off (how every stage trained before they
+        existed), for the same reason."""
         return {k: v for k, v in self.__dict__.items()
-                if k != "fsdp" and not (k == "group_by_length" and not v)}
+                if k != "fsdp" and not (k in ("group_by_length", "anchor") and not v)}
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")
@@ -146,6 +152,10 @@ class TrainConfig:
         check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
                self.gradient_accumulation_steps, "use a positive integer")
         check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "use > 0")
+        check(self.anchor >= 0, "train.anchor", self.anchor, "use 0 (off) or a positive weight, e.g. 0.01")
+        check(not (self.anchor and (self.fsdp.enabled or self.extra_args.get("deepspeed"))), "train.anchor",
+              self.anchor, "the pull toward the starting weights reads whole weights, which sharded training "
+              "(train.fsdp, deepspeed) splits over processes; set anchor: 0")
         check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use [0, 1)")
         check(not (self.bf16 and self.fp16), "train.fp16", self.fp16, "choose bf16 or fp16, not both")
 

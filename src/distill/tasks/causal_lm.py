@@ -444,7 +444,7 @@ class CausalLMTask(SelectsLosses, Task):
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False, **overrides),
             train_dataset=RowDataset(rows), data_collator=self.collator(),
             processing_class=self.student_tokenizer, distiller=distiller, teacher=teacher, store=store,
-            token_level=True, vocab_size=self.vocab_size, **kwargs,
+            token_level=True, vocab_size=self.vocab_size, anchor=r.train.anchor, **kwargs,
         )
         ddk_cb = self._ddk(trainer, rows, ddk) if ddk is not None else None
         curve = (self._curve(trainer, model) if name in ("student", "student_no_kd") and c.curve_steps

@@ -40,6 +40,9 @@ from distill.training.vision import predict_image_logits, remove_checkpoint, tra
 
 def plan_image_classification(recipe: Recipe) -> Plan:
     """Load and split the images and build the losses: everything checkable before any training."""
+    if recipe.train.anchor:
+        raise RecipeError(f"train.anchor: {recipe.train.anchor} is not available for image students (their "
+                          "training loop does not pull toward the starting weights); set anchor: 0")
     splits = load_image_splits(recipe.data)
     ctx = LossContext(num_classes=splits.num_labels)
     build_losses(recipe.losses, ctx)

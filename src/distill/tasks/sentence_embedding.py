@@ -384,7 +384,7 @@ class SentenceEmbeddingTask(Task):
             model=model, args=training_arguments(r.train, str(ckpt), evaluate=False), train_dataset=train_ds,
             data_collator=DistillCollator(self.student_tokenizer,
                                           self.teacher_tokenizer if teacher_inputs else None),
-            distiller=distiller, teacher=teacher, store=store,
+            distiller=distiller, teacher=teacher, store=store, anchor=r.train.anchor,
         )
         self.log(f"{name}: training on {len(train_ds)} sentences "
                  f"({'teacher from the store' if store is not None else 'online teacher'})")

@@ -470,6 +470,7 @@ class TextClassificationTask(SelectsLosses, Task):
             model=model, args=training_arguments(r.train, str(ckpt), **overrides), train_dataset=train_ds,
             eval_dataset=val_ds, data_collator=DistillCollator(self.student_tokenizer, ttok),
             compute_metrics=compute_metrics_fn, distiller=distiller, teacher=teacher, store=store,
+            anchor=r.train.anchor,
         )
         source = ("labels only" if not distiller.needs_teacher
                   else "teacher from the store" if store is not None else "online teacher")

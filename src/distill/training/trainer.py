@@ -71,9 +71,15 @@ class DistillTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, distiller: Distiller, teacher: torch.nn.Module | None = None,
-                 store: Any = None, token_level: bool = False, vocab_size: int | None = None, **kwargs: Any):
+                 store: Any = None, token_level: bool = False, vocab_size: int | None = None,
+                 anchor: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.token_level = token_level
+        # L2-SP (train.anchor): the weights training starts from, taken before a resumed run loads its
+        # checkpoint, so a resumed run is pulled toward the same point
+        self.anchor = anchor
+        self._start = ({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+                       if anchor else {})
         self.vocab_size = vocab_size
         self.distiller = distiller.to(self.args.device)
         self.add_callback(_ClearDistillerGrads(self.distiller))
@@ -177,6 +183,9 @@ class DistillTrainer(Trainer):
         if self.vocab_size is not None:
             student, teacher = self._slice_vocab(student), self._slice_vocab(teacher)
         loss, parts = self.distiller(student, teacher, inputs)
+        if self.anchor and model.training:
+            pull = self.anchor * self._distance_from_start()
+            loss, parts = loss + pull, {**parts, "anchor": pull}
         # what this micro-batch's loss counts for in the step's optimised loss (times the number of processes,
         # which the mean over processes takes out again): its token share under token-level normalisation,
         # else 1 / micro-batches, the Trainer's own division
@@ -195,6 +204,16 @@ class DistillTrainer(Trainer):
         if model.training:
             self._add_parts(parts, share)
         return (loss, {"logits": student.logits}) if return_outputs else loss
+
+    def _distance_from_start(self) -> torch.Tensor:
+        """Squared L2 distance of the trained weights from their starting values (every process holds whole
+        weights: DDP averages the identical gradients of this term)."""
+        total = torch.zeros((), device=self.args.device)
+        for name, p in self.model.named_parameters():
+            start = self._start.get(name)
+            if start is not None:
+                total = total + (p.float() - start.float()).pow(2).sum()
+        return total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Evaluation needs no teacher: validation rows are not in the store, and the metric is the student's.

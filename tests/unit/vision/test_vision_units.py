@@ -205,3 +205,14 @@ def test_datafree_first_bn_weight_scales_only_the_first_layer_and_latents_get_th
     out = synthesize(teacher, (1, 8, 8), 4, SynthesisSettings(num_images=8, batch_size=8, steps=2,
                                                               latent_learning_rate=None, generator_width=8))
     assert out["images"].shape == (8, 1, 8, 8)
+
+
+def test_anchor_is_refused_for_image_students():
+    from distill.config import recipe_from_dict
+    from distill.tasks.image_classification import plan_image_classification
+
+    r = recipe_from_dict({"task": "image-classification", "teacher": {"model": "packaged:cnn-teacher"},
+                          "student": {"model": "packaged:cnn-tiny"},
+                          "data": {"source": "packaged", "name": "digits"}, "train": {"anchor": 0.1}})
+    with pytest.raises(RecipeError, match=r"train\.anchor: 0\.1 .*image"):
+        plan_image_classification(r)
