@@ -78,8 +78,8 @@ def main() -> None:
     ap.add_argument("--teacher-labels", choices=["labelled", "all"], default="labelled",
                     help="labelled: the teacher learns from the same labelled share as the no-KD student; "
                          "all: from every training label, standing in for a teacher that already exists "
-                         "and knows more than the user's few labels (the students still see only the labelled "
-                         "share)")
+                         "and knows more than the user's few labels (the students still see only the "
+                         "labelled share)")
     ap.add_argument("--df-images", type=int, default=df.num_images, help="0: no data-free student")
     ap.add_argument("--df-steps", type=int, default=df.steps)
     ap.add_argument("--df-ce", type=float, default=df.ce_weight,
