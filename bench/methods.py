@@ -87,19 +87,27 @@ def demo_finetune() -> str:
     return f"{ft['epochs']} epochs at lr {ft['learning_rate']:g} on {rows} the movie-snippet train split"
 
 
-def recipe(config: str, teacher: Path, seed: int, epochs: float, train_rows: int | None, out: Path) -> dict:
+def recipe(config: str, teacher: Path, seed: int, epochs: float, train_rows: int | None, out: Path,
+           labelled_fraction: float | None = None, variants: int = 0) -> dict:
+    """One configuration's run. ``labelled_fraction`` / ``variants`` (the few-labels, augmented regime): only
+    that stratified share of the training rows keeps its label, the rest is text the teacher labels, plus
+    ``variants`` word-replaced copies of each labelled row; the weights are then fixed (no selection stage)
+    and the kd configuration also trains the no-KD baseline (labelled rows only, the same steps)."""
+    regime = labelled_fraction is not None or variants > 0
     return {
         "output_dir": str(out / config / f"seed{seed}"),
         "teacher": {"model": str(teacher)},
         "student": {"from_teacher": True, "layers": STUDENT_LAYERS},
         "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "test_fraction": 0.2,
-                 "split_seed": 0, "max_train_examples": train_rows},
+                 "split_seed": 0, "max_train_examples": train_rows, "labeled_fraction": labelled_fraction,
+                 "augment": {"variants": variants} if variants else None},
         "losses": CONFIGS[config],
         "store": {"topk": 0, "dtype": "float16", "dir": str(out / "stores")},
         "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": seed,
                   "logging_steps": 50, "save_steps": 1000, "eval_batch_size": 64},
-        "eval": {"baseline": False, "latency_batch_sizes": []},
+        "eval": {"baseline": regime and config == "kd", "latency_batch_sizes": []},
         "export": {"model_card": False},
+        **({"select": {"enabled": False}} if regime else {}),
     }
 
 
@@ -124,8 +132,43 @@ def train_seconds_per_epoch(info: dict) -> float:
     return (info["seconds"] - evaluating) / epochs if epochs else float("nan")
 
 
+def _correct(run: Path) -> list[bool]:
+    """Per test example: did this run's distilled student get it right (predictions.jsonl)."""
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    return [r["student_kd"]["pred"] == r["label"] for r in map(json.loads, lines)]
+
+
+def pooled_vs_kd(config: str, seeds: list[int], out: Path) -> str:
+    """Exact McNemar of ``config`` against logit KD on the (seed, test example) pairs pooled over the seeds
+    (the same seed's runs share init and data order)."""
+    from distill.evaluation.significance import mcnemar_exact
+
+    a, b = [], []
+    for seed in seeds:
+        runs = [out / c / f"seed{seed}" for c in (config, "kd")]
+        if all((r / "predictions.jsonl").exists() for r in runs):
+            a += _correct(runs[0])
+            b += _correct(runs[1])
+    if not a:
+        return "-"
+    return f"{mcnemar_exact(a, b)['p']:.2g}"
+
+
 def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, float | None]:
     rows, teacher_acc = [], None
+    kd_runs = [json.loads(p.read_text()) for p in (out / "kd" / f"seed{s}" / "report.json" for s in seeds)
+               if p.exists()]
+    if kd_runs and all("student_no_kd" in r["models"] for r in kd_runs):
+        # the few-labels regime: the kd runs also trained the no-KD baseline (labelled rows, same steps)
+        from _common import pooled_comparison
+
+        base = [r["models"]["student_no_kd"]["accuracy"] for r in kd_runs]
+        kd_mean = statistics.mean(r["models"]["student_kd"]["accuracy"] for r in kd_runs)
+        per_epoch = [train_seconds_per_epoch(r["training"]["student_no_kd"]) for r in kd_runs]
+        pooled = pooled_comparison(kd_runs)
+        rows.append(f"| no-KD baseline (kd runs) | 1 ce, labelled rows only | {seeds[:len(kd_runs)]} | "
+                    f"{mean_std(base)} | {statistics.mean(base) - kd_mean:+.4f} | "
+                    f"{pooled['p']:.2g} | {statistics.mean(per_epoch):.0f} |")
     kd_reports = [out / "kd" / f"seed{s}" / "report.json" for s in seeds]
     kd_acc = [json.loads(p.read_text())["models"]["student_kd"]["accuracy"] for p in kd_reports if p.exists()]
     for config in configs:
@@ -138,10 +181,11 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         per_epoch = [train_seconds_per_epoch(r["training"]["student"]) for r in reports]
         delta = f"{statistics.mean(acc) - statistics.mean(kd_acc):+.4f}" if kd_acc and config != "kd" else "-"
         losses = " + ".join(f"{spec['weight']:g} {spec['name']}" for spec in CONFIGS[config])
+        p = "-" if config == "kd" else pooled_vs_kd(config, seeds, out)
         rows.append(f"| {config} | {losses} | {[r['recipe']['train']['seed'] for r in reports]} | "
-                    f"{mean_std(acc)} | {delta} | {statistics.mean(per_epoch):.0f} |")
-    header = ("| config | losses | seeds | test accuracy | vs logit KD | train s/epoch |\n"
-              "|---|---|---|---|---|---|")
+                    f"{mean_std(acc)} | {delta} | {p} | {statistics.mean(per_epoch):.0f} |")
+    header = ("| config | losses | seeds | test accuracy | vs logit KD | p vs logit KD | train s/epoch |\n"
+              "|---|---|---|---|---|---|---|")
     return header + "\n" + "\n".join(rows), teacher_acc
 
 
@@ -152,6 +196,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0, help="student epochs (fractions allowed)")
     ap.add_argument("--train-rows", type=int, default=None,
                     help="cap on training rows (default: all, ~7,600)")
+    ap.add_argument("--labelled-fraction", type=float, default=None,
+                    help="few-labels regime: the stratified share of training rows that keeps its label (the "
+                         "demo's 0.1 matches the teacher's own labelled rows); the rest is teacher-labelled "
+                         "text")
+    ap.add_argument("--augment-variants", type=int, default=0,
+                    help="data.augment variants per labelled row (0: none)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_methods"))
     ap.add_argument("--no-append", action="store_true", help="print the table, do not append to RESULTS.md")
     ap.add_argument("--summarize", action="store_true", help="only summarise the reports already on disk")
@@ -167,18 +217,29 @@ def main() -> None:
         for config in configs:
             for seed in args.seeds:
                 task_for(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows,
-                                                 out))).run()
+                                                 out, args.labelled_fraction, args.augment_variants))).run()
 
     table, teacher_acc = summarise(configs, args.seeds, out)
     rows = "all (~7,600)" if args.train_rows is None else str(args.train_rows)
+    if args.labelled_fraction is not None:
+        rows += (f", of which a stratified {args.labelled_fraction:g} keep their label and the rest are text "
+                 "the teacher labels")
+    if args.augment_variants:
+        rows += (f", plus {args.augment_variants} word-replaced variant(s) of each labelled row "
+                 "(data.augment, rate 0.4, the teacher's embedding neighbours)")
+    if args.labelled_fraction is not None or args.augment_variants:
+        rows += "; fixed weights (no selection stage); the no-KD baseline trains on the labelled rows only, "
+        rows += "for as many steps as the kd student"
     ft = demo_finetune()
     acc = teacher_acc if teacher_acc is None else f"{teacher_acc:.4f}"
     body = (f"Teacher: the demo teacher (all-MiniLM-L6-v2 fine-tuned {ft}), test accuracy {acc}. Student: "
             f"teacher layers {STUDENT_LAYERS} (3 of 6), {args.epochs:g} epoch(s), batch 32, lr 1e-4, max "
             f"length 64, training rows {rows}; teacher outputs from a float16 store. ASSETS.md split (test "
             f"2,114 rows). Test accuracy mean ± std over seeds {args.seeds}; 'vs logit KD' is the difference "
-            "of means; s/epoch is the student's training time per epoch (store reads included; store build "
-            "and validation passes excluded).\n\n"
+            "of means; 'p vs logit KD': exact McNemar on the (seed, test example) pairs pooled over the "
+            "seeds (for the baseline row: against the kd student of the same runs); s/epoch is the "
+            "student's training time per epoch (store reads included; store build and validation passes "
+            "excluded).\n\n"
             f"{table}")
     if args.no_append:
         print(body)
