@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
+    ap.add_argument("--static-sif", type=float, default=None,
+                    help="student.static_sif of the static student (SIF weights of its starting vectors)")
     ap.add_argument("--static-anchor", type=float, default=0.0,
                     help="train.anchor of the static student (pull toward its starting vectors; 0: off)")
     ap.add_argument("--train-rows", type=int, default=None, help="cap on movie training rows (smoke tests)")
@@ -187,6 +189,8 @@ def main() -> None:
     run = report = None
     for name in args.students:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
+        if name == "static_distilled" and args.static_sif:
+            student = {**student, "static_sif": args.static_sif}
         for seed in args.seeds:
             # the untouched MiniLM is the MiniLM run's "before distillation" model: evaluated once
             baseline = name == "minilm6_distilled" and seed == args.seeds[0]
@@ -312,7 +316,8 @@ def main() -> None:
         f"Losses: MiniLM similarity_matrix; 3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch 32, lr {args.lr}, max length 64, "
         f"length-grouped batches; static: lr {args.static_lr}, PCA 256, {args.static_epochs:g} epochs, "
-        f"train.anchor {args.static_anchor:g}. Mean ± std over seeds {args.seeds}; "
+        f"train.anchor {args.static_anchor:g}, static_sif {args.static_sif}. "
+        f"Mean ± std over seeds {args.seeds}; "
         "untouched MiniLM and model2vec are "
         "deterministic (one row).",
         "MiniLM-L6 distilled minus untouched, mean over seeds with 95% t-interval: " + ", ".join(

@@ -137,7 +137,8 @@ def main() -> None:
         + ("the teacher and the no-KD student learn from those only" if args.teacher_labels == "labelled" else
            f"the no-KD student learns from those only; the teacher was trained beforehand on all {images} "
            "training labels, standing in for a teacher that already exists;")
-        + (", " if args.teacher_labels == "labelled" else " ") + f"the KD student from the teacher's outputs on all of them). Teacher "
+        + (", " if args.teacher_labels == "labelled" else " ")
+        + f"the KD student from the teacher's outputs on all of them). Teacher "
         f"packaged:cnn-teacher trained by the toolkit ({args.teacher_epochs} epochs, AdamW lr 3e-3, "
         f"batch 64, seed 0); student packaged:cnn-tiny, {args.epochs} epochs, batch 64, lr 3e-3, losses "
         "0.7 kd (T=4) + 0.3 ce. Augmentation: shift <= 2 px, rotation <= 10 deg, seeded per image and epoch. "

@@ -120,6 +120,39 @@ def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, te
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
+def test_static_student_with_sif_start_and_anchor(tmp_path, st_teacher, text_csv):
+    """student.static_sif scales the starting vectors by their tokens' SIF weights (the saved start is the
+    plain start times the weights); train.anchor keeps the trained vectors nearer that start."""
+    from distill.models import load_tokenizer
+    from distill.runner import run
+    from distill.sentence_encoder import load_encoder
+    from distill.students.static import sif_weights
+
+    student = {"from_teacher": False, "layers": None, "static": True}
+    losses = [{"name": "embedding", "loss": "cosine"}]
+    plain = embed_recipe(tmp_path / "plain", st_teacher, text_csv, student=student, losses=losses,
+                         train={"learning_rate": 0.05, "epochs": 2})
+    run(plain)
+    weighted = embed_recipe(tmp_path / "sif", st_teacher, text_csv, student={**student, "static_sif": 0.01},
+                            losses=losses, train={"learning_rate": 0.05, "epochs": 2})
+    run(weighted)
+    held = embed_recipe(tmp_path / "held", st_teacher, text_csv, student={**student, "static_sif": 0.01},
+                        losses=losses, train={"learning_rate": 0.05, "epochs": 2, "anchor": 1.0})
+    run(held)
+    start = load_encoder(tmp_path / "plain" / "run" / "student_init").embedding.weight.detach()
+    sif_start = load_encoder(tmp_path / "sif" / "run" / "student_init").embedding.weight.detach()
+    from distill.tasks import task_for
+
+    texts = list(task_for(weighted).kd_data()["text"])  # the distillation text the run counted tokens of
+    w = sif_weights(load_tokenizer(str(tmp_path / "plain" / "run" / "student_init")), texts, 0.01)
+    torch.testing.assert_close(sif_start, start * w[:, None])
+    moved = {}
+    for name in ("sif", "held"):
+        trained = load_encoder(tmp_path / name / "run" / "student_trained").embedding.weight.detach()
+        moved[name] = float((trained - sif_start).pow(2).sum())
+    assert 0 < moved["held"] < 0.5 * moved["sif"]
+
+
 def test_pretrained_student_of_other_width_gets_a_projector(tmp_path, st_teacher, text_csv, tiny_student):
     from distill.runner import run
 

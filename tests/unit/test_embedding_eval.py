@@ -17,7 +17,7 @@ from distill.evaluation.embedding import (
     similarity_agreement,
 )
 from distill.sentence_encoder import describe, pool
-from distill.students.static import _single_token_template, pca_reduce
+from distill.students.static import _single_token_template, pca_reduce, sif_weights
 
 
 def test_pool_modes_ignore_padding():
@@ -84,6 +84,34 @@ def test_pca_reduce_is_deterministic_and_keeps_the_main_axis():
     corr = np.corrcoef(a[:, 0].numpy(), x[:, 0].numpy())[0, 1]
     assert abs(corr) > 0.99
     assert pca_reduce(x, 6) is x  # nothing to reduce
+
+
+def test_sif_weights_by_hand(tiny_tokenizer):
+    """a / (a + p), p the add-one smoothed share of each id among the tokens of the texts (no special
+    tokens): computed here from the ids the tokenizer gives, independently of the counting in the module."""
+    texts = ["good good film", "bad film", "good"]
+    ids = [i for t in texts for i in tiny_tokenizer(t, add_special_tokens=False)["input_ids"]]
+    vocab = len(tiny_tokenizer)
+    a = 0.01
+    got = sif_weights(tiny_tokenizer, texts, a)
+    assert got.shape == (vocab,)
+    for token in set(ids) | {tiny_tokenizer.cls_token_id}:
+        p = (ids.count(token) + 1) / (len(ids) + vocab)
+        assert float(got[token]) == pytest.approx(a / (a + p), rel=1e-6)
+    good = tiny_tokenizer("good", add_special_tokens=False)["input_ids"][0]
+    bad = tiny_tokenizer("bad", add_special_tokens=False)["input_ids"][0]
+    assert got[good] < got[bad] < got[tiny_tokenizer.cls_token_id] < 1  # the more frequent, the lighter
+
+
+def test_static_sif_is_checked_and_kept_out_of_fingerprints_when_unset():
+    from distill.config.student import StudentConfig
+
+    assert "static_sif" not in StudentConfig(static=True).fingerprinted()
+    assert StudentConfig(static=True, static_sif=0.001).fingerprinted()["static_sif"] == 0.001
+    with pytest.raises(RecipeError, match=r"student\.static_sif: -1"):
+        StudentConfig(static=True, static_sif=-1)
+    with pytest.raises(RecipeError, match=r"student\.static_sif.*only applies"):
+        StudentConfig(model="x", static_sif=0.001)
 
 
 def test_agreement_metrics_on_known_cases():

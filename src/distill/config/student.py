@@ -26,6 +26,16 @@ class StudentConfig:
     static_dim: int | None = None
     """Width of a static student's vectors: empty keeps the teacher's width; smaller reduces the initial
     token vectors by PCA (a learned projector maps them to the teacher during training)."""
+    static_sif: float | None = None
+    """Scale each starting token vector by ``a / (a + p(token))``, ``p`` the token's frequency in the
+    distillation text (add-one smoothed) and ``a`` this value (SIF, Arora et al. 2017; model2vec weighs by
+    vocabulary rank instead): frequent tokens such as punctuation and articles then count less in the mean.
+    Empty: no weighting."""
+
+    def fingerprinted(self) -> dict:
+        """The fields a stage fingerprint is built from: ``static_sif`` only when set, so stages finished
+        before it existed stay valid."""
+        return {k: v for k, v in self.__dict__.items() if not (k == "static_sif" and v is None)}
 
     def __post_init__(self) -> None:
         if self.static:
@@ -35,9 +45,13 @@ class StudentConfig:
                    "student.from_teacher and student.layers empty")
             check(self.static_dim is None or self.static_dim > 0, "student.static_dim", self.static_dim,
                    "use a positive width, or leave it empty to keep the teacher's")
+            check(self.static_sif is None or self.static_sif > 0, "student.static_sif", self.static_sif,
+                  "use a positive coefficient such as 0.001, or leave it empty for no weighting")
             return
         check(self.static_dim is None, "student.static_dim", self.static_dim,
                "static_dim only applies with student.static: true")
+        check(self.static_sif is None, "student.static_sif", self.static_sif,
+              "static_sif only applies with student.static: true")
         if self.from_teacher:
             check(self.model is None, "student.model", self.model,
                    "leave student.model empty when student.from_teacher is true")

@@ -58,14 +58,32 @@ def pca_reduce(vectors: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.from_numpy((x @ vt[:dim].T).astype(np.float32))
 
 
+def sif_weights(tokenizer, texts: list[str], coefficient: float) -> torch.Tensor:
+    """(V,) SIF weights ``a / (a + p(token))`` (Arora et al. 2017), ``p`` each vocabulary id's share of the
+    tokens of ``texts`` (tokenised without special tokens, as the static student reads them), add-one
+    smoothed so that an unseen token gets a weight just under 1."""
+    vocab_size = len(tokenizer)
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for start in range(0, len(texts), 1024):
+        ids = tokenizer(texts[start:start + 1024], add_special_tokens=False)["input_ids"]
+        flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        counts += torch.bincount(flat, minlength=vocab_size)[:vocab_size].double()
+    p = (counts + 1.0) / (counts.sum() + vocab_size)
+    return (coefficient / (coefficient + p)).float()
+
+
 def static_from_teacher(teacher: SentenceEncoder, tokenizer, dim: int | None = None, log=None,
-                        basis: torch.Tensor | None = None) -> StaticEncoder:
+                        basis: torch.Tensor | None = None,
+                        weights: torch.Tensor | None = None) -> StaticEncoder:
     """``basis`` (D, H): express the token vectors in that basis (the teacher's sentence-embedding PCA axes
     fitted by ``embedding`` with ``projector: pca``), so the student starts in the space it is trained in;
-    otherwise ``dim`` reduces them by their own PCA."""
+    otherwise ``dim`` reduces them by their own PCA. ``weights`` (V,): each reduced vector is then scaled by
+    its token's weight (:func:`sif_weights`)."""
     vectors = token_vectors(teacher, tokenizer, log=log)  # (V, H)
     if basis is not None and basis.shape[0] == (dim or vectors.shape[1]):
         vectors = vectors @ basis.T.to(vectors.dtype)  # (V, D)
     elif dim is not None:
         vectors = pca_reduce(vectors, dim)
+    if weights is not None:
+        vectors = vectors * weights.to(vectors.dtype)[:, None]
     return StaticEncoder(vectors, normalize=teacher.normalize)

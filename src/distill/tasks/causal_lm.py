@@ -268,7 +268,7 @@ class CausalLMTask(SelectsLosses, Task):
     def _build_student_init(self) -> Path:
         r = self.recipe
         init = self.out / "student_init"
-        fp = fingerprint({"student": r.student.__dict__, "seed": r.train.seed, "task": r.task,
+        fp = fingerprint({"student": r.student.fingerprinted(), "seed": r.train.seed, "task": r.task,
                           "teacher": self.teacher.fingerprint() if r.student.from_teacher else None})
         if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))

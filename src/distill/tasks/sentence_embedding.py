@@ -201,11 +201,13 @@ class SentenceEmbeddingTask(Task):
         r = self.recipe
         init = self.out / "student_init"
         basis = self._teacher_basis
-        fp = fingerprint({"student": r.student.__dict__, "seed": r.train.seed, "task": r.task,
+        fp = fingerprint({"student": r.student.fingerprinted(), "seed": r.train.seed, "task": r.task,
                           "teacher": self.teacher.fingerprint()
                           if (r.student.from_teacher or r.student.static) else None,
                           "basis": None if basis is None or not r.student.static
-                          else hashlib.sha256(basis.numpy().tobytes()).hexdigest()})
+                          else hashlib.sha256(basis.numpy().tobytes()).hexdigest(),
+                          **({"sif_text": fingerprint(list(self.kd_data()["text"]))}
+                             if r.student.static and r.student.static_sif else {})})
         if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
             return init
@@ -215,11 +217,18 @@ class SentenceEmbeddingTask(Task):
 
         set_seed(r.train.seed)
         if r.student.static:
-            from distill.students.static import static_from_teacher
+            from distill.students.static import sif_weights, static_from_teacher
 
+            weights = None
+            if r.student.static_sif:
+                texts = list(self.kd_data()["text"])
+                self.log(f"static student: SIF weights (a = {r.student.static_sif:g}) from the token counts "
+                         f"of {len(texts):,} distillation sentences")
+                weights = sif_weights(self.teacher_tokenizer, texts, r.student.static_sif)
             self.log("static student: running the teacher once on every vocabulary entry")
             model: SentenceEncoder | StaticEncoder = static_from_teacher(
-                self.teacher_model(), self.teacher_tokenizer, r.student.static_dim, log=self.log, basis=basis)
+                self.teacher_model(), self.teacher_tokenizer, r.student.static_dim, log=self.log, basis=basis,
+                weights=weights)
             tokenizer = self.teacher_tokenizer
         elif r.student.from_teacher:
             teacher = self.teacher_model()

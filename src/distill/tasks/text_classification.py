@@ -222,7 +222,8 @@ class TextClassificationTask(SelectsLosses, Task):
     def _build_student_init(self) -> Path:
         r = self.recipe
         init = self.out / "student_init"
-        fp = fingerprint({"student": r.student.__dict__, "labels": self.plan.labels, "seed": r.train.seed,
+        fp = fingerprint({"student": r.student.fingerprinted(), "labels": self.plan.labels,
+                          "seed": r.train.seed,
                           "teacher": self.teacher.fingerprint() if r.student.from_teacher else None})
         if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
