@@ -139,6 +139,21 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
+def merged_with_earlier(rows: list[dict], summary: dict) -> tuple[list[dict], dict]:
+    """This run's rows and summary entries, plus those of every model it did not run from the existing
+    bench/results/embeddings.json, each kept row tagged with that file's command, commit and date (the
+    teacher entry is this run's)."""
+    from _common import RESULTS_DIR
+
+    earlier = json.loads((RESULTS_DIR / "embeddings.json").read_text())
+    source = {k: earlier[k] for k in ("command", "commit", "date")}
+    ran = {r["model"] for r in rows}
+    kept = [{**r, "from_run": source} for r in earlier["rows"] if r["model"] not in ran]
+    merged = {**{k: {**v, "from_run": source} for k, v in earlier["summary"].items() if k not in summary},
+              **summary}
+    return rows + kept, merged
+
+
 def metrics_of(m: dict) -> dict:
     """The bench's row fields from a run report's model entry."""
     out = {"spearman": m.get("spearman"), "recall_at_10": m.get("recall_at_k"),
@@ -170,6 +185,9 @@ def main() -> None:
                     help="also train sentence-transformers' MSELoss recipe on the 3-layer init (first seed)")
     ap.add_argument("--out", default="bench/runs/bench_embeddings")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows and summary entries of the models not run here from the existing "
+                         "bench/results/embeddings.json (each kept row names the run it came from)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     args = ap.parse_args()
     import torch
@@ -331,6 +349,8 @@ def main() -> None:
     body = table + "\n\n" + "\n".join(f"- {n}" for n in notes)
     print(body)
     if not args.no_append:
+        if args.merge:
+            rows, summary = merged_with_earlier(rows, summary)
         write_json("embeddings", args.seeds, rows, summary)
         append_results("Sentence-embedding students vs the off-the-shelf small models (bench/embeddings.py)",
                        body)
