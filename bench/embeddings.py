@@ -149,8 +149,11 @@ def merged_with_earlier(rows: list[dict], summary: dict) -> tuple[list[dict], di
     source = {k: earlier[k] for k in ("command", "commit", "date")}
     ran = {r["model"] for r in rows}
     kept = [{**r, "from_run": source} for r in earlier["rows"] if r["model"] not in ran]
-    merged = {**{k: {**v, "from_run": source} for k, v in earlier["summary"].items() if k not in summary},
+    merged = {**{k: {**v, "from_run": source} for k, v in earlier["summary"].items()
+                 if k not in summary and isinstance(v, dict)},  # the earlier file's notes are left behind
               **summary}
+    merged["note"] = (f"{', '.join(sorted(ran))} and the teacher from this run; every entry tagged from_run "
+                      f"from the run of {source['date']} ({source['command']})")
     return rows + kept, merged
 
 
