@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_results, mean_std
+from _common import append_results, mean_std, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "distill" / "recipes" / "demo_sentiment.yaml"
@@ -138,7 +138,7 @@ def _correct(run: Path) -> list[bool]:
     return [r["student_kd"]["pred"] == r["label"] for r in map(json.loads, lines)]
 
 
-def pooled_vs_kd(config: str, seeds: list[int], out: Path) -> str:
+def pooled_vs_kd(config: str, seeds: list[int], out: Path) -> float | None:
     """Exact McNemar of ``config`` against logit KD on the (seed, test example) pairs pooled over the seeds
     (the same seed's runs share init and data order)."""
     from distill.evaluation.significance import mcnemar_exact
@@ -149,13 +149,13 @@ def pooled_vs_kd(config: str, seeds: list[int], out: Path) -> str:
         if all((r / "predictions.jsonl").exists() for r in runs):
             a += _correct(runs[0])
             b += _correct(runs[1])
-    if not a:
-        return "-"
-    return f"{mcnemar_exact(a, b)['p']:.2g}"
+    return mcnemar_exact(a, b)["p"] if a else None
 
 
-def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, float | None]:
-    rows, teacher_acc = [], None
+def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, float | None, list, dict]:
+    """The RESULTS table, the teacher's accuracy, and the rows (one per config and seed) and summary (one
+    entry per config) of bench/results/methods.json."""
+    rows, teacher_acc, data_rows, summary = [], None, [], {}
     kd_runs = [json.loads(p.read_text()) for p in (out / "kd" / f"seed{s}" / "report.json" for s in seeds)
                if p.exists()]
     if kd_runs and all("student_no_kd" in r["models"] for r in kd_runs):
@@ -166,6 +166,11 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         kd_mean = statistics.mean(r["models"]["student_kd"]["accuracy"] for r in kd_runs)
         per_epoch = [train_seconds_per_epoch(r["training"]["student_no_kd"]) for r in kd_runs]
         pooled = pooled_comparison(kd_runs)
+        data_rows += [{"model": "no_kd_baseline", "seed": r["recipe"]["train"]["seed"],
+                       "accuracy": r["models"]["student_no_kd"]["accuracy"]} for r in kd_runs]
+        summary["no_kd_baseline"] = {"accuracy_mean": statistics.mean(base), "accuracy_std": _std(base),
+                                     "vs_kd": statistics.mean(base) - kd_mean, "p_vs_kd": pooled["p"],
+                                     "seeds": len(base)}
         rows.append(f"| no-KD baseline (kd runs) | 1 ce, labelled rows only | {seeds[:len(kd_runs)]} | "
                     f"{mean_std(base)} | {statistics.mean(base) - kd_mean:+.4f} | "
                     f"{pooled['p']:.2g} | {statistics.mean(per_epoch):.0f} |")
@@ -181,12 +186,26 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         per_epoch = [train_seconds_per_epoch(r["training"]["student"]) for r in reports]
         delta = f"{statistics.mean(acc) - statistics.mean(kd_acc):+.4f}" if kd_acc and config != "kd" else "-"
         losses = " + ".join(f"{spec['weight']:g} {spec['name']}" for spec in CONFIGS[config])
-        p = "-" if config == "kd" else pooled_vs_kd(config, seeds, out)
-        rows.append(f"| {config} | {losses} | {[r['recipe']['train']['seed'] for r in reports]} | "
-                    f"{mean_std(acc)} | {delta} | {p} | {statistics.mean(per_epoch):.0f} |")
+        p = None if config == "kd" else pooled_vs_kd(config, seeds, out)
+        run_seeds = [r["recipe"]["train"]["seed"] for r in reports]
+        data_rows += [{"model": config, "seed": s, "accuracy": a}
+                      for s, a in zip(run_seeds, acc, strict=True)]
+        summary[config] = {"losses": losses, "accuracy_mean": statistics.mean(acc), "accuracy_std": _std(acc),
+                           "vs_kd": None if config == "kd" or not kd_acc
+                           else statistics.mean(acc) - statistics.mean(kd_acc),
+                           "p_vs_kd": p, "train_seconds_per_epoch": statistics.mean(per_epoch),
+                           "seeds": len(acc)}
+        rows.append(f"| {config} | {losses} | {run_seeds} | {mean_std(acc)} | {delta} | "
+                    f"{'-' if p is None else f'{p:.2g}'} | {statistics.mean(per_epoch):.0f} |")
     header = ("| config | losses | seeds | test accuracy | vs logit KD | p vs logit KD | train s/epoch |\n"
               "|---|---|---|---|---|---|---|")
-    return header + "\n" + "\n".join(rows), teacher_acc
+    summary["teacher_accuracy"] = teacher_acc
+    summary["p_test"] = "exact McNemar on (seed, test example) pairs pooled over the seeds"
+    return header + "\n" + "\n".join(rows), teacher_acc, data_rows, summary
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def main() -> None:
@@ -219,7 +238,7 @@ def main() -> None:
                 task_for(recipe_from_dict(recipe(config, teacher, seed, args.epochs, args.train_rows,
                                                  out, args.labelled_fraction, args.augment_variants))).run()
 
-    table, teacher_acc = summarise(configs, args.seeds, out)
+    table, teacher_acc, data_rows, summary = summarise(configs, args.seeds, out)
     rows = "all (~7,600)" if args.train_rows is None else str(args.train_rows)
     if args.labelled_fraction is not None:
         rows += (f", of which a stratified {args.labelled_fraction:g} keep their label and the rest are text "
@@ -244,6 +263,7 @@ def main() -> None:
     if args.no_append:
         print(body)
     else:
+        write_json("methods", args.seeds, data_rows, summary)
         append_results("Distillation signals on top of logit KD (bench/methods.py)", body)
 
 
