@@ -152,8 +152,9 @@ def merged_with_earlier(rows: list[dict], summary: dict) -> tuple[list[dict], di
     merged = {**{k: {**v, "from_run": source} for k, v in earlier["summary"].items()
                  if k not in summary and isinstance(v, dict)},  # the earlier file's notes are left behind
               **summary}
-    merged["note"] = (f"{', '.join(sorted(ran - {'teacher'}))} and the teacher from this run; every entry tagged from_run "
-                      f"from the run of {source['date']} ({source['command']})")
+    models = ", ".join(sorted(ran - {"teacher"}))
+    merged["note"] = (f"{models} and the teacher from this run; every entry tagged from_run from the run of "
+                      f"{source['date']} ({source['command']})")
     return rows + kept, merged
 
 
