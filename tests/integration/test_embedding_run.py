@@ -354,3 +354,18 @@ def test_several_embedding_teachers_refuse_static_students_and_layer_losses(tmp_
         task_for(recipe_from_dict(hidden))
     with pytest.raises(RecipeError, match="concat"):
         recipe_from_dict({**base, "combine": "mean_probs"})
+
+
+def test_learned_projectors_start_from_the_recipe_seed(tmp_path, st_teacher, text_csv, tiny_student):
+    """The distiller's projectors do not depend on what ran before in the process (a bench running several
+    recipes in one process, or a test order, used to change them)."""
+    from distill.tasks import task_for
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
+                                                                   "model": str(tiny_student)},
+                          losses=[{"name": "embedding", "loss": "cosine"}])
+    task = task_for(recipe)
+    first = task.distiller().state_dict()
+    torch.rand(1000)  # move the global generator on
+    again = task.distiller().state_dict()
+    assert first and all(torch.equal(first[k], again[k]) for k in first)

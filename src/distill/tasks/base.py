@@ -173,7 +173,10 @@ class Task(ABC):
 
     # -- the run ------------------------------------------------------------------------------------------
     def distiller(self) -> Distiller:
-        return Distiller(build_losses(self.recipe.losses, self.plan.loss_context))
+        # learned projectors start from the recipe's seed, not from whatever ran before in this process
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.recipe.train.seed)
+            return Distiller(build_losses(self.recipe.losses, self.plan.loss_context))
 
     def teacher_model(self) -> torch.nn.Module:
         assert self.teacher is not None, "prepare_teacher() first"
