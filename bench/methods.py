@@ -158,12 +158,13 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
     rows, teacher_acc, data_rows, summary = [], None, [], {}
     kd_runs = [json.loads(p.read_text()) for p in (out / "kd" / f"seed{s}" / "report.json" for s in seeds)
                if p.exists()]
+    kd_acc = [r["models"]["student_kd"]["accuracy"] for r in kd_runs]
     if kd_runs and all("student_no_kd" in r["models"] for r in kd_runs):
         # the few-labels regime: the kd runs also trained the no-KD baseline (labelled rows, same steps)
         from _common import pooled_comparison
 
         base = [r["models"]["student_no_kd"]["accuracy"] for r in kd_runs]
-        kd_mean = statistics.mean(r["models"]["student_kd"]["accuracy"] for r in kd_runs)
+        kd_mean = statistics.mean(kd_acc)
         per_epoch = [train_seconds_per_epoch(r["training"]["student_no_kd"]) for r in kd_runs]
         pooled = pooled_comparison(kd_runs)
         data_rows += [{"model": "no_kd_baseline", "seed": r["recipe"]["train"]["seed"],
@@ -174,8 +175,6 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         rows.append(f"| no-KD baseline (kd runs) | 1 ce, labelled rows only | {seeds[:len(kd_runs)]} | "
                     f"{mean_std(base)} | {statistics.mean(base) - kd_mean:+.4f} | "
                     f"{pooled['p']:.2g} | {statistics.mean(per_epoch):.0f} |")
-    kd_reports = [out / "kd" / f"seed{s}" / "report.json" for s in seeds]
-    kd_acc = [json.loads(p.read_text())["models"]["student_kd"]["accuracy"] for p in kd_reports if p.exists()]
     for config in configs:
         reports = [json.loads(p.read_text())
                    for p in (out / config / f"seed{s}" / "report.json" for s in seeds) if p.exists()]

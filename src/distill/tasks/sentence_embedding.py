@@ -201,13 +201,14 @@ class SentenceEmbeddingTask(Task):
         r = self.recipe
         init = self.out / "student_init"
         basis = self._teacher_basis
+        # a SIF-weighted static start depends on the distillation text's token counts
+        sif_texts = list(self.kd_data()["text"]) if r.student.static and r.student.static_sif else None
         fp = fingerprint({"student": r.student.fingerprinted(), "seed": r.train.seed, "task": r.task,
                           "teacher": self.teacher.fingerprint()
                           if (r.student.from_teacher or r.student.static) else None,
                           "basis": None if basis is None or not r.student.static
                           else hashlib.sha256(basis.numpy().tobytes()).hexdigest(),
-                          **({"sif_text": fingerprint(list(self.kd_data()["text"]))}
-                             if r.student.static and r.student.static_sif else {})})
+                          **({"sif_text": fingerprint(sif_texts)} if sif_texts is not None else {})})
         if stage_done(init, fp):
             self.student_tokenizer = load_tokenizer(str(init))
             return init
@@ -220,11 +221,10 @@ class SentenceEmbeddingTask(Task):
             from distill.students.static import sif_weights, static_from_teacher
 
             weights = None
-            if r.student.static_sif:
-                texts = list(self.kd_data()["text"])
+            if sif_texts is not None:
                 self.log(f"static student: SIF weights (a = {r.student.static_sif:g}) from the token counts "
-                         f"of {len(texts):,} distillation sentences")
-                weights = sif_weights(self.teacher_tokenizer, texts, r.student.static_sif)
+                         f"of {len(sif_texts):,} distillation sentences")
+                weights = sif_weights(self.teacher_tokenizer, sif_texts, r.student.static_sif)
             self.log("static student: running the teacher once on every vocabulary entry")
             model: SentenceEncoder | StaticEncoder = static_from_teacher(
                 self.teacher_model(), self.teacher_tokenizer, r.student.static_dim, log=self.log, basis=basis,
