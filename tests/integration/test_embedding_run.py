@@ -39,13 +39,13 @@ def text_csv(tiny_dir):
     return path
 
 
-def embed_recipe(tmp_path, teacher, data, **sections):
+def embed_recipe(tmp_path, teacher, data_path, **sections):
     recipe = {
         "task": "sentence-embedding",
         "output_dir": str(tmp_path / "run"),
         "teacher": {"model": str(teacher)},
         "student": {"from_teacher": True, "layers": [0, 3]},
-        "data": {"train": str(data), "max_length": 32},
+        "data": {"train": str(data_path), "max_length": 32},
         "losses": [{"name": "embedding", "loss": "mse"}],
         "train": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2,
                   "save_steps": 1000, "eval_batch_size": 32},
@@ -118,6 +118,30 @@ def test_static_student_with_pca_exports_a_static_model(tmp_path, st_teacher, te
     assert vecs.shape == (2, 8)
     # the teacher normalises: so does it
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_static_student_loads_in_model2vec_with_the_same_vectors(tmp_path, st_teacher, text_csv):
+    """The exported static student is also a model2vec model: model2vec reads the normalisation and the
+    truncation length from its config and gives sentence-transformers' vectors (texts long enough to be cut,
+    so a missing max_length would show)."""
+    model2vec = pytest.importorskip("model2vec")
+    from distill.runner import run
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "static": True, "static_dim": 8},
+                          data={"max_length": 6}, train={"learning_rate": 0.05, "epochs": 1})
+    run(recipe)
+    out = tmp_path / "run" / "student"
+    config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert config["normalize"] is True and config["max_length"] == 6
+    # words of the tiny vocabulary only (model2vec drops the unknown token, sentence-transformers keeps it),
+    # and short ones: model2vec also cuts each text to max_length x its median token length in characters
+    texts = ["good film", "a film is a bad and a dull movie but fun",
+             "a is a dull plot but the cast is great"]
+    m2v = model2vec.StaticModel.from_pretrained(str(out))
+    assert m2v.normalize and m2v.max_length == 6
+    assert "StaticModel.from_pretrained" in (out / "README.md").read_text()
+    np.testing.assert_allclose(m2v.encode(texts), _st_encode(out, texts), atol=1e-5)
 
 
 def test_static_student_with_sif_start_and_anchor(tmp_path, st_teacher, text_csv):

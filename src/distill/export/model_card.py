@@ -146,6 +146,20 @@ def render_embedding_model_card(recipe: Any, report: dict[str, Any], table: str)
         "vectors = model.encode(['a first sentence', 'another one'])",
         "```",
         "",
+    ]
+    if s.static:
+        lines += [
+            "The folder is also a model2vec model, the faster encode on CPU (same vectors, except that "
+            "model2vec drops unknown tokens and cuts long texts by characters first):",
+            "",
+            "```python",
+            "from model2vec import StaticModel",
+            "model = StaticModel.from_pretrained('PATH_TO_THIS_FOLDER')",
+            "vectors = model.encode(['a first sentence', 'another one'])",
+            "```",
+            "",
+        ]
+    lines += [
         "## Agreement with the teacher on held-out sentences",
         "",
         "Spearman: correlation of pairwise cosine similarities with the teacher's; recall@k: share of the "

@@ -3,10 +3,18 @@
 The directory is written by sentence-transformers itself (so its own loader reads it back): a Transformer +
 Pooling (+ Normalize) stack for transformer students, a StaticEmbedding (+ Normalize) for static ones.
 ``SentenceTransformer(path).encode(texts)`` then gives the same vectors as the student did in training.
+
+A static student's directory is also a model2vec model: ``model2vec.StaticModel.from_pretrained(path)``
+reads sentence-transformers' StaticEmbedding layout, and the two settings it takes from the model's config
+(``normalize`` and ``max_length``, the tokenizer's truncation) are added to
+``config_sentence_transformers.json``, so both libraries give the same vectors. model2vec's numpy encode is
+the faster of the two on CPU (measured in bench/embeddings.py). One difference remains: model2vec drops the
+unknown-token id before averaging, sentence-transformers averages it in.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -56,6 +64,28 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
         if encoder.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, device="cpu")
+
+        def write(staging: Path) -> None:
+            model.save(str(staging))
+            if isinstance(encoder, StaticEncoder):
+                add_model2vec_settings(staging, normalize=encoder.normalize,
+                                       max_length=_truncation_length(first.tokenizer))
+
         # a half-written student directory never exists under its final name
-        atomic_dir(out_dir, lambda staging: model.save(str(staging)))
+        atomic_dir(out_dir, write)
     return out_dir
+
+
+def _truncation_length(tokenizer) -> int | None:
+    """The length a ``tokenizers.Tokenizer`` cuts inputs to, None when it does not cut."""
+    truncation = tokenizer.truncation
+    return None if truncation is None else int(truncation["max_length"])
+
+
+def add_model2vec_settings(directory: str | Path, normalize: bool, max_length: int | None) -> None:
+    """Write the two encode settings model2vec reads from a model's config into a static student's
+    ``config_sentence_transformers.json`` (sentence-transformers ignores keys it does not know)."""
+    path = Path(directory) / "config_sentence_transformers.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update({"normalize": bool(normalize), "max_length": max_length})
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
