@@ -153,13 +153,14 @@ def merged_with_earlier(rows: list[dict], summary: dict) -> tuple[list[dict], di
     earlier = json.loads((RESULTS_DIR / "embeddings.json").read_text())
     source = {k: earlier[k] for k in ("command", "commit", "date")}
     ran = {r["model"] for r in rows}
-    kept = [{**r, "from_run": source} for r in earlier["rows"] if r["model"] not in ran]
-    merged = {**{k: {**v, "from_run": source} for k, v in earlier["summary"].items()
+    # an entry the earlier file had itself kept from a run before it keeps that run's tag
+    kept = [{"from_run": source, **r} for r in earlier["rows"] if r["model"] not in ran]
+    merged = {**{k: {"from_run": source, **v} for k, v in earlier["summary"].items()
                  if k not in summary and isinstance(v, dict)},  # the earlier file's notes are left behind
               **summary}
     models = ", ".join(sorted(ran - {"teacher"}))
-    merged["note"] = (f"{models} and the teacher from this run; every entry tagged from_run from the run of "
-                      f"{source['date']} ({source['command']})")
+    merged["note"] = (f"{models} and the teacher from this run; every other entry is tagged from_run with "
+                      "the run it came from")
     return rows + kept, merged
 
 
