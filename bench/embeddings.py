@@ -78,6 +78,15 @@ def scores(run, emb_test: np.ndarray, probe_encode) -> dict:
     return out
 
 
+def probe_rows(run, probe_encode) -> np.ndarray:
+    """Per held-out probe row of every probe set (in name order), whether the logistic probe on this
+    encoder's vectors gets it right: the same rows for every encoder, for a paired test."""
+    from distill.evaluation.embedding import probe_correct
+
+    return np.concatenate([probe_correct(probe_encode(texts), labels)
+                           for _, (texts, labels) in sorted(run._probe_sets().items())])
+
+
 def st_mse_baseline(init_dir: Path, store_path: str, texts: list[str], epochs: float, lr: float, seed: int,
                     out: Path):
     """sentence-transformers' own distillation recipe: MSELoss to the (stored) teacher embeddings."""
@@ -215,6 +224,7 @@ def main() -> None:
     timing: dict[str, float] = {}
     saw: dict[str, dict] = {}
     encoders: dict = {}  # name -> encode(texts) for the final speed pass
+    probe_pair: dict | None = None  # static student vs model2vec on the probe rows
     run = report = None
     for name in args.students:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
@@ -284,6 +294,22 @@ def main() -> None:
         rows.append({"model": "model2vec", "seed": None, **scores(run, m2v.encode(test_texts), m2v.encode),
                      "parameters": int(np.prod(m2v.embedding.shape))})
         encoders["model2vec"] = lambda t: m2v.encode(t, batch_size=32)
+        if "static_distilled" in args.students:
+            # the probes, static student vs model2vec, paired on the same held-out probe rows; the student of
+            # each seed as exported (the vectors its run evaluated), pooled over the seeds
+            from distill.evaluation.significance import mcnemar_exact
+
+            theirs = probe_rows(run, m2v.encode)
+            ours = []
+            for seed in args.seeds:
+                path = out / f"static_distilled_s{seed}" / "student"
+                exported = SentenceTransformer(str(path), device="cpu")
+                ours.append(probe_rows(run, lambda t, m=exported: m.encode(t, batch_size=64)))
+            test = mcnemar_exact(np.concatenate(ours), np.tile(theirs, len(ours)))
+            probe_pair = {"static_accuracy": float(np.mean(ours)), "model2vec_accuracy": float(theirs.mean()),
+                          "static_only": test["a_only"], "model2vec_only": test["b_only"], "p": test["p"],
+                          "pairs": int(sum(len(o) for o in ours)),
+                          "per_seed_diff": [float(o.mean() - theirs.mean()) for o in ours]}
 
     # ---- encode speed, back to back, interleaved rounds --------------------------------------------------
     sample = (test_texts * 2)[:1024]
@@ -321,6 +347,8 @@ def main() -> None:
         if M2V_ENCODE in speed:  # the faster of the two ways to serve it
             entry["sentences_per_s"] = max(speed[M2V_ENCODE], speed["static_distilled"])
             entry["x_teacher"] = entry["sentences_per_s"] / speed["teacher"]
+    if probe_pair is not None:
+        summary["static_distilled"]["probe_vs_model2vec"] = probe_pair
     untouched = summary.get("minilm6_untouched")
     if untouched and "minilm6_distilled" in summary:
         # distilled MiniLM minus untouched MiniLM, per seed, with the t-interval over seeds
@@ -380,6 +408,13 @@ def main() -> None:
         f"Machine: {machine()}.",
     ]
     static = summary.get("static_distilled", {})
+    if (pp := static.get("probe_vs_model2vec")) is not None:
+        notes.append(f"Probes, static student vs model2vec, paired on the same held-out probe rows pooled "
+                     f"over the seeds ({pp['pairs']:,} pairs; model2vec's rows repeat per seed): "
+                     f"{pp['static_accuracy']:.4f} vs {pp['model2vec_accuracy']:.4f}, right only for the "
+                     f"static student {pp['static_only']}, only for model2vec {pp['model2vec_only']}, exact "
+                     f"McNemar p = {pp['p']:.2g}; per seed "
+                     + ", ".join(f"{d:+.4f}" for d in pp["per_seed_diff"]) + ".")
     for path, label in (("sentence_transformers", "sentence-transformers' encode"),
                         ("model2vec_encode", "model2vec's encode (StaticModel.from_pretrained)")):
         if (ratio := static.get(f"speed_vs_model2vec_{path}")) is not None:

@@ -12,6 +12,7 @@ import torch
 from distill._dataclass_io import RecipeError
 from distill.evaluation.embedding import (
     probe_accuracy,
+    probe_correct,
     random_pairs,
     retrieval_agreement,
     similarity_agreement,
@@ -135,6 +136,18 @@ def test_probe_accuracy_separable_vs_random():
     separable = g.normal(size=(100, 4)) + labels[:, None] * 5
     assert probe_accuracy(separable, labels) == 1.0
     assert probe_accuracy(g.normal(size=(100, 4)), labels) < 0.8
+
+
+def test_probe_rows_are_the_same_for_two_encoders():
+    """probe_correct scores every encoder on the same held-out rows (what a paired test needs), and its mean
+    is probe_accuracy."""
+    g = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 40)
+    good = g.normal(size=(120, 6)) + labels[:, None]
+    bad = g.normal(size=(120, 6))
+    a, b = probe_correct(good, labels), probe_correct(bad, labels)
+    assert a.shape == b.shape == (24,) and a.dtype == bool
+    assert a.mean() == probe_accuracy(good, labels) and a.mean() > b.mean()
 
 
 def test_encode_batches_by_length_and_returns_input_order(tiny_encoder, tiny_tokenizer):

@@ -83,8 +83,10 @@ def retrieval_agreement(student: np.ndarray, teacher: np.ndarray, k: int = 10) -
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(s, t)]))
 
 
-def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Accuracy of a logistic regression on frozen embeddings (stratified 80/20 split, fixed seed)."""
+def probe_correct(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Per held-out row, whether a logistic regression on frozen embeddings gets it right (stratified
+    80/20 split, fixed seed: two encoders of the same texts are scored on the same rows, so they can be
+    compared pair by pair)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -92,7 +94,12 @@ def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) ->
                                               stratify=labels)
     clf = LogisticRegression(max_iter=2000)
     clf.fit(x_tr, y_tr)
-    return float(clf.score(x_te, y_te))
+    return clf.predict(x_te) == np.asarray(y_te)
+
+
+def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Accuracy of a logistic regression on frozen embeddings (:func:`probe_correct`)."""
+    return float(probe_correct(embeddings, labels, seed).mean())
 
 
 @torch.no_grad()
