@@ -8,8 +8,9 @@ A static student's directory is also a model2vec model: ``model2vec.StaticModel.
 reads sentence-transformers' StaticEmbedding layout, and the two settings it takes from the model's config
 (``normalize`` and ``max_length``, the tokenizer's truncation) are added to
 ``config_sentence_transformers.json``, so both libraries give the same vectors. model2vec's numpy encode is
-the faster of the two on CPU (measured in bench/embeddings.py). One difference remains: model2vec drops the
-unknown-token id before averaging, sentence-transformers averages it in.
+the faster of the two on CPU (measured in bench/embeddings.py). Two differences remain, both model2vec's own
+rules: it drops the unknown-token id before averaging (sentence-transformers averages it in), and it first
+cuts each text to ``max_length`` times its vocabulary's median token length in characters.
 """
 
 from __future__ import annotations
