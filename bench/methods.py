@@ -155,6 +155,8 @@ def pooled_vs_kd(config: str, seeds: list[int], out: Path) -> float | None:
 def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, float | None, list, dict]:
     """The RESULTS table, the teacher's accuracy, and the rows (one per config and seed) and summary (one
     entry per config) of bench/results/methods.json."""
+    from distill.evaluation.significance import mean_interval
+
     rows, teacher_acc, data_rows, summary = [], None, [], {}
     kd_runs = [json.loads(p.read_text()) for p in (out / "kd" / f"seed{s}" / "report.json" for s in seeds)
                if p.exists()]
@@ -169,7 +171,8 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         pooled = pooled_comparison(kd_runs)
         data_rows += [{"model": "no_kd_baseline", "seed": r["recipe"]["train"]["seed"],
                        "accuracy": r["models"]["student_no_kd"]["accuracy"]} for r in kd_runs]
-        summary["no_kd_baseline"] = {"accuracy_mean": statistics.mean(base), "accuracy_std": _std(base),
+        summary["no_kd_baseline"] = {"accuracy_mean": statistics.mean(base),
+                                     "accuracy_std": mean_interval(base)["std"],
                                      "vs_kd": statistics.mean(base) - kd_mean, "p_vs_kd": pooled["p"],
                                      "seeds": len(base)}
         rows.append(f"| no-KD baseline (kd runs) | 1 ce, labelled rows only | {seeds[:len(kd_runs)]} | "
@@ -189,7 +192,8 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
         run_seeds = [r["recipe"]["train"]["seed"] for r in reports]
         data_rows += [{"model": config, "seed": s, "accuracy": a}
                       for s, a in zip(run_seeds, acc, strict=True)]
-        summary[config] = {"losses": losses, "accuracy_mean": statistics.mean(acc), "accuracy_std": _std(acc),
+        summary[config] = {"losses": losses, "accuracy_mean": statistics.mean(acc),
+                           "accuracy_std": mean_interval(acc)["std"],
                            "vs_kd": None if config == "kd" or not kd_acc
                            else statistics.mean(acc) - statistics.mean(kd_acc),
                            "p_vs_kd": p, "train_seconds_per_epoch": statistics.mean(per_epoch),
@@ -201,10 +205,6 @@ def summarise(configs: list[str], seeds: list[int], out: Path) -> tuple[str, flo
     summary["teacher_accuracy"] = teacher_acc
     summary["p_test"] = "exact McNemar on (seed, test example) pairs pooled over the seeds"
     return header + "\n" + "\n".join(rows), teacher_acc, data_rows, summary
-
-
-def _std(values: list[float]) -> float | None:
-    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def main() -> None:
