@@ -75,6 +75,28 @@ def write_json(benchmark: str, seeds: list[int], rows: list[dict], summary: dict
     return path
 
 
+def merged_with_earlier(benchmark: str, rows: list[dict], summary: dict, key: str) -> tuple[list[dict], dict]:
+    """This run's rows and summary entries, plus those of every model (rows' ``key``) it did not run from
+    the existing bench/results/<benchmark>.json, each kept entry tagged ``from_run`` with that file's
+    command, commit and date (an entry that file had itself kept keeps its own tag). Lets a benchmark re-run
+    some of its models without dropping the others' figures."""
+    import json
+
+    path = RESULTS_DIR / f"{benchmark}.json"
+    if not path.exists():
+        return rows, summary
+    earlier = json.loads(path.read_text())
+    source = {k: earlier[k] for k in ("command", "commit", "date")}
+    ran = {r[key] for r in rows}
+    kept = [{"from_run": source, **r} for r in earlier["rows"] if r[key] not in ran]
+    merged = {**{k: {"from_run": source, **v} for k, v in earlier["summary"].items()
+                 if k not in summary and isinstance(v, dict)},  # the earlier file's notes are left behind
+              **summary}
+    merged["note"] = (f"{', '.join(sorted(ran))} from this run; every other entry is tagged "
+                      "from_run with the run it came from")
+    return rows + kept, merged
+
+
 def pooled_comparison(reports: list[dict], a: str = "student_kd", b: str = "student_no_kd") -> dict:
     """``a`` vs ``b`` over several seeds, from each report's paired test on the same test examples.
 

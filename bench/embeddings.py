@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_results, machine, write_json  # noqa: E402
+from _common import append_results, machine, merged_with_earlier, write_json  # noqa: E402
 
 TEACHER = "packaged:all-mpnet-base-v2"
 M2V_ENCODE = "static_distilled_model2vec_encode"  # speed-pass name: the static student loaded by model2vec
@@ -151,26 +151,6 @@ STUDENTS = {
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
-
-
-def merged_with_earlier(rows: list[dict], summary: dict) -> tuple[list[dict], dict]:
-    """This run's rows and summary entries, plus those of every model it did not run from the existing
-    bench/results/embeddings.json, each kept row tagged with that file's command, commit and date (the
-    teacher entry is this run's)."""
-    from _common import RESULTS_DIR
-
-    earlier = json.loads((RESULTS_DIR / "embeddings.json").read_text())
-    source = {k: earlier[k] for k in ("command", "commit", "date")}
-    ran = {r["model"] for r in rows}
-    # an entry the earlier file had itself kept from a run before it keeps that run's tag
-    kept = [{"from_run": source, **r} for r in earlier["rows"] if r["model"] not in ran]
-    merged = {**{k: {"from_run": source, **v} for k, v in earlier["summary"].items()
-                 if k not in summary and isinstance(v, dict)},  # the earlier file's notes are left behind
-              **summary}
-    models = ", ".join(sorted(ran - {"teacher"}))
-    merged["note"] = (f"{models} and the teacher from this run; every other entry is tagged from_run with "
-                      "the run it came from")
-    return rows + kept, merged
 
 
 def metrics_of(m: dict) -> dict:
@@ -427,7 +407,7 @@ def main() -> None:
     print(body)
     if not args.no_append:
         if args.merge:
-            rows, summary = merged_with_earlier(rows, summary)
+            rows, summary = merged_with_earlier("embeddings", rows, summary, key="model")
         write_json("embeddings", args.seeds, rows, summary)
         append_results("Sentence-embedding students vs the off-the-shelf small models (bench/embeddings.py)",
                        body)

@@ -16,7 +16,7 @@ import os
 import statistics
 from pathlib import Path
 
-from _common import append_results, mean_std, pooled_comparison, write_json
+from _common import append_results, mean_std, merged_with_earlier, pooled_comparison, write_json
 
 from distill.config import recipe_from_dict
 from distill.tasks import task_for
@@ -29,11 +29,13 @@ STUDENTS = {
 
 
 def recipe(student: str, seed: int, epochs: float, out: Path, kd_weight: float, temperature: float,
-           unlabeled: int = 0, learning_rate: float = 1e-4) -> dict:
+           unlabeled: int = 0, learning_rate: float = 1e-4, sources: list[str] | None = None) -> dict:
     data = {"source": "packaged", "name": "movie_snippets", "max_length": 64, "split_seed": 0}
     if unlabeled:
         # in-domain and general English text the teacher labels once into the store (held-out texts removed)
         data.update({"unlabeled": "packaged:english_text", "max_unlabeled_examples": unlabeled})
+        if sources:  # e.g. rotten_tomatoes: review sentences from the snippets' own source (in domain)
+            data["unlabeled_sources"] = sources
     return {
         "output_dir": str(out),
         "teacher": {"model": "packaged:all-mpnet-base-v2",
@@ -64,6 +66,11 @@ def main() -> None:
                     help="students' peak AdamW learning rate (linear warm-up 10%%, then linear decay)")
     ap.add_argument("--unlabeled", type=int, default=0,
                     help="add this many sentences of packaged:english_text, labelled by the teacher only")
+    ap.add_argument("--unlabeled-sources", nargs="+", default=None,
+                    help="take the --unlabeled sentences from these packaged:english_text sources only "
+                         "(e.g. rotten_tomatoes, in domain)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other students' entries of the existing results json (tagged from_run)")
     ap.add_argument("--out", default="runs/bench_text")
     ap.add_argument("--summarize", action="store_true", help="only summarise the reports already on disk")
     args = ap.parse_args()
@@ -74,7 +81,7 @@ def main() -> None:
                 out = Path(args.out) / student / f"seed{seed}"
                 task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight,
                                                  args.temperature, args.unlabeled,
-                                                 args.learning_rate))).run()
+                                                 args.learning_rate, args.unlabeled_sources))).run()
     rows, json_rows, summary = [], [], {}
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)
@@ -132,12 +139,16 @@ def main() -> None:
             f"lr {args.learning_rate:g}, losses {args.kd_weight} kd (T={args.temperature}) + "
             f"{1 - args.kd_weight:.2f} ce from a dense fp32 "
             "store; the no-KD student has the same init and epochs, labels only"
-            + (f"; the KD student also sees {args.unlabeled:,} sentences of packaged:english_text (all "
-               "packaged English text, held-out texts removed) that only the teacher labelled"
-               if args.unlabeled else "")
+            + (f"; the KD student also sees up to {args.unlabeled:,} sentences of packaged:english_text ("
+               + (f"sources: {', '.join(args.unlabeled_sources)}" if args.unlabeled_sources
+                  else "all packaged English text")
+               + ", held-out texts removed) that only the teacher labelled (rows seen: the report's"
+               " training block)" if args.unlabeled else "")
             + ". Mean ± std over the "
             "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
     append_results("Text classification: teacher vs KD vs no-KD (bench/text_classification.py)", body)
+    if args.merge:
+        json_rows, summary = merged_with_earlier("text_classification", json_rows, summary, key="student")
     write_json("text_classification", args.seeds, json_rows, summary)
 
 

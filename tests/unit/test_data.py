@@ -146,3 +146,15 @@ def test_packaged_english_text_transfer_set(tmp_path):
     assert len(splits.unlabeled) >= len(full) - len(held_out)
     with pytest.raises(RecipeError, match="data.unlabeled.*packaged:english_text"):
         DataConfig(train=str(path), unlabeled="packaged:wikipedia")
+    # data.unlabeled_sources: in-domain text only, still without the held-out texts
+    only = load_splits(DataConfig(train=str(path), unlabeled="packaged:english_text", test_fraction=0.3,
+                                  validation_fraction=0.2, unlabeled_sources=["hamlet", "tweet_snippets"]),
+                       require_labels=False).unlabeled
+    expected = full[full["domain"].isin(["hamlet", "tweet_snippets"])]
+    assert set(only["text"]) <= set(expected["text"])
+    assert len(expected) - len(held_out) <= len(only) <= len(expected)
+    assert not held_out & set(only["text"].map(normalised_text))
+    with pytest.raises(RecipeError, match=r"data.unlabeled_sources: \['imdb'\].*rotten_tomatoes"):
+        DataConfig(train=str(path), unlabeled="packaged:english_text", unlabeled_sources=["imdb"])
+    with pytest.raises(RecipeError, match="data.unlabeled_sources.*set data.unlabeled: packaged:english"):
+        DataConfig(train=str(path), unlabeled="more.csv", unlabeled_sources=["hamlet"])

@@ -60,6 +60,11 @@ class DataConfig:
     ``packaged:english_text``: every offline English sentence of the packages (the four snippet sets, the
     Rotten Tomatoes corpus split into sentences, Guardian headlines, movie dialogue, Hamlet; ~140k rows),
     without any text that matches a validation, test or probe text up to case and punctuation."""
+    unlabeled_sources: list[str] | None = None
+    """With ``unlabeled: packaged:english_text``: keep only the sentences of these sources, e.g.
+    ``[rotten_tomatoes]`` for in-domain review text on a movie-review task (sources: ``movie_snippets``,
+    ``tweet_snippets``, ``amazon_snippets``, ``nyt_snippets``, ``rotten_tomatoes``, ``guardian_headlines``,
+    ``movie_dialogue``, ``hamlet``). Default: all of them."""
     max_unlabeled_examples: int | None = None
     """Cap on unlabelled rows (``unlabeled``, a data set's unsupervised split, rows whose labels
     ``labeled_fraction`` hides): a random sample of this many (seeded by ``split_seed``) after the held-out
@@ -121,6 +126,18 @@ class DataConfig:
             name = self.unlabeled.split(":", 1)[1]
             check(name in PACKAGED_CORPORA, "data.unlabeled", self.unlabeled,
                   f"name a packaged corpus: {', '.join('packaged:' + n for n in PACKAGED_CORPORA)}")
+        if self.unlabeled_sources is not None:
+            from distill.packaged import ENGLISH_TEXT_SOURCES
+
+            check(self.unlabeled == "packaged:english_text", "data.unlabeled_sources", self.unlabeled_sources,
+                  f"it picks sources of packaged:english_text, but data.unlabeled is {self.unlabeled!r}; "
+                  "set data.unlabeled: packaged:english_text or drop data.unlabeled_sources")
+            check(isinstance(self.unlabeled_sources, list) and len(self.unlabeled_sources) > 0,
+                  "data.unlabeled_sources", self.unlabeled_sources,
+                  f"give a non-empty list of sources from: {', '.join(ENGLISH_TEXT_SOURCES)}")
+            unknown = [s for s in self.unlabeled_sources if s not in ENGLISH_TEXT_SOURCES]
+            check(not unknown, "data.unlabeled_sources", unknown,
+                  f"name sources of packaged:english_text: {', '.join(ENGLISH_TEXT_SOURCES)}")
         if self.max_unlabeled_examples is not None:
             check(self.max_unlabeled_examples > 0, "data.max_unlabeled_examples", self.max_unlabeled_examples,
                   "use a positive number of rows, e.g. 20000")

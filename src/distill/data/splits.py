@@ -237,6 +237,8 @@ def read_unlabeled(cfg: DataConfig, held_out: list[pd.DataFrame]) -> pd.DataFram
         exclude = {normalised_text(t) for frame in held_out for t in frame["text"]}
         if name == "english_text":
             raw = load_english_text(exclude)  # leaves the excluded texts out while de-duplicating
+            if cfg.unlabeled_sources:
+                raw = raw[raw["domain"].isin(cfg.unlabeled_sources)]
         else:
             raw = load_packaged_corpus(name)
             raw = raw[~raw["text"].map(normalised_text).isin(exclude)]
