@@ -35,25 +35,27 @@ from distill.tasks import task_for
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
 
 
-def teacher_section(args, fraction: float) -> dict:
+def teacher_section(args, fraction: float, seed: int = 0) -> dict:
     """packaged:cnn-teacher trained by the toolkit on a stratified share ``fraction`` of the training labels
-    (trained once, cached under the bench folder)."""
+    (trained once, cached under the bench folder; seed 0 keeps the folder name of earlier runs)."""
     return {"model": "packaged:cnn-teacher",
-            "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64, "seed": 0,
-                         "output_dir": str(CACHE / f"teacher-cnn-mnist-e{args.teacher_epochs}"
-                                                   f"-l{fraction:g}")}}
+            "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64,
+                         "seed": seed,
+                         "output_dir": str(CACHE / (f"teacher-cnn-mnist-e{args.teacher_epochs}"
+                                                    f"-l{fraction:g}" + (f"-s{seed}" if seed else "")))}}
 
 
 def recipe(seed: int, args, out: Path) -> dict:
     return {
         "task": "image-classification",
         "output_dir": str(out),
-        "teacher": args.teacher,
+        **({"teachers": args.teachers_list} if args.teachers_list else {"teacher": args.teacher}),
         "student": {"model": "packaged:cnn-tiny"},
         "data": {"source": "packaged", "name": "mnist", "split_seed": 0,
                  "labeled_fraction": args.labelled_fraction},
         "losses": [{"name": "kd", "weight": 0.7, "temperature": 4.0}, {"name": "ce", "weight": 0.3}],
-        "store": {"topk": args.topk, "dir": str(CACHE / "stores")},
+        "store": {"topk": args.topk, "dir": str(CACHE / "stores"),
+                  **({"reconstruct": "spread"} if args.teachers_list else {})},
         "vision": {"augment": {"pad": 2, "rotate": 10.0},
                    "datafree": None if args.df_images == 0 else {
                        "num_images": args.df_images, "batch_size": 128, "steps": args.df_steps,
@@ -80,6 +82,9 @@ def main() -> None:
                          "all: from every training label, standing in for a teacher that already exists "
                          "and knows more than the user's few labels (the students still see only the "
                          "labelled share)")
+    ap.add_argument("--teachers", type=int, default=1,
+                    help="N > 1: an ensemble of N cnn-teachers, each trained on the same labels with its own "
+                         "seed, their class probabilities averaged (mean_probs) for the KD student")
     ap.add_argument("--df-images", type=int, default=df.num_images, help="0: no data-free student")
     ap.add_argument("--df-steps", type=int, default=df.steps)
     ap.add_argument("--df-ce", type=float, default=df.ce_weight,
@@ -94,6 +99,12 @@ def main() -> None:
         teacher_fraction = args.labelled_fraction if args.teacher_labels == "labelled" else 1.0
         args.teacher_epochs = max(4, round(4 / teacher_fraction))
     args.teacher = teacher_section(args, args.labelled_fraction)
+    args.teachers_list = None
+    if args.teachers > 1:
+        if args.teacher_labels == "all" or args.df_images:
+            ap.error("--teachers > 1 goes with --teacher-labels labelled and --df-images 0")
+        args.teachers_list = [{**teacher_section(args, args.labelled_fraction, seed=i), "name": f"cnn-s{i}"}
+                              for i in range(args.teachers)]
     if args.teacher_labels == "all":  # trained once on every training label, then given as a finished model
         full = recipe(0, args, Path(args.out) / "teacher_all_labels")
         full["data"]["labeled_fraction"] = 1.0

@@ -51,3 +51,30 @@ def test_pooled_comparison_is_mcnemar_on_the_pooled_discordant_examples(common):
 
 def test_pooled_comparison_without_discordant_examples_is_p_one(common):
     assert common.pooled_comparison([_report(0, 0, 1.0, 0.0)])["p"] == 1.0
+
+
+def test_merged_with_earlier_keeps_the_models_not_rerun_tagged_with_their_run(common):
+    """Re-running one student of a benchmark keeps the others' rows and summary blocks, each tagged with the
+    run they came from (an entry already kept from an older run keeps that older tag)."""
+    older = {"command": "old", "commit": "aaa", "date": "2026-11-01 10:00"}
+    common.write_json("text_classification", [0], [
+        {"student": "minilm6", "seed": 0, "accuracy": 0.85},
+        {"student": "minilm3", "seed": 0, "accuracy": 0.70},
+        {"student": "static", "seed": 0, "accuracy": 0.60, "from_run": older}],
+        {"minilm6": {"kd_accuracy_mean": 0.85}, "minilm3": {"kd_accuracy_mean": 0.70},
+         "static": {"kd_accuracy_mean": 0.60, "from_run": older}, "note": "an old note"})
+    earlier = json.loads((common.RESULTS_DIR / "text_classification.json").read_text())
+    rows, summary = common.merged_with_earlier(
+        "text_classification", [{"student": "minilm3", "seed": 0, "accuracy": 0.80}],
+        {"minilm3": {"kd_accuracy_mean": 0.80}}, key="student")
+    assert summary["minilm3"] == {"kd_accuracy_mean": 0.80}  # this run's block, untagged
+    tag = {k: earlier[k] for k in ("command", "commit", "date")}
+    assert summary["minilm6"] == {"from_run": tag, "kd_accuracy_mean": 0.85}
+    assert summary["static"]["from_run"] == older
+    assert summary["note"].startswith("minilm3 from this run") and "an old note" not in summary["note"]
+    assert [(r["student"], r["accuracy"]) for r in rows] == [("minilm3", 0.80), ("minilm6", 0.85),
+                                                             ("static", 0.60)]
+    assert rows[1]["from_run"] == tag and rows[2]["from_run"] == older
+    # nothing earlier: this run's figures as they are
+    assert common.merged_with_earlier("vision", [{"model": "teacher"}], {"a": {}}, key="model") == (
+        [{"model": "teacher"}], {"a": {}})
