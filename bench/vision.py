@@ -156,7 +156,13 @@ def main() -> None:
         f"KD student trains from the TinyViT store (top-{args.topk} probabilities + view seed per image "
         "per epoch, teacher never run during training); no-KD student: same init, views and number "
         f"of steps ({no_kd_epochs} epochs over its {labelled} images), labels only. {df_text}"
-        f"Seeds {args.seeds}; mean ± std; latency timed on 1 torch thread.\n\n"
+        + (f"The teacher is an ensemble of {args.teachers} such teachers (seeds 0..{args.teachers - 1}, "
+           "the same "
+           f"{labelled} labels), class probabilities averaged (mean_probs); its members score "
+           + ", ".join(f"{m['accuracy']:.4f}" for m in reports[0]["teachers"]["members"])
+           + " on the test images, the teacher row below is their combination (its size and latency: the "
+           "first member's). " if args.teachers_list else "")
+        + f"Seeds {args.seeds}; mean ± std; latency timed on 1 torch thread.\n\n"
         "| model | accuracy | params | size MB | ms at b1 | ms at b64 | s / epoch |\n"
         "|---|---|---|---|---|---|---|\n"
         f"| teacher | {mean_std(acc['teacher'])} | {m0['teacher']['parameters']:,} | "
@@ -205,6 +211,9 @@ def main() -> None:
         "kd_gain_ci95_over_seeds": pooled["gain"]["ci95"],
         "labelled_fraction": args.labelled_fraction,
         "teacher_labelled_fraction": args.labelled_fraction if args.teacher_labels == "labelled" else 1.0,
+        "teachers": args.teachers,
+        "teacher_member_accuracies": ([m["accuracy"] for m in reports[0]["teachers"]["members"]]
+                                      if args.teachers_list else None),
     })
     append_results("Vision: teacher vs KD vs no-KD CNN on MNIST (bench/vision.py)", body)
 
