@@ -138,7 +138,7 @@ def main() -> None:
             f"validation 10% of train). Students: {args.epochs} epoch(s), batch 32, "
             f"lr {args.learning_rate:g}, losses {args.kd_weight} kd (T={args.temperature}) + "
             f"{1 - args.kd_weight:.2f} ce from a dense fp32 "
-            "store; the no-KD student has the same init and epochs, labels only"
+            "store; the no-KD student has the same init and number of steps, labels only"
             + (f"; the KD student also sees up to {args.unlabeled:,} sentences of packaged:english_text ("
                + (f"sources: {', '.join(args.unlabeled_sources)}" if args.unlabeled_sources
                   else "all packaged English text")
