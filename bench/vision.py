@@ -160,8 +160,8 @@ def main() -> None:
            "the same "
            f"{labelled} labels), class probabilities averaged (mean_probs); its members score "
            + ", ".join(f"{m['accuracy']:.4f}" for m in reports[0]["teachers"]["members"])
-           + " on the test images, the teacher row below is their combination (its size and latency: the "
-           "first member's). " if args.teachers_list else "")
+           + " on the test images; the teacher row below is their combination (its parameters, size and "
+           "latency: all members together). " if args.teachers_list else "")
         + f"Seeds {args.seeds}; mean ± std; latency timed on 1 torch thread.\n\n"
         "| model | accuracy | params | size MB | ms at b1 | ms at b64 | s / epoch |\n"
         "|---|---|---|---|---|---|---|\n"
