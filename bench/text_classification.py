@@ -29,13 +29,17 @@ STUDENTS = {
 
 
 def recipe(student: str, seed: int, epochs: float, out: Path, kd_weight: float, temperature: float,
-           unlabeled: int = 0, learning_rate: float = 1e-4, sources: list[str] | None = None) -> dict:
+           unlabeled: int = 0, learning_rate: float = 1e-4, sources: list[str] | None = None,
+           augment_variants: int = 0) -> dict:
     data = {"source": "packaged", "name": "movie_snippets", "max_length": 64, "split_seed": 0}
     if unlabeled:
         # in-domain and general English text the teacher labels once into the store (held-out texts removed)
         data.update({"unlabeled": "packaged:english_text", "max_unlabeled_examples": unlabeled})
         if sources:  # e.g. rotten_tomatoes: review sentences from the snippets' own source (in domain)
             data["unlabeled_sources"] = sources
+    if augment_variants:
+        # word-replaced variants of each labelled row (TinyBERT-style), labelled by the teacher only
+        data["augment"] = {"variants": augment_variants}
     return {
         "output_dir": str(out),
         "teacher": {"model": "packaged:all-mpnet-base-v2",
@@ -69,6 +73,9 @@ def main() -> None:
     ap.add_argument("--unlabeled-sources", nargs="+", default=None,
                     help="take the --unlabeled sentences from these packaged:english_text sources only "
                          "(e.g. rotten_tomatoes, in domain)")
+    ap.add_argument("--augment-variants", type=int, default=0,
+                    help="data.augment: word-replaced variants per labelled row for the KD student (rate 0.4,"
+                         " the teacher's embedding neighbours; 0: none)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other students' entries of the existing results json (tagged from_run)")
     ap.add_argument("--out", default="runs/bench_text")
@@ -81,7 +88,8 @@ def main() -> None:
                 out = Path(args.out) / student / f"seed{seed}"
                 task_for(recipe_from_dict(recipe(student, seed, args.epochs, out, args.kd_weight,
                                                  args.temperature, args.unlabeled,
-                                                 args.learning_rate, args.unlabeled_sources))).run()
+                                                 args.learning_rate, args.unlabeled_sources,
+                                                 args.augment_variants))).run()
     rows, json_rows, summary = [], [], {}
     for student in args.students:
         # read the reports back from disk, so a partial benchmark can be summarised (--summarize)
@@ -144,6 +152,9 @@ def main() -> None:
                   else "all packaged English text")
                + ", held-out texts removed) that only the teacher labelled (rows seen: the report's"
                " training block)" if args.unlabeled else "")
+            + (f"; plus {args.augment_variants} word-replaced variant(s) of each labelled row for the KD "
+               "student (data.augment, rate 0.4, the teacher's embedding neighbours, labelled by the teacher)"
+               if args.augment_variants else "")
             + ". Mean ± std over the "
             "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
     append_results("Text classification: teacher vs KD vs no-KD (bench/text_classification.py)", body)
