@@ -43,6 +43,18 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def augment_description(variants: int) -> str:
+    """How a bench's ``data.augment: {variants: N}`` rows are made, in words, from the config's own defaults
+    (so the text follows them if they change)."""
+    from distill.config import TextAugmentConfig
+
+    cfg = TextAugmentConfig(variants=variants)
+    source = ("the teacher's embedding neighbours" if cfg.source == "embedding"
+              else "a masked LM's predictions")
+    return (f"{variants} word-replaced variant(s) of each labelled row "
+            f"(data.augment, rate {cfg.rate:g}, {source}")
+
+
 def append_results(title: str, body: str) -> None:
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     cmd = " ".join([Path(sys.executable).name] + sys.argv)

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_results, mean_std, write_json
+from _common import append_results, augment_description, mean_std, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "distill" / "recipes" / "demo_sentiment.yaml"
@@ -243,8 +243,7 @@ def main() -> None:
         rows += (f", of which a stratified {args.labelled_fraction:g} keep their label and the rest are text "
                  "the teacher labels")
     if args.augment_variants:
-        rows += (f", plus {args.augment_variants} word-replaced variant(s) of each labelled row "
-                 "(data.augment, rate 0.4, the teacher's embedding neighbours)")
+        rows += f", plus {augment_description(args.augment_variants)})"
     if args.labelled_fraction is not None or args.augment_variants:
         rows += "; fixed weights (no selection stage); the no-KD baseline trains on the labelled rows only, "
         rows += "for as many steps as the kd student"

@@ -16,7 +16,14 @@ import os
 import statistics
 from pathlib import Path
 
-from _common import append_results, mean_std, merged_with_earlier, pooled_comparison, write_json
+from _common import (
+    append_results,
+    augment_description,
+    mean_std,
+    merged_with_earlier,
+    pooled_comparison,
+    write_json,
+)
 
 from distill.config import recipe_from_dict
 from distill.tasks import task_for
@@ -74,8 +81,8 @@ def main() -> None:
                     help="take the --unlabeled sentences from these packaged:english_text sources only "
                          "(e.g. rotten_tomatoes, in domain)")
     ap.add_argument("--augment-variants", type=int, default=0,
-                    help="data.augment: word-replaced variants per labelled row for the KD student (rate 0.4,"
-                         " the teacher's embedding neighbours; 0: none)")
+                    help="data.augment: word-replaced variants per labelled row for the KD student, with the "
+                         "config's default rate and source (0: none)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other students' entries of the existing results json (tagged from_run)")
     ap.add_argument("--out", default="runs/bench_text")
@@ -152,9 +159,8 @@ def main() -> None:
                   else "all packaged English text")
                + ", held-out texts removed) that only the teacher labelled (rows seen: the report's"
                " training block)" if args.unlabeled else "")
-            + (f"; plus {args.augment_variants} word-replaced variant(s) of each labelled row for the KD "
-               "student (data.augment, rate 0.4, the teacher's embedding neighbours, labelled by the teacher)"
-               if args.augment_variants else "")
+            + (f"; plus {augment_description(args.augment_variants)}, labelled by the teacher) for the KD "
+               "student" if args.augment_variants else "")
             + ". Mean ± std over the "
             "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
     append_results("Text classification: teacher vs KD vs no-KD (bench/text_classification.py)", body)
