@@ -52,7 +52,7 @@ def augment_description(variants: int) -> str:
     source = ("the teacher's embedding neighbours" if cfg.source == "embedding"
               else "a masked LM's predictions")
     return (f"{variants} word-replaced variant(s) of each labelled row "
-            f"(data.augment, rate {cfg.rate:g}, {source}")
+            f"(data.augment, rate {cfg.rate:g}, {source})")
 
 
 def append_results(title: str, body: str) -> None:

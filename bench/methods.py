@@ -243,7 +243,7 @@ def main() -> None:
         rows += (f", of which a stratified {args.labelled_fraction:g} keep their label and the rest are text "
                  "the teacher labels")
     if args.augment_variants:
-        rows += f", plus {augment_description(args.augment_variants)})"
+        rows += f", plus {augment_description(args.augment_variants)}"
     if args.labelled_fraction is not None or args.augment_variants:
         rows += "; fixed weights (no selection stage); the no-KD baseline trains on the labelled rows only, "
         rows += "for as many steps as the kd student"

@@ -159,7 +159,7 @@ def main() -> None:
                   else "all packaged English text")
                + ", held-out texts removed) that only the teacher labelled (rows seen: the report's"
                " training block)" if args.unlabeled else "")
-            + (f"; plus {augment_description(args.augment_variants)}, labelled by the teacher) for the KD "
+            + (f"; plus {augment_description(args.augment_variants)}, labelled by the teacher, for the KD "
                "student" if args.augment_variants else "")
             + ". Mean ± std over the "
             "seeds listed; latency measured in the same process.\n\n" + header + "\n" + "\n".join(rows))
