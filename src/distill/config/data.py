@@ -15,7 +15,10 @@ class TextAugmentConfig:
     distilled student (they go through the store with the rest); the no-KD baseline never sees them."""
 
     variants: int = 10
-    """Variants per training sentence (TinyBERT: 20; duplicates are dropped)."""
+    """Variants per training sentence (TinyBERT: 20; duplicates are dropped). Measured with 2 (text bench,
+    movie snippets plus 20,000 teacher-labelled in-domain sentences, 3 seeds, 2026-12-02): MiniLM-L6
+    student 0.8731 -> 0.8825 test accuracy, 3-layer student 0.8341 -> 0.8437; more variants were not
+    measured on 3 seeds here (each one adds the labelled rows once more to the store and to every epoch)."""
     rate: float = 0.4
     """Probability that a word is replaced (TinyBERT's p_t)."""
     source: Literal["embedding", "mlm"] = "embedding"
