@@ -42,7 +42,8 @@ LAYERS = [0, 5, 11]
 
 
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
-           baseline: bool, train_rows: int | None = None, anchor: float = 0.0) -> dict:
+           baseline: bool, train_rows: int | None = None, anchor: float = 0.0,
+           sources: list[str] | None = None, batch_size: int = 32) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -50,10 +51,11 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
         "student": student,
         "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "test_fraction": 0.2,
                  "validation_fraction": 0.1, "split_seed": 0, "max_train_examples": train_rows,
-                 **({"unlabeled": "packaged:english_text", "max_unlabeled_examples": unlabeled}
-                    if unlabeled else {})},
+                 **({"unlabeled": "packaged:english_text", "unlabeled_sources": sources,
+                     "max_unlabeled_examples": None if unlabeled < 0 else unlabeled} if unlabeled else {})},
         "losses": losses,
-        "train": {"epochs": epochs, "batch_size": 32, "learning_rate": lr, "seed": seed, "logging_steps": 100,
+        "train": {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed,
+                  "logging_steps": 100,
                   "save_steps": 500, "eval_batch_size": 64, "report_to": [], "group_by_length": True,
                   "anchor": anchor},
         "eval": {"baseline": baseline, "agreement_pairs": 20000, "retrieval_k": 10, "probe_rows": 1000,
@@ -149,6 +151,19 @@ STUDENTS = {
 }
 
 
+def reused_report(where: Path, r) -> dict | None:
+    """The report of a finished run in ``where`` when it was made from the same recipe (output folder
+    aside) and its student was exported; otherwise None (the run is trained)."""
+    path = where / "report.json"
+    if not (path.exists() and (where / "student").is_dir()):
+        return None
+    report = json.loads(path.read_text())
+    mine, theirs = r.to_dict(), dict(report.get("recipe") or {})
+    mine.pop("output_dir", None)
+    theirs.pop("output_dir", None)
+    return report if mine == theirs else None
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
@@ -169,7 +184,12 @@ def main() -> None:
     ap.add_argument("--students", nargs="+", default=["minilm6_distilled", "static_distilled",
                                                       "layers3_distilled"], choices=list(STUDENTS))
     ap.add_argument("--unlabeled", type=int, default=20000,
-                    help="sentences of packaged:english_text added to the movie training text (0: none)")
+                    help="sentences of packaged:english_text added to the movie training text (0: none, "
+                         "-1: every sentence of --unlabeled-sources)")
+    ap.add_argument("--unlabeled-sources", nargs="+", default=None,
+                    help="data.unlabeled_sources: which packaged:english_text sources to sample from "
+                         "(default: all), e.g. rotten_tomatoes for in-domain review text")
+    ap.add_argument("--batch-size", type=int, default=32, help="batch of every student (in-batch pairs)")
     ap.add_argument("--epochs", type=float, default=2.0, help="epochs of the transformer students")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--static-epochs", type=float, default=3.0)
@@ -187,6 +207,9 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows and summary entries of the models not run here from the existing "
                          "bench/results/embeddings.json (each kept row names the run it came from)")
+    ap.add_argument("--reuse-reports", action="store_true",
+                    help="read back a student/seed already finished in --out from the same recipe instead "
+                         "of training it again (its training time is the earlier run's)")
     ap.add_argument("--speed-rounds", type=int, default=5, help="interleaved encode-speed rounds (median)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     args = ap.parse_args()
@@ -206,6 +229,7 @@ def main() -> None:
     encoders: dict = {}  # name -> encode(texts) for the final speed pass
     probe_pair: dict | None = None  # static student vs model2vec on the probe rows
     run = report = None
+    reused: list[str] = []  # students whose finished run was read back (--reuse-reports)
     for name in args.students:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
         if name == "static_distilled" and args.static_sif:
@@ -216,10 +240,16 @@ def main() -> None:
             r = recipe_from_dict(recipe(out / f"{name}_s{seed}", student, losses, getattr(args, ep_flag),
                                         getattr(args, lr_flag), args.unlabeled, seed, baseline,
                                         args.train_rows,
-                                        args.static_anchor if name == "static_distilled" else 0.0))
+                                        args.static_anchor if name == "static_distilled" else 0.0,
+                                        args.unlabeled_sources, args.batch_size))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
-            report = run.run()
+            report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
+            if report is None:
+                report = run.run()
+            else:
+                reused.append(f"{name}_s{seed}")
+                print(f"[bench] {name} seed {seed}: report of the same recipe read back from {out}")
             timing[f"{name}_s{seed}_total"] = time.perf_counter() - t0
             timing[f"{name}_s{seed}_train"] = report["training"]["student_trained"]["seconds"]
             if "store_build_seconds" in report:
@@ -369,9 +399,12 @@ def main() -> None:
         "1,000 rows per packaged set, logistic regression 80/20.",
         "Distillation text per student: " + "; ".join(
             f"{n} {v['sentences']:,} sentences x {v['epochs']:g} epochs" for n, v in saw.items())
-        + f" (movie training snippets + {args.unlabeled:,} sentences of packaged:english_text).",
+        + " (movie training snippets + "
+        + ("every" if args.unlabeled < 0 else f"{args.unlabeled:,}") + " sentences of packaged:english_text"
+        + (f", sources {args.unlabeled_sources}" if args.unlabeled_sources else "") + ").",
         f"Losses: MiniLM similarity_matrix; 3-layer cosine + similarity_matrix; static cosine (learned "
-        f"256 -> 768 projector) + affinity. Transformers: batch 32, lr {args.lr}, max length 64, "
+        f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "
+        "max length 64, "
         f"length-grouped batches; static: lr {args.static_lr}, PCA 256, {args.static_epochs:g} epochs, "
         f"train.anchor {args.static_anchor:g}, static_sif {args.static_sif}. "
         f"Mean ± std over seeds {args.seeds}; "
@@ -381,6 +414,8 @@ def main() -> None:
             f"{k} {g['mean']:+.3f} ({_fmt(g['ci95'][0])}..{_fmt(g['ci95'][1])})"
             for k in keys
             if (g := summary.get("minilm6_distilled", {}).get(f"{k}_gain_over_untouched")) is not None),
+        *([f"Read back from runs already finished in {args.out} with the same recipe (not retrained): "
+           + ", ".join(reused)] if reused else []),
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()),
         "Encode speed: each library's encode, batch 32, 1,024 held-out sentences (repeated for at least "
         "2 s), median of "
