@@ -400,7 +400,8 @@ def main() -> None:
         "Distillation text per student: " + "; ".join(
             f"{n} {v['sentences']:,} sentences x {v['epochs']:g} epochs" for n, v in saw.items())
         + " (movie training snippets + "
-        + ("every" if args.unlabeled < 0 else f"{args.unlabeled:,}") + " sentences of packaged:english_text"
+        + ("every sentence" if args.unlabeled < 0 else f"{args.unlabeled:,} sentences")
+        + " of packaged:english_text"
         + (f", sources {args.unlabeled_sources}" if args.unlabeled_sources else "") + ").",
         f"Losses: MiniLM similarity_matrix; 3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "
