@@ -55,9 +55,8 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
                      "max_unlabeled_examples": None if unlabeled < 0 else unlabeled} if unlabeled else {})},
         "losses": losses,
         "train": {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed,
-                  "logging_steps": 100,
-                  "save_steps": 500, "eval_batch_size": 64, "report_to": [], "group_by_length": True,
-                  "anchor": anchor},
+                  "logging_steps": 100, "save_steps": 500, "eval_batch_size": 64, "report_to": [],
+                  "group_by_length": True, "anchor": anchor},
         "eval": {"baseline": baseline, "agreement_pairs": 20000, "retrieval_k": 10, "probe_rows": 1000,
                  "throughput_sentences": 256},
     }
@@ -247,10 +246,10 @@ def main() -> None:
             report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
             if report is None:
                 report = run.run()
-            else:
+                timing[f"{name}_s{seed}_total"] = time.perf_counter() - t0
+            else:  # no total for a read-back seed: this run spent nothing on it
                 reused.append(f"{name}_s{seed}")
                 print(f"[bench] {name} seed {seed}: report of the same recipe read back from {out}")
-            timing[f"{name}_s{seed}_total"] = time.perf_counter() - t0
             timing[f"{name}_s{seed}_train"] = report["training"]["student_trained"]["seconds"]
             if "store_build_seconds" in report:
                 timing["store_build"] = report["store_build_seconds"]
