@@ -43,7 +43,7 @@ LAYERS = [0, 5, 11]
 
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
            baseline: bool, train_rows: int | None = None, anchor: float = 0.0,
-           sources: list[str] | None = None, batch_size: int = 32) -> dict:
+           sources: list[str] | None = None, batch_size: int = 32, augment: int = 0) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -52,7 +52,8 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
         "data": {"source": "packaged", "name": "movie_snippets", "max_length": 64, "test_fraction": 0.2,
                  "validation_fraction": 0.1, "split_seed": 0, "max_train_examples": train_rows,
                  **({"unlabeled": "packaged:english_text", "unlabeled_sources": sources,
-                     "max_unlabeled_examples": None if unlabeled < 0 else unlabeled} if unlabeled else {})},
+                     "max_unlabeled_examples": None if unlabeled < 0 else unlabeled} if unlabeled else {}),
+                 **({"augment": {"variants": augment, "rate": 0.4}} if augment else {})},
         "losses": losses,
         "train": {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed,
                   "logging_steps": 100, "save_steps": 500, "eval_batch_size": 64, "report_to": [],
@@ -199,6 +200,9 @@ def main() -> None:
     ap.add_argument("--unlabeled-sources", nargs="+", default=None,
                     help="data.unlabeled_sources: which packaged:english_text sources to sample from "
                          "(default: all), e.g. rotten_tomatoes for in-domain review text")
+    ap.add_argument("--augment", type=int, default=0,
+                    help="data.augment.variants of the transformer students: word-replaced variants of every "
+                         "transfer sentence, embedded by the teacher (0: none)")
     ap.add_argument("--batch-size", type=int, default=32, help="batch of every student (in-batch pairs)")
     ap.add_argument("--epochs", type=float, default=2.0, help="epochs of the transformer students")
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -256,7 +260,8 @@ def main() -> None:
                                         getattr(args, lr_flag), args.unlabeled, seed, baseline,
                                         args.train_rows,
                                         args.static_anchor if name == "static_distilled" else 0.0,
-                                        args.unlabeled_sources, args.batch_size))
+                                        args.unlabeled_sources, args.batch_size,
+                                        0 if name == "static_distilled" else args.augment))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
             report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
@@ -417,7 +422,11 @@ def main() -> None:
         + " (movie training snippets + "
         + ("every sentence" if args.unlabeled < 0 else f"{args.unlabeled:,} sentences")
         + " of packaged:english_text"
-        + (f", sources {args.unlabeled_sources}" if args.unlabeled_sources else "") + ").",
+        + (f", sources {args.unlabeled_sources}" if args.unlabeled_sources else "")
+        + (f"; plus {args.augment} word-replaced variant(s) of each of those sentences for the "
+           "transformer students (data.augment, rate 0.4, the teacher's input-embedding neighbours)"
+           if args.augment else "")
+        + ").",
         f"Losses: MiniLM {' + '.join(MINILM_LOSSES_TEXT[args.minilm_loss])}; "
         "3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "

@@ -393,3 +393,24 @@ def test_learned_projectors_start_from_the_recipe_seed(tmp_path, st_teacher, tex
     torch.rand(1000)  # move the global generator on
     again = task.distiller().state_dict()
     assert first and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_augmented_variants_join_the_transfer_text(tmp_path, st_teacher, text_csv):
+    """data.augment on a sentence-embedding run: word-replaced variants of every transfer sentence join the
+    distillation text, embedded by the teacher through the store, and counted in the report."""
+    from distill.runner import run
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv, train={"epochs": 1},
+                          data={"augment": {"variants": 1, "rate": 0.5}})
+    report = run(recipe)
+    data = report["data"]
+    assert 0 < data["augmented"] <= data["train"]
+    assert data["distillation_sentences"] == data["train"] + data["augmented"]
+    assert report["store"]["num_examples"] == data["distillation_sentences"]
+    from distill.tasks import task_for
+
+    task = task_for(recipe)
+    task.prepare_teacher()  # resolves the teacher (the augmentation's default word source); loads no weights
+    kd = task.kd_data()
+    assert len(kd) == data["distillation_sentences"] and kd["text"].is_unique
+    assert list((tmp_path / "stores" / "augmented-text").glob("*.jsonl"))

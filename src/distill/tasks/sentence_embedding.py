@@ -338,7 +338,8 @@ class SentenceEmbeddingTask(Task):
     # -- students -----------------------------------------------------------------------------------------
     def kd_data(self) -> pd.DataFrame:
         """The distillation text: the training split and the unlabelled text, without any unlabelled row that
-        is (up to case and punctuation) one of the probe texts the models are scored on."""
+        is (up to case and punctuation) one of the probe texts the models are scored on; with
+        ``data.augment``, word-replaced variants of all of it after that (the teacher embeds them too)."""
         if self._kd_frame is None:
             from distill.packaged import normalised_text
 
@@ -350,6 +351,17 @@ class SentenceEmbeddingTask(Task):
                 keep = ~extra["text"].map(normalised_text).isin(probe)
                 self.dropped_as_probe_text = int((~keep).sum())
                 frame = pd.concat([frame.iloc[: len(sp.train)], extra[keep]], ignore_index=True)
+            cfg = self.recipe.data.augment
+            if cfg is not None:
+                from distill.data.text_augment import augmented_frame
+
+                # every sentence of the transfer text is varied, not only the training split: there are no
+                # labels here, and each sentence is as much in domain as the next
+                variants, self.report["augmentation"] = augmented_frame(
+                    cfg, frame[["text"]], cfg.model or self.teacher.path, store_root(self.recipe.store),
+                    self.log)
+                variants = variants[["text"]].assign(**({"label": -1} if "label" in frame.columns else {}))
+                frame = pd.concat([frame, variants], ignore_index=True)
             self._kd_frame = frame
         return self._kd_frame
 
@@ -570,7 +582,9 @@ class SentenceEmbeddingTask(Task):
                      # what the distilled student saw: sentences per epoch, epochs, and the unlabelled rows
                      # left out because they are probe texts
                      "distillation_sentences": len(self.kd_data()), "epochs": r.train.epochs,
-                     "dropped_as_probe_text": self.dropped_as_probe_text},
+                     "dropped_as_probe_text": self.dropped_as_probe_text,
+                     # word-replaced variants among the distillation sentences (data.augment)
+                     "augmented": self.report.get("augmentation", {}).get("rows", 0)},
             "student_parameters": models.get("student_kd", {}).get("parameters"),
             "student_kind": self.student_kind(),
         })
