@@ -43,6 +43,9 @@ def with_(**sections):
         (with_(data={"source": "web", "train": "x"}), "data.source: 'web' is not allowed"),
         (with_(train={"fp16": True, "bf16": True}), "not both"),
         ({"teacher": {"model": "t"}}, "missing section 'student'"),
+        (with_(task="causal-lm", store={"topk": 32}, data={"train": "x.txt", "augment": {"variants": 2}}),
+         "data.augment: 'set' is not allowed; word-replaced variants are made for task: "
+         "text-classification or sentence-embedding, not causal-lm"),
     ],
 )
 def test_bad_recipes_name_field_value_and_fix(recipe, needle):

@@ -110,6 +110,10 @@ class Recipe:
             check(self.store.codec == "topk", "store.codec", self.store.codec,
                    "the head codec codes a language model's per-token logits (task: causal-lm); "
                    "use codec: topk")
+        check(self.data.augment is None or self.task in ("text-classification", "sentence-embedding"),
+               "data.augment", "set",
+               f"word-replaced variants are made for task: text-classification or sentence-embedding, not "
+               f"{self.task}; drop data.augment (image runs: vision.augment)")
         validate_vision(self)
         validate_losses(self.losses)
 
