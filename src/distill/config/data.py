@@ -10,9 +10,11 @@ from distill.config.checks import check
 
 @dataclass
 class TextAugmentConfig:
-    """Word-level augmentation of the labelled training text (TinyBERT-style): every variant replaces each
-    word with probability ``rate`` by one of its nearest words; the teacher labels the variants for the
-    distilled student (they go through the store with the rest); the no-KD baseline never sees them."""
+    """Word-level augmentation (TinyBERT-style): every variant replaces each word with probability ``rate`` by
+    one of its nearest words. ``task: text-classification`` varies the labelled training sentences; the
+    teacher labels the variants for the distilled student (they go through the store with the rest) and the
+    no-KD baseline never sees them. ``task: sentence-embedding`` varies every sentence of the distillation
+    text (training split and unlabelled text) and the teacher embeds the variants. Other tasks refuse it."""
 
     variants: int = 10
     """Variants per training sentence (TinyBERT: 20; duplicates are dropped). Measured with 2 (text bench,
