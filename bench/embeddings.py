@@ -436,10 +436,12 @@ def main() -> None:
         f"Mean ± std over seeds {args.seeds}; "
         "untouched MiniLM and model2vec are "
         "deterministic (one row).",
-        "MiniLM-L6 distilled minus untouched, mean over seeds with 95% t-interval: " + ", ".join(
-            f"{k} {g['mean']:+.3f} ({_fmt(g['ci95'][0])}..{_fmt(g['ci95'][1])})"
-            for k in keys
-            if (g := summary.get("minilm6_distilled", {}).get(f"{k}_gain_over_untouched")) is not None),
+        *([f"MiniLM-L6 distilled minus untouched, mean over seeds with 95% t-interval: {gains}"]
+          if (gains := ", ".join(
+              f"{k} {g['mean']:+.3f} ({_fmt(g['ci95'][0])}..{_fmt(g['ci95'][1])})"
+              for k in keys
+              if (g := summary.get("minilm6_distilled", {}).get(f"{k}_gain_over_untouched")) is not None))
+          else []),  # no line when MiniLM was not trained in this run
         *([f"Read back from runs already finished in {args.out} with the same recipe (not retrained): "
            + ", ".join(reused)] if reused else []),
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()),
