@@ -35,6 +35,12 @@ from distill.tasks import task_for
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
 
 
+def augment_tag(args) -> str:
+    """Folder-name suffix of a teacher trained with other than the default augmentation (shift 2, rotate 10),
+    so that it never replaces a cached teacher of another set-up."""
+    return "" if (args.pad, args.rotate) == (2, 10.0) else f"-p{args.pad}r{args.rotate:g}"
+
+
 def teacher_section(args, fraction: float, seed: int = 0) -> dict:
     """packaged:cnn-teacher trained by the toolkit on a stratified share ``fraction`` of the training labels
     (trained once, cached under the bench folder; seed 0 keeps the folder name of earlier runs)."""
@@ -42,7 +48,8 @@ def teacher_section(args, fraction: float, seed: int = 0) -> dict:
             "finetune": {"epochs": args.teacher_epochs, "learning_rate": 0.003, "batch_size": 64,
                          "seed": seed,
                          "output_dir": str(CACHE / (f"teacher-cnn-mnist-e{args.teacher_epochs}"
-                                                    f"-l{fraction:g}" + (f"-s{seed}" if seed else "")))}}
+                                                    f"-l{fraction:g}" + (f"-s{seed}" if seed else "")
+                                                    + augment_tag(args)))}}
 
 
 def recipe(seed: int, args, out: Path) -> dict:
@@ -56,7 +63,7 @@ def recipe(seed: int, args, out: Path) -> dict:
         "losses": [{"name": "kd", "weight": 0.7, "temperature": 4.0}, {"name": "ce", "weight": 0.3}],
         "store": {"topk": args.topk, "dir": str(CACHE / "stores"),
                   **({"reconstruct": "spread"} if args.teachers_list else {})},
-        "vision": {"augment": {"pad": 2, "rotate": 10.0},
+        "vision": {"augment": {"pad": args.pad, "rotate": args.rotate},
                    "datafree": None if args.df_images == 0 else {
                        "num_images": args.df_images, "batch_size": 128, "steps": args.df_steps,
                        "ce_weight": args.df_ce, "tv_weight": args.df_tv, "jitter": args.df_jitter,
@@ -74,6 +81,10 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="default: 4 over all training images, i.e. as many steps: 4 / labelled fraction")
     ap.add_argument("--topk", type=int, default=3)
+    ap.add_argument("--pad", type=int, default=2,
+                    help="augmentation of every model (teacher, both students): random shift up to N px")
+    ap.add_argument("--rotate", type=float, default=10.0,
+                    help="augmentation of every model: random rotation up to this many degrees")
     df = DataFreeConfig()  # the bench runs the recipe defaults unless told otherwise
     ap.add_argument("--labelled-fraction", type=float, default=0.1,
                     help="share of the training images that keep their label (1.0: all)")
@@ -152,7 +163,8 @@ def main() -> None:
         + f"the KD student from the teacher's outputs on all of them). Teacher "
         f"packaged:cnn-teacher trained by the toolkit ({args.teacher_epochs} epochs, AdamW lr 3e-3, "
         f"batch 64, seed 0); student packaged:cnn-tiny, {args.epochs} epochs, batch 64, lr 3e-3, losses "
-        "0.7 kd (T=4) + 0.3 ce. Augmentation: shift <= 2 px, rotation <= 10 deg, seeded per image and epoch. "
+        "0.7 kd (T=4) + 0.3 ce. Augmentation (teacher and both students): shift <= "
+        f"{args.pad} px, rotation <= {args.rotate:g} deg, seeded per image and epoch. "
         f"KD student trains from the TinyViT store (top-{args.topk} probabilities + view seed per image "
         "per epoch, teacher never run during training); no-KD student: same init, views and number "
         f"of steps ({no_kd_epochs} epochs over its {labelled} images), labels only. {df_text}"
