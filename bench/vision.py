@@ -33,12 +33,13 @@ from distill.config import DataFreeConfig, recipe_from_dict
 from distill.tasks import task_for
 
 CACHE = Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "bench"
+PAD, ROTATE = 2, 10.0  # the bench's augmentation unless --pad / --rotate say otherwise
 
 
 def augment_tag(args) -> str:
-    """Folder-name suffix of a teacher trained with other than the default augmentation (shift 2, rotate 10),
-    so that it never replaces a cached teacher of another set-up."""
-    return "" if (args.pad, args.rotate) == (2, 10.0) else f"-p{args.pad}r{args.rotate:g}"
+    """Folder-name suffix of a teacher trained with other than the bench's default augmentation, so that it
+    never replaces a cached teacher of another set-up."""
+    return "" if (args.pad, args.rotate) == (PAD, ROTATE) else f"-p{args.pad}r{args.rotate:g}"
 
 
 def teacher_section(args, fraction: float, seed: int = 0) -> dict:
@@ -81,9 +82,9 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="default: 4 over all training images, i.e. as many steps: 4 / labelled fraction")
     ap.add_argument("--topk", type=int, default=3)
-    ap.add_argument("--pad", type=int, default=2,
+    ap.add_argument("--pad", type=int, default=PAD,
                     help="augmentation of every model (teacher, both students): random shift up to N px")
-    ap.add_argument("--rotate", type=float, default=10.0,
+    ap.add_argument("--rotate", type=float, default=ROTATE,
                     help="augmentation of every model: random rotation up to this many degrees")
     df = DataFreeConfig()  # the bench runs the recipe defaults unless told otherwise
     ap.add_argument("--labelled-fraction", type=float, default=0.1,
