@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 from distill.config import Recipe, RecipeError, load_recipe  # noqa: E402
 
-__all__ = ["run", "cache", "distill_from_models", "load_recipe", "Recipe", "RecipeError", "__version__"]
+__all__ = ["run", "cache", "distill_from_models", "end_processes", "load_recipe", "Recipe", "RecipeError",
+           "__version__"]
 
 
 def __getattr__(name):  # heavy modules (transformers) load only when used
@@ -23,4 +24,8 @@ def __getattr__(name):  # heavy modules (transformers) load only when used
         from distill.api import distill_from_models
 
         return distill_from_models
+    if name == "end_processes":
+        from distill.stages import end_processes
+
+        return end_processes
     raise AttributeError(name)

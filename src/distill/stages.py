@@ -111,6 +111,20 @@ def process_state():
     return PartialState(cpu=cpu_only())
 
 
+def end_processes() -> None:
+    """Close the process group of a multi-process launch once its work has finished; no-op otherwise.
+
+    Without it gloo's worker threads are still alive when the interpreter shuts down, and a process can
+    abort there ("terminate called without an active exception", pytorch #190489), failing a run whose
+    work was done. Call it only after success: after an exception the peers may still wait in a
+    collective, and torchrun stops them anyway."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # -- stage records -----------------------------------------------------------------------------------------
 def stage_done(folder: Path, fp: str) -> dict[str, Any] | None:
     """The record of a finished stage built with fingerprint ``fp`` (None: build it again)."""

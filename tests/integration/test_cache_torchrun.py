@@ -56,7 +56,11 @@ def test_a_cpu_torchrun_launch_is_seen_as_two_processes(tmp_path):
     script.write_text("from distill.stages import process_state\n"
                       "s = process_state()\n"
                       "print(f'rank {s.process_index} of {s.num_processes}', flush=True)\n"
-                      "s.wait_for_everyone()\n")
+                      "s.wait_for_everyone()\n"
+                      "import torch.distributed as dist\n"
+                      "from distill import end_processes\n"
+                      "end_processes()\n"
+                      "print(f'group open after end_processes: {dist.is_initialized()}', flush=True)\n")
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
            "CUDA_VISIBLE_DEVICES": ""}  # a CPU (gloo) launch: one GPU cannot hold two NCCL ranks
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
@@ -64,3 +68,4 @@ def test_a_cpu_torchrun_launch_is_seen_as_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     # both processes share the pipe: their lines can arrive glued together, so find each report in the text
     assert sorted(re.findall(r"rank \d+ of \d+", proc.stdout)) == ["rank 0 of 2", "rank 1 of 2"]
+    assert proc.stdout.count("group open after end_processes: False") == 2

@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(bad)} (a recipe override is --FIELD VALUE or "
                      "FIELD=VALUE, e.g. --train.epochs 3 or output_dir=runs/x; top-level fields: "
                      f"{', '.join(recipe_fields())})")
+    from distill.stages import end_processes
+
     try:
         if args.command == "methods":
             return cmd_methods(args.name)
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             from distill.cli.demo import run_demo
 
             run_demo(args.output_dir, rest, args.name)
+            end_processes()
             return 0
         from distill import runner
         from distill.config import load_recipe
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(runner.label(recipe, include_test=args.test))
         elif args.command == "cache":
             print(runner.cache_info(recipe) if args.info else runner.cache(recipe))
+        end_processes()
         return 0
     except RecipeError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)

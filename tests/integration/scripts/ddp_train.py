@@ -14,6 +14,7 @@ from conftest import make_sentiment_rows  # noqa: E402
 from distill.config import LossConfig, TrainConfig  # noqa: E402
 from distill.data import DistillCollator, to_dataset  # noqa: E402
 from distill.losses import LossContext, build_losses  # noqa: E402
+from distill.stages import end_processes  # noqa: E402
 from distill.students import student_from_teacher  # noqa: E402
 from distill.training import Distiller, DistillTrainer  # noqa: E402
 from distill.training.args import training_arguments  # noqa: E402
@@ -37,3 +38,6 @@ trainer.train()
 rank = int(os.environ.get("RANK", 0))
 torch.save({"distiller": distiller.state_dict(), "student": student.state_dict(), "world": args.world_size},
            out / f"rank{rank}.pt")
+
+# close the process group while the interpreter is whole (a gloo thread left running can abort the exit)
+end_processes()

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from distill.config import LossConfig, TrainConfig
 from distill.data.text_lm import CausalLMCollator, RowDataset
 from distill.losses import LossContext, build_losses
+from distill.stages import end_processes
 from distill.students import student_from_teacher
 from distill.training import Distiller, DistillTrainer
 from distill.training.args import training_arguments
@@ -46,3 +47,6 @@ params = list(getattr(trainer.teacher, "module", trainer.teacher).parameters())
     "teacher_held": sum(getattr(p, "ds_tensor", p).numel() for p in params),
     "teacher_full": sum(getattr(p, "ds_numel", p.numel()) for p in params),
 }))
+
+# close the process group while the interpreter is whole (a gloo thread left running can abort the exit)
+end_processes()

@@ -21,6 +21,7 @@ from distill.config import LossConfig, TrainConfig
 from distill.config.training import FSDPConfig
 from distill.data.text_lm import CausalLMCollator, RowDataset
 from distill.losses import LossContext, build_losses
+from distill.stages import end_processes
 from distill.students import student_from_teacher
 from distill.training import Distiller, DistillTrainer
 from distill.training.args import training_arguments
@@ -105,3 +106,6 @@ torch.save({
     "teacher_layers": len(layers),
     "gathered_layers": gathered_layers,
 }, out / f"rank{rank}.pt")
+
+# close the process group while the interpreter is whole (a gloo thread left running can abort the exit)
+end_processes()

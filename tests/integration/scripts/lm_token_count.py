@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from distill.config import LossConfig, TrainConfig
 from distill.data.text_lm import CausalLMCollator, RowDataset
 from distill.losses import LossContext, build_losses
+from distill.stages import end_processes
 from distill.students import student_from_teacher
 from distill.training import Distiller, DistillTrainer
 from distill.training.args import training_arguments
@@ -54,3 +55,6 @@ rank = int(os.environ.get("RANK", "0"))
 torch.save({"world": args.world_size, "calls": trainer.calls, "student": student.state_dict(),
             "log": trainer.state.log_history, "keys": distiller.keys, "weights": distiller.weights},
            out / f"rank{rank}.pt")
+
+# close the process group while the interpreter is whole (a gloo thread left running can abort the exit)
+end_processes()
