@@ -23,6 +23,7 @@ from distill.config.training import FSDPConfig
 from distill.data.text_lm import CausalLMCollator, RowDataset
 from distill.losses import LossContext, build_losses
 from distill.packaged import cached_smollm2, load_packaged_corpus
+from distill.stages import end_processes
 from distill.students import student_from_teacher
 from distill.training import Distiller, DistillTrainer
 from distill.training.args import training_arguments
@@ -77,3 +78,4 @@ import resource  # noqa: E402
 
 record["process_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 (out / f"{mode}_rank{rank}.json").write_text(json.dumps(record))
+end_processes()  # close the gloo group before the interpreter exits (a running gloo thread can abort it)
