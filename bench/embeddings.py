@@ -43,7 +43,8 @@ LAYERS = [0, 5, 11]
 
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
            baseline: bool, train_rows: int | None = None, anchor: float = 0.0,
-           sources: list[str] | None = None, batch_size: int = 32, augment: int = 0) -> dict:
+           sources: list[str] | None = None, batch_size: int = 32, augment: int = 0,
+           neighbour_group: int = 0) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -57,7 +58,8 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
         "losses": losses,
         "train": {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed,
                   "logging_steps": 100, "save_steps": 500, "eval_batch_size": 64, "report_to": [],
-                  "group_by_length": True, "anchor": anchor},
+                  "group_by_length": not neighbour_group, "anchor": anchor,
+                  **({"neighbour_group": neighbour_group} if neighbour_group else {})},
         "eval": {"baseline": baseline, "agreement_pairs": 20000, "retrieval_k": 10, "probe_rows": 1000,
                  "throughput_sentences": 256},
     }
@@ -206,6 +208,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="batch of every student (in-batch pairs)")
     ap.add_argument("--epochs", type=float, default=2.0, help="epochs of the transformer students")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--neighbour-group", type=int, default=0,
+                    help="train.neighbour_group of the transformer students: batches of groups of this many "
+                         "teacher neighbours instead of length-grouped batches (0: off)")
     ap.add_argument("--minilm-loss", choices=list(MINILM_LOSSES), default="similarity_matrix",
                     help="losses of the MiniLM student (pca: cosine onto the teacher's PCA axes + "
                          "similarity matrix)")
@@ -261,7 +266,8 @@ def main() -> None:
                                         args.train_rows,
                                         args.static_anchor if name == "static_distilled" else 0.0,
                                         args.unlabeled_sources, args.batch_size,
-                                        0 if name == "static_distilled" else args.augment))
+                                        0 if name == "static_distilled" else args.augment,
+                                        0 if name == "static_distilled" else args.neighbour_group))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
             report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
@@ -431,7 +437,9 @@ def main() -> None:
         "3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "
         "max length 64, "
-        f"length-grouped batches; static: lr {args.static_lr}, PCA 256, {args.static_epochs:g} epochs, "
+        + (f"batches of groups of {args.neighbour_group} teacher neighbours (train.neighbour_group); "
+           if args.neighbour_group else "length-grouped batches; ")
+        + f"static: lr {args.static_lr}, PCA 256, {args.static_epochs:g} epochs, "
         f"train.anchor {args.static_anchor:g}, static_sif {args.static_sif}. "
         f"Mean ± std over seeds {args.seeds}; "
         "untouched MiniLM and model2vec are "

@@ -414,3 +414,35 @@ def test_augmented_variants_join_the_transfer_text(tmp_path, st_teacher, text_cs
     kd = task.kd_data()
     assert len(kd) == data["distillation_sentences"] and kd["text"].is_unique
     assert list((tmp_path / "stores" / "augmented-text").glob("*.jsonl"))
+
+
+def test_neighbour_group_batches_train_from_the_stored_teacher_vectors(tmp_path, st_teacher, text_csv,
+                                                                       monkeypatch):
+    """train.neighbour_group: the sampler is built from the store's teacher vectors of the training rows,
+    serves each row once per epoch in a new order each epoch, and the stage is fingerprinted apart from the
+    same recipe with random batches."""
+    from distill.runner import run
+    from distill.training import sampling
+
+    orders: list[list[int]] = []
+    real_order = sampling.NeighbourGroupSampler.order
+
+    def spy(self):
+        orders.append(real_order(self))
+        return orders[-1]
+
+    monkeypatch.setattr(sampling.NeighbourGroupSampler, "order", spy)
+    grouped = embed_recipe(tmp_path, st_teacher, text_csv, losses=[{"name": "similarity_matrix"}],
+                           train={"neighbour_group": 4})
+    report = run(grouped)
+    assert np.isfinite(report["models"]["student_kd"]["spearman"])
+    assert len(orders) >= 2 and orders[0] != orders[1]  # two epochs, two orders
+    assert all(sorted(o) == list(range(len(orders[0]))) for o in orders) and len(orders[0]) > 100
+    plain = embed_recipe(tmp_path, st_teacher, text_csv, losses=[{"name": "similarity_matrix"}])
+    done = tmp_path / "run" / "student_trained" / "distill_done.json"
+    grouped_fp = json.loads(done.read_text())["fingerprint"]
+    orders.clear()
+    run(plain)
+    assert not orders  # random batches: no neighbour sampler
+    plain_fp = json.loads(done.read_text())["fingerprint"]
+    assert plain_fp != grouped_fp

@@ -110,6 +110,11 @@ class Recipe:
             check(self.store.codec == "topk", "store.codec", self.store.codec,
                    "the head codec codes a language model's per-token logits (task: causal-lm); "
                    "use codec: topk")
+        grouped_ok = self.task == "sentence-embedding" and self.store.enabled
+        check(not self.train.neighbour_group or grouped_ok,
+              "train.neighbour_group", self.train.neighbour_group,
+              "batches of teacher neighbours are built from a sentence-embedding run's stored teacher "
+              "vectors (task: sentence-embedding, store.enabled: true); set neighbour_group: 0")
         check(self.data.augment is None or self.task in ("text-classification", "sentence-embedding"),
                "data.augment", "set",
                f"word-replaced variants are made for task: text-classification or sentence-embedding, not "

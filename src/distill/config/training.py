@@ -83,6 +83,10 @@ class FSDPConfig:
     resumes with the same number of processes)."""
 
 
+# fields left out of a stage fingerprint while off: stages finished before they existed stay valid
+OFF_UNLESS_SET = ("group_by_length", "anchor", "neighbour_group")
+
+
 @dataclass
 class TrainConfig:
     """Student training (passed on to ``transformers.TrainingArguments``)."""
@@ -133,6 +137,12 @@ class TrainConfig:
     pads to less. Measured on the demo's 2-layer MiniLM student over short movie snippets, 2 CPU cores: 100
     steps in 28.9 s instead of 47.3 s. Off by default so a batch is a uniform sample of the rows; text rows of
     very mixed length gain the most; packed causal-LM chunks (all one length) gain nothing."""
+    neighbour_group: int = 0
+    """``task: sentence-embedding`` with a store: batches made of groups of this many rows the teacher finds
+    nearest each other (:class:`distill.training.sampling.NeighbourGroupSampler`; every row still once per
+    epoch), so the in-batch similarity losses see close pairs and not only unrelated ones: what nearest-
+    neighbour recall depends on. The neighbours come from the stored teacher vectors (exact search within
+    pools of 16,384 rows). 0: off (random batches); e.g. 8 with batch 32. Not with ``group_by_length``."""
     report_to: list[str] | None = None
     """Experiment trackers fed by transformers' own integrations (tensorboard, mlflow, wandb, ...; [] for
     none); logs go to OUTPUT_DIR/logs/<stage>. Default: [tensorboard] when it is installed, else []."""
@@ -145,10 +155,10 @@ class TrainConfig:
         """The fields a training stage's fingerprint is built from: all but ``fsdp``, which changes where the
         weights live, not what training computes (tests/integration/test_fsdp.py), so a finished stage is
         reused whichever way it is launched, and stages finished before the field existed stay valid.
-        ``group_by_length`` and ``anchor`` are left out while off (how every stage trained before they
-        existed), for the same reason."""
+        The fields of ``OFF_UNLESS_SET`` are left out while off (how every stage trained before they existed),
+        for the same reason."""
         return {k: v for k, v in self.__dict__.items()
-                if k != "fsdp" and not (k in ("group_by_length", "anchor") and not v)}
+                if k != "fsdp" and not (k in OFF_UNLESS_SET and not v)}
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number")
@@ -156,6 +166,12 @@ class TrainConfig:
         check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
                self.gradient_accumulation_steps, "use a positive integer")
         check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "use > 0")
+        check(not isinstance(self.neighbour_group, bool) and isinstance(self.neighbour_group, int)
+              and (self.neighbour_group == 0 or self.neighbour_group >= 2), "train.neighbour_group",
+              self.neighbour_group, "use 0 (random batches) or a whole number >= 2, e.g. 8")
+        check(not (self.neighbour_group and self.group_by_length), "train.neighbour_group",
+              self.neighbour_group, "batches are grouped either by teacher neighbours or by length; set "
+              "group_by_length: false or neighbour_group: 0")
         check(self.anchor >= 0, "train.anchor", self.anchor, "use 0 (off) or a positive weight, e.g. 0.01")
         check(not (self.anchor and (self.fsdp.enabled or self.extra_args.get("deepspeed"))), "train.anchor",
               self.anchor, "the pull toward the starting weights reads whole weights, which sharded training "

@@ -50,3 +50,95 @@ class LengthBucketSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
             yield from batch
+
+
+def teacher_neighbours(vectors: torch.Tensor, k: int, pool: int = 16_384, block: int = 1_024,
+                       seed: int = 0) -> torch.Tensor:
+    """The ``k`` nearest rows (cosine of the teacher's vectors, the row itself left out) of every row,
+    ``(N, k)`` indices, nearest first.
+
+    Exact within pools of ``pool`` rows: with more rows than that, the rows are split, in a seeded random
+    order, into pools of at most ``pool`` and each row's neighbours are searched in its own pool only, so the
+    cost grows as ``N * pool`` rather than ``N**2`` (a million 768-d rows: about 10^13 multiply-adds, minutes
+    on a CPU). A pool smaller than ``k + 1`` rows gives each row every other row of its pool, padded with
+    the row's own index (``-1`` never appears)."""
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise ValueError(f"teacher_neighbours: expected an (N, D) matrix with N >= 1, got "
+                         f"{tuple(vectors.shape)}")
+    n = len(vectors)
+    unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    out = torch.arange(n).unsqueeze(1).repeat(1, k)  # a row with no other row in its pool points to itself
+    if n <= pool:
+        pools = [torch.arange(n)]
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        pools = list(order.split(pool))
+    for members in pools:
+        m = len(members)
+        take = min(k, m - 1)
+        if take <= 0:
+            continue
+        sub = unit[members]
+        for start in range(0, m, block):
+            sims = sub[start:start + block] @ sub.T  # (b, m)
+            rows = torch.arange(start, min(start + block, m))
+            sims[torch.arange(len(rows)), rows] = float("-inf")  # not its own neighbour
+            top = sims.topk(take, dim=1).indices  # positions within the pool
+            out[members[rows], :take] = members[top]
+    return out
+
+
+class NeighbourGroupSampler(Sampler[int]):
+    """Batches made of groups of the teacher's near neighbours (``train.neighbour_group``): each row is
+    served once per epoch, but next to up to ``group - 1`` of its nearest rows, so a share of every batch's
+    pairs are pairs the teacher finds close.
+
+    Random in-batch pairs are mostly unrelated sentences; a similarity loss on them teaches the coarse layout
+    of the space and little about which sentences are *nearest* each other, the part nearest-neighbour
+    search and recall@k depend on. Each epoch: the rows in a fresh seeded order; each row not yet served opens
+    a group and pulls in the first ``group - 1`` rows of its ``neighbours`` list not yet served (late in an
+    epoch fewer are left, so groups shrink toward single rows); the groups, in that order, are cut into
+    batches.
+    A batch of 32 with groups of 8 has 4 x 28 = 112 of its 496 pairs inside a group."""
+
+    def __init__(self, neighbours: torch.Tensor, group: int, seed: int):
+        if group < 2:
+            raise ValueError(f"group {group}: use 2 or more rows per group (1 is plain random batches)")
+        if neighbours.ndim != 2:
+            raise ValueError(f"neighbours: expected (N, k) indices, got {tuple(neighbours.shape)}")
+        self.neighbours = neighbours.long()
+        self.group, self.seed = int(group), int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer (through accelerate) before each epoch: a resumed run replays the epoch's
+        order exactly."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+    def order(self) -> list[int]:
+        """This epoch's rows, in the order they are served (each exactly once)."""
+        n = len(self.neighbours)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        served = bytearray(n)
+        near = self.neighbours.tolist()
+        out: list[int] = []
+        for row in torch.randperm(n, generator=g).tolist():
+            if served[row]:
+                continue
+            served[row] = 1
+            out.append(row)
+            added = 1
+            for j in near[row]:
+                if added >= self.group:
+                    break
+                if not served[j]:
+                    served[j] = 1
+                    out.append(j)
+                    added += 1
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.order()

@@ -72,8 +72,9 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args: Any, distiller: Distiller, teacher: torch.nn.Module | None = None,
                  store: Any = None, token_level: bool = False, vocab_size: int | None = None,
-                 anchor: float = 0.0, **kwargs: Any):
+                 anchor: float = 0.0, neighbour_group: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.neighbour_group = neighbour_group  # train.neighbour_group: batches of teacher neighbours
         self.token_level = token_level
         # L2-SP (train.anchor): the weights training starts from, taken before a resumed run loads its
         # checkpoint, so a resumed run is pulled toward the same point
@@ -161,15 +162,29 @@ class DistillTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         """``train.group_by_length``: length buckets in a fresh batch order each epoch
         (:class:`distill.training.sampling.LengthBucketSampler`) for tokenised rows; otherwise the Trainer's
-        own choice."""
+        own choice. ``neighbour_group`` > 1: groups of the teacher's nearest rows, from the store's vectors
+        (:class:`distill.training.sampling.NeighbourGroupSampler`)."""
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.neighbour_group > 1:
+            return self._neighbour_sampler(ds, seed)
         if (self.args.train_sampling_strategy == "group_by_length"
                 and "input_ids" in (getattr(ds, "column_names", None) or [])):
             from distill.training.sampling import LengthBucketSampler
 
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return LengthBucketSampler([len(ids) for ids in ds["input_ids"]], self._train_batch_size, seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _neighbour_sampler(self, ds, seed: int):
+        from distill.training.sampling import NeighbourGroupSampler, teacher_neighbours
+
+        if self.store is None or "example_index" not in (getattr(ds, "column_names", None) or []):
+            raise ValueError("train.neighbour_group groups rows by the teacher's stored vectors; it needs "
+                             "the teacher-output store (store.enabled: true)")
+        index = torch.tensor(ds["example_index"])
+        vectors = torch.cat([self.store.fetch(chunk).embeddings.float() for chunk in index.split(8_192)])
+        near = teacher_neighbours(vectors, k=4 * self.neighbour_group, seed=seed)
+        return NeighbourGroupSampler(near, self.neighbour_group, seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = forward_outputs(
