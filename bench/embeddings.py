@@ -154,14 +154,18 @@ STUDENTS = {
 # --minilm-loss: the MiniLM losses. "pca" regresses MiniLM's own 384-d vectors onto the teacher's top-384 PCA
 # axes of the transfer text (cosine, no projector to drop at export) and keeps the similarity-matrix term;
 # those axes keep the teacher's held-out similarities at Spearman 0.9998 (measured 2026-12-02 on the 18,557
-# stored RT + movie embeddings), so the target loses nothing.
+# stored RT + movie embeddings), so the target loses nothing. "ranking" adds Jasper's per-anchor ranking hinge
+# at 0.1 (Jasper weighs its similarity term 10x its triplet term) to the similarity-matrix term.
 MINILM_LOSSES = {
     "similarity_matrix": [{"name": "similarity_matrix", "weight": 1.0}],
     "pca": [{"name": "embedding", "loss": "cosine", "projector": "pca"},
             {"name": "similarity_matrix", "weight": 1.0}],
+    "ranking": [{"name": "similarity_matrix", "weight": 1.0},
+                {"name": "similarity_ranking", "weight": 0.1, "margin": 0.015}],
 }
 MINILM_LOSSES_TEXT = {"similarity_matrix": ["similarity_matrix"],
-                      "pca": ["cosine onto the teacher's 384 PCA axes", "similarity_matrix"]}
+                      "pca": ["cosine onto the teacher's 384 PCA axes", "similarity_matrix"],
+                      "ranking": ["similarity_matrix", "0.1 x similarity_ranking (margin 0.015)"]}
 
 
 def reused_report(where: Path, r) -> dict | None:
@@ -213,7 +217,7 @@ def main() -> None:
                          "teacher neighbours instead of length-grouped batches (0: off)")
     ap.add_argument("--minilm-loss", choices=list(MINILM_LOSSES), default="similarity_matrix",
                     help="losses of the MiniLM student (pca: cosine onto the teacher's PCA axes + "
-                         "similarity matrix)")
+                         "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking)")
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--static-sif", type=float, default=None,

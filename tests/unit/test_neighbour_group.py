@@ -92,3 +92,24 @@ def test_recipe_allows_it_only_for_a_stored_sentence_embedding_run():
                           "store": {"enabled": False}})
     ok = recipe_from_dict({**base, "task": "sentence-embedding", "losses": [{"name": "similarity_matrix"}]})
     assert ok.train.neighbour_group == 4
+
+
+def test_length_aware_packing_pads_to_less_and_keeps_the_groups():
+    vectors, label = _clusters(n_clusters=40, per=10)
+    near = teacher_neighbours(vectors, k=16)
+    lengths = [(i * 37) % 61 + 1 for i in range(400)]
+    plain = NeighbourGroupSampler(near, group=4, seed=2)
+    packed = NeighbourGroupSampler(near, group=4, seed=2, lengths=lengths, batch_size=16, bucket_batches=5)
+    order = list(packed)
+    assert sorted(order) == list(range(400))
+
+    def padded(o):
+        return sum(max(lengths[r] for r in o[i:i + 16]) * len(o[i:i + 16]) for i in range(0, len(o), 16))
+
+    assert padded(order) < 0.9 * padded(list(plain))
+    # groups stay together: a row's successor is mostly from its own cluster (1 in 40 at random)
+    same = sum(int(label[a] == label[b]) for a, b in zip(order, order[1:]))
+    assert same > 0.5 * 399
+    assert list(packed) == order
+    with pytest.raises(ValueError, match="go together"):
+        NeighbourGroupSampler(near, group=4, seed=2, lengths=lengths)

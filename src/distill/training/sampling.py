@@ -101,13 +101,20 @@ class NeighbourGroupSampler(Sampler[int]):
     batches.
     A batch of 32 with groups of 8 has 4 x 28 = 112 of its 496 pairs inside a group."""
 
-    def __init__(self, neighbours: torch.Tensor, group: int, seed: int):
+    def __init__(self, neighbours: torch.Tensor, group: int, seed: int, lengths: Sequence[int] | None = None,
+                 batch_size: int | None = None, bucket_batches: int = 50):
         if group < 2:
             raise ValueError(f"group {group}: use 2 or more rows per group (1 is plain random batches)")
         if neighbours.ndim != 2:
             raise ValueError(f"neighbours: expected (N, k) indices, got {tuple(neighbours.shape)}")
+        if (lengths is None) != (batch_size is None):
+            raise ValueError("lengths and batch_size go together (length-aware packing of the groups)")
+        if lengths is not None and len(lengths) != len(neighbours):
+            raise ValueError(f"lengths: {len(lengths)} rows, neighbours: {len(neighbours)}")
         self.neighbours = neighbours.long()
         self.group, self.seed = int(group), int(seed)
+        self.lengths = [int(n) for n in lengths] if lengths is not None else None
+        self.batch_size, self.bucket_batches = batch_size, bucket_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,27 +125,54 @@ class NeighbourGroupSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.neighbours)
 
-    def order(self) -> list[int]:
-        """This epoch's rows, in the order they are served (each exactly once)."""
+    def groups(self, g: torch.Generator) -> list[list[int]]:
+        """This epoch's groups of neighbours, in the order they were opened (every row in exactly one)."""
         n = len(self.neighbours)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         served = bytearray(n)
         near = self.neighbours.tolist()
-        out: list[int] = []
+        out: list[list[int]] = []
         for row in torch.randperm(n, generator=g).tolist():
             if served[row]:
                 continue
             served[row] = 1
-            out.append(row)
-            added = 1
+            group = [row]
             for j in near[row]:
-                if added >= self.group:
+                if len(group) >= self.group:
                     break
                 if not served[j]:
                     served[j] = 1
-                    out.append(j)
-                    added += 1
+                    group.append(j)
+            out.append(group)
         return out
+
+    def order(self) -> list[int]:
+        """This epoch's rows, in the order they are served (each exactly once).
+
+        With ``lengths``, the groups are packed so a batch pads to less, as :class:`LengthBucketSampler` does
+        with rows: consecutive groups are gathered into buckets of about ``bucket_batches`` batches, sorted by
+        their longest row inside a bucket, the whole sequence is cut into batches, and the full batches are
+        shuffled (the one short batch, if any, comes last)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        groups = self.groups(g)
+        if self.lengths is None or self.batch_size is None:
+            return [row for group in groups for row in group]
+        longest = [max(self.lengths[r] for r in group) for group in groups]
+        stream: list[int] = []
+        bucket: list[int] = []  # group numbers
+        rows_in_bucket, size = 0, self.batch_size * self.bucket_batches
+        for k, group in enumerate(groups):
+            bucket.append(k)
+            rows_in_bucket += len(group)
+            if rows_in_bucket >= size or k == len(groups) - 1:
+                for j in sorted(bucket, key=longest.__getitem__):  # stable: equal lengths keep their order
+                    stream.extend(groups[j])
+                bucket, rows_in_bucket = [], 0
+        b = self.batch_size
+        batches = [stream[i:i + b] for i in range(0, len(stream), b)]
+        full = [batch for batch in batches if len(batch) == b]
+        short = [batch for batch in batches if len(batch) < b]
+        return [row for i in torch.randperm(len(full), generator=g).tolist() for row in full[i]] + \
+            [row for batch in short for row in batch]
 
     def __iter__(self) -> Iterator[int]:
         yield from self.order()

@@ -184,7 +184,9 @@ class DistillTrainer(Trainer):
         index = torch.tensor(ds["example_index"])
         vectors = torch.cat([self.store.fetch(chunk).embeddings.float() for chunk in index.split(8_192)])
         near = teacher_neighbours(vectors, k=4 * self.neighbour_group, seed=seed)
-        return NeighbourGroupSampler(near, self.neighbour_group, seed)
+        lengths = [len(ids) for ids in ds["input_ids"]] if "input_ids" in ds.column_names else None
+        return NeighbourGroupSampler(near, self.neighbour_group, seed, lengths=lengths,
+                                     batch_size=self._train_batch_size if lengths else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = forward_outputs(
