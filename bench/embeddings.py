@@ -155,17 +155,22 @@ STUDENTS = {
 # axes of the transfer text (cosine, no projector to drop at export) and keeps the similarity-matrix term;
 # those axes keep the teacher's held-out similarities at Spearman 0.9998 (measured 2026-12-02 on the 18,557
 # stored RT + movie embeddings), so the target loses nothing. "ranking" adds Jasper's per-anchor ranking hinge
-# at 0.1 (Jasper weighs its similarity term 10x its triplet term) to the similarity-matrix term.
+# at 0.1 (Jasper weighs its similarity term 10x its triplet term) to the similarity-matrix term. "dense" gives
+# MiniLM a kept linear layer to the teacher's 768 (student.dense, least-squares start) and trains it with a
+# plain cosine term beside the similarity-matrix term.
 MINILM_LOSSES = {
     "similarity_matrix": [{"name": "similarity_matrix", "weight": 1.0}],
     "pca": [{"name": "embedding", "loss": "cosine", "projector": "pca"},
             {"name": "similarity_matrix", "weight": 1.0}],
     "ranking": [{"name": "similarity_matrix", "weight": 1.0},
                 {"name": "similarity_ranking", "weight": 0.1, "margin": 0.015}],
+    "dense": [{"name": "embedding", "loss": "cosine"}, {"name": "similarity_matrix", "weight": 1.0}],
 }
 MINILM_LOSSES_TEXT = {"similarity_matrix": ["similarity_matrix"],
                       "pca": ["cosine onto the teacher's 384 PCA axes", "similarity_matrix"],
-                      "ranking": ["similarity_matrix", "0.1 x similarity_ranking (margin 0.015)"]}
+                      "ranking": ["similarity_matrix", "0.1 x similarity_ranking (margin 0.015)"],
+                      "dense": ["cosine through its kept 384 -> 768 layer (student.dense)",
+                                "similarity_matrix"]}
 
 
 def reused_report(where: Path, r) -> dict | None:
@@ -217,7 +222,8 @@ def main() -> None:
                          "teacher neighbours instead of length-grouped batches (0: off)")
     ap.add_argument("--minilm-loss", choices=list(MINILM_LOSSES), default="similarity_matrix",
                     help="losses of the MiniLM student (pca: cosine onto the teacher's PCA axes + "
-                         "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking)")
+                         "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking; dense: a "
+                         "kept linear layer to the teacher's width, cosine + similarity matrix)")
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--static-sif", type=float, default=None,
@@ -260,6 +266,8 @@ def main() -> None:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
         if name == "minilm6_distilled":
             losses = MINILM_LOSSES[args.minilm_loss]
+            if args.minilm_loss == "dense":
+                student = {**student, "dense": True}
         if name == "static_distilled" and args.static_sif:
             student = {**student, "static_sif": args.static_sif}
         for seed in args.seeds:

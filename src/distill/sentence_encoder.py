@@ -25,6 +25,9 @@ ENCODER_FILE = "distill_encoder.json"
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 # modules.json types we understand (sentence-transformers moved them between versions: match on the tail)
 _TRANSFORMER, _POOLING, _NORMALIZE, _STATIC = "Transformer", "Pooling", "Normalize", "StaticEmbedding"
+_DENSE = "Dense"
+DENSE_FILE = "dense.safetensors"
+_IDENTITY = ("torch.nn.modules.linear.Identity", "torch.nn.Identity")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -45,24 +48,33 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Te
 
 
 class SentenceEncoder(nn.Module):
-    """A Hugging Face encoder + pooling (+ L2 normalisation): the sentence-transformers recipe of most
-    embedding models (e.g. all-mpnet-base-v2 = MPNet, mean pooling, Normalize)."""
+    """A Hugging Face encoder + pooling (+ a linear layer) (+ L2 normalisation): the sentence-transformers
+    recipe of most embedding models (e.g. all-mpnet-base-v2 = MPNet, mean pooling, Normalize). ``dense``
+    (``student.dense``) maps the pooled vector to another width, e.g. the teacher's, and is exported as a
+    sentence-transformers ``Dense`` module with no activation."""
 
-    def __init__(self, backbone: nn.Module, pooling: str = "mean", normalize: bool = False):
+    def __init__(self, backbone: nn.Module, pooling: str = "mean", normalize: bool = False,
+                 dense: nn.Linear | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not supported; choose from {', '.join(POOLINGS)}")
         self.backbone = backbone
         self.pooling = pooling
         self.normalize = normalize
+        self.dense = dense
 
     @property
     def config(self):  # the trainer and the layer tools read the backbone's config
         return self.backbone.config
 
     @property
-    def embedding_dim(self) -> int:
+    def hidden_dim(self) -> int:
+        """Width of the pooled vector (the backbone's hidden size)."""
         return int(self.backbone.config.hidden_size)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.dense.out_features) if self.dense is not None else self.hidden_dim
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
@@ -73,6 +85,8 @@ class SentenceEncoder(nn.Module):
         out = self.backbone(**kwargs, output_hidden_states=output_hidden_states,
                             output_attentions=output_attentions)
         emb = pool(out.last_hidden_state, attention_mask, self.pooling)  # (B, H)
+        if self.dense is not None:
+            emb = self.dense(emb)  # (B, D)
         if self.normalize:
             emb = F.normalize(emb, dim=-1)
         return ModelOutputs(
@@ -85,8 +99,15 @@ class SentenceEncoder(nn.Module):
     def save(self, path: str | Path) -> None:
         path = Path(path)
         self.backbone.save_pretrained(path)
-        (path / ENCODER_FILE).write_text(json.dumps({"kind": "transformer", "pooling": self.pooling,
-                                                     "normalize": self.normalize}))
+        info: dict[str, Any] = {"kind": "transformer", "pooling": self.pooling, "normalize": self.normalize}
+        if self.dense is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous() for k, v in self.dense.state_dict().items()},
+                      str(path / DENSE_FILE))
+            info["dense"] = {"in_features": self.dense.in_features, "out_features": self.dense.out_features,
+                             "bias": self.dense.bias is not None, "path": DENSE_FILE}
+        (path / ENCODER_FILE).write_text(json.dumps(info))
 
 
 class StaticEncoder(nn.Module):
@@ -146,11 +167,12 @@ def describe(path: str | Path) -> dict[str, Any]:
         return {"kind": "transformer", "pooling": "mean", "normalize": False, "backbone": str(path)}
     modules = json.loads(modules_file.read_text())
     types = [_module_type(m) for m in modules]
-    unsupported = [t for t in types if t not in (_TRANSFORMER, _POOLING, _NORMALIZE, _STATIC)]
-    if unsupported:
+    unsupported = [t for t in types if t not in (_TRANSFORMER, _POOLING, _DENSE, _NORMALIZE, _STATIC)]
+    if unsupported or types.count(_DENSE) > 1:
         raise RecipeError(
-            f"{path}: sentence-transformers modules {unsupported} are not supported yet (distill handles "
-            "Transformer + Pooling + Normalize and StaticEmbedding models)"
+            f"{path}: sentence-transformers modules {unsupported or types} are not supported yet (distill "
+            "handles Transformer + Pooling (+ one Dense without activation) + Normalize and StaticEmbedding "
+            "models)"
         )
     info: dict[str, Any] = {"normalize": _NORMALIZE in types}
     for entry, kind in zip(modules, types):
@@ -161,10 +183,41 @@ def describe(path: str | Path) -> dict[str, Any]:
             info["kind"], info["backbone"] = "static", str(sub)
         elif kind == _POOLING:
             info["pooling"] = _pooling_mode(json.loads((sub / "config.json").read_text()), sub)
+        elif kind == _DENSE:
+            info["dense"] = _dense_info(sub)
     info.setdefault("pooling", "mean")
     if "kind" not in info:
         raise RecipeError(f"{path}: modules.json has no Transformer or StaticEmbedding module")
     return info
+
+
+def _dense_info(sub: Path) -> dict[str, Any]:
+    """A sentence-transformers ``Dense`` module's shape and weights file; only a linear one (no activation)
+    is read, the kind distill exports."""
+    cfg = json.loads((sub / "config.json").read_text())
+    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")  # the module's default
+    if act not in _IDENTITY:
+        raise RecipeError(f"{sub}: a Dense module with activation {act!r} is not supported yet (distill "
+                          "reads linear Dense modules, activation torch.nn.Identity)")
+    weights = next((f for f in (sub / "model.safetensors", sub / "pytorch_model.bin") if f.exists()), None)
+    if weights is None:
+        raise RecipeError(f"{sub}: no Dense weights (model.safetensors / pytorch_model.bin)")
+    return {"in_features": int(cfg["in_features"]), "out_features": int(cfg["out_features"]),
+            "bias": bool(cfg.get("bias", True)), "path": str(weights.resolve())}
+
+
+def _load_dense(base: Path, info: dict[str, Any]) -> nn.Linear:
+    where = Path(info["path"]) if Path(info["path"]).is_absolute() else base / info["path"]
+    if where.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(where))
+    else:
+        state = torch.load(str(where), map_location="cpu", weights_only=True)
+    state = {k.removeprefix("linear."): v for k, v in state.items()}
+    layer = nn.Linear(info["in_features"], info["out_features"], bias=info["bias"])
+    layer.load_state_dict(state)
+    return layer
 
 
 def _pooling_mode(cfg: dict[str, Any], where: Path) -> str:
@@ -214,7 +267,8 @@ def load_encoder(path: str | Path) -> SentenceEncoder | StaticEncoder:
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(info["backbone"])
-    return SentenceEncoder(backbone, info["pooling"], bool(info["normalize"]))
+    dense = _load_dense(Path(path), info["dense"]) if info.get("dense") else None
+    return SentenceEncoder(backbone, info["pooling"], bool(info["normalize"]), dense)
 
 
 def _load_static(where: Path, info: dict[str, Any]) -> StaticEncoder:

@@ -446,3 +446,38 @@ def test_neighbour_group_batches_train_from_the_stored_teacher_vectors(tmp_path,
     assert not orders  # random batches: no neighbour sampler
     plain_fp = json.loads(done.read_text())["fingerprint"]
     assert plain_fp != grouped_fp
+
+
+def test_dense_student_trains_in_the_teachers_width_and_exports_it(tmp_path, st_teacher, text_csv,
+                                                                   tiny_student):
+    """student.dense: the narrower student gets a linear layer to the teacher's width, started as a
+    least-squares fit, trained with a plain cosine term (no projector), exported as a Dense module that
+    sentence-transformers serves with the trained student's vectors; the baseline is the start without it."""
+    from distill.runner import run
+    from distill.sentence_encoder import load_encoder
+
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "model": str(tiny_student),
+                                   "dense": True},
+                          losses=[{"name": "embedding", "loss": "cosine"},
+                                  {"name": "similarity_matrix", "weight": 1.0}], train={"epochs": 3})
+    report = run(recipe)
+    models = report["models"]
+    assert models["student_kd"]["dim"] == 32 and models["student_untrained"]["dim"] == 16
+    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
+    out = tmp_path / "run" / "student"
+    trained = load_encoder(tmp_path / "run" / "student_trained")
+    assert trained.dense is not None and trained.dense.out_features == 32
+    texts = ["the film was great", "a dull and boring plot"]
+    from distill.models import load_tokenizer
+
+    enc = load_tokenizer(str(out))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = trained.eval()(**enc).embeddings.numpy()
+    np.testing.assert_allclose(_st_encode(out, texts), expected, atol=1e-5)
+
+
+def test_dense_refused_for_static_students_before_loading(tmp_path, st_teacher, text_csv):
+    with pytest.raises(RecipeError, match="student.dense"):
+        embed_recipe(tmp_path, st_teacher, text_csv,
+                     student={"from_teacher": False, "layers": None, "static": True, "dense": True})

@@ -111,6 +111,9 @@ class Recipe:
                    "the head codec codes a language model's per-token logits (task: causal-lm); "
                    "use codec: topk")
         grouped_ok = self.task == "sentence-embedding" and self.store.enabled
+        check(not self.student.dense or self.task == "sentence-embedding", "student.dense",
+              self.student.dense,
+              "the linear output layer is for task: sentence-embedding students; set dense: false")
         check(not self.train.neighbour_group or grouped_ok,
               "train.neighbour_group", self.train.neighbour_group,
               "batches of teacher neighbours are built from a sentence-embedding run's stored teacher "

@@ -31,13 +31,24 @@ class StudentConfig:
     distillation text (add-one smoothed) and ``a`` this value (SIF, Arora et al. 2017; model2vec weighs by
     vocabulary rank instead): frequent tokens such as punctuation and articles then count less in the mean.
     Empty: no weighting."""
+    dense: bool = False
+    """``task: sentence-embedding``, transformer students: a linear layer after pooling that maps the
+    student's vector to the teacher's width, trained with the student and exported in the student directory
+    (a sentence-transformers ``Dense`` module without activation), so losses such as ``embedding`` (cosine)
+    compare the student's own output with the teacher's vector, with no projector dropped at export. It
+    starts as the least-squares map from the untrained student's vectors to the teacher's on up to 4,096
+    training sentences (teacher vectors from the store). The student before distillation (the report's
+    baseline) is the start without it."""
 
     def fingerprinted(self) -> dict:
-        """The fields a stage fingerprint is built from: ``static_sif`` only when set, so stages finished
-        before it existed stay valid."""
-        return {k: v for k, v in self.__dict__.items() if not (k == "static_sif" and v is None)}
+        """The fields a stage fingerprint is built from: ``static_sif`` and ``dense`` only when set, so
+        stages finished before they existed stay valid."""
+        return {k: v for k, v in self.__dict__.items()
+                if not ((k == "static_sif" and v is None) or (k == "dense" and not v))}
 
     def __post_init__(self) -> None:
+        check(not (self.dense and self.static), "student.dense", self.dense,
+              "a static student already learns its own width (student.static_dim); set dense: false")
         if self.static:
             check(self.model is None and not self.from_teacher and not self.layers, "student.static",
                    self.static,

@@ -19,6 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from distill._dataclass_io import RecipeError
 from distill.files import atomic_dir
 from distill.sentence_encoder import SentenceEncoder, StaticEncoder
@@ -44,6 +46,7 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import (
+        Dense,
         Normalize,
         Pooling,
         StaticEmbedding,
@@ -61,7 +64,13 @@ def save_sentence_transformer(encoder: SentenceEncoder | StaticEncoder, tokenize
             encoder.backbone.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             first = Transformer(tmp, max_seq_length=max_length)
-            modules = [first, Pooling(encoder.embedding_dim, pooling_mode=_ST_POOLING[encoder.pooling])]
+            modules = [first, Pooling(encoder.hidden_dim, pooling_mode=_ST_POOLING[encoder.pooling])]
+            if encoder.dense is not None:  # student.dense: a linear layer, no activation
+                layer = encoder.dense
+                dense = Dense(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                              activation_function=torch.nn.Identity())
+                dense.linear.load_state_dict(layer.state_dict())
+                modules.append(dense)
         if encoder.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, device="cpu")

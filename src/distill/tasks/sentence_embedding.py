@@ -76,7 +76,8 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
                               "similarity_ranking, affinity, contrastive or crd")
     tdir, tinfo = teacher_encoder(t, "teacher")
     tconf = AutoConfig.from_pretrained(tinfo["backbone"])
-    t_dim, t_layers = hidden_size(tconf), num_layers(tconf)
+    t_hidden, t_layers = hidden_size(tconf), num_layers(tconf)
+    t_dim = tinfo["dense"]["out_features"] if tinfo.get("dense") else t_hidden  # its sentence vector
     info: dict[str, Any] = {"teacher_dir": tdir, "teacher": tinfo}
     target_dim = t_dim  # what the losses see of the teacher: with several teachers, their joined vectors
     if recipe.teachers:
@@ -89,7 +90,8 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
         info["members"] = []
         for i, member in enumerate(recipe.teachers):
             mdir, minfo = teacher_encoder(member, f"teachers[{i}]")
-            dim = hidden_size(AutoConfig.from_pretrained(minfo["backbone"]))
+            dim = (minfo["dense"]["out_features"] if minfo.get("dense")
+                   else hidden_size(AutoConfig.from_pretrained(minfo["backbone"])))
             info["members"].append({"name": member.name or teacher_name(member), "weight": member.weight,
                                     "dir": mdir, "backbone": minfo["backbone"], "dim": dim})
         target_dim = sum(m["dim"] for m in info["members"])
@@ -102,7 +104,7 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
                               "PCA can only reduce it (use <= the teacher's width, or leave it empty)")
     elif s.from_teacher:
         check_layers(list(s.layers or []), t_layers)
-        s_dim, s_layers, same_tok = t_dim, len(s.layers or []), True
+        s_dim, s_layers, same_tok = t_hidden, len(s.layers or []), True  # the teacher's Dense is not copied
     else:
         sdir = resolve_encoder_dir(s.model or "")
         sinfo = describe(sdir)
@@ -112,10 +114,20 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
         else:
             sconf = AutoConfig.from_pretrained(sinfo["backbone"])
             s_dim, s_layers = hidden_size(sconf), num_layers(sconf)
+            if sinfo.get("dense"):
+                if s.dense:
+                    raise RecipeError(f"student.dense: {s.model} already ends in a Dense layer; set dense: "
+                                      "false (its own layer is trained) or start from a model without one")
+                s_dim = sinfo["dense"]["out_features"]
             if s.layers:
                 check_layers(list(s.layers), s_layers, "the student model")
                 s_layers = len(s.layers)
         same_tok = same_tokenizer(load_tokenizer(sinfo["backbone"]), load_tokenizer(tinfo["backbone"]))
+    if s.dense:
+        if s_dim is None:
+            raise RecipeError("student.dense: the student model is a static one; a linear output layer is "
+                              "for transformer students (set dense: false)")
+        s_dim = target_dim  # the student's output is mapped to the teacher's width
     for i, spec in enumerate(recipe.losses):
         if spec.params.get("projector") == "pca" and not recipe.store.enabled:
             raise RecipeError(f"losses[{i}].projector: pca fits the teacher's basis from the teacher-output "
@@ -389,6 +401,7 @@ class SentenceEmbeddingTask(Task):
             "max_length": r.data.max_length, "data": fingerprint_rows(list(data["text"])),
             "store": getattr(store, "key", None),
             "teacher": self.teacher.fingerprint() if teacher is not None else None,
+            **({"dense": True} if r.student.dense else {}),
         })
         if (done := stage_done(final, fp)) is not None:
             self.log(f"{name}: already trained, reusing {final}")
@@ -396,6 +409,8 @@ class SentenceEmbeddingTask(Task):
             return load_encoder(final)
         set_seed(r.train.seed)
         model = load_encoder(init)
+        if r.student.dense:
+            model.dense = self._fitted_dense(model, data, store)
         # the online teacher needs its own inputs when the tokenizers differ or the student drops special
         # tokens
         teacher_inputs = teacher is not None and (not self.plan.same_tokenizer or self.static)
@@ -418,6 +433,39 @@ class SentenceEmbeddingTask(Task):
         state.wait_for_everyone()
         self.report["training"][name] = info
         return model
+
+    def _fitted_dense(self, model: SentenceEncoder, data: pd.DataFrame, store: Any) -> torch.nn.Linear:
+        """``student.dense``: the linear layer from the student's pooled vector to the teacher's, started as
+        the (lightly ridge-regularised) least-squares map on up to 4,096 seeded training sentences (teacher
+        vectors from the store, or from the teacher's cached encodings without one)."""
+        from distill.evaluation.embedding import encode
+
+        r = self.recipe
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(r.train.seed))[:4096]
+        pick = pick.sort().values
+        texts = [str(t) for t in data["text"].iloc[pick.tolist()]]
+        normalize, model.normalize = model.normalize, False  # the layer reads the pooled vector as it is
+        try:
+            x = torch.from_numpy(encode(model, self.student_tokenizer, texts, r.data.max_length,
+                                        r.train.eval_batch_size, True)).double()
+        finally:
+            model.normalize = normalize
+        if store is not None:
+            y = store.fetch(pick).embeddings.double()
+        else:
+            y = torch.from_numpy(self._encode("teacher", None, texts)).double()
+        # ridge, lightly: near-identical pooled vectors (an untrained or collapsed encoder) would otherwise
+        # give huge weights, and training from them diverges
+        xtx = x.T @ x
+        ridge = 1e-3 * xtx.diagonal().mean() * torch.eye(x.shape[1], dtype=x.dtype)
+        w = torch.linalg.solve(xtx + ridge, x.T @ y)  # (H, D)
+        layer = torch.nn.Linear(x.shape[1], y.shape[1], bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(w.T.float())
+        fit = torch.nn.functional.cosine_similarity(x @ w, y, dim=-1).mean()
+        self.log(f"student.dense: {x.shape[1]} -> {y.shape[1]} linear layer fitted on {len(texts)} sentences "
+                 f"(mean cosine with the teacher's vectors {float(fit):.3f})")
+        return layer
 
     def export_student(self, student: torch.nn.Module) -> None:
         from distill.export.sentence_transformers import save_sentence_transformer
