@@ -194,6 +194,8 @@ def describe(path: str | Path) -> dict[str, Any]:
 def _dense_info(sub: Path) -> dict[str, Any]:
     """A sentence-transformers ``Dense`` module's shape and weights file; only a linear one (no activation)
     is read, the kind distill exports."""
+    if not (sub / "config.json").exists():
+        raise RecipeError(f"{sub}: a Dense module without its config.json; re-export the model")
     cfg = json.loads((sub / "config.json").read_text())
     act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")  # the module's default
     if act not in _IDENTITY:

@@ -58,10 +58,15 @@ def test_describe_reads_old_and_new_pooling_configs(tmp_path):
 
 
 def test_describe_rejects_modules_it_cannot_reproduce(tmp_path):
+    norm = {"idx": 2, "name": "2", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}
+    _st_dir(tmp_path / "a", {"pooling_mode_mean_tokens": True}, [norm])
+    with pytest.raises(RecipeError, match="LayerNorm"):
+        describe(tmp_path / "a")
+    # a Dense module is read (student.dense exports one), but not without its config
     dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
-    _st_dir(tmp_path, {"pooling_mode_mean_tokens": True}, [dense])
+    _st_dir(tmp_path / "b", {"pooling_mode_mean_tokens": True}, [dense])
     with pytest.raises(RecipeError, match="Dense"):
-        describe(tmp_path)
+        describe(tmp_path / "b")
 
 
 def test_describe_rejects_weighted_mean_pooling(tmp_path):
