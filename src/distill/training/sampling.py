@@ -16,13 +16,11 @@ import torch
 from torch.utils.data import Sampler
 
 
-class LengthBucketSampler(Sampler[int]):
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50):
-        if batch_size <= 0 or bucket_batches <= 0:
-            raise ValueError(f"batch_size {batch_size} and bucket_batches {bucket_batches} must be positive")
-        self.lengths = [int(n) for n in lengths]
-        self.batch_size, self.seed, self.bucket_batches = batch_size, seed, bucket_batches
-        self.epoch = 0
+class _EpochSampler(Sampler[int]):
+    """A sampler whose order is a function of (seed, epoch) alone; ``size`` rows per epoch."""
+
+    epoch = 0
+    size = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer (through accelerate) before each epoch: a resumed run replays the epoch's
@@ -30,11 +28,23 @@ class LengthBucketSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.size
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed * 100_003 + self.epoch)
+
+
+class LengthBucketSampler(_EpochSampler):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50):
+        if batch_size <= 0 or bucket_batches <= 0:
+            raise ValueError(f"batch_size {batch_size} and bucket_batches {bucket_batches} must be positive")
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size, self.seed, self.bucket_batches = batch_size, seed, bucket_batches
+        self.epoch, self.size = 0, len(self.lengths)
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches, in the order they are served."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = self.generator(self.seed)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         size = self.batch_size * self.bucket_batches
         full, short = [], []
@@ -88,7 +98,7 @@ def teacher_neighbours(vectors: torch.Tensor, k: int, pool: int = 16_384, block:
     return out
 
 
-class NeighbourGroupSampler(Sampler[int]):
+class NeighbourGroupSampler(_EpochSampler):
     """Batches made of groups of the teacher's near neighbours (``train.neighbour_group``): each row is
     served once per epoch, but next to up to ``group - 1`` of its nearest rows, so a share of every batch's
     pairs are pairs the teacher finds close.
@@ -115,15 +125,7 @@ class NeighbourGroupSampler(Sampler[int]):
         self.group, self.seed = int(group), int(seed)
         self.lengths = [int(n) for n in lengths] if lengths is not None else None
         self.batch_size, self.bucket_batches = batch_size, bucket_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer (through accelerate) before each epoch: a resumed run replays the epoch's
-        order exactly."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.neighbours)
+        self.epoch, self.size = 0, len(self.neighbours)
 
     def groups(self, g: torch.Generator) -> list[list[int]]:
         """This epoch's groups of neighbours, in the order they were opened (every row in exactly one)."""
@@ -152,7 +154,7 @@ class NeighbourGroupSampler(Sampler[int]):
         with rows: consecutive groups are gathered into buckets of about ``bucket_batches`` batches, sorted by
         their longest row inside a bucket, the whole sequence is cut into batches, and the full batches are
         shuffled (the one short batch, if any, comes last)."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = self.generator(self.seed)
         groups = self.groups(g)
         if self.lengths is None or self.batch_size is None:
             return [row for group in groups for row in group]
