@@ -165,12 +165,15 @@ MINILM_LOSSES = {
     "ranking": [{"name": "similarity_matrix", "weight": 1.0},
                 {"name": "similarity_ranking", "weight": 0.1, "margin": 0.015}],
     "dense": [{"name": "embedding", "loss": "cosine"}, {"name": "similarity_matrix", "weight": 1.0}],
+    "dense_sim20": [{"name": "embedding", "loss": "cosine"}, {"name": "similarity_matrix", "weight": 20.0}],
 }
 MINILM_LOSSES_TEXT = {"similarity_matrix": ["similarity_matrix"],
                       "pca": ["cosine onto the teacher's 384 PCA axes", "similarity_matrix"],
                       "ranking": ["similarity_matrix", "0.1 x similarity_ranking (margin 0.015)"],
                       "dense": ["cosine through its kept 384 -> 768 layer (student.dense)",
-                                "similarity_matrix"]}
+                                "similarity_matrix"],
+                      "dense_sim20": ["cosine through its kept 384 -> 768 layer (student.dense)",
+                                      "20 x similarity_matrix"]}
 
 
 def reused_report(where: Path, r) -> dict | None:
@@ -223,7 +226,8 @@ def main() -> None:
     ap.add_argument("--minilm-loss", choices=list(MINILM_LOSSES), default="similarity_matrix",
                     help="losses of the MiniLM student (pca: cosine onto the teacher's PCA axes + "
                          "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking; dense: a "
-                         "kept linear layer to the teacher's width, cosine + similarity matrix)")
+                         "kept linear layer to the teacher's width, cosine + similarity matrix; "
+                         "dense_sim20: the same with the similarity matrix weighted 20, as in Jasper)")
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--static-sif", type=float, default=None,
@@ -266,7 +270,7 @@ def main() -> None:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
         if name == "minilm6_distilled":
             losses = MINILM_LOSSES[args.minilm_loss]
-            if args.minilm_loss == "dense":
+            if args.minilm_loss.startswith("dense"):
                 student = {**student, "dense": True}
         if name == "static_distilled" and args.static_sif:
             student = {**student, "static_sif": args.static_sif}
