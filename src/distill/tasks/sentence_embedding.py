@@ -421,7 +421,7 @@ class SentenceEmbeddingTask(Task):
             data_collator=DistillCollator(self.student_tokenizer,
                                           self.teacher_tokenizer if teacher_inputs else None),
             distiller=distiller, teacher=teacher, store=store, anchor=r.train.anchor,
-            neighbour_group=r.train.neighbour_group if store is not None else 0,
+            neighbour_group=r.train.neighbour_group,  # the recipe check guarantees a store with it
         )
         self.log(f"{name}: training on {len(train_ds)} sentences "
                  f"({'teacher from the store' if store is not None else 'online teacher'})")
