@@ -44,7 +44,7 @@ LAYERS = [0, 5, 11]
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
            baseline: bool, train_rows: int | None = None, anchor: float = 0.0,
            sources: list[str] | None = None, batch_size: int = 32, augment: int = 0,
-           neighbour_group: int = 0) -> dict:
+           neighbour_group: int = 0, bf16: bool = False) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -59,6 +59,7 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
         "train": {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed,
                   "logging_steps": 100, "save_steps": 500, "eval_batch_size": 64, "report_to": [],
                   "group_by_length": not neighbour_group, "anchor": anchor,
+                  **({"bf16": True} if bf16 else {}),
                   **({"neighbour_group": neighbour_group} if neighbour_group else {})},
         "eval": {"baseline": baseline, "agreement_pairs": 20000, "retrieval_k": 10, "probe_rows": 1000,
                  "throughput_sentences": 256},
@@ -223,6 +224,9 @@ def main() -> None:
     ap.add_argument("--neighbour-group", type=int, default=0,
                     help="train.neighbour_group of the transformer students: batches of groups of this many "
                          "teacher neighbours instead of length-grouped batches (0: off)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="train.bf16 for the transformer students: bfloat16 autocast (on CPUs with AMX / "
+                         "AVX512-BF16 about 1.9x the fp32 step speed, measured on an Intel Xeon 2026-12-03)")
     ap.add_argument("--minilm-loss", choices=list(MINILM_LOSSES), default="similarity_matrix",
                     help="losses of the MiniLM student (pca: cosine onto the teacher's PCA axes + "
                          "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking; dense: a "
@@ -283,7 +287,8 @@ def main() -> None:
                                         args.static_anchor if name == "static_distilled" else 0.0,
                                         args.unlabeled_sources, args.batch_size,
                                         0 if name == "static_distilled" else args.augment,
-                                        0 if name == "static_distilled" else args.neighbour_group))
+                                        0 if name == "static_distilled" else args.neighbour_group,
+                                        args.bf16 and name != "static_distilled"))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
             report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
