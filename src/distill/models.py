@@ -112,6 +112,25 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+def _upcast(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_upcast(v) for v in x)
+    return x
+
+
+def _float32(out: ModelOutputs) -> ModelOutputs:
+    """The half-precision tensors of a distill module's outputs as float32. Under ``train.bf16`` / ``fp16``
+    accelerate runs the model's forward in autocast and converts a transformers model's outputs (a mapping)
+    back to float32, but not a dataclass: without this, the losses of a sentence encoder would compute
+    their cosines from bfloat16 vectors (3 significant digits), blurring the small similarity differences
+    the similarity-structure losses train on."""
+    for name in ("embeddings", "hidden_states", "attentions"):
+        setattr(out, name, _upcast(getattr(out, name)))
+    return out
+
+
 def forward_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], hidden: bool = False,
                     attentions: bool = False, embeddings: bool = False,
                     qkv_layers: Sequence[int] | str | None = None) -> ModelOutputs:
@@ -139,7 +158,7 @@ def forward_outputs(model: nn.Module, inputs: dict[str, torch.Tensor], hidden: b
     if isinstance(out, ModelOutputs):  # distill's own modules (sentence encoders) already speak ModelOutputs
         if qkv is not None:
             out.qkv = qkv
-        return out
+        return _float32(out)
     states = tuple(out.hidden_states) if out.hidden_states is not None and (hidden or embeddings) else None
     return ModelOutputs(
         logits=out.logits,

@@ -481,3 +481,35 @@ def test_dense_refused_for_static_students_before_loading(tmp_path, st_teacher, 
     with pytest.raises(RecipeError, match="student.dense"):
         embed_recipe(tmp_path, st_teacher, text_csv,
                      student={"from_teacher": False, "layers": None, "static": True, "dense": True})
+
+
+def test_bf16_on_cpu_trains_with_float32_loss_inputs_and_saves_float32(tmp_path, st_teacher, text_csv,
+                                                                         tiny_student, monkeypatch):
+    """train.bf16 on a CPU: the student's forward runs under bfloat16 autocast, but the losses receive
+    float32 vectors (cosines of bf16-rounded vectors would blur the small differences the similarity terms
+    train on) and the saved student is float32."""
+    from safetensors.torch import load_file
+
+    from distill.losses.embedding import SimilarityMatrixLoss
+    from distill.runner import run
+
+    seen: list[torch.dtype] = []
+    forward = SimilarityMatrixLoss.forward
+
+    def spy(self, student, teacher, batch):
+        seen.append(student.embeddings.dtype)
+        return forward(self, student, teacher, batch)
+
+    monkeypatch.setattr(SimilarityMatrixLoss, "forward", spy)
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "model": str(tiny_student),
+                                   "dense": True},
+                          losses=[{"name": "embedding", "loss": "cosine"},
+                                  {"name": "similarity_matrix", "weight": 1.0}],
+                          train={"epochs": 3, "bf16": True})
+    report = run(recipe)
+    assert seen and set(seen) == {torch.float32}
+    models = report["models"]
+    assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
+    weights = load_file(str(tmp_path / "run" / "student" / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
