@@ -232,6 +232,11 @@ def main() -> None:
                          "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking; dense: a "
                          "kept linear layer to the teacher's width, cosine + similarity matrix; "
                          "dense_sim20: the same with the similarity matrix weighted 20, as in Jasper)")
+    ap.add_argument("--neighbourhood", type=float, default=0.0,
+                    help="add the neighbourhood loss (KL over the similarities to the store's bank of "
+                         "teacher vectors, temperature --neighbourhood-temperature) with this weight to the "
+                         "MiniLM student's losses (0: off)")
+    ap.add_argument("--neighbourhood-temperature", type=float, default=0.05)
     ap.add_argument("--static-epochs", type=float, default=3.0)
     ap.add_argument("--static-lr", type=float, default=0.05)
     ap.add_argument("--static-sif", type=float, default=None,
@@ -274,6 +279,9 @@ def main() -> None:
         student, losses, ep_flag, lr_flag = STUDENTS[name]
         if name == "minilm6_distilled":
             losses = MINILM_LOSSES[args.minilm_loss]
+            if args.neighbourhood:
+                losses = [*losses, {"name": "neighbourhood", "weight": args.neighbourhood,
+                                    "temperature": args.neighbourhood_temperature}]
             if args.minilm_loss.startswith("dense"):
                 student = {**student, "dense": True}
         if name == "static_distilled" and args.static_sif:
@@ -439,6 +447,9 @@ def main() -> None:
                f"{(summary.get(name) or summary['teacher']).get('parameters') or 0:,}"]) + " |")
     table = "\n".join(lines)
     held = len(test_texts)
+    minilm_losses_text = MINILM_LOSSES_TEXT[args.minilm_loss] + (
+        [f"{args.neighbourhood:g} x neighbourhood (store bank, T {args.neighbourhood_temperature:g})"]
+        if args.neighbourhood else [])
     notes = [
         f"Held-out: {held} movie snippets (ASSETS.md split), 20,000 random pairs (Spearman) and recall@10 of "
         "the teacher's neighbours; OOD Spearman: agreement with the teacher on the probe sets' texts "
@@ -454,7 +465,7 @@ def main() -> None:
            "transformer students (data.augment, rate 0.4, the teacher's input-embedding neighbours)"
            if args.augment else "")
         + ").",
-        f"Losses: MiniLM {' + '.join(MINILM_LOSSES_TEXT[args.minilm_loss])}; "
+        f"Losses: MiniLM {' + '.join(minilm_losses_text)}; "
         "3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "
         "max length 64, "

@@ -207,6 +207,10 @@ def test_bad_recipes_fail_before_loading(tmp_path, st_teacher, text_csv):
         recipe = embed_recipe(tmp_path, st_teacher, text_csv, student={"from_teacher": False, "layers": None,
                                                                        "static": True, "static_dim": 64})
         task_for(recipe)
+    with pytest.raises(RecipeError, match="losses\\[1\\].bank: 'store'.*store.enabled: true"):
+        recipe = embed_recipe(tmp_path, st_teacher, text_csv, store={"enabled": False},
+                              losses=[{"name": "embedding"}, {"name": "neighbourhood"}])
+        task_for(recipe)
 
 
 def test_cli_run_and_cache_info(tmp_path, st_teacher, text_csv, capsys):
@@ -282,10 +286,12 @@ def test_similarity_structure_losses_train_an_embedding_student(tmp_path, st_tea
     together = embed_recipe(tmp_path / "together", st_teacher, text_csv, student=student,
                             losses=[{"name": "embedding", "loss": "cosine"},
                                     {"name": "similarity_matrix", "weight": 200.0, "dims": [8, 16]},
-                                    {"name": "similarity_ranking", "weight": 0.5}], train={"epochs": 1})
+                                    {"name": "similarity_ranking", "weight": 0.5},
+                                    {"name": "neighbourhood", "weight": 0.5}], train={"epochs": 1})
     report = run(together)
     logged = {k for entry in report["training"]["student_trained"]["log_history"] for k in entry}
-    assert {"loss/embedding", "loss/similarity_matrix", "loss/similarity_ranking"} <= logged
+    assert {"loss/embedding", "loss/similarity_matrix", "loss/similarity_ranking",
+            "loss/neighbourhood"} <= logged
     assert np.isfinite(report["models"]["student_kd"]["spearman"])
 
 

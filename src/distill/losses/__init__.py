@@ -22,6 +22,7 @@ from distill.losses.embedding import (
     ContrastiveLoss,
     CRDLoss,
     EmbeddingLoss,
+    NeighbourhoodLoss,
     SimilarityMatrixLoss,
     SimilarityRankingLoss,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "ContrastiveLoss",
     "CRDLoss",
     "SimilarityMatrixLoss",
+    "NeighbourhoodLoss",
     "SimilarityRankingLoss",
     "ALMLoss",
     "HybridTokenKLLoss",

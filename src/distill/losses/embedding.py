@@ -590,3 +590,129 @@ class SimilarityRankingLoss(DistillLoss):
             return e_s.sum() * 0.0
         hinge = torch.relu(self.margin - torch.sign(d_t) * d_s)
         return hinge[valid].mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# neighbourhood: the student's similarity distribution over a bank of teacher vectors (CompRess / SEED)
+# ----------------------------------------------------------------------------------------------------------
+
+BANKS = ("store", "batch")
+
+
+@register_loss
+class NeighbourhoodLoss(DistillLoss):
+    """Each student vector should find the same neighbours among the teacher's vectors as the teacher's own.
+
+    For row ``i`` with teacher vector ``t_i``, student vector ``s_i`` (through ``W`` when the widths differ)
+    and a bank of teacher vectors ``b_1..b_N``: ``p_ij = softmax_j(cos(t_i, b_j) / tau_T)``,
+    ``q_ij = softmax_j(cos(W s_i, b_j) / tau)`` and ``L = mean_i KL(p_i || q_i)``; the row's own entry in
+    the bank is left out of both. With ``bank: store`` the bank is the teacher's vectors of the whole
+    distillation text, read once from the teacher-output store (:meth:`fit_teacher`; ``bank_size`` > 0 keeps a
+    seeded random subset of that many rows): every step compares each student vector with thousands of
+    teacher vectors, not with the batch's 31 others, so the loss shapes the student's *near* neighbours,
+    which the in-batch losses rarely see together and which recall@k scores. With ``bank: batch`` the bank is
+    the batch's own teacher vectors (no store needed; a batch of one row has no neighbour and gives 0).
+    The loss is zero when the student's vectors are the teacher's. A low temperature (0.05) puts the weight
+    on the closest few bank vectors. The single-bank form of CompRess (Abbasi Koohpayegani et al. 2020,
+    memory bank of teacher anchors, KL between the two similarity distributions) and SEED (Fang et al. 2021).
+
+    Recipe::
+
+        losses:
+          - {name: embedding, weight: 1.0, loss: cosine}
+          - {name: neighbourhood, weight: 1.0, temperature: 0.05}
+    """
+
+    name = "neighbourhood"
+    teacher_needs = ("embeddings",)
+    student_needs = ("embeddings",)
+    formula = ("mean_i KL(softmax_j cos(t_i, b_j)/tau_T || softmax_j cos(W s_i, b_j)/tau), b: bank of "
+               "teacher vectors (the store's, or the batch's), own row left out")
+    citation = ("Abbasi Koohpayegani et al., CompRess: Self-Supervised Learning by Compressing "
+                "Representations, NeurIPS 2020; Fang et al., SEED: Self-supervised Distillation for Visual "
+                "Representation, ICLR 2021")
+
+    def __init__(self, temperature: float = 0.05, teacher_temperature: float | None = None,
+                 bank: str = "store", bank_size: int = 0, projector: str = "auto",
+                 student_hidden_size: int | None = None, teacher_hidden_size: int | None = None):
+        super().__init__()
+        self.validate_params(temperature, teacher_temperature, bank, bank_size, projector)
+        self.temperature = float(temperature)
+        self.teacher_temperature = float(teacher_temperature if teacher_temperature is not None
+                                         else temperature)
+        self.bank_source = bank
+        self.bank_size = int(bank_size)
+        self.projector = _build_projector(projector, student_hidden_size, teacher_hidden_size)
+        # not persistent: a checkpoint stays small, and a resumed run refits the same bank from the store
+        self.register_buffer("bank", torch.zeros(0), persistent=False)  # (N, D_T) unit teacher vectors
+        self.register_buffer("bank_column", torch.zeros(0, dtype=torch.long), persistent=False)  # row -> col
+
+    @property
+    def needs_teacher_fit(self) -> bool:
+        return self.bank_source == "store"
+
+    @torch.no_grad()
+    def fit_teacher(self, teacher_embeddings: torch.Tensor) -> None:
+        """Take the bank from the (N, D_T) teacher vectors of the distillation text (row n = store row n)."""
+        n = teacher_embeddings.shape[0]
+        rows = torch.arange(n)
+        if 0 < self.bank_size < n:  # a fixed subset: the same bank for every run of the recipe
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+            rows = order[: self.bank_size].sort().values
+        x = teacher_embeddings[rows]
+        self.bank = _unit(x if x.dtype == torch.float64 else x.float()).to(self.bank.device)
+        column = torch.full((n,), -1, dtype=torch.long)
+        column[rows] = torch.arange(len(rows))
+        self.bank_column = column.to(self.bank.device)
+
+    @staticmethod
+    def validate_params(temperature: float = 0.05, teacher_temperature: float | None = None,
+                        bank: str = "store", bank_size: int = 0, projector: str = "auto",
+                        **context: Any) -> None:
+        reject_context(context)
+        _check_positive_number("temperature", temperature, "0.05 puts the weight on the closest neighbours")
+        if teacher_temperature is not None:
+            _check_positive_number("teacher_temperature", teacher_temperature,
+                                   "leave it out to use temperature for both")
+        _check_choice("bank", bank, BANKS)
+        _check_int("bank_size", bank_size, 0, "0 keeps every stored row; e.g. 65536 caps the bank")
+        _check_choice("projector", projector, ("auto", "linear", "none"))
+
+    @classmethod
+    def build(cls, params: dict[str, Any], ctx: LossContext) -> NeighbourhoodLoss:
+        return cls(**params, student_hidden_size=ctx.student_hidden_size,
+                   teacher_hidden_size=ctx.teacher_hidden_size)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Any]) -> torch.Tensor:
+        e_s, e_t = _embeddings(student, teacher, self.name)
+        e_s = _project(self.projector, e_s, e_t, self.name)
+        dtype = torch.promote_types(e_s.dtype, e_t.dtype)
+        e_s, e_t = e_s.to(dtype), e_t.to(dtype)
+        b = e_s.shape[0]
+        own = None
+        if self.bank_source == "batch":
+            bank = _unit(e_t)
+            own = torch.eye(b, dtype=torch.bool, device=e_s.device)
+            if b < 2:
+                return e_s.sum() * 0.0  # no neighbour to compare; keeps the graph (DDP)
+        else:
+            if self.bank.numel() == 0:
+                raise ValueError("loss 'neighbourhood' with bank: store has no bank yet; it is read from the "
+                                 "teacher-output store (keep store.enabled: true), or by calling "
+                                 "fit_teacher(), or use bank: batch")
+            bank = self.bank.to(dtype=dtype)
+            index = batch.get("example_index") if isinstance(batch, dict) else None
+            if index is not None:  # leave each row's own stored vector out (its cosine with t_i is 1)
+                col = self.bank_column[index.to(self.bank_column.device).long()].to(e_s.device)
+                own = torch.zeros(b, bank.shape[0], dtype=torch.bool, device=e_s.device)
+                hit = col >= 0
+                own[hit.nonzero().squeeze(1), col[hit]] = True
+        logits_t = _unit(e_t) @ bank.T / self.teacher_temperature  # (B, N)
+        logits_s = _unit(e_s) @ bank.T / self.temperature
+        if own is not None:  # a very low logit, not -inf: exp() is exactly 0 and 0 * (a - b) stays finite
+            low = torch.finfo(logits_s.dtype).min / 4
+            logits_t = logits_t.masked_fill(own, low)
+            logits_s = logits_s.masked_fill(own, low)
+        log_p = F.log_softmax(logits_t, dim=-1)
+        log_q = F.log_softmax(logits_s, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()

@@ -67,13 +67,13 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
             what = sorted(missing) or ["labels"]
             raise RecipeError(
                 f"losses[{i}].name: {spec.name!r} needs {what}, which a sentence-embedding run does not "
-                "have; use embedding, similarity_matrix, similarity_ranking, affinity, contrastive, crd or "
-                "hidden"
+                "have; use embedding, similarity_matrix, similarity_ranking, neighbourhood, affinity, "
+                "contrastive, crd or hidden"
             )
         if s.static and set(cls.student_needs) - {"embeddings"}:
             raise RecipeError(f"losses[{i}].name: {spec.name!r} reads the student's hidden states, but a "
                               "static student has none; use embedding, similarity_matrix, "
-                              "similarity_ranking, affinity, contrastive or crd")
+                              "similarity_ranking, neighbourhood, affinity, contrastive or crd")
     tdir, tinfo = teacher_encoder(t, "teacher")
     tconf = AutoConfig.from_pretrained(tinfo["backbone"])
     t_hidden, t_layers = hidden_size(tconf), num_layers(tconf)
@@ -132,6 +132,11 @@ def plan_sentence_embedding(recipe: Recipe) -> Plan:
         if spec.params.get("projector") == "pca" and not recipe.store.enabled:
             raise RecipeError(f"losses[{i}].projector: pca fits the teacher's basis from the teacher-output "
                               "store; set store.enabled: true (or use projector: auto)")
+        if (spec.name == "neighbourhood" and spec.params.get("bank", "store") == "store"
+                and not recipe.store.enabled):
+            raise RecipeError(f"losses[{i}].bank: 'store' reads the teacher's vectors of the whole "
+                              "distillation text from the teacher-output store; set store.enabled: true (or "
+                              "use bank: batch)")
     splits = load_splits(recipe.data, require_labels=False)
     ctx = LossContext(student_hidden_size=s_dim, teacher_hidden_size=target_dim, student_num_layers=s_layers,
                       teacher_num_layers=t_layers, num_classes=None, same_tokenizer=same_tok)
@@ -309,16 +314,20 @@ class SentenceEmbeddingTask(Task):
             log=self.log, build=build)
 
     def fit_teacher(self, distiller: Distiller, store: Any, n: int) -> None:
-        """Losses that need the teacher's embeddings of the whole training text (a PCA basis) get them here,
-        from the store: deterministic, so a resumed run fits the same basis."""
+        """Losses that need the teacher's embeddings of the whole training text (a PCA basis, a bank of
+        neighbours) get them here, from the store: deterministic, so a resumed run fits the same thing."""
         fitting = [loss for loss in distiller.losses if loss.needs_teacher_fit]
         if not fitting:
             return
-        emb = store.fetch(torch.arange(n)).embeddings.float()  # (N, D_T)
+        emb = torch.cat([store.fetch(chunk).embeddings.float() for chunk in torch.arange(n).split(8_192)])
         for loss in fitting:
-            self._teacher_basis = loss.fit_teacher(emb).detach().cpu().clone()  # (D_S, D_T)
-        self.log(f"fitted the teacher's {tuple(self._teacher_basis.shape)} PCA basis on {n} stored "
-                 "embeddings")
+            fitted = loss.fit_teacher(emb)
+            if fitted is not None:  # a basis (D_S, D_T): a static student may start in it
+                self._teacher_basis = fitted.detach().cpu().clone()
+                self.log(f"fitted the teacher's {tuple(self._teacher_basis.shape)} PCA basis on {n} stored "
+                         "embeddings")
+            else:
+                self.log(f"loss {loss.name!r}: read the teacher's {n} stored embeddings")
 
     def cache(self) -> str:
         from distill.store.reader import format_info

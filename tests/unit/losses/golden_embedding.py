@@ -19,7 +19,8 @@ from typing import Any
 Vector = list[float]
 Matrix = list[Vector]
 
-GOLDEN_LOSSES = ("embedding", "affinity", "contrastive", "crd", "similarity_matrix", "similarity_ranking")
+GOLDEN_LOSSES = ("embedding", "affinity", "contrastive", "crd", "similarity_matrix", "similarity_ranking",
+                 "neighbourhood")
 """The registered losses this module holds golden values for (read by test_golden.py's coverage check)."""
 
 
@@ -370,8 +371,58 @@ def structure_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def neighbourhood_value(es: Matrix, et: Matrix, bank: Matrix, tau: float, tau_t: float,
+                        own: list[int | None], projector: tuple[Matrix, Vector] | None = None) -> float:
+    """Mean over rows i of KL(softmax_j cos(t_i, b_j) / tau_t || softmax_j cos(W s_i, b_j) / tau), the bank
+    entry own[i] (row i's own vector, when given) dropped from both distributions."""
+    if projector is not None:
+        es = [linear(row, *projector) for row in es]
+    ub = [unit(b) for b in bank]
+    values = []
+    for i, (s, t) in enumerate(zip(es, et)):
+        keep = [j for j in range(len(ub)) if j != own[i]]
+        lt = [dot(unit(t), ub[j]) / tau_t for j in keep]
+        ls = [dot(unit(s), ub[j]) / tau for j in keep]
+        values.append(kl(log_softmax(lt), log_softmax(ls)))
+    return mean(values)
+
+
+BANK7 = ET4 + ET  # a stored bank of 7 teacher vectors (D=2); rows 4..6 are the batch ET
+INPUTS["bank7"] = BANK7
+
+
+def neighbourhood_cases() -> list[dict[str, Any]]:
+    """``bank: batch`` (the batch's teacher vectors, own row out) and ``bank: store`` (a fitted bank; the
+    batch's ``example_index`` names each row's own entry, or, without it, nothing is left out)."""
+    three = [0, 1, 2]
+    cases = [
+        {"id": "neighbourhood-batch-T0.5", "loss": "neighbourhood",
+         "params": {"bank": "batch", "temperature": 0.5}, "context": SAME, "student": "es", "teacher": "et",
+         "expected": neighbourhood_value(ES, ET, ET, 0.5, 0.5, three)},
+        {"id": "neighbourhood-batch-default-T", "loss": "neighbourhood", "params": {"bank": "batch"},
+         "context": SAME, "student": "es", "teacher": "et",
+         "expected": neighbourhood_value(ES, ET, ET, 0.05, 0.05, three)},
+        {"id": "neighbourhood-batch-projector", "loss": "neighbourhood",
+         "params": {"bank": "batch", "temperature": 0.3, "teacher_temperature": 0.2},
+         "context": {"student_hidden_size": 2, "teacher_hidden_size": 3}, "student": "es", "teacher": "et3",
+         "state": {"projector.weight": PROJ_W, "projector.bias": PROJ_B},
+         "expected": neighbourhood_value(ES, ET3, ET3, 0.3, 0.2, three, (PROJ_W, PROJ_B))},
+        {"id": "neighbourhood-store-own-rows-out", "loss": "neighbourhood",
+         "params": {"temperature": 0.1, "teacher_temperature": 0.2}, "context": SAME,
+         "student": "es", "teacher": "et", "fit": "bank7", "index": [4, 5, 6],
+         "expected": neighbourhood_value(ES, ET, BANK7, 0.1, 0.2, [4, 5, 6])},
+        {"id": "neighbourhood-store-no-index", "loss": "neighbourhood", "params": {"temperature": 0.1},
+         "context": SAME, "student": "es", "teacher": "et", "fit": "bank7",
+         "expected": neighbourhood_value(ES, ET, BANK7, 0.1, 0.1, [None, None, None])},
+        {"id": "neighbourhood-one-row-batch", "loss": "neighbourhood", "params": {"bank": "batch"},
+         "context": SAME, "student": "es1", "teacher": "et1", "expected": 0.0},
+    ]
+    return cases
+
+
 def cases() -> list[dict[str, Any]]:
-    return embedding_cases() + affinity_cases() + contrastive_cases() + crd_cases() + structure_cases()
+    return (embedding_cases() + affinity_cases() + contrastive_cases() + crd_cases() + structure_cases()
+            + neighbourhood_cases())
 
 
 if __name__ == "__main__":

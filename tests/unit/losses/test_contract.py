@@ -204,6 +204,23 @@ EXAMPLES: dict[str, Example] = {
         shapes=("classifier",),
         min_rows=3,
     ),
+    # bank: store needs a bank read from the teacher-output store before its first call (fit_teacher), which
+    # the contract cannot give; it is tested with a fitted bank in test_golden_embedding.py. B = 2 in batch
+    # mode leaves each row one neighbour: a one-point distribution, exactly 0
+    "neighbourhood": Example(
+        variants={"batch": {"bank": "batch"},
+                  "batch-linear-T": {"bank": "batch", "projector": "linear", "temperature": 0.1,
+                                     "teacher_temperature": 0.2}},
+        bad_params={"temperature": [0, -0.05, "0.05", True], "teacher_temperature": [0, -1.0, "0.1", False],
+                    "bank": ["queue", None, 1], "bank_size": [-1, 2.5, "100", True],
+                    "projector": ["pca", "mlp", None]},
+        shapes=("classifier",),
+        not_recipe_params={
+            "student_hidden_size": "filled from LossContext by build()",
+            "teacher_hidden_size": "filled from LossContext by build()",
+        },
+        min_rows=3,
+    ),
     "crd": Example(
         variants={
             "default": {},

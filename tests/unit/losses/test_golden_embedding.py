@@ -58,6 +58,8 @@ def _build(case: dict[str, Any]):
             for k, v in case["state"].items()
         }
         loss.load_state_dict(state, strict=True)
+    if "fit" in case:  # a bank read from the store (neighbourhood)
+        loss.fit_teacher(torch.tensor(ref.INPUTS[case["fit"]], dtype=torch.float64))
     return loss
 
 
@@ -75,7 +77,8 @@ def _random(seed: int, rows: int, width: int, scale: float = 1.5) -> torch.Tenso
 def test_matches_hand_computed_value(case: dict[str, Any]) -> None:
     loss = _build(case)
     es, et = _emb(case["student"], torch.float64), _emb(case["teacher"], torch.float64)
-    value = loss(_out(es), _out(et), {}).detach()
+    batch = {"example_index": torch.tensor(case["index"])} if "index" in case else {}
+    value = loss(_out(es), _out(et), batch).detach()
     assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float64
     assert float(value) == pytest.approx(case["expected"], abs=ATOL, rel=RTOL), (
         f"{case['id']}: distill gives {float(value)!r}, the hand computation {case['expected']!r}"
@@ -311,7 +314,7 @@ ALL = [
     ("embedding", {"loss": "mse"}), ("embedding", {"loss": "cosine"}),
     ("affinity", {}), ("affinity", {"include_self": True}),
     ("contrastive", {}), ("crd", {"queue_size": 4, "dim": 8}),
-    ("similarity_matrix", {}), ("similarity_ranking", {}),
+    ("similarity_matrix", {}), ("similarity_ranking", {}), ("neighbourhood", {"bank": "batch"}),
 ]
 CTX = LossContext(student_hidden_size=4, teacher_hidden_size=6)
 
@@ -335,7 +338,8 @@ def test_zero_vectors_and_single_rows_give_finite_values_and_gradients(
         assert torch.isfinite(es.grad).all(), f"{name}: non-finite gradient"
         for p in loss.parameters():
             assert p.grad is None or torch.isfinite(p.grad).all()
-    if rows == 1 and name in ("affinity", "contrastive", "similarity_matrix", "similarity_ranking"):
+    if rows == 1 and name in ("affinity", "contrastive", "similarity_matrix", "similarity_ranking",
+                              "neighbourhood"):
         assert float(value.detach()) == 0.0
 
 
@@ -418,3 +422,50 @@ def test_similarity_ranking_pushes_a_misordered_triple_into_the_teachers_order()
     with torch.no_grad():
         moved = es - 0.05 * es.grad
     assert float(loss(_out(moved), _out(et), {})) < float(before.detach())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# neighbourhood: the bank read from the store
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_neighbourhood_store_bank_is_fitted_once_and_named_when_missing() -> None:
+    from distill.losses import NeighbourhoodLoss
+
+    loss = NeighbourhoodLoss.build({}, LossContext(student_hidden_size=4, teacher_hidden_size=4))
+    assert loss.needs_teacher_fit and not list(loss.parameters())
+    assert not NeighbourhoodLoss(bank="batch").needs_teacher_fit
+    es, et = _random(90, 3, 4).requires_grad_(True), _random(91, 3, 4)
+    with pytest.raises(ValueError, match="bank: store has no bank yet"):
+        loss(_out(es), _out(et), {})
+    bank = _random(92, 50, 4)
+    assert loss.fit_teacher(bank) is None  # nothing for a static student's start (only a PCA basis is)
+    assert loss.bank.shape == (50, 4)
+    torch.testing.assert_close(loss.bank.norm(dim=1), torch.ones(50))
+    assert "bank" not in loss.state_dict()  # checkpoints stay small; a resumed run refits it from the store
+    # the student equal to the teacher's own stored rows: zero, with and without leaving them out
+    index = torch.tensor([4, 17, 33])
+    for batch in ({"example_index": index}, {}):
+        value = loss(_out(bank[index].clone()), _out(bank[index]), batch)
+        assert float(value) == pytest.approx(0.0, abs=1e-6)
+    value = loss(_out(es), _out(bank[index]), {"example_index": index})
+    value.backward()
+    assert float(value.detach()) > 0 and es.grad.abs().sum() > 0
+
+
+def test_neighbourhood_bank_size_keeps_a_fixed_subset_and_still_leaves_own_rows_out() -> None:
+    from distill.losses import NeighbourhoodLoss
+
+    teacher = _random(93, 40, 3)
+    a, b = NeighbourhoodLoss(bank_size=10), NeighbourhoodLoss(bank_size=10)
+    a.fit_teacher(teacher)
+    b.fit_teacher(teacher.clone())
+    assert a.bank.shape == (10, 3)
+    torch.testing.assert_close(a.bank, b.bank)  # the same subset every time
+    kept = (a.bank_column >= 0).nonzero().squeeze(1)
+    assert len(kept) == 10 and int((a.bank_column < 0).sum()) == 30
+    torch.testing.assert_close(a.bank, F.normalize(teacher[kept], dim=1))
+    # a row in the bank is left out; one outside it has nothing to leave out: the value is still finite
+    index = torch.stack([kept[0], (a.bank_column < 0).nonzero()[0, 0]])
+    value = a(_out(teacher[index].clone()), _out(teacher[index]), {"example_index": index})
+    assert float(value) == pytest.approx(0.0, abs=1e-6)
