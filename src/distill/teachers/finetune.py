@@ -27,9 +27,13 @@ MARKER = "distill_finetune.json"
 def finetune_fingerprint(recipe: Recipe, splits: TextSplits) -> str:
     ft = recipe.teacher.finetune
     h = hashlib.sha256()
+    # the fine-tuning runs in the recipe's precision (train.bf16 / fp16): a mixed-precision teacher is another
+    # teacher (named only when set, so the float32 teachers keep the fingerprints they were saved under)
+    mixed = {"precision": "bf16" if recipe.train.bf16 else "fp16"} \
+        if (recipe.train.bf16 or recipe.train.fp16) else {}
     h.update(json.dumps({"model": recipe.teacher.model, "revision": recipe.teacher.revision,
                          "finetune": {k: v for k, v in vars(ft).items() if k != "output_dir"},
-                         "labels": splits.labels, "max_length": recipe.data.max_length},
+                         "labels": splits.labels, "max_length": recipe.data.max_length, **mixed},
                         sort_keys=True).encode())
     for text, label in zip(splits.train["text"], splits.train["label"]):
         h.update(text.encode("utf-8", "replace"))
