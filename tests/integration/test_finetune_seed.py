@@ -26,8 +26,8 @@ def test_same_teacher_whatever_the_global_random_state(tmp_path, tiny_encoder, s
 
 
 def test_a_mixed_precision_teacher_is_another_teacher(tmp_path, tiny_encoder, sentiment_csv):
-    """train.bf16 / fp16 also set the teacher's fine-tuning precision: such a teacher gets its own fingerprint,
-    so a float32 run never reuses it (nor it a float32 teacher), while float32 keeps its old fingerprint."""
+    """train.bf16 / fp16 also set the teacher's fine-tuning precision: such a teacher gets its own
+    fingerprint, so a float32 run never reuses it (nor it a float32 teacher)."""
     from distill.data.splits import load_splits
     from distill.teachers.finetune import finetune_fingerprint
 
