@@ -44,7 +44,7 @@ LAYERS = [0, 5, 11]
 def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unlabeled: int, seed: int,
            baseline: bool, train_rows: int | None = None, anchor: float = 0.0,
            sources: list[str] | None = None, batch_size: int = 32, augment: int = 0,
-           neighbour_group: int = 0, bf16: bool = False) -> dict:
+           neighbour_group: int = 0, bf16: bool = False, dropout: float | None = None) -> dict:
     return {
         "task": "sentence-embedding",
         "output_dir": str(out),
@@ -60,6 +60,7 @@ def recipe(out: Path, student: dict, losses: list, epochs: float, lr: float, unl
                   "logging_steps": 100, "save_steps": 500, "eval_batch_size": 64, "report_to": [],
                   "group_by_length": not neighbour_group, "anchor": anchor,
                   **({"bf16": True} if bf16 else {}),
+                  **({"dropout": dropout} if dropout is not None else {}),
                   **({"neighbour_group": neighbour_group} if neighbour_group else {})},
         "eval": {"baseline": baseline, "agreement_pairs": 20000, "retrieval_k": 10, "probe_rows": 1000,
                  "throughput_sentences": 256},
@@ -232,6 +233,8 @@ def main() -> None:
                          "similarity matrix; ranking: similarity matrix + 0.1 x similarity_ranking; dense: a "
                          "kept linear layer to the teacher's width, cosine + similarity matrix; "
                          "dense_sim20: the same with the similarity matrix weighted 20, as in Jasper)")
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="train.dropout of the transformer students (default: the model's own, 0.1)")
     ap.add_argument("--neighbourhood", type=float, default=0.0,
                     help="add the neighbourhood loss (KL over the similarities to the store's bank of "
                          "teacher vectors, temperature --neighbourhood-temperature) with this weight to the "
@@ -296,7 +299,8 @@ def main() -> None:
                                         args.unlabeled_sources, args.batch_size,
                                         0 if name == "static_distilled" else args.augment,
                                         0 if name == "static_distilled" else args.neighbour_group,
-                                        args.bf16 and name != "static_distilled"))
+                                        args.bf16 and name != "static_distilled",
+                                        None if name == "static_distilled" else args.dropout))
             run = SentenceEmbeddingTask(r)
             t0 = time.perf_counter()
             report = reused_report(out / f"{name}_s{seed}", r) if args.reuse_reports else None
@@ -469,6 +473,8 @@ def main() -> None:
         "3-layer cosine + similarity_matrix; static cosine (learned "
         f"256 -> 768 projector) + affinity. Transformers: batch {args.batch_size}, lr {args.lr}, "
         "max length 64, "
+        + (f"dropout {args.dropout:g} while training (train.dropout), " if args.dropout is not None else "")
+        + ("bf16 autocast (train.bf16), " if args.bf16 else "")
         + (f"batches of groups of {args.neighbour_group} teacher neighbours (train.neighbour_group); "
            if args.neighbour_group else "length-grouped batches; ")
         + f"static: lr {args.static_lr}, PCA 256, {args.static_epochs:g} epochs, "

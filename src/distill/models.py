@@ -104,6 +104,29 @@ def accepts_position_ids(model: nn.Module) -> bool:
         return False
 
 
+DROPOUT_ATTRIBUTES = ("attention_dropout", "dropout_prob", "dropout_p")
+"""Numbers some modules keep as their attention-dropout probability instead of an ``nn.Dropout`` module."""
+
+
+def set_dropout(model: nn.Module, p: float | None) -> int:
+    """``train.dropout``: every ``nn.Dropout`` of ``model`` (and the attention-dropout probabilities its
+    modules keep as numbers) set to ``p`` for training; ``None`` leaves the model's own. Only the modules
+    change, not the saved config, so the exported student keeps its own dropout for later fine-tuning.
+    Returns how many places were set (0 for ``None``)."""
+    if p is None:
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = float(p)
+            count += 1
+        for attr in DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, float(p))
+                count += 1
+    return count
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Masked mean over tokens: (B, L, H) -> (B, H) (the sentence-transformers pooling)."""
     if mask is None:

@@ -32,7 +32,7 @@ from distill.data.text_lm import (
     split_rows,
 )
 from distill.losses import LOSSES, LossContext, build_losses
-from distill.models import hidden_size, load_config, load_tokenizer, num_layers
+from distill.models import hidden_size, load_config, load_tokenizer, num_layers, set_dropout
 from distill.stages import (
     StoreKeyUnknown,
     fingerprint,
@@ -431,6 +431,7 @@ class CausalLMTask(SelectsLosses, Task):
             return load_causal_lm(str(final))
         set_seed(r.train.seed)
         model = load_causal_lm(str(init))
+        set_dropout(model, r.train.dropout)
         ckpt = stage_checkpoints(self.out, name, fp, self.log)
         overrides: dict[str, Any] = {"max_steps": max_steps} if max_steps else {}
         base = OnPolicyTrainer if on_policy is not None else DistillTrainer

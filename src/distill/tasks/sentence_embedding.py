@@ -22,7 +22,7 @@ from distill.config import Recipe
 from distill.data.splits import load_splits
 from distill.data.tokenize import same_tokenizer, to_dataset
 from distill.losses import LOSSES, LossContext, build_losses
-from distill.models import load_tokenizer
+from distill.models import load_tokenizer, set_dropout
 from distill.sentence_encoder import (
     SentenceEncoder,
     StaticEncoder,
@@ -418,6 +418,7 @@ class SentenceEmbeddingTask(Task):
             return load_encoder(final)
         set_seed(r.train.seed)
         model = load_encoder(init)
+        set_dropout(model, r.train.dropout)
         if r.student.dense:
             model.dense = self._fitted_dense(model, data, store)
         # the online teacher needs its own inputs when the tokenizers differ or the student drops special

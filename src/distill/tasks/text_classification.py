@@ -31,6 +31,7 @@ from distill.models import (
     load_tokenizer,
     model_inputs,
     num_layers,
+    set_dropout,
 )
 from distill.stages import (
     StoreKeyUnknown,
@@ -457,6 +458,7 @@ class TextClassificationTask(SelectsLosses, Task):
             return AutoModelForSequenceClassification.from_pretrained(final)
         set_seed(r.train.seed)
         model = AutoModelForSequenceClassification.from_pretrained(init)
+        set_dropout(model, r.train.dropout)
         ttok = self.teacher_tokenizer if teacher is not None and not self.plan.same_tokenizer else None
         train_ds = to_dataset(data, self.student_tokenizer, ttok, max_length=r.data.max_length)
         val_ds = to_dataset(self.plan.splits.validation, self.student_tokenizer, max_length=r.data.max_length)
