@@ -519,3 +519,31 @@ def test_bf16_on_cpu_trains_with_float32_loss_inputs_and_saves_float32(tmp_path,
     assert models["student_kd"]["spearman"] > models["student_untrained"]["spearman"] + 0.05
     weights = load_file(str(tmp_path / "run" / "student" / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_train_dropout_reaches_the_trained_student_and_not_its_export(tmp_path, st_teacher, text_csv,
+                                                                      tiny_student, monkeypatch):
+    """train.dropout: 0 switches the student's dropout off while it trains (every step sees p = 0), and the
+    exported student keeps the dropout of its own config."""
+    import json
+
+    from distill.runner import run
+    from distill.training import DistillTrainer
+
+    own = json.loads((tiny_student / "config.json").read_text())["hidden_dropout_prob"]
+    assert own > 0  # otherwise the check below would prove nothing
+    seen: list[set[float]] = []
+    compute = DistillTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        seen.append({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+        return compute(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(DistillTrainer, "compute_loss", spy)
+    recipe = embed_recipe(tmp_path, st_teacher, text_csv,
+                          student={"from_teacher": False, "layers": None, "model": str(tiny_student)},
+                          losses=[{"name": "embedding", "loss": "cosine"}], train={"epochs": 1, "dropout": 0.0})
+    run(recipe)
+    assert seen and all(ps == {0.0} for ps in seen)
+    config = json.loads((tmp_path / "run" / "student" / "config.json").read_text())
+    assert config["hidden_dropout_prob"] == own
