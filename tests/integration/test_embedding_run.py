@@ -542,7 +542,8 @@ def test_train_dropout_reaches_the_trained_student_and_not_its_export(tmp_path, 
     monkeypatch.setattr(DistillTrainer, "compute_loss", spy)
     recipe = embed_recipe(tmp_path, st_teacher, text_csv,
                           student={"from_teacher": False, "layers": None, "model": str(tiny_student)},
-                          losses=[{"name": "embedding", "loss": "cosine"}], train={"epochs": 1, "dropout": 0.0})
+                          losses=[{"name": "embedding", "loss": "cosine"}],
+                          train={"epochs": 1, "dropout": 0.0})
     run(recipe)
     assert seen and all(ps == {0.0} for ps in seen)
     config = json.loads((tmp_path / "run" / "student" / "config.json").read_text())
