@@ -141,7 +141,8 @@ class TrainConfig:
     models). The exported student keeps its own config. Measured on MiniLM-L6 distilled from mpnet
     (bench/embeddings.py, 2026-12-04, seed 0): dropout 0 fits faster (2 epochs: held-out Spearman 0.810 and
     recall@10 0.344 against 0.805 and 0.336 with the model's 0.1) but generalises worse over a long run
-    (16 epochs: 0.831 and 0.382 against 0.844 and 0.400), so the default keeps the model's own."""
+    (16 epochs: 0.831 and 0.382 against 0.844 and 0.400; 0.2 gave 0.830 and 0.386), so the default keeps
+    the model's own."""
     group_by_length: bool = False
     """Batch rows of similar length together (:class:`distill.training.sampling.LengthBucketSampler`: rows
     shuffled, sorted by length within buckets of 50 batches, the batches then shuffled each epoch), so a batch
