@@ -17,7 +17,7 @@ from distill.store.fingerprint import (
     fingerprint_tokenizer,
     store_key,
 )
-from distill.store.reader import TeacherStore, format_info
+from distill.store.reader import TeacherStore, format_info, stored_embeddings
 from distill.store.spec import StoreError, StoreSpec
 from distill.store.writer import build_store
 
@@ -33,6 +33,7 @@ __all__ = [
     "fingerprint_tokenizer",
     "format_info",
     "store_key",
+    "stored_embeddings",
 ]
 
 

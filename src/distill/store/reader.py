@@ -376,6 +376,12 @@ class TeacherStore:
         }
 
 
+def stored_embeddings(store: Any, index: torch.Tensor, chunk: int = 8_192) -> torch.Tensor:
+    """The stored teacher embeddings of rows ``index`` as one float32 (N, D) tensor, fetched ``chunk`` rows at
+    a time (any store with ``fetch``: one teacher's, or several joined)."""
+    return torch.cat([store.fetch(part).embeddings.float() for part in index.split(chunk)])
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

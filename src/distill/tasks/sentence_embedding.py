@@ -319,7 +319,9 @@ class SentenceEmbeddingTask(Task):
         fitting = [loss for loss in distiller.losses if loss.needs_teacher_fit]
         if not fitting:
             return
-        emb = torch.cat([store.fetch(chunk).embeddings.float() for chunk in torch.arange(n).split(8_192)])
+        from distill.store import stored_embeddings
+
+        emb = stored_embeddings(store, torch.arange(n))  # (N, D_T)
         for loss in fitting:
             fitted = loss.fit_teacher(emb)
             if fitted is not None:  # a basis (D_S, D_T): a static student may start in it

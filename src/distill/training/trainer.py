@@ -176,13 +176,14 @@ class DistillTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _neighbour_sampler(self, ds, seed: int):
+        from distill.store import stored_embeddings
         from distill.training.sampling import NeighbourGroupSampler, teacher_neighbours
 
         if self.store is None or "example_index" not in (getattr(ds, "column_names", None) or []):
             raise ValueError("train.neighbour_group groups rows by the teacher's stored vectors; it needs "
                              "the teacher-output store (store.enabled: true)")
         index = torch.tensor(ds["example_index"])
-        vectors = torch.cat([self.store.fetch(chunk).embeddings.float() for chunk in index.split(8_192)])
+        vectors = stored_embeddings(self.store, index)
         near = teacher_neighbours(vectors, k=4 * self.neighbour_group, seed=seed)
         lengths = [len(ids) for ids in ds["input_ids"]] if "input_ids" in ds.column_names else None
         return NeighbourGroupSampler(near, self.neighbour_group, seed, lengths=lengths,
